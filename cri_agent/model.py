@@ -110,6 +110,9 @@ class PodRecord:
     # Workload owner ("Deployment/payments-api") when enrichment knows it.
     owner: str = ""
     host_network: bool = False
+    # Problems a provider met reading this pod (e.g. malformed
+    # io.kubernetes.container.ports JSON): reported as error events.
+    provider_errors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

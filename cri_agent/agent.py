@@ -1,0 +1,244 @@
+"""The node agent's wiring: the discovery pipeline in the order data flows.
+
+    runtime (CRI)  ->  /proc enrichment  ->  reconcile (filters, overrides,
+    services, provenance, diff)  ->  cache (SQLite)  ->  logs
+
+Two long-lived tasks on one event loop: ``_events`` turns runtime events
+into wake-ups, ``_discovery`` runs a reconcile per (coalesced) wake-up or
+per resync interval. The agent owns both, stops them in reverse order and
+closes the runtime channel and the cache last. A reconcile reads the
+runtime's *current* state; event payloads are never trusted as state, so
+a burst of events for one pod collapses into one pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
+
+from cri_agent.backoff import Backoff
+from cri_agent.cache import CacheWriter
+from cri_agent.config import Settings
+from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
+from cri_agent.discovery.rules import DiscoveryRules
+from cri_agent.errors import CacheError, CoralError
+from cri_agent.logs import emit, emit_discovery
+from cri_agent.model import DiscoveryEvent, EventKind, NodeSnapshot, PodRecord
+from cri_agent.providers.cri import CriClient, RuntimeEvent, RuntimeVersion
+from cri_agent.providers.proc import ProcError, ProcFS
+
+log = logging.getLogger("cri_agent.agent")
+
+SHUTDOWN_GRACE_S = 10.0
+
+
+class Runtime(Protocol):
+    """What discovery needs from the container runtime."""
+
+    async def version(self) -> RuntimeVersion: ...
+    async def pods(self) -> list[PodRecord]: ...
+    def events(self) -> AsyncIterator[RuntimeEvent]: ...
+    async def close(self) -> None: ...
+
+
+class Enricher(Protocol):
+    """What discovery needs from /proc."""
+
+    def enrich(self, pods: Sequence[PodRecord]) -> tuple[PodRecord, ...]: ...
+
+
+class NodeAgent:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        runtime: Runtime | None = None,
+        proc: Enricher | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.node_name = settings.node_name
+        self.rules: DiscoveryRules = settings.rules()
+        cri = settings.discovery.cri
+        self.runtime: Runtime = runtime or CriClient(
+            cri.socket, timeout=cri.timeout, containerd_namespace=cri.containerd_namespace
+        )
+        self.proc: Enricher = proc or ProcFS(settings.discovery.proc_root)
+        self.cache = CacheWriter(settings.cache.path)
+        self.clock = clock
+        self.known = KnownState(services={}, pods={})
+        self.passes = 0
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._conditions: dict[str, tuple[bool, str]] = {}
+
+    # -- lifecycle -------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set; then drain and close everything."""
+        self.known = await self.cache.open()
+        meta = {
+            "agent_id": self.settings.agent_id,
+            "node_name": self.node_name,
+            "agent_pid": str(os.getpid()),
+            "started_at": str(self.clock()),
+        }
+        await self.cache.call(lambda c: c.set_meta(meta))
+        emit(
+            log, "agent.started", agent_id=self.settings.agent_id, node=self.node_name,
+            cache=str(self.settings.cache.path), services=len(self.known.services),
+            cri_socket=str(self.settings.discovery.cri.socket),
+        )
+        tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._discovery(), name="discovery")]
+        if self.settings.discovery.cri.events:
+            tasks.append(asyncio.create_task(self._events(), name="runtime-events"))
+        try:
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopped and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            stopped.cancel()
+        finally:
+            await self._shutdown(tasks)
+
+    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+        self._stopping = True
+        self._wake.set()
+        for task in reversed(tasks):  # events first, then let the current pass finish
+            if task.get_name() == "runtime-events":
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
+                await asyncio.wait_for(task, SHUTDOWN_GRACE_S)
+        await self.runtime.close()
+        await self.cache.close()
+        emit(log, "agent.stopped", node=self.node_name, passes=self.passes)
+
+    # -- runtime events -> wake-ups --------------------------------------------
+
+    async def _events(self) -> None:
+        backoff = Backoff(initial=0.5, maximum=30.0)
+        while not self._stopping:
+            self._wake.set()  # catch up on whatever happened while unsubscribed
+            try:
+                async for event in self.runtime.events():
+                    if backoff.failing or "events" not in self._conditions:
+                        backoff.reset()
+                        await self._condition("events", ok=True, reason=f"streaming ({event.source})")
+                    self._wake.set()
+                reason = "event stream ended"
+            except CoralError as exc:
+                reason = str(exc)
+            await self._condition("events", ok=False, reason=reason)
+            await asyncio.sleep(backoff.next())
+
+    # -- discovery loop ----------------------------------------------------------
+
+    async def _discovery(self) -> None:
+        resync = self.settings.discovery.kubernetes.resync_interval
+        coalesce = self.settings.discovery.coalesce_interval
+        backoff = Backoff(initial=0.5, maximum=30.0)
+        last_full = float("-inf")
+        while not self._stopping:
+            timeout = max(0.0, last_full + resync - self.clock())
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            if self._stopping:
+                return
+            if self._wake.is_set():
+                await asyncio.sleep(coalesce)  # let a burst of events land
+            self._wake.clear()
+            full = self.clock() >= last_full + resync
+            if await self.reconcile_once(touch=full):
+                backoff.reset()
+                if full:
+                    last_full = self.clock()
+            else:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), backoff.next())
+
+    async def reconcile_once(self, *, touch: bool = False) -> bool:
+        """One pass of the pipeline. False when the runtime or cache failed."""
+        started = time.perf_counter()
+        try:
+            pods = await self.runtime.pods()
+        except CoralError as exc:
+            await self._runtime_down(exc)
+            return False
+        await self._runtime_up()
+        try:
+            pods = list(await asyncio.to_thread(self.proc.enrich, pods))
+        except ProcError as exc:
+            await self._condition("proc", ok=False, reason=str(exc))
+        else:
+            await self._condition("proc", ok=True, reason="readable")
+        snapshot = NodeSnapshot(node_name=self.node_name, pods=tuple(pods), taken_at=self.clock())
+        result = reconcile(self.known, snapshot, self.rules)
+        try:
+            await self._persist(result, touch=touch)
+        except CacheError as exc:
+            await self._condition("cache", ok=False, reason=str(exc))
+            return False  # known state unchanged: the same diff is retried
+        self.known = KnownState(services=result.services, pods=result.pods)
+        self.passes += 1
+        await self._condition("cache", ok=True, reason="writable")
+        for event in result.events:
+            service = result.services.get(event.key) if event.key else None
+            emit_discovery(log, event, provenance=service.provenance.value if service else "")
+        if result.events or touch:
+            emit(
+                log, "discovery.pass", level=logging.DEBUG, pods=len(pods),
+                services=len(result.services), events=len(result.events),
+                ms=round((time.perf_counter() - started) * 1000, 1),
+            )
+        return True
+
+    async def _persist(self, result: Reconciliation, *, touch: bool) -> None:
+        cache = self.settings.cache
+        now = self.clock()
+        await self.cache.call(
+            lambda c: c.apply(
+                result, node_name=self.node_name, now=now, touch=touch,
+                retention_rows=cache.event_retention_rows,
+                retention_days=cache.event_retention_days,
+            )
+        )
+
+    # -- conditions --------------------------------------------------------------
+
+    async def _runtime_down(self, exc: CoralError) -> None:
+        if self._conditions.get("runtime", (True, ""))[0] or "runtime" not in self._conditions:
+            emit(log, "runtime.unavailable", level=logging.ERROR, reason=str(exc))
+            outage = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=str(exc))
+            with contextlib.suppress(CacheError):
+                await self.cache.call(lambda c: c.record_events([outage], node_name=self.node_name))
+        await self._condition("runtime", ok=False, reason=str(exc))
+
+    async def _runtime_up(self) -> None:
+        if self._conditions.get("runtime", (False, ""))[0]:
+            return
+        try:
+            version = await self.runtime.version()
+            reason = f"{version.runtime_name} {version.runtime_version} (CRI {version.api_version})"
+        except CoralError as exc:
+            reason = f"listing works; Version failed: {exc}"
+        emit(log, "runtime.connected", runtime=reason)
+        await self._condition("runtime", ok=True, reason=reason)
+
+    async def _condition(self, name: str, *, ok: bool, reason: str) -> None:
+        """Record a named health condition (shown by `coral agent status`) on change."""
+        if self._conditions.get(name) == (ok, reason):
+            return
+        self._conditions[name] = (ok, reason)
+        now = self.clock()
+        with contextlib.suppress(CacheError):
+            await self.cache.call(lambda c: c.set_condition(name, ok=ok, reason=reason, now=now))
+
+    @property
+    def healthy(self) -> bool:
+        return all(ok for ok, _ in self._conditions.values())

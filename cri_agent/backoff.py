@@ -1,0 +1,33 @@
+"""Exponential backoff with full jitter for the agent's retry loops."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Backoff:
+    """``next()`` -> seconds to wait: doubles from ``initial`` up to ``maximum``.
+
+    Jitter keeps many node agents from retrying in lockstep after a shared
+    outage; ``reset()`` after a success.
+    """
+
+    initial: float = 0.5
+    maximum: float = 30.0
+    jitter: float = 0.2  # +/- fraction of the delay
+    rng: random.Random = field(default_factory=random.Random)
+    _attempt: int = 0
+
+    def next(self) -> float:
+        delay = min(self.maximum, self.initial * (2**self._attempt))
+        self._attempt += 1
+        return max(0.0, delay * (1 + self.rng.uniform(-self.jitter, self.jitter)))
+
+    def reset(self) -> None:
+        self._attempt = 0
+
+    @property
+    def failing(self) -> bool:
+        return self._attempt > 0

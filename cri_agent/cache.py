@@ -1,0 +1,446 @@
+"""The SQLite cache: last-known services, pod decisions, discovery events.
+
+One file (default ``/var/lib/coral/agent.db``), WAL mode, one writer: the
+agent's ``CacheWriter`` owns the only writing connection on a dedicated
+thread; the CLI and auditors open it read-only (``sqlite-utils``, ``sqlite3``).
+The schema is the auditors' contract and is documented in docs/audit.md.
+
+On restart the agent loads ``services`` and ``pods`` back into a
+``KnownState`` so the first reconcile emits only real changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import sqlite_utils
+
+from cri_agent.discovery.engine import KnownState, PodDecision, Reconciliation
+from cri_agent.errors import CacheError
+from cri_agent.model import (
+    DiscoveryEvent,
+    PodUID,
+    Protocol,
+    Provenance,
+    ServiceInfo,
+    ServiceKey,
+)
+
+SCHEMA_VERSION = 1
+
+SERVICE_COLUMNS: dict[str, type] = {
+    "key": str,
+    "name": str,
+    "namespace": str,
+    "pod_name": str,
+    "pod_uid": str,
+    "container": str,
+    "port": int,
+    "protocol": str,
+    "service_type": str,
+    "provenance": str,
+    "overridden_fields": str,  # JSON list
+    "health_endpoint": str,
+    "health_interval_s": float,
+    "pod_ip": str,
+    "node_name": str,
+    "labels": str,  # JSON object
+    "first_seen": float,
+    "last_seen": float,
+}
+
+_T = TypeVar("_T")
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    id: int
+    at: float
+    kind: str
+    namespace: str
+    pod_name: str
+    pod_uid: str
+    key: str
+    service: str
+    reason: str
+    fields: tuple[str, ...]
+    node_name: str
+
+
+class Cache:
+    """Synchronous access to the cache file. Not thread-safe: see CacheWriter."""
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        self.path = path
+        try:
+            if read_only:
+                if not path.exists():
+                    raise CacheError(
+                        f"cache {path} does not exist: start `coral agent node` first "
+                        "or pass --cache with the agent's cache path"
+                    )
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+            else:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(str(path), timeout=5.0)
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            self.db = sqlite_utils.Database(conn)
+            if not read_only:
+                self._create_schema()
+        except (sqlite3.Error, OSError) as exc:
+            raise CacheError(
+                f"cache {path} cannot be opened: {exc}; check that its directory is "
+                "writable (mount /var/lib/coral) or pass --cache"
+            ) from exc
+
+    def _create_schema(self) -> None:
+        db = self.db
+        db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+        db["services"].create(SERVICE_COLUMNS, pk="key", if_not_exists=True)
+        db["pods"].create(
+            {
+                "uid": str,
+                "namespace": str,
+                "name": str,
+                "included": int,
+                "reason": str,
+                "errors": str,  # JSON list of stable error strings
+                "first_seen": float,
+                "last_seen": float,
+            },
+            pk="uid",
+            if_not_exists=True,
+        )
+        db["discovery_events"].create(
+            {
+                "id": int,
+                "at": float,
+                "kind": str,
+                "namespace": str,
+                "pod_name": str,
+                "pod_uid": str,
+                "key": str,
+                "service": str,
+                "reason": str,
+                "fields": str,  # JSON list
+                "node_name": str,
+            },
+            pk="id",
+            if_not_exists=True,
+        )
+        db["discovery_events"].create_index(["at"], if_not_exists=True)
+        db["discovery_events"].create_index(["kind"], if_not_exists=True)
+        db["operations"].create(
+            {
+                "id": int,
+                "started_at": float,
+                "finished_at": float,
+                "operator": str,
+                "action": str,
+                "node_name": str,
+                "namespace": str,
+                "pod_name": str,
+                "service": str,
+                "parameters": str,  # JSON
+                "duration_s": float,
+                "bytes": int,
+                "packets": int,
+                "outcome": str,
+                "error": str,
+            },
+            pk="id",
+            if_not_exists=True,
+        )
+        db["conditions"].create(
+            {"name": str, "ok": int, "reason": str, "since": float, "updated": float},
+            pk="name",
+            if_not_exists=True,
+        )
+
+    # -- agent side ---------------------------------------------------------
+
+    def load_known(self) -> KnownState:
+        services = {ServiceKey(row["key"]): _service_from_row(row) for row in self.db["services"].rows}
+        pods = {
+            PodUID(row["uid"]): PodDecision(
+                uid=PodUID(row["uid"]),
+                namespace=row["namespace"],
+                name=row["name"],
+                included=bool(row["included"]),
+                reason=row["reason"],
+                errors=tuple(json.loads(row["errors"] or "[]")),
+            )
+            for row in self.db["pods"].rows
+        }
+        return KnownState(services=services, pods=pods)
+
+    def apply(
+        self,
+        reconciliation: Reconciliation,
+        *,
+        node_name: str,
+        now: float,
+        touch: bool,
+        retention_rows: int,
+        retention_days: float,
+    ) -> None:
+        """Persist one reconcile in a single transaction.
+
+        ``touch`` refreshes ``last_seen`` of every current service and pod
+        (done on full resyncs only, to keep event-driven passes cheap).
+        """
+        db = self.db
+        with db.conn:
+            for key in reconciliation.removed:
+                db.execute("DELETE FROM services WHERE key = ?", [key])
+            if reconciliation.upserted:
+                first_seen = _first_seen(db, "services", "key", [s.key for s in reconciliation.upserted])
+                db["services"].upsert_all(
+                    (
+                        _service_row(s, first_seen=first_seen.get(s.key, now), last_seen=now)
+                        for s in reconciliation.upserted
+                    ),
+                    pk="key",
+                )
+            if touch and reconciliation.services:
+                db.execute("UPDATE services SET last_seen = ?", [now])
+            self._apply_pods(reconciliation.pods, now=now, touch=touch)
+            self._insert_events(reconciliation.events, node_name=node_name, now=now)
+            self._trim_events(now=now, rows=retention_rows, days=retention_days)
+            db["meta"].upsert({"key": "last_pass_at", "value": repr(now)}, pk="key")
+
+    def _apply_pods(self, pods: Mapping[PodUID, PodDecision], *, now: float, touch: bool) -> None:
+        db = self.db
+        stored = {
+            row["uid"]: row
+            for row in db.query("SELECT uid, included, reason, errors, first_seen FROM pods")
+        }
+        gone = [uid for uid in stored if uid not in pods]
+        for uid in gone:
+            db.execute("DELETE FROM pods WHERE uid = ?", [uid])
+        changed = []
+        for uid, decision in pods.items():
+            errors = json.dumps(list(decision.errors))
+            old = stored.get(uid)
+            if (
+                old is not None
+                and not touch
+                and old["included"] == int(decision.included)
+                and old["reason"] == decision.reason
+                and old["errors"] == errors
+            ):
+                continue
+            changed.append(
+                {
+                    "uid": uid,
+                    "namespace": decision.namespace,
+                    "name": decision.name,
+                    "included": int(decision.included),
+                    "reason": decision.reason,
+                    "errors": errors,
+                    "first_seen": old["first_seen"] if old else now,
+                    "last_seen": now,
+                }
+            )
+        if changed:
+            db["pods"].upsert_all(changed, pk="uid")
+
+    def _insert_events(self, events: Sequence[DiscoveryEvent], *, node_name: str, now: float) -> None:
+        if events:
+            self.db["discovery_events"].insert_all(
+                _event_row(event, node_name=node_name, at=now) for event in events
+            )
+
+    def record_events(self, events: Sequence[DiscoveryEvent], *, node_name: str) -> None:
+        """Events that come from outside a reconcile (e.g. the runtime is down)."""
+        with self.db.conn:
+            self._insert_events(events, node_name=node_name, now=time.time())
+
+    def _trim_events(self, *, now: float, rows: int, days: float) -> None:
+        self.db.execute("DELETE FROM discovery_events WHERE at < ?", [now - days * 86400])
+        last = self.db.execute("SELECT max(id) FROM discovery_events").fetchone()[0]
+        if last is not None and last > rows:
+            self.db.execute("DELETE FROM discovery_events WHERE id <= ?", [last - rows])
+
+    def set_condition(self, name: str, *, ok: bool, reason: str, now: float) -> None:
+        row = self.db.execute("SELECT ok, since FROM conditions WHERE name = ?", [name]).fetchone()
+        since = row[1] if row is not None and bool(row[0]) == ok else now
+        with self.db.conn:
+            self.db["conditions"].upsert(
+                {"name": name, "ok": int(ok), "reason": reason, "since": since, "updated": now},
+                pk="name",
+            )
+
+    def set_meta(self, values: Mapping[str, str]) -> None:
+        with self.db.conn:
+            self.db["meta"].upsert_all(
+                [{"key": key, "value": value} for key, value in values.items()], pk="key"
+            )
+
+    def meta(self) -> dict[str, str]:
+        return {row["key"]: row["value"] for row in self.db["meta"].rows}
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    # -- readers (CLI, tests, auditors) --------------------------------------
+
+    def services(self) -> list[ServiceInfo]:
+        return [
+            _service_from_row(row)
+            for row in self.db["services"].rows_where(order_by="namespace, pod_name, name")
+        ]
+
+    def service_rows(self) -> list[dict[str, Any]]:
+        return list(self.db["services"].rows_where(order_by="namespace, pod_name, name"))
+
+    def events(
+        self, *, since_id: int = 0, kind: str | None = None, limit: int | None = None
+    ) -> list[StoredEvent]:
+        where, params = "id > ?", [since_id]
+        if kind:
+            where += " AND kind = ?"
+            params.append(kind)
+        rows = self.db["discovery_events"].rows_where(
+            where, params, order_by="id", limit=limit
+        )
+        return [_stored_event(row) for row in rows]
+
+    def conditions(self) -> list[dict[str, Any]]:
+        return list(self.db["conditions"].rows_where(order_by="name"))
+
+
+class CacheWriter:
+    """Owns the writing connection on one dedicated thread; async façade."""
+
+    def __init__(self, path: Path) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
+        self._path = path
+        self._cache: Cache | None = None
+
+    async def open(self) -> KnownState:
+        def _open() -> KnownState:
+            self._cache = Cache(self._path)
+            return self._cache.load_known()
+
+        return await self._run(_open)
+
+    async def call(self, fn: Callable[[Cache], _T]) -> _T:
+        def _call() -> _T:
+            if self._cache is None:
+                raise CacheError(f"cache {self._path} is not open")
+            try:
+                return fn(self._cache)
+            except sqlite3.Error as exc:
+                raise CacheError(f"cache {self._path} write failed: {exc}") from exc
+
+        return await self._run(_call)
+
+    async def _run(self, fn: Callable[[], _T]) -> _T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
+
+    async def close(self) -> None:
+        if self._cache is not None:
+            cache = self._cache
+            await self._run(cache.close)
+            self._cache = None
+        self._executor.shutdown(wait=True)
+
+
+def _first_seen(db: sqlite_utils.Database, table: str, pk: str, keys: Iterable[str]) -> dict[str, float]:
+    keys = list(keys)
+    found: dict[str, float] = {}
+    for start in range(0, len(keys), 500):
+        chunk = keys[start : start + 500]
+        marks = ",".join("?" * len(chunk))
+        for key, first in db.execute(
+            f"SELECT {pk}, first_seen FROM {table} WHERE {pk} IN ({marks})", chunk
+        ):
+            found[key] = first
+    return found
+
+
+def _service_row(service: ServiceInfo, *, first_seen: float, last_seen: float) -> dict[str, Any]:
+    return {
+        "key": service.key,
+        "name": service.name,
+        "namespace": service.namespace,
+        "pod_name": service.pod_name,
+        "pod_uid": service.pod_uid,
+        "container": service.container,
+        "port": service.port,
+        "protocol": service.protocol,
+        "service_type": service.service_type,
+        "provenance": service.provenance.value,
+        "overridden_fields": json.dumps(list(service.overridden_fields)),
+        "health_endpoint": service.health_endpoint,
+        "health_interval_s": service.health_interval_s,
+        "pod_ip": service.pod_ip,
+        "node_name": service.node_name,
+        "labels": json.dumps(dict(sorted(service.labels.items()))),
+        "first_seen": first_seen,
+        "last_seen": last_seen,
+    }
+
+
+def _service_from_row(row: Mapping[str, Any]) -> ServiceInfo:
+    protocol: Protocol | None = row["protocol"] if row["protocol"] in ("TCP", "UDP") else None
+    return ServiceInfo(
+        key=ServiceKey(row["key"]),
+        name=row["name"],
+        namespace=row["namespace"],
+        pod_name=row["pod_name"],
+        pod_uid=PodUID(row["pod_uid"]),
+        container=row["container"],
+        port=row["port"],
+        protocol=protocol,
+        service_type=row["service_type"],
+        provenance=Provenance(row["provenance"]),
+        health_endpoint=row["health_endpoint"] or "",
+        health_interval_s=row["health_interval_s"],
+        pod_ip=row["pod_ip"] or "",
+        node_name=row["node_name"] or "",
+        labels=json.loads(row["labels"] or "{}"),
+        overridden_fields=tuple(json.loads(row["overridden_fields"] or "[]")),
+    )
+
+
+def _event_row(event: DiscoveryEvent, *, node_name: str, at: float) -> dict[str, Any]:
+    return {
+        "at": at,
+        "kind": event.kind.value,
+        "namespace": event.namespace,
+        "pod_name": event.pod_name,
+        "pod_uid": event.pod_uid or "",
+        "key": event.key or "",
+        "service": event.service,
+        "reason": event.reason,
+        "fields": json.dumps(list(event.fields)),
+        "node_name": node_name,
+    }
+
+
+def _stored_event(row: Mapping[str, Any]) -> StoredEvent:
+    return StoredEvent(
+        id=row["id"],
+        at=row["at"],
+        kind=row["kind"],
+        namespace=row["namespace"],
+        pod_name=row["pod_name"],
+        pod_uid=row["pod_uid"],
+        key=row["key"],
+        service=row["service"],
+        reason=row["reason"],
+        fields=tuple(json.loads(row["fields"] or "[]")),
+        node_name=row["node_name"],
+    )

@@ -1,0 +1,121 @@
+"""``coral agent services|events|status``: read the agent's cache (read-only)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cri_agent.cache import Cache
+from cri_agent.config import DEFAULT_CACHE
+
+
+def register(commands: Any) -> None:
+    services = commands.add_parser("services", help="services in the agent's cache")
+    _common(services)
+    services.add_argument("--namespace", "-n", help="only this namespace")
+    services.set_defaults(handler=services_command)
+
+    events = commands.add_parser("events", help="discovery events in the agent's cache")
+    _common(events)
+    events.add_argument("--kind", choices=["added", "updated", "removed", "skipped", "error"])
+    events.add_argument("--since-id", type=int, default=0, help="only events after this id")
+    events.add_argument("--limit", type=int, help="at most this many (the newest)")
+    events.set_defaults(handler=events_command)
+
+    status = commands.add_parser("status", help="the agent's health conditions")
+    _common(status)
+    status.set_defaults(handler=status_command)
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"default {DEFAULT_CACHE}")
+    parser.add_argument("--output", "-o", choices=["table", "json"], default="table")
+
+
+def services_command(args: argparse.Namespace) -> int:
+    cache = Cache(args.cache, read_only=True)
+    rows = [r for r in cache.service_rows() if not args.namespace or r["namespace"] == args.namespace]
+    if args.output == "json":
+        for row in rows:
+            row["labels"] = json.loads(row["labels"] or "{}")
+            row["overridden_fields"] = json.loads(row["overridden_fields"] or "[]")
+        print(json.dumps(rows, indent=2))
+        return 0
+    print_table(
+        ["NAMESPACE", "POD", "CONTAINER", "NAME", "PORT", "TYPE", "PROVENANCE", "POD IP", "AGE"],
+        [
+            [
+                r["namespace"], r["pod_name"], r["container"], r["name"],
+                f"{r['port']}/{r['protocol']}" if r["port"] else "-",
+                r["service_type"], r["provenance"], r["pod_ip"] or "-", _age(r["first_seen"]),
+            ]
+            for r in rows
+        ],
+    )
+    return 0
+
+
+def events_command(args: argparse.Namespace) -> int:
+    cache = Cache(args.cache, read_only=True)
+    events = cache.events(since_id=args.since_id, kind=args.kind)
+    if args.limit:
+        events = events[-args.limit :]
+    if args.output == "json":
+        print(json.dumps([_event_dict(e) for e in events], indent=2))
+        return 0
+    print_table(
+        ["ID", "TIME", "KIND", "NAMESPACE", "POD", "SERVICE", "REASON"],
+        [
+            [
+                str(e.id), time.strftime("%H:%M:%S", time.localtime(e.at)), e.kind,
+                e.namespace or "-", e.pod_name or "-", e.service or "-",
+                e.reason + (f" [{', '.join(e.fields)}]" if e.fields else ""),
+            ]
+            for e in events
+        ],
+    )
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    cache = Cache(args.cache, read_only=True)
+    conditions = cache.conditions()
+    meta = cache.meta()
+    healthy = all(c["ok"] for c in conditions)
+    if args.output == "json":
+        print(json.dumps({"healthy": healthy, "meta": meta, "conditions": conditions}, indent=2))
+    else:
+        print(f"agent {meta.get('agent_id', '?')} on node {meta.get('node_name', '?')}: "
+              f"{'healthy' if healthy else 'degraded'}")
+        print_table(
+            ["CONDITION", "OK", "SINCE", "REASON"],
+            [[c["name"], "yes" if c["ok"] else "NO", _age(c["since"]), c["reason"]] for c in conditions],
+        )
+    return 0 if healthy else 1
+
+
+def _event_dict(event: Any) -> dict[str, Any]:
+    return {slot: getattr(event, slot) for slot in event.__slots__}
+
+
+def _age(since: float | None) -> str:
+    if not since:
+        return "-"
+    seconds = int(time.time() - since)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{max(seconds, 0)}s"
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    """Columns aligned like kubectl's: two spaces between, headers upper-case."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(str(cell))) for w, cell in zip(widths, row, strict=True)]
+    for row in [list(headers), *rows]:
+        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

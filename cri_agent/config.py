@@ -1,0 +1,374 @@
+"""The agent's configuration: one typed model, merged from several sources.
+
+Precedence, lowest to highest: built-in defaults < the YAML file
+(``--config``) < environment (``CORAL_*``, nested with ``__``, plus
+``NODE_NAME`` from the downward API) < command-line flags. Overrides from
+``--override-file`` are appended after the file's own ``overrides``.
+Keys use the camelCase of DESIGN.md §3 (``includeNamespaces``); snake_case
+is accepted too. Validation errors name the file and the key.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic.alias_generators import to_camel
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from cri_agent.discovery.rules import (
+    DiscoveryRules,
+    ExplicitService,
+    FilterRules,
+    HealthSpec,
+    OverrideRule,
+    Selector,
+    ServiceSpec,
+)
+from cri_agent.errors import ConfigError
+
+DEFAULT_CRI_SOCKET = Path("/run/containerd/containerd.sock")
+DEFAULT_CACHE = Path("/var/lib/coral/agent.db")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """``"30s"``, ``"5m"``, ``"500ms"``, ``"1h"`` or a number of seconds -> seconds."""
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        match = _DURATION.match(value)
+        if match is None:
+            raise ValueError(f"{value!r} is not a duration (e.g. 500ms, 30s, 5m, 1h)")
+        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds <= 0:
+        raise ValueError(f"duration must be positive, got {value!r}")
+    return seconds
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
+    )
+
+
+class _Duration(_Model):
+    """Mixin: every field named *interval*/*timeout* accepts a duration string."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _durations(cls, value: Any, info: Any) -> Any:
+        name: str = info.field_name
+        if ("interval" in name.lower() or "timeout" in name.lower()) and isinstance(value, str):
+            return parse_duration(value)
+        return value
+
+
+class CriSettings(_Duration):
+    socket: Path = DEFAULT_CRI_SOCKET
+    # Use runtime events (CRI GetContainerEvents, else containerd's event
+    # service) for sub-second discovery; the resync stays the safety net.
+    events: bool = True
+    containerd_namespace: str = "k8s.io"
+    timeout: float = 5.0
+
+
+class KubernetesDiscovery(_Duration):
+    include_namespaces: list[str] = []
+    exclude_namespaces: list[str] = []
+    include_labels: dict[str, str] = {}
+    exclude_labels: dict[str, str] = {}
+    poll_interval: float = 30.0
+    resync_interval: float = 300.0
+
+
+class DiscoverySettings(_Duration):
+    cri: CriSettings = CriSettings()
+    kubernetes: KubernetesDiscovery = KubernetesDiscovery()
+    proc_root: Path = Path("/proc")
+    health_interval: float = 10.0
+    # Runtime events within this window collapse into one reconcile.
+    coalesce_interval: float = 0.05
+
+
+class AgentSection(_Model):
+    mode: Literal["passive"] = "passive"
+    id: str = "node-agent-{{ NODE_NAME }}"
+    node_name: str = Field(default="", validation_alias=AliasChoices("nodeName", "node_name"))
+
+
+class HealthEntry(_Duration):
+    endpoint: str | None = None
+    interval: float | None = None
+
+
+class SelectorEntry(_Model):
+    namespace: str | None = None
+    pod_label: str | dict[str, str] | None = None  # "app=payments-api" or a mapping
+    pod_name: str | None = None
+    container: str | None = None
+
+    def labels(self) -> dict[str, str]:
+        if self.pod_label is None:
+            return {}
+        if isinstance(self.pod_label, dict):
+            return dict(self.pod_label)
+        return dict(_parse_label_pairs([self.pod_label], key="podLabel"))
+
+
+class ServiceEntry(_Model):
+    name: str | None = None
+    type: str | None = None
+    port: int | None = Field(default=None, ge=1, le=65535)
+    health: HealthEntry = HealthEntry()
+
+
+class OverrideEntry(_Model):
+    selector: SelectorEntry
+    service: ServiceEntry
+
+
+class ExplicitServiceEntry(_Model):
+    name: str
+    port: int | None = Field(default=None, ge=1, le=65535)
+    protocol: Literal["TCP", "UDP"] = "TCP"
+    type: str = ""
+    namespace: str = ""
+    selector: SelectorEntry | None = None
+    health: HealthEntry = HealthEntry()
+    labels: dict[str, str] = {}
+
+
+class CacheSettings(_Model):
+    path: Path = DEFAULT_CACHE
+    # discovery_events keeps at most this many rows and this many days.
+    event_retention_rows: int = Field(default=100_000, ge=100)
+    event_retention_days: float = Field(default=30.0, gt=0)
+
+
+class LogSettings(_Model):
+    format: Literal["text", "json"] = "text"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """The whole agent configuration (DESIGN.md §3)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CORAL_",
+        env_nested_delimiter="__",
+        case_sensitive=False,
+        extra="forbid",
+        alias_generator=to_camel,
+        populate_by_name=True,
+        frozen=True,
+    )
+
+    agent: AgentSection = AgentSection()
+    discovery: DiscoverySettings = DiscoverySettings()
+    overrides: list[OverrideEntry] = []
+    services: list[ExplicitServiceEntry] = []
+    cache: CacheSettings = CacheSettings()
+    log: LogSettings = LogSettings()
+
+    @property
+    def node_name(self) -> str:
+        """``agent.nodeName``, else ``NODE_NAME`` (downward API), else the hostname."""
+        return self.agent.node_name or os.environ.get("NODE_NAME") or os.uname().nodename
+
+    @property
+    def agent_id(self) -> str:
+        return self.agent.id.replace("{{ NODE_NAME }}", self.node_name).replace(
+            "{{NODE_NAME}}", self.node_name
+        )
+
+    def rules(self) -> DiscoveryRules:
+        """The pure discovery core's view of this configuration."""
+        k8s = self.discovery.kubernetes
+        return DiscoveryRules(
+            filters=FilterRules(
+                include_namespaces=frozenset(k8s.include_namespaces),
+                exclude_namespaces=frozenset(k8s.exclude_namespaces),
+                include_labels=dict(k8s.include_labels),
+                exclude_labels=dict(k8s.exclude_labels),
+            ),
+            overrides=tuple(
+                OverrideRule(
+                    selector=_selector(entry.selector),
+                    service=ServiceSpec(
+                        name=entry.service.name,
+                        type=entry.service.type,
+                        port=entry.service.port,
+                        health=HealthSpec(
+                            endpoint=entry.service.health.endpoint,
+                            interval_s=entry.service.health.interval,
+                        ),
+                    ),
+                    source=f"overrides[{index}]",
+                )
+                for index, entry in enumerate(self.overrides)
+            ),
+            services=tuple(
+                ExplicitService(
+                    name=entry.name,
+                    port=entry.port,
+                    protocol=entry.protocol,
+                    type=entry.type,
+                    namespace=entry.namespace,
+                    selector=_selector(entry.selector) if entry.selector else None,
+                    health=HealthSpec(
+                        endpoint=entry.health.endpoint, interval_s=entry.health.interval
+                    ),
+                    labels=dict(entry.labels),
+                )
+                for entry in self.services
+            ),
+            default_health_interval_s=self.discovery.health_interval,
+            node_name=self.node_name,
+        )
+
+
+def _selector(entry: SelectorEntry) -> Selector:
+    return Selector(
+        namespace=entry.namespace,
+        pod_labels=entry.labels(),
+        pod_name=entry.pod_name,
+        container=entry.container,
+    )
+
+
+def _parse_label_pairs(pairs: list[str], *, key: str) -> list[tuple[str, str]]:
+    parsed = []
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"{key}: {pair!r} is not key=value (e.g. app=payments-api)")
+        parsed.append((name.strip(), value.strip()))
+    return parsed
+
+
+def _read_yaml(path: Path, *, what: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{what} {path} not found: check the path given to the agent") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{what} {path} cannot be read: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path}: the top level must be a mapping")
+    return data
+
+
+def flags_to_settings(
+    *,
+    mode: str | None = None,
+    include_namespaces: list[str] | None = None,
+    exclude_namespaces: list[str] | None = None,
+    include_labels: list[str] | None = None,
+    exclude_labels: list[str] | None = None,
+    cri_socket: Path | None = None,
+    cache: Path | None = None,
+    node_name: str | None = None,
+    log_format: str | None = None,
+    resync_interval: str | None = None,
+    no_events: bool = False,
+) -> dict[str, Any]:
+    """Command-line flags as a nested settings mapping (only what was given)."""
+    k8s: dict[str, Any] = {}
+    if include_namespaces:
+        k8s["includeNamespaces"] = include_namespaces
+    if exclude_namespaces:
+        k8s["excludeNamespaces"] = exclude_namespaces
+    if include_labels:
+        k8s["includeLabels"] = dict(_parse_label_pairs(include_labels, key="--include-label"))
+    if exclude_labels:
+        k8s["excludeLabels"] = dict(_parse_label_pairs(exclude_labels, key="--exclude-label"))
+    if resync_interval:
+        k8s["resyncInterval"] = resync_interval
+    cri: dict[str, Any] = {}
+    if cri_socket:
+        cri["socket"] = cri_socket
+    if no_events:
+        cri["events"] = False
+    flags: dict[str, Any] = {}
+    if k8s or cri:
+        flags["discovery"] = {"kubernetes": k8s} if k8s else {}
+        if cri:
+            flags["discovery"]["cri"] = cri
+    agent: dict[str, Any] = {}
+    if mode:
+        agent["mode"] = mode
+    if node_name:
+        agent["nodeName"] = node_name
+    if agent:
+        flags["agent"] = agent
+    if cache:
+        flags["cache"] = {"path": cache}
+    if log_format:
+        flags["log"] = {"format": log_format}
+    return flags
+
+
+def load_settings(
+    config: Path | None = None,
+    *,
+    override_file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+) -> Settings:
+    """Merge defaults < file < env < flags and validate, or raise ConfigError."""
+    file_data = _read_yaml(config, what="config file") if config else {}
+    if override_file:
+        extra = _read_yaml(override_file, what="override file")
+        unknown = set(extra) - {"overrides", "services"}
+        if unknown:
+            raise ConfigError(
+                f"override file {override_file}: unexpected keys {sorted(unknown)}; "
+                "it may only hold `overrides` and `services`"
+            )
+        for key in ("overrides", "services"):
+            file_data[key] = [*file_data.get(key, []), *extra.get(key, [])]
+
+    class _Sourced(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, _FileSource(settings_cls, file_data))
+
+    source = f"{config} (or CORAL_* environment)" if config else "flags/CORAL_* environment"
+    try:
+        return _Sourced(**(flags or {}))
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration in {source}: {problems}") from None
+
+
+class _FileSource(PydanticBaseSettingsSource):
+    """The YAML file's mapping as the lowest-precedence settings source."""
+
+    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self._data = data
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return self._data
