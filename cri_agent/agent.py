@@ -90,8 +90,12 @@ class NodeAgent:
         }
         await self.cache.call(lambda c: c.set_meta(meta))
         emit(
-            log, "agent.started", agent_id=self.settings.agent_id, node=self.node_name,
-            cache=str(self.settings.cache.path), services=len(self.known.services),
+            log,
+            "agent.started",
+            agent_id=self.settings.agent_id,
+            node=self.node_name,
+            cache=str(self.settings.cache.path),
+            services=len(self.known.services),
             cri_socket=str(self.settings.discovery.cri.socket),
         )
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._discovery(), name="discovery")]
@@ -129,7 +133,9 @@ class NodeAgent:
                 async for event in self.runtime.events():
                     if backoff.failing or "events" not in self._conditions:
                         backoff.reset()
-                        await self._condition("events", ok=True, reason=f"streaming ({event.source})")
+                        await self._condition(
+                            "events", ok=True, reason=f"streaming ({event.source})"
+                        )
                     self._wake.set()
                 reason = "event stream ended"
             except CoralError as exc:
@@ -192,8 +198,12 @@ class NodeAgent:
             emit_discovery(log, event, provenance=service.provenance.value if service else "")
         if result.events or touch:
             emit(
-                log, "discovery.pass", level=logging.DEBUG, pods=len(pods),
-                services=len(result.services), events=len(result.events),
+                log,
+                "discovery.pass",
+                level=logging.DEBUG,
+                pods=len(pods),
+                services=len(result.services),
+                events=len(result.events),
                 ms=round((time.perf_counter() - started) * 1000, 1),
             )
         return True
@@ -203,7 +213,10 @@ class NodeAgent:
         now = self.clock()
         await self.cache.call(
             lambda c: c.apply(
-                result, node_name=self.node_name, now=now, touch=touch,
+                result,
+                node_name=self.node_name,
+                now=now,
+                touch=touch,
                 retention_rows=cache.event_retention_rows,
                 retention_days=cache.event_retention_days,
             )
@@ -214,7 +227,9 @@ class NodeAgent:
     async def _runtime_down(self, exc: CoralError) -> None:
         if self._conditions.get("runtime", (True, ""))[0] or "runtime" not in self._conditions:
             emit(log, "runtime.unavailable", level=logging.ERROR, reason=str(exc))
-            outage = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=str(exc))
+            outage = DiscoveryEvent(
+                kind=EventKind.ERROR, namespace="", pod_name="", reason=str(exc)
+            )
             with contextlib.suppress(CacheError):
                 await self.cache.call(lambda c: c.record_events([outage], node_name=self.node_name))
         await self._condition("runtime", ok=False, reason=str(exc))

@@ -23,7 +23,7 @@ class Backoff:
     def next(self) -> float:
         delay = min(self.maximum, self.initial * (2**self._attempt))
         self._attempt += 1
-        return max(0.0, delay * (1 + self.rng.uniform(-self.jitter, self.jitter)))
+        return float(max(0.0, delay * (1 + self.rng.uniform(-self.jitter, self.jitter))))
 
     def reset(self) -> None:
         self._attempt = 0

@@ -19,9 +19,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import sqlite_utils
+from sqlite_utils.db import Table
 
 from cri_agent.discovery.engine import KnownState, PodDecision, Reconciliation
 from cri_agent.errors import CacheError
@@ -104,10 +105,10 @@ class Cache:
 
     def _create_schema(self) -> None:
         db = self.db
-        db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-        db["meta"].upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
-        db["services"].create(SERVICE_COLUMNS, pk="key", if_not_exists=True)
-        db["pods"].create(
+        _table(db, "meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
+        _table(db, "meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
+        _table(db, "services").create(SERVICE_COLUMNS, pk="key", if_not_exists=True)
+        _table(db, "pods").create(
             {
                 "uid": str,
                 "namespace": str,
@@ -121,7 +122,7 @@ class Cache:
             pk="uid",
             if_not_exists=True,
         )
-        db["discovery_events"].create(
+        _table(db, "discovery_events").create(
             {
                 "id": int,
                 "at": float,
@@ -138,9 +139,9 @@ class Cache:
             pk="id",
             if_not_exists=True,
         )
-        db["discovery_events"].create_index(["at"], if_not_exists=True)
-        db["discovery_events"].create_index(["kind"], if_not_exists=True)
-        db["operations"].create(
+        _table(db, "discovery_events").create_index(["at"], if_not_exists=True)
+        _table(db, "discovery_events").create_index(["kind"], if_not_exists=True)
+        _table(db, "operations").create(
             {
                 "id": int,
                 "started_at": float,
@@ -161,7 +162,7 @@ class Cache:
             pk="id",
             if_not_exists=True,
         )
-        db["conditions"].create(
+        _table(db, "conditions").create(
             {"name": str, "ok": int, "reason": str, "since": float, "updated": float},
             pk="name",
             if_not_exists=True,
@@ -170,7 +171,9 @@ class Cache:
     # -- agent side ---------------------------------------------------------
 
     def load_known(self) -> KnownState:
-        services = {ServiceKey(row["key"]): _service_from_row(row) for row in self.db["services"].rows}
+        services = {
+            ServiceKey(row["key"]): _service_from_row(row) for row in _table(self.db, "services").rows
+        }
         pods = {
             PodUID(row["uid"]): PodDecision(
                 uid=PodUID(row["uid"]),
@@ -180,7 +183,7 @@ class Cache:
                 reason=row["reason"],
                 errors=tuple(json.loads(row["errors"] or "[]")),
             )
-            for row in self.db["pods"].rows
+            for row in _table(self.db, "pods").rows
         }
         return KnownState(services=services, pods=pods)
 
@@ -204,8 +207,10 @@ class Cache:
             for key in reconciliation.removed:
                 db.execute("DELETE FROM services WHERE key = ?", [key])
             if reconciliation.upserted:
-                first_seen = _first_seen(db, "services", "key", [s.key for s in reconciliation.upserted])
-                db["services"].upsert_all(
+                first_seen = _first_seen(
+                    db, "services", "key", [s.key for s in reconciliation.upserted]
+                )
+                _table(db, "services").upsert_all(
                     (
                         _service_row(s, first_seen=first_seen.get(s.key, now), last_seen=now)
                         for s in reconciliation.upserted
@@ -217,7 +222,7 @@ class Cache:
             self._apply_pods(reconciliation.pods, now=now, touch=touch)
             self._insert_events(reconciliation.events, node_name=node_name, now=now)
             self._trim_events(now=now, rows=retention_rows, days=retention_days)
-            db["meta"].upsert({"key": "last_pass_at", "value": repr(now)}, pk="key")
+            _table(db, "meta").upsert({"key": "last_pass_at", "value": repr(now)}, pk="key")
 
     def _apply_pods(self, pods: Mapping[PodUID, PodDecision], *, now: float, touch: bool) -> None:
         db = self.db
@@ -253,11 +258,13 @@ class Cache:
                 }
             )
         if changed:
-            db["pods"].upsert_all(changed, pk="uid")
+            _table(db, "pods").upsert_all(changed, pk="uid")
 
-    def _insert_events(self, events: Sequence[DiscoveryEvent], *, node_name: str, now: float) -> None:
+    def _insert_events(
+        self, events: Sequence[DiscoveryEvent], *, node_name: str, now: float
+    ) -> None:
         if events:
-            self.db["discovery_events"].insert_all(
+            _table(self.db, "discovery_events").insert_all(
                 _event_row(event, node_name=node_name, at=now) for event in events
             )
 
@@ -276,19 +283,19 @@ class Cache:
         row = self.db.execute("SELECT ok, since FROM conditions WHERE name = ?", [name]).fetchone()
         since = row[1] if row is not None and bool(row[0]) == ok else now
         with self.db.conn:
-            self.db["conditions"].upsert(
+            _table(self.db, "conditions").upsert(
                 {"name": name, "ok": int(ok), "reason": reason, "since": since, "updated": now},
                 pk="name",
             )
 
     def set_meta(self, values: Mapping[str, str]) -> None:
         with self.db.conn:
-            self.db["meta"].upsert_all(
+            _table(self.db, "meta").upsert_all(
                 [{"key": key, "value": value} for key, value in values.items()], pk="key"
             )
 
     def meta(self) -> dict[str, str]:
-        return {row["key"]: row["value"] for row in self.db["meta"].rows}
+        return {row["key"]: row["value"] for row in _table(self.db, "meta").rows}
 
     def close(self) -> None:
         self.db.conn.close()
@@ -298,26 +305,24 @@ class Cache:
     def services(self) -> list[ServiceInfo]:
         return [
             _service_from_row(row)
-            for row in self.db["services"].rows_where(order_by="namespace, pod_name, name")
+            for row in _table(self.db, "services").rows_where(order_by="namespace, pod_name, name")
         ]
 
     def service_rows(self) -> list[dict[str, Any]]:
-        return list(self.db["services"].rows_where(order_by="namespace, pod_name, name"))
+        return list(_table(self.db, "services").rows_where(order_by="namespace, pod_name, name"))
 
     def events(
         self, *, since_id: int = 0, kind: str | None = None, limit: int | None = None
     ) -> list[StoredEvent]:
-        where, params = "id > ?", [since_id]
+        where, params = "id > ?", [str(since_id)]
         if kind:
             where += " AND kind = ?"
             params.append(kind)
-        rows = self.db["discovery_events"].rows_where(
-            where, params, order_by="id", limit=limit
-        )
+        rows = _table(self.db, "discovery_events").rows_where(where, params, order_by="id", limit=limit)
         return [_stored_event(row) for row in rows]
 
     def conditions(self) -> list[dict[str, Any]]:
-        return list(self.db["conditions"].rows_where(order_by="name"))
+        return list(_table(self.db, "conditions").rows_where(order_by="name"))
 
 
 class CacheWriter:
@@ -357,7 +362,13 @@ class CacheWriter:
         self._executor.shutdown(wait=True)
 
 
-def _first_seen(db: sqlite_utils.Database, table: str, pk: str, keys: Iterable[str]) -> dict[str, float]:
+def _table(db: sqlite_utils.Database, name: str) -> Table:
+    return cast(Table, db[name])
+
+
+def _first_seen(
+    db: sqlite_utils.Database, table: str, pk: str, keys: Iterable[str]
+) -> dict[str, float]:
     keys = list(keys)
     found: dict[str, float] = {}
     for start in range(0, len(keys), 500):

@@ -338,6 +338,8 @@ def load_settings(
         for key in ("overrides", "services"):
             file_data[key] = [*file_data.get(key, []), *extra.get(key, [])]
 
+    _let_flags_replace_label_maps(file_data, flags or {})
+
     class _Sourced(Settings):
         @classmethod
         def settings_customise_sources(
@@ -358,6 +360,15 @@ def load_settings(
             f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration in {source}: {problems}") from None
+
+
+def _let_flags_replace_label_maps(file_data: dict[str, Any], flags: dict[str, Any]) -> None:
+    """Sources are deep-merged; a label flag must replace the file's map, not extend it."""
+    flag_k8s = flags.get("discovery", {}).get("kubernetes", {})
+    file_k8s = file_data.get("discovery", {}).get("kubernetes", {})
+    for key in ("includeLabels", "excludeLabels"):
+        if key in flag_k8s and isinstance(file_k8s, dict):
+            file_k8s.pop(key, None)
 
 
 class _FileSource(PydanticBaseSettingsSource):

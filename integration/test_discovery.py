@@ -43,9 +43,7 @@ def start_agent(tmp_path: Path, containerd: PrivateContainerd) -> Iterator[Agent
 def web_pod(pods: PodFactory, name: str, **kwargs: object) -> Pod:
     return pods.create_pod(
         name,
-        containers=(
-            ContainerSpec("web", HTTPD, ports=(PortSpec(8080, name="http"),)),
-        ),
+        containers=(ContainerSpec("web", HTTPD, ports=(PortSpec(8080, name="http"),)),),
         **kwargs,  # type: ignore[arg-type]
     )
 
@@ -63,24 +61,35 @@ def test_pod_is_registered_within_one_second_through_runtime_events(
     assert time.monotonic() - created < 1.0, f"took {time.monotonic() - before:.2f}s"
     [service] = services
     assert (service.name, service.port, service.provenance.value, service.pod_ip) == (
-        "checkout", 8080, "discovered", pod.ip,
+        "checkout",
+        8080,
+        "discovered",
+        pod.ip,
     )
 
 
-def test_annotation_marks_the_service_overridden(start_agent: AgentFactory, pods: PodFactory) -> None:
+def test_annotation_marks_the_service_overridden(
+    start_agent: AgentFactory, pods: PodFactory
+) -> None:
     agent = start_agent()
     pod = web_pod(
-        pods, "payments", annotations={"coral.io/name": "payments-api", "coral.io/health-endpoint": "/healthz"}
+        pods,
+        "payments",
+        annotations={"coral.io/name": "payments-api", "coral.io/health-endpoint": "/healthz"},
     )
 
     [service] = agent.wait_for(lambda: agent.service_by_pod(pod.uid), timeout=5, what="service")
 
     assert (service.name, service.health_endpoint, service.provenance.value) == (
-        "payments-api", "/healthz", "overridden",
+        "payments-api",
+        "/healthz",
+        "overridden",
     )
 
 
-def test_without_events_a_pod_is_found_within_one_resync(start_agent: AgentFactory, pods: PodFactory) -> None:
+def test_without_events_a_pod_is_found_within_one_resync(
+    start_agent: AgentFactory, pods: PodFactory
+) -> None:
     agent = start_agent("--no-events", "--resync-interval", "2s")
     agent.wait_pass_after(time.time())
     pod = web_pod(pods, "resync-only")
@@ -91,7 +100,9 @@ def test_without_events_a_pod_is_found_within_one_resync(start_agent: AgentFacto
     assert time.monotonic() - created < 2.0 + 1.0
 
 
-def test_deleted_pod_is_removed_with_its_reason(start_agent: AgentFactory, pods: PodFactory) -> None:
+def test_deleted_pod_is_removed_with_its_reason(
+    start_agent: AgentFactory, pods: PodFactory
+) -> None:
     agent = start_agent()
     pod = web_pod(pods, "ephemeral")
     agent.wait_for(lambda: agent.service_by_pod(pod.uid), timeout=5, what="service")
@@ -99,19 +110,26 @@ def test_deleted_pod_is_removed_with_its_reason(start_agent: AgentFactory, pods:
     pods.delete_pod(pod)
 
     removed = agent.wait_for(
-        lambda: [e for e in agent.events(kind="removed") if e.pod_uid == pod.uid], timeout=5, what="removed"
+        lambda: [e for e in agent.events(kind="removed") if e.pod_uid == pod.uid],
+        timeout=5,
+        what="removed",
     )
     assert [e.reason for e in removed] == ["pod gone"]
 
 
-def test_undeclared_listening_port_is_found_through_proc(start_agent: AgentFactory, pods: PodFactory) -> None:
+def test_undeclared_listening_port_is_found_through_proc(
+    start_agent: AgentFactory, pods: PodFactory
+) -> None:
     agent = start_agent()
     pod = pods.create_pod(
-        "undeclared", containers=(ContainerSpec("app", ("httpd", "-f", "-p", "9090", "-h", "/www")),)
+        "undeclared",
+        containers=(ContainerSpec("app", ("httpd", "-f", "-p", "9090", "-h", "/www")),),
     )
 
     services = agent.wait_for(
-        lambda: [s for s in agent.service_by_pod(pod.uid) if s.port == 9090], timeout=5, what="port 9090"
+        lambda: [s for s in agent.service_by_pod(pod.uid) if s.port == 9090],
+        timeout=5,
+        what="port 9090",
     )
 
     assert [(s.container, s.protocol) for s in services] == [("app", "TCP")]
@@ -126,7 +144,9 @@ def test_a_pod_that_lives_one_second_is_recorded_added_then_removed(
     pods.delete_pod(pod)
 
     agent.wait_for(
-        lambda: any(e.kind == "removed" for e in agent.events() if e.pod_uid == pod.uid), timeout=5, what="removed"
+        lambda: any(e.kind == "removed" for e in agent.events() if e.pod_uid == pod.uid),
+        timeout=5,
+        what="removed",
     )
 
     assert [e.kind for e in agent.events() if e.pod_uid == pod.uid] == ["added", "removed"]
@@ -137,11 +157,17 @@ def test_excluded_namespace_is_skipped_once(start_agent: AgentFactory, pods: Pod
     pod = web_pod(pods, "kube-proxy-abcde", namespace="kube-system")
     web_pod(pods, "trigger-another-pass")
 
-    agent.wait_for(lambda: [e for e in agent.events(kind="skipped") if e.pod_uid == pod.uid], timeout=5, what="skip")
+    agent.wait_for(
+        lambda: [e for e in agent.events(kind="skipped") if e.pod_uid == pod.uid],
+        timeout=5,
+        what="skip",
+    )
     agent.wait_pass_after(time.time())
 
     skipped = [e for e in agent.events() if e.pod_uid == pod.uid]
-    assert [(e.kind, e.reason) for e in skipped] == [("skipped", "namespace kube-system is excluded")]
+    assert [(e.kind, e.reason) for e in skipped] == [
+        ("skipped", "namespace kube-system is excluded")
+    ]
     assert agent.service_by_pod(pod.uid) == []
 
 
@@ -150,8 +176,13 @@ def test_sigkilled_agent_restarts_from_its_cache_without_spurious_events(
 ) -> None:
     cache = tmp_path / "restart.db"
     agent = start_agent(cache=cache)
-    created = [web_pod(pods, f"stable-{i}", annotations={"coral.io/port": "oops"} if i == 0 else None) for i in range(3)]
-    agent.wait_for(lambda: all(agent.service_by_pod(p.uid) for p in created), timeout=10, what="services")
+    created = [
+        web_pod(pods, f"stable-{i}", annotations={"coral.io/port": "oops"} if i == 0 else None)
+        for i in range(3)
+    ]
+    agent.wait_for(
+        lambda: all(agent.service_by_pod(p.uid) for p in created), timeout=10, what="services"
+    )
     agent.wait_pass_after(time.time())
     last = agent.last_event_id()
     services_before = {s.key: s for s in agent.services()}
@@ -174,12 +205,18 @@ def test_agent_recovers_by_itself_when_containerd_restarts(
         agent.wait_for(lambda: agent.service_by_pod(first.uid), timeout=5, what="first service")
 
         fresh_containerd.kill()
-        agent.wait_for(lambda: not agent.conditions()["runtime"][0], timeout=10, what="runtime down")
+        agent.wait_for(
+            lambda: not agent.conditions()["runtime"][0], timeout=10, what="runtime down"
+        )
         fresh_containerd.restart()
         second = web_pod(factory, "after-restart")
 
-        agent.wait_for(lambda: agent.service_by_pod(second.uid), timeout=15, what="service after restart")
-        assert agent.service_by_pod(first.uid), "a pod that survived the restart must stay registered"
+        agent.wait_for(
+            lambda: agent.service_by_pod(second.uid), timeout=15, what="service after restart"
+        )
+        assert agent.service_by_pod(first.uid), (
+            "a pod that survived the restart must stay registered"
+        )
         assert agent.conditions()["runtime"][0]
     finally:
         factory.close()
@@ -191,7 +228,9 @@ def test_missing_cri_socket_is_a_clear_error_and_discovery_starts_when_it_appear
     runtime = PrivateContainerd(tmp_path / "late", images=harness_images)  # type: ignore[arg-type]
     agent = AgentProcess(cri_socket=runtime.socket_path, cache=tmp_path / "late.db").start()
     try:
-        ok, reason, _ = agent.wait_for(lambda: agent.conditions().get("runtime"), timeout=10, what="condition")
+        ok, reason, _ = agent.wait_for(
+            lambda: agent.conditions().get("runtime"), timeout=10, what="condition"
+        )
         assert not ok and "not found" in reason and str(runtime.socket_path) in reason
         time.sleep(1.5)  # several retries, and still alive
         assert agent.alive()
@@ -227,11 +266,14 @@ def test_two_hundred_pods_with_malformed_annotations_give_two_hundred_errors(
 
     agent.wait_for(
         lambda: len({e.pod_uid for e in agent.events(kind="error") if e.pod_uid in uids}) == 200,
-        timeout=60, what="200 error events",
+        timeout=60,
+        what="200 error events",
     )
     agent.wait_pass_after(time.time())
 
     errors = [e for e in agent.events(kind="error") if e.pod_uid in uids]
     assert len(errors) == 200 and all("coral.io/port" in e.reason for e in errors)
     assert agent.alive() and all(ok for ok, _, _ in agent.conditions().values())
-    assert len({s.pod_uid for s in agent.services() if s.pod_uid in uids}) == 200, "the rest still applies"
+    assert len({s.pod_uid for s in agent.services() if s.pod_uid in uids}) == 200, (
+        "the rest still applies"
+    )

@@ -39,10 +39,15 @@ def generate(out_root: Path) -> list[Path]:
         files = [str(PACKAGE_PATH / p) for p in proto_files()]
         out_root.mkdir(parents=True, exist_ok=True)
         cmd = [
-            sys.executable, "-m", "grpc_tools.protoc",
-            f"-I{include}", f"-I{well_known}",
-            f"--python_out={out_root}", f"--grpc_python_out={out_root}",
-            f"--mypy_out={out_root}", f"--mypy_grpc_out={out_root}",
+            sys.executable,
+            "-m",
+            "grpc_tools.protoc",
+            f"-I{include}",
+            f"-I{well_known}",
+            f"--python_out={out_root}",
+            f"--grpc_python_out={out_root}",
+            f"--mypy_out={out_root}",
+            f"--mypy_grpc_out={out_root}",
             *files,
         ]
         subprocess.run(cmd, check=True)

@@ -32,13 +32,17 @@ def register(commands: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"default {DEFAULT_CACHE}")
+    parser.add_argument(
+        "--cache", type=Path, default=DEFAULT_CACHE, help=f"default {DEFAULT_CACHE}"
+    )
     parser.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
 
 def services_command(args: argparse.Namespace) -> int:
     cache = Cache(args.cache, read_only=True)
-    rows = [r for r in cache.service_rows() if not args.namespace or r["namespace"] == args.namespace]
+    rows = [
+        r for r in cache.service_rows() if not args.namespace or r["namespace"] == args.namespace
+    ]
     if args.output == "json":
         for row in rows:
             row["labels"] = json.loads(row["labels"] or "{}")
@@ -49,9 +53,15 @@ def services_command(args: argparse.Namespace) -> int:
         ["NAMESPACE", "POD", "CONTAINER", "NAME", "PORT", "TYPE", "PROVENANCE", "POD IP", "AGE"],
         [
             [
-                r["namespace"], r["pod_name"], r["container"], r["name"],
+                r["namespace"],
+                r["pod_name"],
+                r["container"],
+                r["name"],
                 f"{r['port']}/{r['protocol']}" if r["port"] else "-",
-                r["service_type"], r["provenance"], r["pod_ip"] or "-", _age(r["first_seen"]),
+                r["service_type"],
+                r["provenance"],
+                r["pod_ip"] or "-",
+                _age(r["first_seen"]),
             ]
             for r in rows
         ],
@@ -71,8 +81,12 @@ def events_command(args: argparse.Namespace) -> int:
         ["ID", "TIME", "KIND", "NAMESPACE", "POD", "SERVICE", "REASON"],
         [
             [
-                str(e.id), time.strftime("%H:%M:%S", time.localtime(e.at)), e.kind,
-                e.namespace or "-", e.pod_name or "-", e.service or "-",
+                str(e.id),
+                time.strftime("%H:%M:%S", time.localtime(e.at)),
+                e.kind,
+                e.namespace or "-",
+                e.pod_name or "-",
+                e.service or "-",
                 e.reason + (f" [{', '.join(e.fields)}]" if e.fields else ""),
             ]
             for e in events
@@ -89,11 +103,16 @@ def status_command(args: argparse.Namespace) -> int:
     if args.output == "json":
         print(json.dumps({"healthy": healthy, "meta": meta, "conditions": conditions}, indent=2))
     else:
-        print(f"agent {meta.get('agent_id', '?')} on node {meta.get('node_name', '?')}: "
-              f"{'healthy' if healthy else 'degraded'}")
+        print(
+            f"agent {meta.get('agent_id', '?')} on node {meta.get('node_name', '?')}: "
+            f"{'healthy' if healthy else 'degraded'}"
+        )
         print_table(
             ["CONDITION", "OK", "SINCE", "REASON"],
-            [[c["name"], "yes" if c["ok"] else "NO", _age(c["since"]), c["reason"]] for c in conditions],
+            [
+                [c["name"], "yes" if c["ok"] else "NO", _age(c["since"]), c["reason"]]
+                for c in conditions
+            ],
         )
     return 0 if healthy else 1
 

@@ -140,7 +140,7 @@ class CriClient:
 
     async def close(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)
             self._channel = None
 
     async def version(self) -> RuntimeVersion:
@@ -184,8 +184,12 @@ class CriClient:
         ready = api_pb2.PodSandboxFilter(
             state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY)
         )
-        sandboxes = (await self._call("ListPodSandbox", api_pb2.ListPodSandboxRequest(filter=ready))).items
-        containers = (await self._call("ListContainers", api_pb2.ListContainersRequest())).containers
+        sandboxes = (
+            await self._call("ListPodSandbox", api_pb2.ListPodSandboxRequest(filter=ready))
+        ).items
+        containers = (
+            await self._call("ListContainers", api_pb2.ListContainersRequest())
+        ).containers
         by_sandbox: dict[str, list[Any]] = {}
         for container in containers:
             by_sandbox.setdefault(container.pod_sandbox_id, []).append(container)
@@ -275,12 +279,14 @@ class CriClient:
                 yield event
             return
         except _Unimplemented:
-            log.debug("event=runtime.events source=containerd reason=%s", "CRI events unimplemented")
+            log.debug(
+                "event=runtime.events source=containerd reason=%s", "CRI events unimplemented"
+            )
         async for event in self._containerd_events():
             yield event
 
     async def _cri_events(self) -> AsyncIterator[RuntimeEvent]:
-        stream = self._stub().GetContainerEvents(api_pb2.GetEventsRequest())
+        stream: Any = self._stub().GetContainerEvents(api_pb2.GetEventsRequest())
         try:
             async for response in stream:
                 yield RuntimeEvent(
@@ -298,7 +304,7 @@ class CriClient:
     async def _containerd_events(self) -> AsyncIterator[RuntimeEvent]:
         stub = events_pb2_grpc.EventsStub(self._open())
         request = events_pb2.SubscribeRequest(filters=[f"namespace=={self.containerd_namespace}"])
-        stream = stub.Subscribe(request)
+        stream: Any = stub.Subscribe(request)
         try:
             async for envelope in stream:
                 yield RuntimeEvent(source="containerd", topic=envelope.topic)
@@ -333,7 +339,9 @@ def parse_declared_ports(raw: str) -> tuple[tuple[DeclaredPort, ...], str]:
             if protocol not in ("TCP", "UDP"):
                 continue  # SCTP: not probed or registered
             ports.append(
-                DeclaredPort(port=port, protocol=cast(Any, protocol), name=str(entry.get("name") or ""))
+                DeclaredPort(
+                    port=port, protocol=cast(Any, protocol), name=str(entry.get("name") or "")
+                )
             )
         return tuple(ports), ""
     except (ValueError, TypeError, KeyError) as exc:
