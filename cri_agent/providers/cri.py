@@ -57,6 +57,9 @@ _STATES = {
     api_pb2.CONTAINER_UNKNOWN: ContainerState.UNKNOWN,
 }
 
+# containerd topics that can change a pod (not image pulls or snapshots).
+_POD_TOPICS = ("/tasks/", "/containers/", "/sandboxes/")
+
 # Reconnect fast after a runtime restart; the agent's own loop backs off.
 _CHANNEL_OPTIONS = [
     ("grpc.initial_reconnect_backoff_ms", 100),
@@ -307,7 +310,8 @@ class CriClient:
         stream: Any = stub.Subscribe(request)
         try:
             async for envelope in stream:
-                yield RuntimeEvent(source="containerd", topic=envelope.topic)
+                if envelope.topic.startswith(_POD_TOPICS):
+                    yield RuntimeEvent(source="containerd", topic=envelope.topic)
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc, "containerd events Subscribe") from exc
         finally:

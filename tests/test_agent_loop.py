@@ -1,0 +1,167 @@
+"""The reconcile loop with a scripted runtime: bursts coalesce, outages are
+reported once and retried, recovery needs nobody. No daemons, no root."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from cri_agent.agent import NodeAgent
+from cri_agent.cache import Cache
+from cri_agent.config import load_settings
+from cri_agent.errors import RuntimeUnavailable
+from cri_agent.model import (
+    ContainerID,
+    ContainerRecord,
+    ContainerState,
+    DeclaredPort,
+    PodRecord,
+    PodUID,
+    SandboxID,
+)
+from cri_agent.providers.cri import RuntimeEvent, RuntimeVersion
+
+
+def pod(name: str) -> PodRecord:
+    return PodRecord(
+        uid=PodUID(f"uid-{name}"),
+        name=name,
+        namespace="shop",
+        sandbox_id=SandboxID(f"sb-{name}"),
+        ip="10.250.0.9",
+        containers=(
+            ContainerRecord(
+                id=ContainerID(f"c-{name}"),
+                name="app",
+                state=ContainerState.RUNNING,
+                declared_ports=(DeclaredPort(8080, "TCP", "http"),),
+            ),
+        ),
+    )
+
+
+class ScriptedRuntime:
+    """A runtime whose pods, availability and events the test controls."""
+
+    def __init__(self) -> None:
+        self.current: list[PodRecord] = []
+        self.down = False
+        self.lists = 0
+        self.events_queue: asyncio.Queue[RuntimeEvent] = asyncio.Queue()
+
+    async def version(self) -> RuntimeVersion:
+        return RuntimeVersion("scripted", "1.0", "v1")
+
+    async def pods(self) -> list[PodRecord]:
+        self.lists += 1
+        if self.down:
+            raise RuntimeUnavailable("CRI socket /x.sock not found: mount the host's runtime socket")
+        return list(self.current)
+
+    async def events(self) -> AsyncIterator[RuntimeEvent]:
+        while True:
+            yield await self.events_queue.get()
+
+    async def close(self) -> None:
+        pass
+
+
+class NoProc:
+    def enrich(self, pods: Sequence[PodRecord]) -> tuple[PodRecord, ...]:
+        return tuple(pods)
+
+
+async def until(predicate: object, timeout: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.005)
+
+
+def make_agent(tmp_path: Path, runtime: ScriptedRuntime) -> NodeAgent:
+    settings = load_settings(
+        None,
+        flags={
+            "cache": {"path": tmp_path / "agent.db"},
+            "agent": {"nodeName": "node-a"},
+            "discovery": {"coalesceInterval": "20ms", "kubernetes": {"resyncInterval": "1h"}},
+        },
+    )
+    return NodeAgent(settings, runtime=runtime, proc=NoProc())
+
+
+def test_a_burst_of_runtime_events_collapses_into_one_pass(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int]:
+        runtime = ScriptedRuntime()
+        agent = make_agent(tmp_path, runtime)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await until(lambda: agent.passes >= 1)
+        settled = runtime.lists
+        runtime.current = [pod("a")]
+        for _ in range(20):
+            runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STARTED_EVENT"))
+        await until(lambda: len(agent.known.services) == 1)
+        await asyncio.sleep(0.1)
+        stop.set()
+        await task
+        return settled, runtime.lists
+
+    settled, total = asyncio.run(scenario())
+    assert total - settled <= 2
+
+
+def test_an_outage_is_reported_once_retried_and_recovered_without_help(tmp_path: Path) -> None:
+    async def scenario() -> NodeAgent:
+        runtime = ScriptedRuntime()
+        runtime.down = True
+        agent = make_agent(tmp_path, runtime)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await until(lambda: runtime.lists >= 3, timeout=10)
+        runtime.down = False
+        runtime.current = [pod("b")]
+        runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STARTED_EVENT"))
+        await until(lambda: len(agent.known.services) == 1, timeout=10)
+        stop.set()
+        await task
+        return agent
+
+    agent = asyncio.run(scenario())
+    cache = Cache(tmp_path / "agent.db", read_only=True)
+    outages = [e for e in cache.events(kind="error") if "not found" in e.reason]
+    runtime_condition = {c["name"]: c["ok"] for c in cache.conditions()}["runtime"]
+    assert (len(outages), runtime_condition, agent.healthy) == (1, 1, True)
+
+
+def test_a_restarted_agent_emits_nothing_for_unchanged_pods(tmp_path: Path) -> None:
+    async def one_run(pods: list[PodRecord]) -> None:
+        runtime = ScriptedRuntime()
+        runtime.current = pods
+        agent = make_agent(tmp_path, runtime)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await until(lambda: agent.passes >= 1)
+        stop.set()
+        await task
+
+    asyncio.run(one_run([pod("a"), pod("b")]))
+    first = len(Cache(tmp_path / "agent.db", read_only=True).events())
+    asyncio.run(one_run([pod("a"), pod("b")]))
+    assert len(Cache(tmp_path / "agent.db", read_only=True).events()) == first == 2
+
+
+def test_stop_drains_and_persists_the_last_pass(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        runtime = ScriptedRuntime()
+        agent = make_agent(tmp_path, runtime)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await until(lambda: agent.passes >= 1)
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+    asyncio.run(scenario())
+    meta = Cache(tmp_path / "agent.db", read_only=True).meta()
+    assert float(meta["last_pass_at"]) > 0
