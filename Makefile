@@ -38,7 +38,7 @@ test: lint
 	$(PY) -m pytest -q
 
 bench:
-	$(PY) -m bench.snapshot --pods 250 --output BENCHMARKS.md
+	$(PY) -m bench.discovery --pods 250 --output BENCHMARKS.md
 
 clean:
 	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,209 @@
+"""Discovery benchmark on a real containerd with N pods (default 250).
+
+Measures, on this machine:
+  1. full snapshot time (CRI list + verbose status cache + /proc scan and
+     enrichment), cold and warm, and the bare CRI calls it makes
+     (ListPodSandbox + ListContainers) for the ratio;
+  2. the agent process at steady state with N pods: RSS and CPU;
+  3. pod started -> service in the cache latency, p50/p99, with runtime
+     events and with resync only.
+
+Usage (root; after `make setup`):
+    python -m bench.discovery --pods 250 --output BENCHMARKS.md
+Results are printed and written into BENCHMARKS.md between markers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+
+from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from cri_agent.providers.cri import CriClient
+from cri_agent.providers.proc import ProcFS
+from integration.harness.agent import AgentProcess
+from integration.harness.containerd import PrivateContainerd
+from integration.harness.images import ensure_images
+from integration.harness.pods import ContainerSpec, PodFactory, PortSpec
+
+REPO = Path(__file__).resolve().parent.parent
+BEGIN, END = "<!-- bench:discovery:begin -->", "<!-- bench:discovery:end -->"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def web(name: str, namespace: str = "bench") -> dict[str, object]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": {"app": name.rsplit("-", 1)[0]},
+        "containers": (
+            ContainerSpec("web", ("httpd", "-f", "-p", "8080", "-h", "/www"), ports=(PortSpec(8080, name="http"),)),
+        ),
+    }
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
+
+
+def percentile(samples: list[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
+
+
+def measure_snapshot(socket: Path, repeat: int) -> dict[str, float]:
+    proc = ProcFS()
+
+    async def cri_pass(client: CriClient) -> int:
+        return len(await client.pods())
+
+    loop = asyncio.new_event_loop()
+    client = CriClient(socket)
+    cold = timed(lambda: loop.run_until_complete(cri_pass(client)), 1)[0]
+    pods = loop.run_until_complete(client.pods())
+    warm_cri = timed(lambda: loop.run_until_complete(cri_pass(client)), repeat)
+    warm_proc = timed(lambda: proc.enrich(pods), repeat)
+
+    def full() -> None:
+        proc.enrich(loop.run_until_complete(client.pods()))
+
+    warm_full = timed(full, repeat)
+    loop.run_until_complete(client.close())
+    loop.close()
+
+    stub = api_pb2_grpc.RuntimeServiceStub(grpc.insecure_channel(f"unix://{socket}"))
+    ready = api_pb2.PodSandboxFilter(state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY))
+
+    def bare() -> None:
+        stub.ListPodSandbox(api_pb2.ListPodSandboxRequest(filter=ready))
+        stub.ListContainers(api_pb2.ListContainersRequest())
+
+    bare_ms = timed(bare, repeat)
+    return {
+        "pods": float(len(pods)),
+        "cold_ms": cold,
+        "cri_ms": statistics.median(warm_cri),
+        "proc_ms": statistics.median(warm_proc),
+        "full_ms": statistics.median(warm_full),
+        "full_p99_ms": percentile(warm_full, 99),
+        "bare_ms": statistics.median(bare_ms),
+    }
+
+
+def rss_and_cpu(pid: int, seconds: float) -> tuple[float, float]:
+    def cpu_ticks() -> int:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+
+    start_ticks, start = cpu_ticks(), time.monotonic()
+    time.sleep(seconds)
+    ticks, elapsed = cpu_ticks() - start_ticks, time.monotonic() - start
+    rss_kib = next(
+        int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS:")
+    )
+    return rss_kib / 1024, ticks / CLK_TCK / elapsed * 100
+
+
+def latencies(agent: AgentProcess, pods: PodFactory, prefix: str, count: int) -> list[float]:
+    samples = []
+    for i in range(count):
+        pod = pods.create_pod(**web(f"{prefix}-{i}"))  # type: ignore[arg-type]
+        started = time.monotonic()
+        agent.wait_for(lambda: agent.service_by_pod(pod.uid), timeout=30, what=f"{pod.name}", poll=0.005)
+        samples.append((time.monotonic() - started) * 1000)
+    return samples
+
+
+def run(count: int, repeat: int, idle_s: float, latency_pods: int) -> str:
+    work = Path(tempfile.mkdtemp(prefix="coral-bench-"))
+    images = ensure_images(REPO / ".cache" / "images")
+    lines: list[str] = []
+    with PrivateContainerd(work / "containerd", images=images) as runtime:
+        factory = PodFactory(runtime)
+        started = time.monotonic()
+        factory.create_pods_concurrently([web(f"svc{i:03d}-{i}") for i in range(count)])
+        create_s = time.monotonic() - started
+        snap = measure_snapshot(runtime.socket_path, repeat)
+
+        agent = AgentProcess(cri_socket=runtime.socket_path, cache=work / "events.db").start()
+        agent.wait_for(lambda: len(agent.services()) >= count, timeout=120, what=f"{count} services")
+        time.sleep(2)
+        rss, cpu = rss_and_cpu(agent.pid, idle_s)
+        with_events = latencies(agent, factory, "ev", latency_pods)
+        agent.stop()
+
+        resync = 2.0
+        polling = AgentProcess(
+            cri_socket=runtime.socket_path, cache=work / "resync.db",
+            extra_args=("--no-events", "--resync-interval", f"{resync}s"),
+        ).start()
+        polling.wait_for(lambda: len(polling.services()) >= count, timeout=120, what="services")
+        resync_only = latencies(polling, factory, "rs", latency_pods)
+        polling.stop()
+        factory.close()
+
+    ratio = snap["full_ms"] / snap["bare_ms"]
+    lines += [
+        f"Machine: {os.cpu_count()} cores, Python {sys.version.split()[0]}, containerd from Debian, "
+        f"{int(snap['pods'])} pods of 1 container each (+ pause), {count} created in {create_s:.1f} s.",
+        "",
+        "| measure | result | target |",
+        "|---|---|---|",
+        f"| full snapshot, warm (CRI + /proc), median | {snap['full_ms']:.1f} ms (p99 {snap['full_p99_ms']:.1f} ms) | < 200 ms |",
+        f"| &nbsp; of which CRI list + cached status | {snap['cri_ms']:.1f} ms | |",
+        f"| &nbsp; of which /proc scan + enrichment | {snap['proc_ms']:.1f} ms | |",
+        f"| first snapshot, cold (verbose status of every sandbox and container) | {snap['cold_ms']:.1f} ms | |",
+        f"| bare CRI calls (ListPodSandbox + ListContainers), median | {snap['bare_ms']:.1f} ms | |",
+        f"| ratio snapshot / bare CRI calls | {ratio:.1f}x | |",
+        f"| agent RSS at steady state, {count} pods | {rss:.1f} MiB | < 80 MiB |",
+        f"| agent CPU at steady state over {idle_s:.0f} s | {cpu:.2f} % of a core | < 1 % |",
+        f"| pod start -> cache, with events, p50 / p99 ({latency_pods} pods) | "
+        f"{percentile(with_events, 50):.0f} / {percentile(with_events, 99):.0f} ms | p99 < 1 s |",
+        f"| pod start -> cache, resync only ({resync:.0f} s), p50 / p99 | "
+        f"{percentile(resync_only, 50):.0f} / {percentile(resync_only, 99):.0f} ms | within one resync |",
+    ]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str, command: str) -> None:
+    section = f"{BEGIN}\n## Discovery (issue 2)\n\nCommand: `{command}`\n\n{body}\n{END}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure here comes from a command under `bench/`, run on the project's CI-size machine.\n"
+    if BEGIN in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--pods", type=int, default=250)
+    parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--idle", type=float, default=30.0, help="seconds of steady-state sampling")
+    parser.add_argument("--latency-pods", type=int, default=40)
+    parser.add_argument("--output", type=Path)
+    args = parser.parse_args()
+    body = run(args.pods, args.repeat, args.idle, args.latency_pods)
+    print(body)
+    if args.output:
+        command = " ".join(["python -m bench.discovery", *sys.argv[1:]])
+        write_section(args.output, body, command)
+
+
+if __name__ == "__main__":
+    main()
