@@ -11,7 +11,6 @@ is accepted too. Validation errors name the file and the key.
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +23,7 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from cri_agent.discovery.durations import parse_duration
 from cri_agent.discovery.rules import (
     DiscoveryRules,
     ExplicitService,
@@ -37,24 +37,6 @@ from cri_agent.errors import ConfigError
 
 DEFAULT_CRI_SOCKET = Path("/run/containerd/containerd.sock")
 DEFAULT_CACHE = Path("/var/lib/coral/agent.db")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
-
-
-def parse_duration(value: str | float | int) -> float:
-    """``"30s"``, ``"5m"``, ``"500ms"``, ``"1h"`` or a number of seconds -> seconds."""
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        match = _DURATION.match(value)
-        if match is None:
-            raise ValueError(f"{value!r} is not a duration (e.g. 500ms, 30s, 5m, 1h)")
-        seconds = float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
-    if seconds <= 0:
-        raise ValueError(f"duration must be positive, got {value!r}")
-    return seconds
-
 
 class _Model(BaseModel):
     model_config = ConfigDict(

@@ -1,0 +1,176 @@
+"""Reconcile: (last known state, node snapshot, rules) -> new state + events.
+
+A pure function. The agent feeds it the snapshot of every pass and the
+state it persisted after the previous one (or reloaded from the cache after
+a restart), so events describe only real changes:
+
+- ``added`` / ``updated`` (with the changed fields) / ``removed`` (with why:
+  ``pod gone``, ``filtered out: …``, ``opt-out: …``, ``port closed``,
+  ``removed from config``);
+- ``skipped`` once when a pod is first seen excluded or its reason changes;
+- ``error`` once per new problem of a pod (malformed annotation, port JSON).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from cri_agent.discovery.filters import evaluate, pod_ref
+from cri_agent.discovery.overrides import matches
+from cri_agent.discovery.rules import DiscoveryRules
+from cri_agent.discovery.services import derive_services, static_service
+from cri_agent.model import (
+    SERVICE_FIELDS,
+    DiscoveryEvent,
+    EventKind,
+    NodeSnapshot,
+    PodUID,
+    ServiceInfo,
+    ServiceKey,
+)
+
+_KIND_ORDER = {kind: index for index, kind in enumerate(EventKind)}
+
+
+@dataclass(frozen=True, slots=True)
+class PodDecision:
+    uid: PodUID
+    namespace: str
+    name: str
+    included: bool
+    reason: str  # stable human string
+    errors: tuple[str, ...] = ()  # stable error strings, sorted
+
+
+@dataclass(frozen=True, slots=True)
+class KnownState:
+    """What the cache remembers from the last pass (or the last run)."""
+
+    services: Mapping[ServiceKey, ServiceInfo]
+    pods: Mapping[PodUID, PodDecision]
+
+
+@dataclass(frozen=True, slots=True)
+class Reconciliation:
+    services: Mapping[ServiceKey, ServiceInfo]  # the full new current set
+    pods: Mapping[PodUID, PodDecision]  # decisions for every pod in the snapshot
+    events: tuple[DiscoveryEvent, ...]
+    upserted: tuple[ServiceInfo, ...]  # added or updated
+    removed: tuple[ServiceKey, ...]
+
+
+def changed_fields(old: ServiceInfo, new: ServiceInfo) -> tuple[str, ...]:
+    return tuple(f for f in SERVICE_FIELDS if getattr(old, f) != getattr(new, f))
+
+
+def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) -> Reconciliation:
+    node_name = rules.node_name or snapshot.node_name
+    services: dict[ServiceKey, ServiceInfo] = {}
+    pods: dict[PodUID, PodDecision] = {}
+    events: list[DiscoveryEvent] = []
+
+    for pod in snapshot.pods:
+        verdict = evaluate(pod, rules.filters)
+        errors = set(verdict.errors) | {f"{pod_ref(pod)}: {e}" for e in pod.provider_errors}
+        if verdict.included:
+            derived, service_errors = derive_services(pod, rules, node_name=node_name)
+            errors.update(service_errors)
+            services.update((s.key, s) for s in derived)
+        reason = (
+            verdict.reason
+            if verdict.included or verdict.opt_out
+            else f"filtered out: {verdict.reason}"
+        )
+        decision = PodDecision(
+            uid=pod.uid,
+            namespace=pod.namespace,
+            name=pod.name,
+            included=verdict.included,
+            reason=reason,
+            errors=tuple(sorted(errors)),
+        )
+        pods[pod.uid] = decision
+        previous = known.pods.get(pod.uid)
+        if not verdict.included and (previous is None or previous.reason != decision.reason):
+            events.append(
+                DiscoveryEvent(
+                    kind=EventKind.SKIPPED,
+                    namespace=pod.namespace,
+                    pod_name=pod.name,
+                    pod_uid=pod.uid,
+                    reason=verdict.reason,
+                )
+            )
+        for error in sorted(errors - set(previous.errors if previous else ())):
+            events.append(
+                DiscoveryEvent(
+                    kind=EventKind.ERROR,
+                    namespace=pod.namespace,
+                    pod_name=pod.name,
+                    pod_uid=pod.uid,
+                    reason=error,
+                    fields=(_error_key(error),),
+                )
+            )
+
+    included = [pod for pod in snapshot.pods if pods[pod.uid].included]
+    for explicit in rules.services:
+        if explicit.selector is None or not any(matches(explicit.selector, p) for p in included):
+            static = static_service(explicit, rules)
+            services[static.key] = static
+
+    upserted: list[ServiceInfo] = []
+    for key, service in services.items():
+        old = known.services.get(key)
+        if old is None:
+            upserted.append(service)
+            events.append(_service_event(EventKind.ADDED, service))
+        elif fields := changed_fields(old, service):
+            upserted.append(service)
+            events.append(_service_event(EventKind.UPDATED, service, fields=fields))
+    removed = sorted(key for key in known.services if key not in services)
+    for key in removed:
+        old = known.services[key]
+        events.append(_service_event(EventKind.REMOVED, old, reason=_removal_reason(old, pods)))
+
+    events.sort(key=lambda e: (e.namespace, e.pod_name, e.key or "", _KIND_ORDER[e.kind], e.reason))
+    return Reconciliation(
+        services=services,
+        pods=pods,
+        events=tuple(events),
+        upserted=tuple(upserted),
+        removed=tuple(removed),
+    )
+
+
+def _error_key(error: str) -> str:
+    """Error strings read ``namespace/pod: key: reason``."""
+    parts = error.split(": ", 2)
+    return parts[1] if len(parts) == 3 else ""
+
+
+def _removal_reason(old: ServiceInfo, pods: Mapping[PodUID, PodDecision]) -> str:
+    if not old.pod_uid:
+        return "removed from config"
+    decision = pods.get(old.pod_uid)
+    if decision is None:
+        return "pod gone"
+    if not decision.included:
+        return decision.reason
+    return "port closed"
+
+
+def _service_event(
+    kind: EventKind, service: ServiceInfo, *, fields: tuple[str, ...] = (), reason: str = ""
+) -> DiscoveryEvent:
+    return DiscoveryEvent(
+        kind=kind,
+        namespace=service.namespace,
+        pod_name=service.pod_name,
+        pod_uid=service.pod_uid or None,
+        key=service.key,
+        service=service.name,
+        reason=reason,
+        fields=fields,
+    )

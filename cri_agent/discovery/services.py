@@ -1,0 +1,323 @@
+"""Pod -> services: which (container, port) pairs, their names, types and keys.
+
+One ``ServiceInfo`` per (container, port) that is declared or listening
+(loopback-only listeners are not reachable on the pod IP and are skipped);
+a pod with no port at all still yields one portless entry so it is
+visible. ``coral.io/port`` or an override ``port`` restricts the pod to
+exactly those ports. Keys are ``namespace/pod-uid/container/port`` and
+never involve the IP, which the cluster reuses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from cri_agent.discovery.overrides import (
+    Metadata,
+    PortRef,
+    apply_overrides,
+    from_annotations,
+    matches,
+)
+from cri_agent.discovery.rules import DiscoveryRules, ExplicitService
+from cri_agent.model import (
+    ContainerRecord,
+    ContainerState,
+    PodRecord,
+    PodUID,
+    Protocol,
+    Provenance,
+    ServiceInfo,
+    ServiceKey,
+)
+
+# Process names (comm, at most 15 chars) that say what a port speaks.
+PROCESS_TYPES = {
+    "redis-server": "redis",
+    "postgres": "postgres",
+    "mysqld": "mysql",
+    "mariadbd": "mysql",
+    "mongod": "mongodb",
+    "nginx": "http",
+    "httpd": "http",
+    "caddy": "http",
+    "envoy": "http",
+    "memcached": "memcached",
+    "etcd": "etcd",
+    "beam.smp": "amqp",
+    "coredns": "dns",
+}
+WELL_KNOWN_PORTS = {
+    53: "dns",
+    80: "http",
+    443: "https",
+    2379: "etcd",
+    3000: "http",
+    3306: "mysql",
+    5432: "postgres",
+    5672: "amqp",
+    6379: "redis",
+    8000: "http",
+    8080: "http",
+    8443: "https",
+    9090: "metrics",
+    9092: "kafka",
+    11211: "memcached",
+    27017: "mongodb",
+}
+_PORT_NAME_TYPES = ("https", "http", "grpc", "metrics", "dns", "redis", "postgres", "mysql")
+_K8S_RANDOM = re.compile(r"-[bcdfghjklmnpqrstvwxz2456789]{5}$")
+_ORDINAL = re.compile(r"-\d+$")
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    container: ContainerRecord
+    port: int | None
+    protocol: Protocol | None
+    port_name: str = ""
+
+
+def service_key(
+    namespace: str, pod_uid: str, container: str, port: int | None, protocol: Protocol | None
+) -> ServiceKey:
+    """``namespace/pod-uid/container/port``; ``…/53-udp`` for UDP, ``…/-`` when portless."""
+    suffix = "-" if port is None else (f"{port}-udp" if protocol == "UDP" else str(port))
+    return ServiceKey(f"{namespace}/{pod_uid}/{container}/{suffix}")
+
+
+def workload_name(pod: PodRecord) -> str:
+    """The owning workload's name, else the app labels, else the pod name without its hash."""
+    if pod.owner:
+        return pod.owner.rsplit("/", 1)[-1]
+    for label in ("app.kubernetes.io/name", "app"):
+        if pod.labels.get(label):
+            return pod.labels[label]
+    name = pod.name
+    template_hash = pod.labels.get("pod-template-hash")
+    if template_hash and f"-{template_hash}-" in name:
+        return name[: name.rindex(f"-{template_hash}-")]
+    if "statefulset.kubernetes.io/pod-name" in pod.labels and _ORDINAL.search(name):
+        return _ORDINAL.sub("", name)
+    return _K8S_RANDOM.sub("", name)
+
+
+def _candidates(pod: PodRecord, containers: Sequence[ContainerRecord]) -> list[_Entry]:
+    """Declared and listening ports, one entry per (port, protocol), first owner wins."""
+    entries: dict[PortRef, _Entry] = {}
+    for container in containers:
+        for declared in container.declared_ports:
+            entries.setdefault(
+                (declared.port, declared.protocol),
+                _Entry(container, declared.port, declared.protocol, declared.name),
+            )
+    for container in containers:
+        for sock in container.listening:
+            if not sock.loopback_only:
+                entries.setdefault(
+                    (sock.port, sock.protocol), _Entry(container, sock.port, sock.protocol)
+                )
+    running = [c for c in containers if c.state == ContainerState.RUNNING]
+    fallback = (running or list(containers))[0]
+    for sock in pod.unattributed_listening:
+        if not sock.loopback_only:
+            entries.setdefault(
+                (sock.port, sock.protocol), _Entry(fallback, sock.port, sock.protocol)
+            )
+    return sorted(entries.values(), key=lambda e: (e.container.name, e.port or 0, e.protocol or ""))
+
+
+def _restricted(
+    entries: list[_Entry], ports: Sequence[PortRef], default: ContainerRecord
+) -> list[_Entry]:
+    by_port = {(e.port, e.protocol): e for e in entries}
+    return [
+        by_port.get((port, protocol)) or _Entry(default, port, protocol) for port, protocol in ports
+    ]
+
+
+def _type_hint(entry: _Entry, *, single_port: bool) -> str:
+    if entry.port is None:
+        return "unknown"
+    for process in entry.container.process_names:
+        hinted = PROCESS_TYPES.get(process)
+        if hinted and (single_port or WELL_KNOWN_PORTS.get(entry.port) == hinted):
+            return hinted
+    name = entry.port_name.lower()
+    for kind in _PORT_NAME_TYPES:
+        if name.startswith(kind) or name.endswith(f"-{kind}"):
+            return kind
+    return WELL_KNOWN_PORTS.get(entry.port) or (entry.protocol or "tcp").lower()
+
+
+def _explicit_for(rules: DiscoveryRules, pod: PodRecord, entry: _Entry) -> ExplicitService | None:
+    for explicit in rules.services:
+        selector = explicit.selector
+        if selector is None or not matches(selector, pod):
+            continue
+        if selector.container not in (None, entry.container.name):
+            continue
+        if explicit.port is None or (explicit.port, explicit.protocol) == (
+            entry.port,
+            entry.protocol,
+        ):
+            return explicit
+    return None
+
+
+def _explicit_entries(
+    rules: DiscoveryRules, pod: PodRecord, entries: list[_Entry], default: ContainerRecord
+) -> list[_Entry]:
+    """Explicit services with a selector on this pod declare their port if it is not there."""
+    present = {(e.port, e.protocol) for e in entries}
+    extra = []
+    for explicit in rules.services:
+        selector = explicit.selector
+        if selector is None or explicit.port is None or not matches(selector, pod):
+            continue
+        if (explicit.port, explicit.protocol) not in present:
+            owner = next((c for c in pod.containers if c.name == selector.container), default)
+            extra.append(_Entry(owner, explicit.port, explicit.protocol))
+            present.add((explicit.port, explicit.protocol))
+    return extra
+
+
+def derive_services(
+    pod: PodRecord, rules: DiscoveryRules, *, node_name: str
+) -> tuple[tuple[ServiceInfo, ...], tuple[str, ...]]:
+    """The services of one included pod, and the pod's annotation errors."""
+    annotations, errors = from_annotations(pod)
+    containers = [c for c in pod.containers if c.state != ContainerState.UNKNOWN]
+    if not containers:
+        return (), errors
+    running = [c for c in containers if c.state == ContainerState.RUNNING]
+    default = (running or containers)[0]
+    pod_meta = apply_overrides(annotations, pod, rules.overrides, container=None)
+    per_container = {
+        c.name: apply_overrides(annotations, pod, rules.overrides, container=c.name)
+        for c in containers
+    }
+
+    entries = _candidates(pod, containers)
+    if pod_meta.ports is not None:
+        entries = _restricted(entries, pod_meta.ports, default)
+    for container in containers:
+        ports = per_container[container.name].ports
+        if ports is not None and ports != pod_meta.ports:
+            others = [e for e in entries if e.container.name != container.name]
+            entries = others + [
+                e
+                for e in _restricted(entries, ports, container)
+                if (e.port, e.protocol) not in {(o.port, o.protocol) for o in others}
+            ]
+    entries += _explicit_entries(rules, pod, entries, default)
+    if not entries:
+        entries = [_Entry(default, None, None)]
+
+    base_name = workload_name(pod)
+    suffixes = _suffixes(entries)
+    services = tuple(
+        _service(
+            pod,
+            entry,
+            per_container[entry.container.name],
+            rules,
+            base_name=base_name,
+            suffix=suffix,
+            node_name=node_name,
+        )
+        for entry, suffix in zip(entries, suffixes, strict=True)
+    )
+    return services, errors
+
+
+def _suffixes(entries: Sequence[_Entry]) -> list[str]:
+    """``:<port-name>`` when a pod has several ports; the number where names clash."""
+    if len(entries) < 2:
+        return [""] * len(entries)
+
+    def number(entry: _Entry) -> str:
+        return f"{entry.port}-udp" if entry.protocol == "UDP" else str(entry.port)
+
+    names = [e.port_name for e in entries]
+    return [
+        ""
+        if e.port is None
+        else ":" + (e.port_name if e.port_name and names.count(e.port_name) == 1 else number(e))
+        for e in entries
+    ]
+
+
+def _service(
+    pod: PodRecord,
+    entry: _Entry,
+    meta: Metadata,
+    rules: DiscoveryRules,
+    *,
+    base_name: str,
+    suffix: str,
+    node_name: str,
+) -> ServiceInfo:
+    key = service_key(pod.namespace, pod.uid, entry.container.name, entry.port, entry.protocol)
+    default_type = _type_hint(entry, single_port=not suffix)
+    explicit = _explicit_for(rules, pod, entry)
+    if explicit is not None:
+        return ServiceInfo(
+            key=key,
+            name=explicit.name + (suffix if explicit.port is None else ""),
+            namespace=pod.namespace,
+            pod_name=pod.name,
+            pod_uid=pod.uid,
+            container=entry.container.name,
+            port=entry.port,
+            protocol=entry.protocol,
+            service_type=explicit.type or default_type,
+            provenance=Provenance.EXPLICIT,
+            health_endpoint=explicit.health.endpoint or "",
+            health_interval_s=explicit.health.interval_s or rules.default_health_interval_s,
+            pod_ip=pod.ip,
+            node_name=node_name,
+            labels={**pod.labels, **explicit.labels},
+        )
+    overridden = tuple(sorted("port" if f == "ports" else f for f in meta.set_fields))
+    return ServiceInfo(
+        key=key,
+        name=(meta.name or base_name) + suffix,
+        namespace=pod.namespace,
+        pod_name=pod.name,
+        pod_uid=pod.uid,
+        container=entry.container.name,
+        port=entry.port,
+        protocol=entry.protocol,
+        service_type=meta.service_type or default_type,
+        provenance=Provenance.OVERRIDDEN if overridden else Provenance.DISCOVERED,
+        health_endpoint=meta.health_endpoint or "",
+        health_interval_s=meta.health_interval_s or rules.default_health_interval_s,
+        pod_ip=pod.ip,
+        node_name=node_name,
+        labels=dict(pod.labels),
+        overridden_fields=overridden,
+    )
+
+
+def static_service(explicit: ExplicitService, rules: DiscoveryRules) -> ServiceInfo:
+    """An explicit service that no discovered pod backs (e.g. a host daemon)."""
+    port = str(explicit.port) if explicit.port is not None else "-"
+    return ServiceInfo(
+        key=ServiceKey(f"explicit/{explicit.namespace or '-'}/{explicit.name}/{port}"),
+        name=explicit.name,
+        namespace=explicit.namespace,
+        pod_name="",
+        pod_uid=PodUID(""),
+        container="",
+        port=explicit.port,
+        protocol=explicit.protocol if explicit.port is not None else None,
+        service_type=explicit.type or (WELL_KNOWN_PORTS.get(explicit.port or 0) or "tcp"),
+        provenance=Provenance.EXPLICIT,
+        health_endpoint=explicit.health.endpoint or "",
+        health_interval_s=explicit.health.interval_s or rules.default_health_interval_s,
+        node_name=rules.node_name,
+        labels=dict(explicit.labels),
+    )
