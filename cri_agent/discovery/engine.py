@@ -4,6 +4,7 @@ A pure function. The agent feeds it the snapshot of every pass and the
 state it persisted after the previous one (or reloaded from the cache after
 a restart), so events describe only real changes:
 
+- (per pod, pod-level events — skipped, error — come before its service events)
 - ``added`` / ``updated`` (with the changed fields) / ``removed`` (with why:
   ``pod gone``, ``filtered out: …``, ``opt-out: …``, ``port closed``,
   ``removed from config``);

@@ -1,0 +1,125 @@
+"""Reconcile: only real changes become events; removals and skips say why."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
+from cri_agent.discovery.rules import DiscoveryRules, ExplicitService, FilterRules
+from cri_agent.model import DeclaredPort, EventKind, NodeSnapshot, PodRecord
+from tests.builders import container, pod
+
+RULES = DiscoveryRules(filters=FilterRules(exclude_namespaces=frozenset({"kube-system"})), node_name="node-a")
+EMPTY = KnownState(services={}, pods={})
+
+
+def run(pods: list[PodRecord], known: KnownState = EMPTY, rules: DiscoveryRules = RULES) -> Reconciliation:
+    return reconcile(known, NodeSnapshot(node_name="node-a", pods=tuple(pods), taken_at=0.0), rules)
+
+
+def state(result: Reconciliation) -> KnownState:
+    return KnownState(services=result.services, pods=result.pods)
+
+
+def kinds(result: Reconciliation) -> list[tuple[str, str]]:
+    return [(e.kind.value, e.reason) for e in result.events]
+
+
+def test_new_pod_is_added() -> None:
+    result = run([pod()])
+    assert (kinds(result), len(result.upserted)) == ([("added", "")], 1)
+
+
+def test_identical_snapshot_emits_nothing() -> None:
+    first = run([pod(), pod("kube-proxy", namespace="kube-system"), pod("bad", annotations={"coral.io/port": "x"})])
+    again = run([pod(), pod("kube-proxy", namespace="kube-system"), pod("bad", annotations={"coral.io/port": "x"})], state(first))
+    assert (again.events, again.upserted, again.removed) == ((), (), ())
+
+
+def test_ip_change_is_an_update_of_the_same_key() -> None:
+    first = run([pod(ip="10.0.0.1")])
+    second = run([pod(ip="10.0.0.2")], state(first))
+    assert [(e.kind, e.fields) for e in second.events] == [(EventKind.UPDATED, ("pod_ip",))]
+
+
+def test_annotation_change_updates_name_and_provenance() -> None:
+    first = run([pod()])
+    second = run([pod(annotations={"coral.io/name": "api"})], state(first))
+    assert second.events[0].fields == ("name", "provenance", "overridden_fields")
+
+
+def test_removed_pod_says_pod_gone() -> None:
+    first = run([pod()])
+    assert kinds(run([], state(first))) == [("removed", "pod gone")]
+
+
+def test_closed_port_says_port_closed() -> None:
+    two_ports = pod(containers=[container(ports=[DeclaredPort(8080), DeclaredPort(9090)])])
+    first = run([two_ports])
+    second = run([pod(containers=[container(ports=[DeclaredPort(8080)])])], state(first))
+    assert ("removed", "port closed") in kinds(second)
+
+
+def test_opt_out_removes_with_its_reason() -> None:
+    first = run([pod()])
+    second = run([pod(annotations={"coral.io/enabled": "false"})], state(first))
+    assert kinds(second) == [
+        ("skipped", "opt-out: coral.io/enabled=false"),
+        ("removed", "opt-out: coral.io/enabled=false"),
+    ]
+
+
+def test_newly_filtered_pod_is_removed_as_filtered_out() -> None:
+    first = run([pod()], rules=DiscoveryRules())
+    second = run([pod()], state(first), rules=DiscoveryRules(filters=FilterRules(exclude_namespaces=frozenset({"shop"}))))
+    assert kinds(second) == [
+        ("skipped", "namespace shop is excluded"),
+        ("removed", "filtered out: namespace shop is excluded"),
+    ]
+
+
+def test_excluded_pod_is_skipped_once() -> None:
+    excluded = pod("kube-proxy", namespace="kube-system")
+    first = run([excluded])
+    second = run([excluded], state(first))
+    assert (kinds(first), kinds(second)) == ([("skipped", "namespace kube-system is excluded")], [])
+
+
+def test_each_error_is_reported_once_per_pod() -> None:
+    bad = [pod(f"bad-{i}", annotations={"coral.io/port": f"p{i}"}) for i in range(200)]
+    first = run(bad)
+    second = run(bad, state(first))
+    errors = [e for e in first.events if e.kind == EventKind.ERROR]
+    assert (len(errors), {e.fields for e in errors}, len(first.services), second.events) == (
+        200, {("coral.io/port",)}, 200, (),
+    )
+
+
+def test_a_fixed_annotation_can_break_again_and_is_reported_again() -> None:
+    broken = pod(annotations={"coral.io/port": "x"})
+    first = run([broken])
+    fixed = run([pod()], state(first))
+    again = run([broken], state(fixed))
+    assert [e.kind for e in again.events if e.kind == EventKind.ERROR] == [EventKind.ERROR]
+
+
+def test_provider_errors_become_error_events() -> None:
+    result = run([pod(provider_errors=["container app: io.kubernetes.container.ports: malformed JSON (x)"])])
+    assert [e.reason for e in result.events if e.kind == EventKind.ERROR] == [
+        "shop/web-0: container app: io.kubernetes.container.ports: malformed JSON (x)"
+    ]
+
+
+def test_static_explicit_service_is_added_and_removed_with_the_config() -> None:
+    rules = replace(RULES, services=(ExplicitService(name="node-exporter", port=9100, type="metrics"),))
+    first = run([], rules=rules)
+    second = run([], state(first))
+    assert ([s.key for s in first.upserted], kinds(second)) == (
+        ["explicit/-/node-exporter/9100"],
+        [("removed", "removed from config")],
+    )
+
+
+def test_events_are_in_a_stable_order() -> None:
+    pods = [pod("b"), pod("a"), pod("c", namespace="billing")]
+    assert [e.pod_name for e in run(pods).events] == ["c", "a", "b"]
