@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -113,7 +114,8 @@ def rss_and_cpu(pid: int, seconds: float) -> tuple[float, float]:
     time.sleep(seconds)
     ticks, elapsed = cpu_ticks() - start_ticks, time.monotonic() - start
     rss_kib = next(
-        int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
         if line.startswith("VmRSS:")
     )
     return rss_kib / 1024, ticks / CLK_TCK / elapsed * 100
@@ -124,7 +126,7 @@ def latencies(agent: AgentProcess, pods: PodFactory, prefix: str, count: int) ->
     for i in range(count):
         pod = pods.create_pod(**web(f"{prefix}-{i}"))  # type: ignore[arg-type]
         started = time.monotonic()
-        agent.wait_for(lambda: agent.service_by_pod(pod.uid), timeout=30, what=f"{pod.name}", poll=0.005)
+        agent.wait_for(partial(agent.service_by_pod, pod.uid), timeout=30, what=pod.name, poll=0.005)
         samples.append((time.monotonic() - started) * 1000)
     return samples
 
@@ -149,7 +151,8 @@ def run(count: int, repeat: int, idle_s: float, latency_pods: int) -> str:
 
         resync = 2.0
         polling = AgentProcess(
-            cri_socket=runtime.socket_path, cache=work / "resync.db",
+            cri_socket=runtime.socket_path,
+            cache=work / "resync.db",
             extra_args=("--no-events", "--resync-interval", f"{resync}s"),
         ).start()
         polling.wait_for(lambda: len(polling.services()) >= count, timeout=120, what="services")
@@ -164,7 +167,8 @@ def run(count: int, repeat: int, idle_s: float, latency_pods: int) -> str:
         "",
         "| measure | result | target |",
         "|---|---|---|",
-        f"| full snapshot, warm (CRI + /proc), median | {snap['full_ms']:.1f} ms (p99 {snap['full_p99_ms']:.1f} ms) | < 200 ms |",
+        f"| full snapshot, warm (CRI + /proc), median | {snap['full_ms']:.1f} ms "
+        f"(p99 {snap['full_p99_ms']:.1f} ms) | < 200 ms |",
         f"| &nbsp; of which CRI list + cached status | {snap['cri_ms']:.1f} ms | |",
         f"| &nbsp; of which /proc scan + enrichment | {snap['proc_ms']:.1f} ms | |",
         f"| first snapshot, cold (verbose status of every sandbox and container) | {snap['cold_ms']:.1f} ms | |",
@@ -182,7 +186,8 @@ def run(count: int, repeat: int, idle_s: float, latency_pods: int) -> str:
 
 def write_section(path: Path, body: str, command: str) -> None:
     section = f"{BEGIN}\n## Discovery (issue 2)\n\nCommand: `{command}`\n\n{body}\n{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEvery figure here comes from a command under `bench/`, run on the project's CI-size machine.\n"
+    header = "# Benchmarks\n\nEvery figure here comes from a command under `bench/`, run on a CI-size machine.\n"
+    text = path.read_text() if path.exists() else header
     if BEGIN in text:
         text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
     else:

@@ -133,9 +133,7 @@ class NodeAgent:
                 async for event in self.runtime.events():
                     if backoff.failing or "events" not in self._conditions:
                         backoff.reset()
-                        await self._condition(
-                            "events", ok=True, reason=f"streaming ({event.source})"
-                        )
+                        await self._condition("events", ok=True, reason=f"streaming ({event.source})")
                     self._wake.set()
                 reason = "event stream ended"
             except CoralError as exc:
@@ -227,9 +225,7 @@ class NodeAgent:
     async def _runtime_down(self, exc: CoralError) -> None:
         if self._conditions.get("runtime", (True, ""))[0] or "runtime" not in self._conditions:
             emit(log, "runtime.unavailable", level=logging.ERROR, reason=str(exc))
-            outage = DiscoveryEvent(
-                kind=EventKind.ERROR, namespace="", pod_name="", reason=str(exc)
-            )
+            outage = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=str(exc))
             with contextlib.suppress(CacheError):
                 await self.cache.call(lambda c: c.record_events([outage], node_name=self.node_name))
         await self._condition("runtime", ok=False, reason=str(exc))

@@ -171,9 +171,7 @@ class Cache:
     # -- agent side ---------------------------------------------------------
 
     def load_known(self) -> KnownState:
-        services = {
-            ServiceKey(row["key"]): _service_from_row(row) for row in _table(self.db, "services").rows
-        }
+        services = {ServiceKey(row["key"]): _service_from_row(row) for row in _table(self.db, "services").rows}
         pods = {
             PodUID(row["uid"]): PodDecision(
                 uid=PodUID(row["uid"]),
@@ -207,9 +205,7 @@ class Cache:
             for key in reconciliation.removed:
                 db.execute("DELETE FROM services WHERE key = ?", [key])
             if reconciliation.upserted:
-                first_seen = _first_seen(
-                    db, "services", "key", [s.key for s in reconciliation.upserted]
-                )
+                first_seen = _first_seen(db, "services", "key", [s.key for s in reconciliation.upserted])
                 _table(db, "services").upsert_all(
                     (
                         _service_row(s, first_seen=first_seen.get(s.key, now), last_seen=now)
@@ -226,10 +222,7 @@ class Cache:
 
     def _apply_pods(self, pods: Mapping[PodUID, PodDecision], *, now: float, touch: bool) -> None:
         db = self.db
-        stored = {
-            row["uid"]: row
-            for row in db.query("SELECT uid, included, reason, errors, first_seen FROM pods")
-        }
+        stored = {row["uid"]: row for row in db.query("SELECT uid, included, reason, errors, first_seen FROM pods")}
         gone = [uid for uid in stored if uid not in pods]
         for uid in gone:
             db.execute("DELETE FROM pods WHERE uid = ?", [uid])
@@ -260,9 +253,7 @@ class Cache:
         if changed:
             _table(db, "pods").upsert_all(changed, pk="uid")
 
-    def _insert_events(
-        self, events: Sequence[DiscoveryEvent], *, node_name: str, now: float
-    ) -> None:
+    def _insert_events(self, events: Sequence[DiscoveryEvent], *, node_name: str, now: float) -> None:
         if events:
             _table(self.db, "discovery_events").insert_all(
                 _event_row(event, node_name=node_name, at=now) for event in events
@@ -311,9 +302,7 @@ class Cache:
     def service_rows(self) -> list[dict[str, Any]]:
         return list(_table(self.db, "services").rows_where(order_by="namespace, pod_name, name"))
 
-    def events(
-        self, *, since_id: int = 0, kind: str | None = None, limit: int | None = None
-    ) -> list[StoredEvent]:
+    def events(self, *, since_id: int = 0, kind: str | None = None, limit: int | None = None) -> list[StoredEvent]:
         where, params = "id > ?", [str(since_id)]
         if kind:
             where += " AND kind = ?"
@@ -366,17 +355,13 @@ def _table(db: sqlite_utils.Database, name: str) -> Table:
     return cast(Table, db[name])
 
 
-def _first_seen(
-    db: sqlite_utils.Database, table: str, pk: str, keys: Iterable[str]
-) -> dict[str, float]:
+def _first_seen(db: sqlite_utils.Database, table: str, pk: str, keys: Iterable[str]) -> dict[str, float]:
     keys = list(keys)
     found: dict[str, float] = {}
     for start in range(0, len(keys), 500):
         chunk = keys[start : start + 500]
         marks = ",".join("?" * len(chunk))
-        for key, first in db.execute(
-            f"SELECT {pk}, first_seen FROM {table} WHERE {pk} IN ({marks})", chunk
-        ):
+        for key, first in db.execute(f"SELECT {pk}, first_seen FROM {table} WHERE {pk} IN ({marks})", chunk):
             found[key] = first
     return found
 

@@ -38,10 +38,9 @@ from cri_agent.errors import ConfigError
 DEFAULT_CRI_SOCKET = Path("/run/containerd/containerd.sock")
 DEFAULT_CACHE = Path("/var/lib/coral/agent.db")
 
+
 class _Model(BaseModel):
-    model_config = ConfigDict(
-        alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True
-    )
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
 
 class _Duration(_Model):
@@ -170,9 +169,7 @@ class Settings(BaseSettings):
 
     @property
     def agent_id(self) -> str:
-        return self.agent.id.replace("{{ NODE_NAME }}", self.node_name).replace(
-            "{{NODE_NAME}}", self.node_name
-        )
+        return self.agent.id.replace("{{ NODE_NAME }}", self.node_name).replace("{{NODE_NAME}}", self.node_name)
 
     def rules(self) -> DiscoveryRules:
         """The pure discovery core's view of this configuration."""
@@ -208,9 +205,7 @@ class Settings(BaseSettings):
                     type=entry.type,
                     namespace=entry.namespace,
                     selector=_selector(entry.selector) if entry.selector else None,
-                    health=HealthSpec(
-                        endpoint=entry.health.endpoint, interval_s=entry.health.interval
-                    ),
+                    health=HealthSpec(endpoint=entry.health.endpoint, interval_s=entry.health.interval),
                     labels=dict(entry.labels),
                 )
                 for entry in self.services
@@ -338,9 +333,7 @@ def load_settings(
     try:
         return _Sourced(**(flags or {}))
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
+        problems = "; ".join(f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors())
         raise ConfigError(f"invalid configuration in {source}: {problems}") from None
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from integration.harness.agent import AgentProcess
 from integration.harness.containerd import PrivateContainerd
+from integration.harness.images import ImageSet
 from integration.harness.pods import ContainerSpec, Pod, PodFactory, PortSpec
 
 AgentFactory = Callable[..., AgentProcess]
@@ -74,9 +75,7 @@ def test_pod_is_registered_within_one_second_through_runtime_events(
     )
 
 
-def test_annotation_marks_the_service_overridden(
-    start_agent: AgentFactory, pods: PodFactory
-) -> None:
+def test_annotation_marks_the_service_overridden(start_agent: AgentFactory, pods: PodFactory) -> None:
     agent = start_agent()
     pod = web_pod(
         pods,
@@ -93,9 +92,7 @@ def test_annotation_marks_the_service_overridden(
     )
 
 
-def test_without_events_a_pod_is_found_within_one_resync(
-    start_agent: AgentFactory, pods: PodFactory
-) -> None:
+def test_without_events_a_pod_is_found_within_one_resync(start_agent: AgentFactory, pods: PodFactory) -> None:
     agent = start_agent("--no-events", "--resync-interval", "2s")
     agent.wait_pass_after(time.time())
     pod = web_pod(pods, "resync-only")
@@ -106,9 +103,7 @@ def test_without_events_a_pod_is_found_within_one_resync(
     assert time.monotonic() - created < 2.0 + 1.0
 
 
-def test_deleted_pod_is_removed_with_its_reason(
-    start_agent: AgentFactory, pods: PodFactory
-) -> None:
+def test_deleted_pod_is_removed_with_its_reason(start_agent: AgentFactory, pods: PodFactory) -> None:
     agent = start_agent()
     pod = web_pod(pods, "ephemeral")
     agent.wait_for(lambda: agent.service_by_pod(pod.uid), timeout=5, what="service")
@@ -123,9 +118,7 @@ def test_deleted_pod_is_removed_with_its_reason(
     assert [e.reason for e in removed] == ["pod gone"]
 
 
-def test_undeclared_listening_port_is_found_through_proc(
-    start_agent: AgentFactory, pods: PodFactory
-) -> None:
+def test_undeclared_listening_port_is_found_through_proc(start_agent: AgentFactory, pods: PodFactory) -> None:
     agent = start_agent()
     pod = pods.create_pod(
         "undeclared",
@@ -171,9 +164,7 @@ def test_excluded_namespace_is_skipped_once(start_agent: AgentFactory, pods: Pod
     agent.wait_pass_after(time.time())
 
     skipped = [e for e in agent.events() if e.pod_uid == pod.uid]
-    assert [(e.kind, e.reason) for e in skipped] == [
-        ("skipped", "namespace kube-system is excluded")
-    ]
+    assert [(e.kind, e.reason) for e in skipped] == [("skipped", "namespace kube-system is excluded")]
     assert agent.service_by_pod(pod.uid) == []
 
 
@@ -183,12 +174,9 @@ def test_sigkilled_agent_restarts_from_its_cache_without_spurious_events(
     cache = tmp_path / "restart.db"
     agent = start_agent(cache=cache)
     created = [
-        web_pod(pods, f"stable-{i}", annotations={"coral.io/port": "oops"} if i == 0 else None)
-        for i in range(3)
+        web_pod(pods, f"stable-{i}", annotations={"coral.io/port": "oops"} if i == 0 else None) for i in range(3)
     ]
-    agent.wait_for(
-        lambda: all(agent.service_by_pod(p.uid) for p in created), timeout=10, what="services"
-    )
+    agent.wait_for(lambda: all(agent.service_by_pod(p.uid) for p in created), timeout=10, what="services")
     agent.wait_pass_after(time.time())
     last = agent.last_event_id()
     services_before = {s.key: s for s in agent.services()}
@@ -211,32 +199,24 @@ def test_agent_recovers_by_itself_when_containerd_restarts(
         agent.wait_for(lambda: agent.service_by_pod(first.uid), timeout=5, what="first service")
 
         fresh_containerd.kill()
-        agent.wait_for(
-            lambda: not agent.conditions()["runtime"][0], timeout=10, what="runtime down"
-        )
+        agent.wait_for(lambda: not agent.conditions()["runtime"][0], timeout=10, what="runtime down")
         fresh_containerd.restart()
         second = web_pod(factory, "after-restart")
 
-        agent.wait_for(
-            lambda: agent.service_by_pod(second.uid), timeout=15, what="service after restart"
-        )
-        assert agent.service_by_pod(first.uid), (
-            "a pod that survived the restart must stay registered"
-        )
+        agent.wait_for(lambda: agent.service_by_pod(second.uid), timeout=15, what="service after restart")
+        assert agent.service_by_pod(first.uid), "a pod that survived the restart must stay registered"
         assert agent.conditions()["runtime"][0]
     finally:
         factory.close()
 
 
 def test_missing_cri_socket_is_a_clear_error_and_discovery_starts_when_it_appears(
-    tmp_path: Path, harness_images: object
+    tmp_path: Path, harness_images: ImageSet
 ) -> None:
-    runtime = PrivateContainerd(tmp_path / "late", images=harness_images)  # type: ignore[arg-type]
+    runtime = PrivateContainerd(tmp_path / "late", images=harness_images)
     agent = AgentProcess(cri_socket=runtime.socket_path, cache=tmp_path / "late.db").start()
     try:
-        ok, reason, _ = agent.wait_for(
-            lambda: agent.conditions().get("runtime"), timeout=10, what="condition"
-        )
+        ok, reason, _ = agent.wait_for(lambda: agent.conditions()["runtime"], timeout=10, what="condition")
         assert not ok and "not found" in reason and str(runtime.socket_path) in reason
         time.sleep(1.5)  # several retries, and still alive
         assert agent.alive()
@@ -280,6 +260,4 @@ def test_two_hundred_pods_with_malformed_annotations_give_two_hundred_errors(
     errors = [e for e in agent.events(kind="error") if e.pod_uid in uids]
     assert len(errors) == 200 and all("coral.io/port" in e.reason for e in errors)
     assert agent.alive() and all(ok for ok, _, _ in agent.conditions().values())
-    assert len({s.pod_uid for s in agent.services() if s.pod_uid in uids}) == 200, (
-        "the rest still applies"
-    )
+    assert len({s.pod_uid for s in agent.services() if s.pod_uid in uids}) == 200, "the rest still applies"

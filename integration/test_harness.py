@@ -10,9 +10,9 @@ from pathlib import Path
 import grpc
 
 from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from integration.harness.cgroups import cgroup_mounts
 from integration.harness.containerd import PrivateContainerd
 from integration.harness.images import ImageSet
-from integration.harness.cgroups import cgroup_mounts
 from integration.harness.pods import ContainerSpec, PodFactory, PortSpec, wait_http
 
 HTTPD = ContainerSpec("web", ("httpd", "-f", "-p", "8080", "-h", "/www"), ports=(PortSpec(8080, name="http"),))
@@ -62,7 +62,7 @@ def test_pods_survive_a_containerd_crash_and_restart(fresh_containerd: PrivateCo
     fresh_containerd.restart()
     sandboxes = factory.stub.ListPodSandbox(api_pb2.ListPodSandboxRequest()).items
     assert [(s.id, s.state) for s in sandboxes] == [(pod.sandbox_id, api_pb2.SANDBOX_READY)]
-    assert wait_http(pod.ip, 8080) .startswith(b"<h1>")
+    assert wait_http(pod.ip, 8080).startswith(b"<h1>")
     factory.close()
 
 
@@ -77,5 +77,9 @@ def test_stop_leaves_no_mount_bridge_shim_or_cgroup_behind(tmp_path: Path, harne
     shims = subprocess.run(["pgrep", "-f", str(runtime.socket_path)], capture_output=True, text=True).stdout
     cgroups = [m for m in cgroup_mounts() if (m / "kubepods" / "besteffort" / f"pod{pod.uid}").exists()]
     assert (str(runtime.dir) in mounts, runtime.bridge in links, shims, cgroups, runtime.dir.exists()) == (
-        False, False, "", [], False,
+        False,
+        False,
+        "",
+        [],
+        False,
     )

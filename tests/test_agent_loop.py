@@ -72,8 +72,8 @@ class NoProc:
         return tuple(pods)
 
 
-async def until(predicate: object, timeout: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def until(predicate: object, within: float = 3.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not predicate():  # type: ignore[operator]
         assert asyncio.get_running_loop().time() < deadline, "condition not reached"
         await asyncio.sleep(0.005)
@@ -119,11 +119,11 @@ def test_an_outage_is_reported_once_retried_and_recovered_without_help(tmp_path:
         agent = make_agent(tmp_path, runtime)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: runtime.lists >= 3, timeout=10)
+        await until(lambda: runtime.lists >= 3, within=10)
         runtime.down = False
         runtime.current = [pod("b")]
         runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STARTED_EVENT"))
-        await until(lambda: len(agent.known.services) == 1, timeout=10)
+        await until(lambda: len(agent.known.services) == 1, within=10)
         stop.set()
         await task
         return agent

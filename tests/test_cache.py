@@ -81,9 +81,7 @@ def reconciliation(
 
 
 def apply(cache: Cache, rec: Reconciliation, *, now: float = 1000.0, rows: int = 100_000) -> None:
-    cache.apply(
-        rec, node_name="node-a", now=now, touch=False, retention_rows=rows, retention_days=30
-    )
+    cache.apply(rec, node_name="node-a", now=now, touch=False, retention_rows=rows, retention_days=30)
 
 
 @pytest.fixture

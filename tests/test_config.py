@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cri_agent.config import flags_to_settings, load_settings, parse_duration
+from cri_agent.config import flags_to_settings, load_settings
+from cri_agent.discovery.durations import parse_duration
 from cri_agent.errors import ConfigError
 
 DESIGN_EXAMPLE = """
@@ -48,9 +49,7 @@ def test_malformed_durations_are_rejected(text: str) -> None:
         parse_duration(text)
 
 
-def test_the_design_example_loads_into_discovery_rules(
-    config_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_the_design_example_loads_into_discovery_rules(config_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NODE_NAME", "node-a")
     settings = load_settings(config_file)
     rules = settings.rules()
@@ -122,9 +121,7 @@ def test_override_file_appends_to_the_config_overrides(config_file: Path, tmp_pa
         ("- just\n- a list", "top level must be a mapping"),
     ],
 )
-def test_invalid_configuration_names_the_file_and_the_key(
-    tmp_path: Path, yaml_text: str, fragment: str
-) -> None:
+def test_invalid_configuration_names_the_file_and_the_key(tmp_path: Path, yaml_text: str, fragment: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml_text)
     with pytest.raises(ConfigError, match=str(path)) as raised:

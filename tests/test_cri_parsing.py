@@ -36,8 +36,10 @@ def test_unusable_verbose_info_reads_as_empty(info: dict[str, str]) -> None:
     [
         ("", ()),
         ('[{"name":"http","containerPort":8080,"protocol":"TCP"}]', (DeclaredPort(8080, "TCP", "http"),)),
-        ('[{"containerPort":53,"protocol":"UDP"},{"containerPort":53}]',
-         (DeclaredPort(53, "UDP", ""), DeclaredPort(53, "TCP", ""))),
+        (
+            '[{"containerPort":53,"protocol":"UDP"},{"containerPort":53}]',
+            (DeclaredPort(53, "UDP", ""), DeclaredPort(53, "TCP", "")),
+        ),
         ('[{"containerPort":9000,"protocol":"SCTP"}]', ()),
     ],
 )

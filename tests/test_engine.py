@@ -32,7 +32,10 @@ def test_new_pod_is_added() -> None:
 
 def test_identical_snapshot_emits_nothing() -> None:
     first = run([pod(), pod("kube-proxy", namespace="kube-system"), pod("bad", annotations={"coral.io/port": "x"})])
-    again = run([pod(), pod("kube-proxy", namespace="kube-system"), pod("bad", annotations={"coral.io/port": "x"})], state(first))
+    again = run(
+        [pod(), pod("kube-proxy", namespace="kube-system"), pod("bad", annotations={"coral.io/port": "x"})],
+        state(first),
+    )
     assert (again.events, again.upserted, again.removed) == ((), (), ())
 
 
@@ -71,7 +74,9 @@ def test_opt_out_removes_with_its_reason() -> None:
 
 def test_newly_filtered_pod_is_removed_as_filtered_out() -> None:
     first = run([pod()], rules=DiscoveryRules())
-    second = run([pod()], state(first), rules=DiscoveryRules(filters=FilterRules(exclude_namespaces=frozenset({"shop"}))))
+    second = run(
+        [pod()], state(first), rules=DiscoveryRules(filters=FilterRules(exclude_namespaces=frozenset({"shop"})))
+    )
     assert kinds(second) == [
         ("skipped", "namespace shop is excluded"),
         ("removed", "filtered out: namespace shop is excluded"),
@@ -91,7 +96,10 @@ def test_each_error_is_reported_once_per_pod() -> None:
     second = run(bad, state(first))
     errors = [e for e in first.events if e.kind == EventKind.ERROR]
     assert (len(errors), {e.fields for e in errors}, len(first.services), second.events) == (
-        200, {("coral.io/port",)}, 200, (),
+        200,
+        {("coral.io/port",)},
+        200,
+        (),
     )
 
 

@@ -36,7 +36,11 @@ def test_workload_name(name: str, labels: dict[str, str], owner: str, expected: 
 def test_one_declared_port_gives_one_discovered_service() -> None:
     [service] = services(pod("checkout-7d4b9c6f5d-x2x9z", labels={"pod-template-hash": "7d4b9c6f5d"}))
     assert (service.name, service.port, service.protocol, service.service_type, service.provenance) == (
-        "checkout", 8080, "TCP", "http", Provenance.DISCOVERED,
+        "checkout",
+        8080,
+        "TCP",
+        "http",
+        Provenance.DISCOVERED,
     )
 
 
@@ -79,7 +83,10 @@ def test_process_name_hints_the_type_of_a_single_port() -> None:
 def test_a_pod_without_ports_registers_one_portless_entry() -> None:
     [service] = services(pod("batch", containers=[container(ports=[])]))
     assert (service.port, service.protocol, service.key, service.service_type) == (
-        None, None, "shop/uid-shop-batch/app/-", "unknown",
+        None,
+        None,
+        "shop/uid-shop-batch/app/-",
+        "unknown",
     )
 
 
@@ -102,7 +109,10 @@ def test_annotations_make_a_service_overridden_with_the_fields_they_set() -> Non
     target = pod(annotations={"coral.io/name": "payments-api", "coral.io/health-endpoint": "/healthz"})
     [service] = services(target)
     assert (service.name, service.health_endpoint, service.provenance, service.overridden_fields) == (
-        "payments-api", "/healthz", Provenance.OVERRIDDEN, ("health_endpoint", "name"),
+        "payments-api",
+        "/healthz",
+        Provenance.OVERRIDDEN,
+        ("health_endpoint", "name"),
     )
 
 

@@ -32,17 +32,13 @@ def register(commands: Any) -> None:
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--cache", type=Path, default=DEFAULT_CACHE, help=f"default {DEFAULT_CACHE}"
-    )
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"default {DEFAULT_CACHE}")
     parser.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
 
 def services_command(args: argparse.Namespace) -> int:
     cache = Cache(args.cache, read_only=True)
-    rows = [
-        r for r in cache.service_rows() if not args.namespace or r["namespace"] == args.namespace
-    ]
+    rows = [r for r in cache.service_rows() if not args.namespace or r["namespace"] == args.namespace]
     if args.output == "json":
         for row in rows:
             row["labels"] = json.loads(row["labels"] or "{}")
@@ -109,10 +105,7 @@ def status_command(args: argparse.Namespace) -> int:
         )
         print_table(
             ["CONDITION", "OK", "SINCE", "REASON"],
-            [
-                [c["name"], "yes" if c["ok"] else "NO", _age(c["since"]), c["reason"]]
-                for c in conditions
-            ],
+            [[c["name"], "yes" if c["ok"] else "NO", _age(c["since"]), c["reason"]] for c in conditions],
         )
     return 0 if healthy else 1
 

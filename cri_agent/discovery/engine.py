@@ -78,11 +78,7 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
             derived, service_errors = derive_services(pod, rules, node_name=node_name)
             errors.update(service_errors)
             services.update((s.key, s) for s in derived)
-        reason = (
-            verdict.reason
-            if verdict.included or verdict.opt_out
-            else f"filtered out: {verdict.reason}"
-        )
+        reason = verdict.reason if verdict.included or verdict.opt_out else f"filtered out: {verdict.reason}"
         decision = PodDecision(
             uid=pod.uid,
             namespace=pod.namespace,

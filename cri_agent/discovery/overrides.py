@@ -52,14 +52,8 @@ class Metadata:
             name=top.name if top.name is not None else self.name,
             service_type=top.service_type if top.service_type is not None else self.service_type,
             ports=top.ports if top.ports is not None else self.ports,
-            health_endpoint=(
-                top.health_endpoint if top.health_endpoint is not None else self.health_endpoint
-            ),
-            health_interval_s=(
-                top.health_interval_s
-                if top.health_interval_s is not None
-                else self.health_interval_s
-            ),
+            health_endpoint=(top.health_endpoint if top.health_endpoint is not None else self.health_endpoint),
+            health_interval_s=(top.health_interval_s if top.health_interval_s is not None else self.health_interval_s),
             set_fields=self.set_fields | top.set_fields,
         )
 
@@ -112,11 +106,7 @@ def from_annotations(pod: PodRecord) -> tuple[Metadata, tuple[str, ...]]:
         except ValueError as exc:
             error(PORT, str(exc))
     if (endpoint := _annotation(pod, HEALTH_ENDPOINT)) is not None:
-        if (
-            endpoint.startswith("/")
-            and not any(c.isspace() for c in endpoint)
-            and len(endpoint) <= 1024
-        ):
+        if endpoint.startswith("/") and not any(c.isspace() for c in endpoint) and len(endpoint) <= 1024:
             values["health_endpoint"] = endpoint
         else:
             error(HEALTH_ENDPOINT, f'"{endpoint}" is not an HTTP path starting with /')

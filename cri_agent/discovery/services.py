@@ -116,26 +116,18 @@ def _candidates(pod: PodRecord, containers: Sequence[ContainerRecord]) -> list[_
     for container in containers:
         for sock in container.listening:
             if not sock.loopback_only:
-                entries.setdefault(
-                    (sock.port, sock.protocol), _Entry(container, sock.port, sock.protocol)
-                )
+                entries.setdefault((sock.port, sock.protocol), _Entry(container, sock.port, sock.protocol))
     running = [c for c in containers if c.state == ContainerState.RUNNING]
     fallback = (running or list(containers))[0]
     for sock in pod.unattributed_listening:
         if not sock.loopback_only:
-            entries.setdefault(
-                (sock.port, sock.protocol), _Entry(fallback, sock.port, sock.protocol)
-            )
+            entries.setdefault((sock.port, sock.protocol), _Entry(fallback, sock.port, sock.protocol))
     return sorted(entries.values(), key=lambda e: (e.container.name, e.port or 0, e.protocol or ""))
 
 
-def _restricted(
-    entries: list[_Entry], ports: Sequence[PortRef], default: ContainerRecord
-) -> list[_Entry]:
+def _restricted(entries: list[_Entry], ports: Sequence[PortRef], default: ContainerRecord) -> list[_Entry]:
     by_port = {(e.port, e.protocol): e for e in entries}
-    return [
-        by_port.get((port, protocol)) or _Entry(default, port, protocol) for port, protocol in ports
-    ]
+    return [by_port.get((port, protocol)) or _Entry(default, port, protocol) for port, protocol in ports]
 
 
 def _type_hint(entry: _Entry, *, single_port: bool) -> str:
@@ -195,10 +187,7 @@ def derive_services(
     running = [c for c in containers if c.state == ContainerState.RUNNING]
     default = (running or containers)[0]
     pod_meta = apply_overrides(annotations, pod, rules.overrides, container=None)
-    per_container = {
-        c.name: apply_overrides(annotations, pod, rules.overrides, container=c.name)
-        for c in containers
-    }
+    per_container = {c.name: apply_overrides(annotations, pod, rules.overrides, container=c.name) for c in containers}
 
     entries = _candidates(pod, containers)
     if pod_meta.ports is not None:
@@ -243,9 +232,7 @@ def _suffixes(entries: Sequence[_Entry]) -> list[str]:
 
     names = [e.port_name for e in entries]
     return [
-        ""
-        if e.port is None
-        else ":" + (e.port_name if e.port_name and names.count(e.port_name) == 1 else number(e))
+        "" if e.port is None else ":" + (e.port_name if e.port_name and names.count(e.port_name) == 1 else number(e))
         for e in entries
     ]
 

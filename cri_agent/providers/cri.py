@@ -124,21 +124,17 @@ class CriClient:
     def _open(self) -> grpc.aio.Channel:
         self._check_socket()
         if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
-                f"unix://{self.socket}", options=_CHANNEL_OPTIONS
-            )
+            self._channel = grpc.aio.insecure_channel(f"unix://{self.socket}", options=_CHANNEL_OPTIONS)
         return self._channel
 
     def _check_socket(self) -> None:
         if not self.socket.exists():
             raise RuntimeUnavailable(
-                f"CRI socket {self.socket} not found: mount the host's runtime socket "
-                "or set --cri-socket"
+                f"CRI socket {self.socket} not found: mount the host's runtime socket or set --cri-socket"
             )
         if not os.access(self.socket, os.R_OK | os.W_OK):
             raise RuntimePermissionDenied(
-                f"CRI socket {self.socket} is not accessible: run the agent as root "
-                "or grant it the socket's group"
+                f"CRI socket {self.socket} is not accessible: run the agent as root or grant it the socket's group"
             )
 
     async def close(self) -> None:
@@ -184,15 +180,9 @@ class CriClient:
 
     async def pods(self) -> list[PodRecord]:
         """Every READY pod sandbox with its containers, as PodRecords."""
-        ready = api_pb2.PodSandboxFilter(
-            state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY)
-        )
-        sandboxes = (
-            await self._call("ListPodSandbox", api_pb2.ListPodSandboxRequest(filter=ready))
-        ).items
-        containers = (
-            await self._call("ListContainers", api_pb2.ListContainersRequest())
-        ).containers
+        ready = api_pb2.PodSandboxFilter(state=api_pb2.PodSandboxStateValue(state=api_pb2.SANDBOX_READY))
+        sandboxes = (await self._call("ListPodSandbox", api_pb2.ListPodSandboxRequest(filter=ready))).items
+        containers = (await self._call("ListContainers", api_pb2.ListContainersRequest())).containers
         by_sandbox: dict[str, list[Any]] = {}
         for container in containers:
             by_sandbox.setdefault(container.pod_sandbox_id, []).append(container)
@@ -282,9 +272,7 @@ class CriClient:
                 yield event
             return
         except _Unimplemented:
-            log.debug(
-                "event=runtime.events source=containerd reason=%s", "CRI events unimplemented"
-            )
+            log.debug("event=runtime.events source=containerd reason=%s", "CRI events unimplemented")
         async for event in self._containerd_events():
             yield event
 
@@ -342,11 +330,7 @@ def parse_declared_ports(raw: str) -> tuple[tuple[DeclaredPort, ...], str]:
             protocol = str(entry.get("protocol") or "TCP").upper()
             if protocol not in ("TCP", "UDP"):
                 continue  # SCTP: not probed or registered
-            ports.append(
-                DeclaredPort(
-                    port=port, protocol=cast(Any, protocol), name=str(entry.get("name") or "")
-                )
-            )
+            ports.append(DeclaredPort(port=port, protocol=cast(Any, protocol), name=str(entry.get("name") or "")))
         return tuple(ports), ""
     except (ValueError, TypeError, KeyError) as exc:
         return (), f"{CONTAINER_PORTS}: malformed JSON ({exc})"

@@ -37,9 +37,7 @@ from cri_agent.model import (
 
 _CONTAINER_ID = r"[0-9a-f]{64}"
 # The last path component names the container in every layout.
-_LEAF = re.compile(
-    rf"^(?:(?:cri-containerd|crio|docker|containerd)-)?(?P<id>{_CONTAINER_ID})(?:\.scope)?$"
-)
+_LEAF = re.compile(rf"^(?:(?:cri-containerd|crio|docker|containerd)-)?(?P<id>{_CONTAINER_ID})(?:\.scope)?$")
 _POD_CGROUPFS = re.compile(r"^pod(?P<uid>[0-9a-fA-F-]{36})$")
 _POD_SYSTEMD = re.compile(r"^kubepods(?:-[a-z]+)?-pod(?P<uid>[0-9a-fA-F_]{36})\.slice$")
 
@@ -113,9 +111,7 @@ def _ipv6(hex_addr: str) -> str:
     return socket.inet_ntop(socket.AF_INET6, struct.pack("<4I", *words))
 
 
-def parse_net_table(
-    text: str, *, protocol: Literal["TCP", "UDP"], ipv6: bool
-) -> list[ListeningSocket]:
+def parse_net_table(text: str, *, protocol: Literal["TCP", "UDP"], ipv6: bool) -> list[ListeningSocket]:
     """One of ``/proc/<pid>/net/{tcp,tcp6,udp,udp6}`` -> its listening sockets."""
     decode = _ipv6 if ipv6 else _ipv4
     found: dict[tuple[int, str], ListeningSocket] = {}
@@ -129,9 +125,7 @@ def parse_net_table(
         if protocol == "UDP" and (state != _UDP_UNCONNECTED or int(remote.rpartition(":")[2], 16)):
             continue
         address, _, port = local.rpartition(":")
-        sock = ListeningSocket(
-            port=int(port, 16), protocol=protocol, address=decode(address), inode=int(inode)
-        )
+        sock = ListeningSocket(port=int(port, 16), protocol=protocol, address=decode(address), inode=int(inode))
         found.setdefault((sock.port, sock.address), sock)
     return sorted(found.values(), key=lambda s: (s.port, s.address))
 
@@ -151,8 +145,7 @@ class ProcFS:
             return [int(name) for name in os.listdir(self.root) if name.isdigit()]
         except OSError as exc:
             raise ProcError(
-                f"/proc at {self.root} is not readable ({exc}): run the agent with hostPID "
-                "and mount the host's /proc"
+                f"/proc at {self.root} is not readable ({exc}): run the agent with hostPID and mount the host's /proc"
             ) from exc
 
     def scan(self) -> ProcScan:
@@ -183,9 +176,7 @@ class ProcFS:
         sockets: list[ListeningSocket] = []
         for table, protocol, ipv6 in _NET_TABLES:
             try:
-                sockets += parse_net_table(
-                    self._read(pid, f"net/{table}"), protocol=protocol, ipv6=ipv6
-                )
+                sockets += parse_net_table(self._read(pid, f"net/{table}"), protocol=protocol, ipv6=ipv6)
             except _VANISHED:
                 continue
             except PermissionError:
@@ -219,13 +210,7 @@ class ProcFS:
                 c,
                 pids=scan.pids_by_container.get(c.id) or ((c.pid,) if c.pid else ()),
                 process_names=tuple(
-                    sorted(
-                        {
-                            scan.comm[p]
-                            for p in scan.pids_by_container.get(c.id, ())
-                            if p in scan.comm
-                        }
-                    )
+                    sorted({scan.comm[p] for p in scan.pids_by_container.get(c.id, ()) if p in scan.comm})
                 ),
             )
             for c in pod.containers
@@ -238,9 +223,7 @@ class ProcFS:
             unattributed_listening=tuple(owned.get(None, ())),
         )
 
-    def _pod_sockets(
-        self, pod: PodRecord, containers: Sequence[ContainerRecord]
-    ) -> tuple[ListeningSocket, ...]:
+    def _pod_sockets(self, pod: PodRecord, containers: Sequence[ContainerRecord]) -> tuple[ListeningSocket, ...]:
         for pid in _netns_pids(pod, containers):
             sockets = self.listening(pid)
             if sockets or self._alive(pid):
@@ -269,10 +252,7 @@ class ProcFS:
             ]
             if pod.host_network or not (declared or len(live) == 1):
                 if inodes is None:
-                    inodes = {
-                        c.id: frozenset().union(*(self.socket_inodes(p) for p in c.pids))
-                        for c in containers
-                    }
+                    inodes = {c.id: frozenset().union(*(self.socket_inodes(p) for p in c.pids)) for c in containers}
                 owner = next((cid for cid, found in inodes.items() if sock.inode in found), None)
                 if owner is None and pod.host_network:
                     continue  # the host's own socket, not the pod's

@@ -60,9 +60,7 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            self.command, stdout=log, stderr=log, start_new_session=True
-        )
+        self.process = subprocess.Popen(self.command, stdout=log, stderr=log, start_new_session=True)
         log.close()
         self.wait_for(lambda: self._cache_meta_pid() == self.pid, timeout=20, what="agent start")
         return self
@@ -89,9 +87,7 @@ class AgentProcess:
             return self.process.wait(timeout)
         except subprocess.TimeoutExpired:
             self.process.kill()
-            raise AssertionError(
-                f"agent did not stop within {timeout}s:\n{self.log_tail()}"
-            ) from None
+            raise AssertionError(f"agent did not stop within {timeout}s:\n{self.log_tail()}") from None
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -119,11 +115,7 @@ class AgentProcess:
         return events[-1].id if events else 0
 
     def conditions(self) -> dict[str, tuple[bool, str, float]]:
-        return self.read(
-            lambda c: {
-                r["name"]: (bool(r["ok"]), r["reason"], r["updated"]) for r in c.conditions()
-            }
-        )
+        return self.read(lambda c: {r["name"]: (bool(r["ok"]), r["reason"], r["updated"]) for r in c.conditions()})
 
     def _cache_meta_pid(self) -> int:
         if not self.cache_path.exists():
@@ -133,25 +125,21 @@ class AgentProcess:
         except (sqlite3.Error, ValueError):
             return 0
 
-    def wait_for(
-        self, predicate: Callable[[], _T], *, timeout: float, what: str, poll: float = 0.02
-    ) -> _T:
+    def wait_for(self, predicate: Callable[[], _T], *, timeout: float, what: str, poll: float = 0.02) -> _T:
         """Poll ``predicate`` until truthy; fail with the agent's log tail."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                value = predicate()
+                value: _T | None = predicate()
             except (sqlite3.Error, FileNotFoundError):
-                value = None  # type: ignore[assignment]
+                value = None  # the agent is mid-write or has not created the file yet
             if value:
                 return value
             if self.process is not None and self.process.poll() is not None:
                 code = self.process.returncode
                 raise AssertionError(f"agent exited ({code}) waiting for {what}:\n{self.log_tail()}")
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"timed out after {timeout}s waiting for {what}:\n{self.log_tail()}"
-                )
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.log_tail()}")
             time.sleep(poll)
 
     def service_by_pod(self, pod_uid: str) -> list[ServiceInfo]:

@@ -71,9 +71,7 @@ class PrivateContainerd:
         self.start()
         return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
     def start(self) -> PrivateContainerd:
@@ -169,7 +167,9 @@ state = "{d}/state"
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 ["containerd", "--config", str(self.dir / "config.toml")],
-                stdout=log, stderr=log, start_new_session=True,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
             )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while time.monotonic() < deadline:
@@ -206,14 +206,16 @@ state = "{d}/state"
 
     def _kill_shims(self) -> None:
         marker = str(self.socket_path).encode()
-        for pid in (p for p in os.listdir("/proc") if p.isdigit()):
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
             try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                cmdline = (entry / "cmdline").read_bytes()
             except OSError:
                 continue
             if b"containerd-shim" in cmdline and marker in cmdline:
                 with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(pid), signal.SIGKILL)
+                    os.kill(int(entry.name), signal.SIGKILL)
 
     def _unmount_all(self) -> None:
         prefix = f"{self.dir}/"

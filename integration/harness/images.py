@@ -27,8 +27,23 @@ BUSYBOX = Path("/bin/busybox")
 PAUSE_IMAGE = "registry.k8s.io/pause:3.6"
 WORKLOAD_IMAGE = "docker.io/coral-test/busybox:1"
 APPLETS = (
-    "sh", "ls", "cat", "echo", "sleep", "ip", "wget", "nc", "httpd", "seq", "true",
-    "yes", "env", "kill", "ps", "dd", "head",
+    "sh",
+    "ls",
+    "cat",
+    "echo",
+    "sleep",
+    "ip",
+    "wget",
+    "nc",
+    "httpd",
+    "seq",
+    "true",
+    "yes",
+    "env",
+    "kill",
+    "ps",
+    "dd",
+    "head",
 )
 FORMAT_VERSION = "1"  # bump to rebuild cached tars after changing their content
 
@@ -66,16 +81,16 @@ def _rootfs_layer() -> bytes:
         for directory in directories:
             mode = 0o1777 if directory == "tmp" else 0o755
             entries.append((directory, _info(directory, kind=tarfile.DIRTYPE, mode=mode), None))
-        binary = BUSYBOX.read_bytes()
-        entries.append(("bin/busybox", _info("bin/busybox", size=len(binary), mode=0o755), binary))
+        busybox = BUSYBOX.read_bytes()
+        entries.append(("bin/busybox", _info("bin/busybox", size=len(busybox), mode=0o755), busybox))
         for applet in APPLETS:
             link = _info(f"bin/{applet}", kind=tarfile.SYMTYPE, mode=0o777)
             link.linkname = "busybox"
             entries.append((f"bin/{applet}", link, None))
         for name, content in files.items():
             entries.append((name, _info(name, size=len(content)), content))
-        for _, info, content in sorted(entries, key=lambda e: e[0]):
-            tar.addfile(info, io.BytesIO(content) if content is not None else None)
+        for _, info, data in sorted(entries, key=lambda e: e[0]):
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
     return buffer.getvalue()
 
 
@@ -108,9 +123,7 @@ def build_image(out: Path, ref: str, command: list[str], layer: bytes) -> None:
             "digest": config_digest,
             "size": config_size,
         },
-        "layers": [
-            {"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}
-        ],
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": layer_digest, "size": layer_size}],
     }
     manifest_digest, manifest_size = _blob(blobs, _json(manifest))
     index = {

@@ -21,7 +21,6 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import grpc
@@ -108,9 +107,7 @@ class PodFactory:
             linux=api_pb2.LinuxPodSandboxConfig(
                 cgroup_parent=f"/kubepods/besteffort/pod{uid}",
                 security_context=api_pb2.LinuxSandboxSecurityContext(
-                    namespace_options=api_pb2.NamespaceOption(
-                        network=api_pb2.NODE if host_network else api_pb2.POD
-                    )
+                    namespace_options=api_pb2.NamespaceOption(network=api_pb2.NODE if host_network else api_pb2.POD)
                 ),
             ),
         )
@@ -126,8 +123,13 @@ class PodFactory:
             raise
         status = self.stub.PodSandboxStatus(api_pb2.PodSandboxStatusRequest(pod_sandbox_id=sandbox_id), timeout=10)
         pod = Pod(
-            uid=uid, name=name, namespace=namespace, sandbox_id=sandbox_id,
-            container_ids=tuple(container_ids), ip=status.status.network.ip, labels=pod_labels,
+            uid=uid,
+            name=name,
+            namespace=namespace,
+            sandbox_id=sandbox_id,
+            container_ids=tuple(container_ids),
+            ip=status.status.network.ip,
+            labels=pod_labels,
         )
         self.created[uid] = pod
         return pod
@@ -197,4 +199,3 @@ def wait_http(ip: str, port: int, path: str = "/", timeout: float = 10.0) -> byt
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
-
