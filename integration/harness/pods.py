@@ -181,8 +181,9 @@ class PodFactory:
             self.stub.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=30)
         remove_pod_cgroups(uid)
 
-    def close(self) -> None:
-        for pod in list(self.created.values()):
+    def close(self, *, delete: bool = True) -> None:
+        """Delete the pods this factory created (unless ``delete=False``) and hang up."""
+        for pod in list(self.created.values()) if delete else []:
             self.delete_pod(pod)
         self._channel.close()
 
