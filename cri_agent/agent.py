@@ -101,14 +101,14 @@ class NodeAgent:
         tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._discovery(), name="discovery")]
         if self.settings.discovery.cri.events:
             tasks.append(asyncio.create_task(self._events(), name="runtime-events"))
+        stopped = asyncio.create_task(stop.wait())
         try:
-            stopped = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
             for task in done:
                 if task is not stopped and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            stopped.cancel()
         finally:
+            stopped.cancel()
             await self._shutdown(tasks)
 
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:

@@ -34,6 +34,7 @@ from cri_agent.model import (
     PodRecord,
     PodUID,
 )
+from cri_agent.providers.sockdiag import ListeningTCP, NetlinkUnavailable
 
 _CONTAINER_ID = r"[0-9a-f]{64}"
 # The last path component names the container in every layout.
@@ -43,12 +44,8 @@ _POD_SYSTEMD = re.compile(r"^kubepods(?:-[a-z]+)?-pod(?P<uid>[0-9a-fA-F_]{36})\.
 
 _TCP_LISTEN = "0A"
 _UDP_UNCONNECTED = "07"
-_NET_TABLES: tuple[tuple[str, Literal["TCP", "UDP"], bool], ...] = (
-    ("tcp", "TCP", False),
-    ("tcp6", "TCP", True),
-    ("udp", "UDP", False),
-    ("udp6", "UDP", True),
-)
+_TCP_TABLES: tuple[tuple[str, Literal["TCP", "UDP"], bool], ...] = (("tcp", "TCP", False), ("tcp6", "TCP", True))
+_UDP_TABLES: tuple[tuple[str, Literal["TCP", "UDP"], bool], ...] = (("udp", "UDP", False), ("udp6", "UDP", True))
 _VANISHED = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
 
 
@@ -131,10 +128,16 @@ def parse_net_table(text: str, *, protocol: Literal["TCP", "UDP"], ipv6: bool) -
 
 
 class ProcFS:
-    """Reads the host's processes through a /proc root (default ``/proc``)."""
+    """Reads the host's processes through a /proc root (default ``/proc``).
 
-    def __init__(self, root: Path = Path("/proc")) -> None:
+    TCP listeners come from sock_diag (see sockdiag.py) when the root is the
+    live ``/proc``, from the ``net/tcp*`` tables otherwise or as a fallback.
+    """
+
+    def __init__(self, root: Path = Path("/proc"), *, netlink: bool | None = None) -> None:
         self.root = root
+        use_netlink = netlink if netlink is not None else root == Path("/proc")
+        self._tcp: ListeningTCP | None = ListeningTCP() if use_netlink else None
 
     def _read(self, pid: int, name: str) -> str:
         with open(self.root / str(pid) / name, encoding="utf-8", errors="replace") as handle:
@@ -173,8 +176,15 @@ class ProcFS:
 
     def listening(self, pid: int) -> tuple[ListeningSocket, ...]:
         """Listening sockets of ``pid``'s network namespace; () if it vanished."""
+        tables = _UDP_TABLES
         sockets: list[ListeningSocket] = []
-        for table, protocol, ipv6 in _NET_TABLES:
+        try:
+            if self._tcp is None:
+                raise NetlinkUnavailable(0, "netlink disabled")
+            sockets += self._tcp.listening(str(self.root / str(pid) / "ns" / "net"))
+        except NetlinkUnavailable:
+            tables = _TCP_TABLES + _UDP_TABLES
+        for table, protocol, ipv6 in tables:
             try:
                 sockets += parse_net_table(self._read(pid, f"net/{table}"), protocol=protocol, ipv6=ipv6)
             except _VANISHED:
@@ -202,7 +212,11 @@ class ProcFS:
     def enrich(self, pods: Sequence[PodRecord]) -> tuple[PodRecord, ...]:
         """Pods with container pids, process names and attributed listening sockets."""
         scan = self.scan()
-        return tuple(self._enrich_pod(pod, scan) for pod in pods)
+        try:
+            return tuple(self._enrich_pod(pod, scan) for pod in pods)
+        finally:
+            if self._tcp is not None:
+                self._tcp.end_pass()
 
     def _enrich_pod(self, pod: PodRecord, scan: ProcScan) -> PodRecord:
         containers = [

@@ -4,7 +4,7 @@ Own config, root, state, socket, runc root and CNI bridge network, all under
 one directory (see shared/HARNESS-NOTES.md §2-3): it never touches the
 host's ``/run/containerd/containerd.sock`` or ``/var/lib/containerd``.
 ``restrict_oom_score_adj = true`` is required on this VM (no
-CAP_SYS_RESOURCE, gotcha G1). The bridge gets a unique name and /24 in
+CAP_SYS_RESOURCE, gotcha G1). The bridge gets a unique name and /22 in
 10.250.0.0/16, with ``ipMasq: false`` and no default route, so pod traffic
 never leaves the machine.
 
@@ -40,10 +40,11 @@ class HarnessError(RuntimeError):
 
 
 def _free_subnet() -> int:
+    """The third octet of a free, aligned 10.250.x.0/22 (1,022 pod addresses)."""
     used = subprocess.run(["ip", "-o", "-4", "addr"], capture_output=True, text=True, check=False).stdout
-    candidates = [n for n in range(100, 250) if f"10.250.{n}." not in used]
+    candidates = [n for n in range(100, 252, 4) if not any(f"10.250.{n + i}." in used for i in range(4))]
     if not candidates:
-        raise HarnessError("no free 10.250.x.0/24 subnet for a CNI bridge")
+        raise HarnessError("no free 10.250.x.0/22 subnet for a CNI bridge")
     return random.choice(candidates)
 
 
@@ -63,7 +64,7 @@ class PrivateContainerd:
 
     @property
     def subnet(self) -> str:
-        return f"10.250.{self.subnet_index}.0/24"
+        return f"10.250.{self.subnet_index}.0/22"
 
     # -- lifecycle ---------------------------------------------------------------
 
