@@ -261,38 +261,30 @@ def flags_to_settings(
     no_events: bool = False,
 ) -> dict[str, Any]:
     """Command-line flags as a nested settings mapping (only what was given)."""
-    k8s: dict[str, Any] = {}
-    if include_namespaces:
-        k8s["includeNamespaces"] = include_namespaces
-    if exclude_namespaces:
-        k8s["excludeNamespaces"] = exclude_namespaces
-    if include_labels:
-        k8s["includeLabels"] = dict(_parse_label_pairs(include_labels, key="--include-label"))
-    if exclude_labels:
-        k8s["excludeLabels"] = dict(_parse_label_pairs(exclude_labels, key="--exclude-label"))
-    if resync_interval:
-        k8s["resyncInterval"] = resync_interval
-    cri: dict[str, Any] = {}
-    if cri_socket:
-        cri["socket"] = cri_socket
-    if no_events:
-        cri["events"] = False
+    given: dict[str, Any] = {
+        "agent.mode": mode,
+        "agent.nodeName": node_name,
+        "discovery.cri.socket": cri_socket,
+        "discovery.cri.events": False if no_events else None,
+        "discovery.kubernetes.includeNamespaces": include_namespaces,
+        "discovery.kubernetes.excludeNamespaces": exclude_namespaces,
+        "discovery.kubernetes.includeLabels": include_labels
+        and dict(_parse_label_pairs(include_labels, key="--include-label")),
+        "discovery.kubernetes.excludeLabels": exclude_labels
+        and dict(_parse_label_pairs(exclude_labels, key="--exclude-label")),
+        "discovery.kubernetes.resyncInterval": resync_interval,
+        "cache.path": cache,
+        "log.format": log_format,
+    }
     flags: dict[str, Any] = {}
-    if k8s or cri:
-        flags["discovery"] = {"kubernetes": k8s} if k8s else {}
-        if cri:
-            flags["discovery"]["cri"] = cri
-    agent: dict[str, Any] = {}
-    if mode:
-        agent["mode"] = mode
-    if node_name:
-        agent["nodeName"] = node_name
-    if agent:
-        flags["agent"] = agent
-    if cache:
-        flags["cache"] = {"path": cache}
-    if log_format:
-        flags["log"] = {"format": log_format}
+    for path, value in given.items():
+        if value is None or value == [] or value == "":
+            continue
+        *parents, leaf = path.split(".")
+        node = flags
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
     return flags
 
 

@@ -90,26 +90,9 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
         pods[pod.uid] = decision
         previous = known.pods.get(pod.uid)
         if not verdict.included and (previous is None or previous.reason != decision.reason):
-            events.append(
-                DiscoveryEvent(
-                    kind=EventKind.SKIPPED,
-                    namespace=pod.namespace,
-                    pod_name=pod.name,
-                    pod_uid=pod.uid,
-                    reason=verdict.reason,
-                )
-            )
+            events.append(_pod_event(EventKind.SKIPPED, decision, reason=verdict.reason))
         for error in sorted(errors - set(previous.errors if previous else ())):
-            events.append(
-                DiscoveryEvent(
-                    kind=EventKind.ERROR,
-                    namespace=pod.namespace,
-                    pod_name=pod.name,
-                    pod_uid=pod.uid,
-                    reason=error,
-                    fields=(_error_key(error),),
-                )
-            )
+            events.append(_pod_event(EventKind.ERROR, decision, reason=error, fields=(_error_key(error),)))
 
     included = [pod for pod in snapshot.pods if pods[pod.uid].included]
     for explicit in rules.services:
@@ -156,6 +139,12 @@ def _removal_reason(old: ServiceInfo, pods: Mapping[PodUID, PodDecision]) -> str
     if not decision.included:
         return decision.reason
     return "port closed"
+
+
+def _pod_event(kind: EventKind, pod: PodDecision, *, reason: str, fields: tuple[str, ...] = ()) -> DiscoveryEvent:
+    return DiscoveryEvent(
+        kind=kind, namespace=pod.namespace, pod_name=pod.name, pod_uid=pod.uid, reason=reason, fields=fields
+    )
 
 
 def _service_event(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cri_agent.discovery.overrides import (
     Metadata,
@@ -247,30 +247,9 @@ def _service(
     suffix: str,
     node_name: str,
 ) -> ServiceInfo:
-    key = service_key(pod.namespace, pod.uid, entry.container.name, entry.port, entry.protocol)
-    default_type = _type_hint(entry, single_port=not suffix)
-    explicit = _explicit_for(rules, pod, entry)
-    if explicit is not None:
-        return ServiceInfo(
-            key=key,
-            name=explicit.name + (suffix if explicit.port is None else ""),
-            namespace=pod.namespace,
-            pod_name=pod.name,
-            pod_uid=pod.uid,
-            container=entry.container.name,
-            port=entry.port,
-            protocol=entry.protocol,
-            service_type=explicit.type or default_type,
-            provenance=Provenance.EXPLICIT,
-            health_endpoint=explicit.health.endpoint or "",
-            health_interval_s=explicit.health.interval_s or rules.default_health_interval_s,
-            pod_ip=pod.ip,
-            node_name=node_name,
-            labels={**pod.labels, **explicit.labels},
-        )
     overridden = tuple(sorted("port" if f == "ports" else f for f in meta.set_fields))
-    return ServiceInfo(
-        key=key,
+    discovered = ServiceInfo(
+        key=service_key(pod.namespace, pod.uid, entry.container.name, entry.port, entry.protocol),
         name=(meta.name or base_name) + suffix,
         namespace=pod.namespace,
         pod_name=pod.name,
@@ -278,7 +257,7 @@ def _service(
         container=entry.container.name,
         port=entry.port,
         protocol=entry.protocol,
-        service_type=meta.service_type or default_type,
+        service_type=meta.service_type or _type_hint(entry, single_port=not suffix),
         provenance=Provenance.OVERRIDDEN if overridden else Provenance.DISCOVERED,
         health_endpoint=meta.health_endpoint or "",
         health_interval_s=meta.health_interval_s or rules.default_health_interval_s,
@@ -286,6 +265,19 @@ def _service(
         node_name=node_name,
         labels=dict(pod.labels),
         overridden_fields=overridden,
+    )
+    explicit = _explicit_for(rules, pod, entry)
+    if explicit is None:
+        return discovered
+    return replace(
+        discovered,
+        name=explicit.name + (suffix if explicit.port is None else ""),
+        service_type=explicit.type or _type_hint(entry, single_port=not suffix),
+        provenance=Provenance.EXPLICIT,
+        health_endpoint=explicit.health.endpoint or "",
+        health_interval_s=explicit.health.interval_s or rules.default_health_interval_s,
+        labels={**pod.labels, **explicit.labels},
+        overridden_fields=(),
     )
 
 
