@@ -125,12 +125,12 @@ class AgentProcess:
         except (sqlite3.Error, ValueError):
             return 0
 
-    def wait_for(self, predicate: Callable[[], _T], *, timeout: float, what: str, poll: float = 0.02) -> _T:
+    def wait_for(self, predicate: Callable[[], _T | None], *, timeout: float, what: str, poll: float = 0.02) -> _T:
         """Poll ``predicate`` until truthy; fail with the agent's log tail."""
         deadline = time.monotonic() + timeout
         while True:
             try:
-                value: _T | None = predicate()
+                value = predicate()
             except (sqlite3.Error, FileNotFoundError):
                 value = None  # the agent is mid-write or has not created the file yet
             if value:
