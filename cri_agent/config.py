@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic.alias_generators import to_camel
 from pydantic_settings import (
     BaseSettings,
@@ -85,7 +85,7 @@ class DiscoverySettings(_Duration):
 class AgentSection(_Model):
     mode: Literal["passive"] = "passive"
     id: str = "node-agent-{{ NODE_NAME }}"
-    node_name: str = Field(default="", validation_alias=AliasChoices("nodeName", "node_name"))
+    node_name: str = ""
 
 
 class HealthEntry(_Duration):

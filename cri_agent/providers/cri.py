@@ -15,6 +15,7 @@ payload is never trusted as state.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -56,6 +57,9 @@ _STATES = {
     api_pb2.CONTAINER_EXITED: ContainerState.EXITED,
     api_pb2.CONTAINER_UNKNOWN: ContainerState.UNKNOWN,
 }
+
+# Verbose status calls in flight at once on a cold pass.
+_STATUS_CONCURRENCY = 16
 
 # containerd topics that can change a pod (not image pulls or snapshots).
 _POD_TOPICS = ("/tasks/", "/containers/", "/sandboxes/")
@@ -194,21 +198,31 @@ class CriClient:
         for key in set(self._container_pids) - live_containers:
             del self._container_pids[key]
 
-        pods = []
-        for sandbox in sandboxes:
-            details = await self._sandbox_details(sandbox.id)
+        # Status calls run concurrently (bounded) so a first pass over a full
+        # node, which has nothing cached yet, stays short.
+        limit = asyncio.Semaphore(_STATUS_CONCURRENCY)
+
+        async def pod_of(sandbox: Any) -> PodRecord | None:
+            async with limit:
+                details = await self._sandbox_details(sandbox.id)
             if details is None:
-                continue  # went away between list and status
+                return None  # went away between list and status
+            containers = [
+                c
+                for c in sorted(by_sandbox.get(sandbox.id, []), key=lambda c: c.metadata.name)
+                if c.state != api_pb2.CONTAINER_UNKNOWN
+            ]
             records, errors = [], []
-            for container in sorted(by_sandbox.get(sandbox.id, []), key=lambda c: c.metadata.name):
-                if container.state == api_pb2.CONTAINER_UNKNOWN:
-                    continue
-                record, error = await self._container_record(container)
+            for container in containers:
+                async with limit:
+                    record, error = await self._container_record(container)
                 records.append(record)
                 if error:
                     errors.append(f"container {record.name}: {error}")
-            pods.append(_pod_record(sandbox, details, records, errors))
-        return pods
+            return _pod_record(sandbox, details, records, errors)
+
+        found = await asyncio.gather(*(pod_of(sandbox) for sandbox in sandboxes))
+        return [pod for pod in found if pod is not None]
 
     async def _sandbox_details(self, sandbox_id: str) -> _SandboxDetails | None:
         cached = self._sandboxes.get(sandbox_id)
