@@ -162,3 +162,15 @@ def test_clashing_port_names_fall_back_to_numbers() -> None:
         ]
     )
     assert sorted(s.name for s in services(target)) == ["web-0:8080", "web-0:9090"]
+
+
+def test_explicit_service_naming_a_container_that_is_not_there_waits_for_it() -> None:
+    target = pod(
+        labels={"app": "pay"},
+        containers=[container("app"), container("ghost", state=ContainerState.UNKNOWN)],
+    )
+    explicit = ExplicitService(
+        name="ledger", port=7000, selector=Selector(pod_labels={"app": "pay"}, container="ghost")
+    )
+    [service] = services(target, DiscoveryRules(services=(explicit,)))
+    assert (service.name, service.container, service.port) == ("pay", "app", None)

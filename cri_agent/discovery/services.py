@@ -104,7 +104,7 @@ def workload_name(pod: PodRecord) -> str:
     return _K8S_RANDOM.sub("", name)
 
 
-def _candidates(pod: PodRecord, containers: Sequence[ContainerRecord]) -> list[_Entry]:
+def _candidates(pod: PodRecord, containers: Sequence[ContainerRecord], default: ContainerRecord) -> list[_Entry]:
     """Declared and listening ports, one entry per (port, protocol), first owner wins."""
     entries: dict[PortRef, _Entry] = {}
     for container in containers:
@@ -117,11 +117,9 @@ def _candidates(pod: PodRecord, containers: Sequence[ContainerRecord]) -> list[_
         for sock in container.listening:
             if not sock.loopback_only:
                 entries.setdefault((sock.port, sock.protocol), _Entry(container, sock.port, sock.protocol))
-    running = [c for c in containers if c.state == ContainerState.RUNNING]
-    fallback = (running or list(containers))[0]
     for sock in pod.unattributed_listening:
         if not sock.loopback_only:
-            entries.setdefault((sock.port, sock.protocol), _Entry(fallback, sock.port, sock.protocol))
+            entries.setdefault((sock.port, sock.protocol), _Entry(default, sock.port, sock.protocol))
     return sorted(entries.values(), key=lambda e: (e.container.name, e.port or 0, e.protocol or ""))
 
 
@@ -160,7 +158,11 @@ def _explicit_for(rules: DiscoveryRules, pod: PodRecord, entry: _Entry) -> Expli
 
 
 def _explicit_entries(
-    rules: DiscoveryRules, pod: PodRecord, entries: list[_Entry], default: ContainerRecord
+    rules: DiscoveryRules,
+    pod: PodRecord,
+    entries: list[_Entry],
+    containers: Sequence[ContainerRecord],
+    default: ContainerRecord,
 ) -> list[_Entry]:
     """Explicit services with a selector on this pod declare their port if it is not there."""
     present = {(e.port, e.protocol) for e in entries}
@@ -169,8 +171,13 @@ def _explicit_entries(
         selector = explicit.selector
         if selector is None or explicit.port is None or not matches(selector, pod):
             continue
+        owner = default
+        if selector.container is not None:
+            named = [c for c in containers if c.name == selector.container]
+            if not named:
+                continue  # the container it names is not (or no longer) there
+            owner = named[0]
         if (explicit.port, explicit.protocol) not in present:
-            owner = next((c for c in pod.containers if c.name == selector.container), default)
             extra.append(_Entry(owner, explicit.port, explicit.protocol))
             present.add((explicit.port, explicit.protocol))
     return extra
@@ -189,7 +196,7 @@ def derive_services(
     pod_meta = apply_overrides(annotations, pod, rules.overrides, container=None)
     per_container = {c.name: apply_overrides(annotations, pod, rules.overrides, container=c.name) for c in containers}
 
-    entries = _candidates(pod, containers)
+    entries = _candidates(pod, containers, default)
     if pod_meta.ports is not None:
         entries = _restricted(entries, pod_meta.ports, default)
     for container in containers:
@@ -201,7 +208,7 @@ def derive_services(
                 for e in _restricted(entries, ports, container)
                 if (e.port, e.protocol) not in {(o.port, o.protocol) for o in others}
             ]
-    entries += _explicit_entries(rules, pod, entries, default)
+    entries += _explicit_entries(rules, pod, entries, containers, default)
     if not entries:
         entries = [_Entry(default, None, None)]
 
