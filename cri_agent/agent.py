@@ -27,8 +27,9 @@ from cri_agent.config import Settings
 from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
 from cri_agent.errors import CacheError, CoralError
+from cri_agent.health import HealthChecker, aggregate
 from cri_agent.logs import emit, emit_discovery
-from cri_agent.model import DiscoveryEvent, EventKind, NodeSnapshot, PodRecord
+from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, NodeSnapshot, PodRecord
 from cri_agent.providers.cri import CriClient, RuntimeEvent, RuntimeVersion
 from cri_agent.providers.proc import ProcError, ProcFS
 
@@ -70,6 +71,11 @@ class NodeAgent:
         )
         self.proc: Enricher = proc or ProcFS(settings.discovery.proc_root)
         self.cache = CacheWriter(settings.cache.path)
+        self.health = HealthChecker(
+            report=self._report_health,
+            timeout=settings.discovery.health_timeout,
+            max_in_flight=settings.discovery.health_concurrency,
+        )
         self.clock = clock
         self.known = KnownState(services={}, pods={})
         self.passes = 0
@@ -98,7 +104,11 @@ class NodeAgent:
             services=len(self.known.services),
             cri_socket=str(self.settings.discovery.cri.socket),
         )
-        tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._discovery(), name="discovery")]
+        self.health.set_services(self.known.services)
+        tasks: list[asyncio.Task[None]] = [
+            asyncio.create_task(self._discovery(), name="discovery"),
+            asyncio.create_task(self.health.run(), name="health"),
+        ]
         if self.settings.discovery.cri.events:
             tasks.append(asyncio.create_task(self._events(), name="runtime-events"))
         stopped = asyncio.create_task(stop.wait())
@@ -114,8 +124,8 @@ class NodeAgent:
     async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
         self._stopping = True
         self._wake.set()
-        for task in reversed(tasks):  # events first, then let the current pass finish
-            if task.get_name() == "runtime-events":
+        for task in reversed(tasks):  # events and probes first, then let the current pass finish
+            if task.get_name() in ("runtime-events", "health"):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_GRACE_S)
@@ -189,6 +199,7 @@ class NodeAgent:
             await self._condition("cache", ok=False, reason=str(exc))
             return False  # known state unchanged: the same diff is retried
         self.known = KnownState(services=result.services, pods=result.pods)
+        self.health.set_services(result.services)
         self.passes += 1
         await self._condition("cache", ok=True, reason="writable")
         for event in result.events:
@@ -219,6 +230,24 @@ class NodeAgent:
                 retention_days=cache.event_retention_days,
             )
         )
+
+    async def _report_health(self, results: list[Health], changes: list[Health]) -> None:
+        summary = aggregate(self.health.health)
+        with contextlib.suppress(CacheError):
+            await self.cache.call(lambda c: c.record_health(results))
+            await self.cache.call(lambda c: c.set_meta({"services_health": summary}))
+        for health in changes:
+            service = self.known.services.get(health.key)
+            emit(
+                log,
+                f"service.{health.state.value}",
+                level=logging.WARNING if health.state == HealthState.UNHEALTHY else logging.INFO,
+                key=health.key,
+                service=service.name if service else "",
+                namespace=service.namespace if service else "",
+                error=health.last_error,
+                ms=health.latency_ms,
+            )
 
     # -- conditions --------------------------------------------------------------
 

@@ -28,6 +28,7 @@ from cri_agent.discovery.engine import KnownState, PodDecision, Reconciliation
 from cri_agent.errors import CacheError
 from cri_agent.model import (
     DiscoveryEvent,
+    Health,
     PodUID,
     Protocol,
     Provenance,
@@ -162,6 +163,18 @@ class Cache:
             pk="id",
             if_not_exists=True,
         )
+        _table(db, "health").create(
+            {
+                "key": str,
+                "state": str,  # healthy / unhealthy / unknown
+                "since": float,
+                "checked_at": float,
+                "latency_ms": float,
+                "last_error": str,
+            },
+            pk="key",
+            if_not_exists=True,
+        )
         _table(db, "conditions").create(
             {"name": str, "ok": int, "reason": str, "since": float, "updated": float},
             pk="name",
@@ -270,6 +283,25 @@ class Cache:
         if last is not None and last > rows:
             self.db.execute("DELETE FROM discovery_events WHERE id <= ?", [last - rows])
 
+    def record_health(self, results: Sequence[Health]) -> None:
+        """Latest probe results; rows of services no longer registered are dropped."""
+        with self.db.conn:
+            _table(self.db, "health").upsert_all(
+                (
+                    {
+                        "key": h.key,
+                        "state": h.state.value,
+                        "since": h.since,
+                        "checked_at": h.checked_at,
+                        "latency_ms": h.latency_ms,
+                        "last_error": h.last_error,
+                    }
+                    for h in results
+                ),
+                pk="key",
+            )
+            self.db.execute("DELETE FROM health WHERE key NOT IN (SELECT key FROM services)")
+
     def set_condition(self, name: str, *, ok: bool, reason: str, now: float) -> None:
         row = self.db.execute("SELECT ok, since FROM conditions WHERE name = ?", [name]).fetchone()
         since = row[1] if row is not None and bool(row[0]) == ok else now
@@ -300,7 +332,14 @@ class Cache:
         ]
 
     def service_rows(self) -> list[dict[str, Any]]:
-        return list(_table(self.db, "services").rows_where(order_by="namespace, pod_name, name"))
+        """Services with their latest health (state ``unknown`` until probed)."""
+        return list(
+            self.db.query(
+                "SELECT s.*, coalesce(h.state, 'unknown') AS health, h.since AS health_since, "
+                "h.latency_ms AS health_latency_ms, h.last_error AS health_error "
+                "FROM services s LEFT JOIN health h ON h.key = s.key ORDER BY s.namespace, s.pod_name, s.name"
+            )
+        )
 
     def events(self, *, since_id: int = 0, kind: str | None = None, limit: int | None = None) -> list[StoredEvent]:
         where, params = "id > ?", [str(since_id)]

@@ -78,6 +78,8 @@ class DiscoverySettings(_Duration):
     kubernetes: KubernetesDiscovery = KubernetesDiscovery()
     proc_root: Path = Path("/proc")
     health_interval: float = 10.0
+    health_timeout: float = 2.0  # per probe
+    health_concurrency: int = Field(default=32, ge=1, le=1024)  # probes in flight at most
     # Runtime events within this window collapse into one reconcile.
     coalesce_interval: float = 0.05
 

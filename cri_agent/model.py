@@ -180,3 +180,21 @@ class DiscoveryEvent:
     service: str = ""  # the service's name when the event is about a service
     reason: str = ""
     fields: tuple[str, ...] = ()  # changed fields (updated) or offending keys (error)
+
+
+class HealthState(StrEnum):
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The latest probe verdict of one service (see cri_agent/health.py)."""
+
+    key: ServiceKey
+    state: HealthState
+    since: float  # when the state last changed
+    checked_at: float = 0.0
+    latency_ms: float = 0.0
+    last_error: str = ""

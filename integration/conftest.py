@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
+from integration.harness.agent import AgentProcess
 from integration.harness.containerd import PrivateContainerd
 from integration.harness.images import ImageSet, ensure_images
 from integration.harness.pods import PodFactory
@@ -56,3 +57,25 @@ def pods(containerd: PrivateContainerd) -> Iterator[PodFactory]:
     factory = PodFactory(containerd)
     yield factory
     factory.close()
+
+
+AgentFactory = Callable[..., AgentProcess]
+
+
+@pytest.fixture
+def start_agent(tmp_path: Path, containerd: PrivateContainerd) -> Iterator[AgentFactory]:
+    agents: list[AgentProcess] = []
+
+    def _start(*args: str, cache: Path | None = None, socket: Path | None = None) -> AgentProcess:
+        agent = AgentProcess(
+            cri_socket=socket or containerd.socket_path,
+            cache=cache or tmp_path / "agent.db",
+            extra_args=args,
+        )
+        agents.append(agent)
+        return agent.start()
+
+    yield _start
+    for agent in agents:
+        if agent.alive():
+            assert agent.stop() == 0, agent.log_tail()

@@ -7,10 +7,8 @@ through its SQLite cache.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-
-import pytest
 
 from integration.harness.agent import AgentProcess
 from integration.harness.containerd import PrivateContainerd
@@ -20,25 +18,6 @@ from integration.harness.pods import ContainerSpec, Pod, PodFactory, PortSpec
 AgentFactory = Callable[..., AgentProcess]
 
 HTTPD = ("httpd", "-f", "-p", "8080", "-h", "/www")
-
-
-@pytest.fixture
-def start_agent(tmp_path: Path, containerd: PrivateContainerd) -> Iterator[AgentFactory]:
-    agents: list[AgentProcess] = []
-
-    def _start(*args: str, cache: Path | None = None, socket: Path | None = None) -> AgentProcess:
-        agent = AgentProcess(
-            cri_socket=socket or containerd.socket_path,
-            cache=cache or tmp_path / "agent.db",
-            extra_args=args,
-        )
-        agents.append(agent)
-        return agent.start()
-
-    yield _start
-    for agent in agents:
-        if agent.alive():
-            assert agent.stop() == 0, agent.log_tail()
 
 
 def web_pod(pods: PodFactory, name: str, **kwargs: object) -> Pod:

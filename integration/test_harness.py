@@ -8,23 +8,13 @@ import re
 import subprocess
 from pathlib import Path
 
-import grpc
-
-from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from cri_agent._proto.cri.runtime.v1 import api_pb2
 from integration.harness.cgroups import cgroup_mounts
 from integration.harness.containerd import PrivateContainerd
 from integration.harness.images import ImageSet
 from integration.harness.pods import ContainerSpec, PodFactory, PortSpec, wait_http
 
 HTTPD = ContainerSpec("web", ("httpd", "-f", "-p", "8080", "-h", "/www"), ports=(PortSpec(8080, name="http"),))
-
-
-def container_pid(runtime: PrivateContainerd, container_id: str) -> int:
-    with grpc.insecure_channel(runtime.address) as channel:
-        status = api_pb2_grpc.RuntimeServiceStub(channel).ContainerStatus(
-            api_pb2.ContainerStatusRequest(container_id=container_id, verbose=True)
-        )
-    return int(json.loads(status.info["info"])["pid"])
 
 
 def test_a_pod_gets_an_ip_on_the_bridge_and_serves_http(containerd: PrivateContainerd, pods: PodFactory) -> None:
@@ -35,7 +25,7 @@ def test_a_pod_gets_an_ip_on_the_bridge_and_serves_http(containerd: PrivateConta
 
 def test_containers_live_in_kubelet_style_cgroups(containerd: PrivateContainerd, pods: PodFactory) -> None:
     pod = pods.create_pod("cg")
-    cgroup = Path(f"/proc/{container_pid(containerd, pod.container_ids[0])}/cgroup").read_text()
+    cgroup = Path(f"/proc/{pods.container_pid(pod.container_ids[0])}/cgroup").read_text()
     assert re.search(rf"/kubepods/besteffort/pod{pod.uid}/[0-9a-f]{{64}}$", cgroup, re.MULTILINE)
 
 

@@ -36,21 +36,11 @@ def test_services_table_lists_every_service_with_its_provenance(
 ) -> None:
     assert main(["agent", "services", "--cache", str(cache_path)]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == [
-        "NAMESPACE",
-        "POD",
-        "CONTAINER",
-        "NAME",
-        "PORT",
-        "TYPE",
-        "PROVENANCE",
-        "POD",
-        "IP",
-        "AGE",
-    ]
-    assert [line.split()[3:7] for line in lines[1:]] == [
-        ["bad-api", "8080/TCP", "http", "overridden"],
-        ["checkout-0", "8080/TCP", "http", "discovered"],
+    header = ["NAMESPACE", "POD", "CONTAINER", "NAME", "PORT", "TYPE", "PROVENANCE", "HEALTH", "POD", "IP", "AGE"]
+    assert lines[0].split() == header
+    assert [line.split()[3:8] for line in lines[1:]] == [
+        ["bad-api", "8080/TCP", "http", "overridden", "unknown"],
+        ["checkout-0", "8080/TCP", "http", "discovered", "unknown"],
     ]
 
 

@@ -46,7 +46,7 @@ def services_command(args: argparse.Namespace) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print_table(
-        ["NAMESPACE", "POD", "CONTAINER", "NAME", "PORT", "TYPE", "PROVENANCE", "POD IP", "AGE"],
+        ["NAMESPACE", "POD", "CONTAINER", "NAME", "PORT", "TYPE", "PROVENANCE", "HEALTH", "POD IP", "AGE"],
         [
             [
                 r["namespace"],
@@ -56,6 +56,7 @@ def services_command(args: argparse.Namespace) -> int:
                 f"{r['port']}/{r['protocol']}" if r["port"] else "-",
                 r["service_type"],
                 r["provenance"],
+                r["health"],
                 r["pod_ip"] or "-",
                 _age(r["first_seen"]),
             ]

@@ -142,6 +142,11 @@ class AgentProcess:
                 raise AssertionError(f"timed out after {timeout}s waiting for {what}:\n{self.log_tail()}")
             time.sleep(poll)
 
+    def health(self, key: str) -> str:
+        """The service's latest health state in the cache (``unknown`` until probed)."""
+        rows = self.read(lambda c: c.service_rows())
+        return next((str(r["health"]) for r in rows if r["key"] == key), "absent")
+
     def service_by_pod(self, pod_uid: str) -> list[ServiceInfo]:
         return [s for s in self.services() if s.pod_uid == pod_uid]
 

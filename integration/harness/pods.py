@@ -171,6 +171,13 @@ class PodFactory:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             return list(pool.map(lambda spec: self.create_pod(**spec), specs))
 
+    def container_pid(self, container_id: str) -> int:
+        """The container's main process on the host (verbose ContainerStatus)."""
+        status = self.stub.ContainerStatus(
+            api_pb2.ContainerStatusRequest(container_id=container_id, verbose=True), timeout=10
+        )
+        return int(json.loads(status.info["info"])["pid"])
+
     def delete_pod(self, pod: Pod) -> None:
         self._remove_sandbox(pod.sandbox_id, pod.uid)
         self.created.pop(pod.uid, None)
