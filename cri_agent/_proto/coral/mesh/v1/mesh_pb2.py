@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)cri_agent/_proto/coral/mesh/v1/mesh.proto\x12\rcoral.mesh.v1\"\xc2\x04\n\x0bServiceInfo\x12\x16\n\x0e\x63omponent_name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x17\n\x0fhealth_endpoint\x18\x03 \x01(\t\x12\x14\n\x0cservice_type\x18\x04 \x01(\t\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.coral.mesh.v1.ServiceInfo.LabelsEntry\x12\x34\n\nprovenance\x18\x06 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12?\n\x0bnode_labels\x18\x08 \x03(\x0b\x32*.coral.mesh.v1.ServiceInfo.NodeLabelsEntry\x12\x13\n\x0bservice_key\x18\x14 \x01(\t\x12\x11\n\tnamespace\x18\x15 \x01(\t\x12\x10\n\x08pod_name\x18\x16 \x01(\t\x12\x0f\n\x07pod_uid\x18\x17 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x18 \x01(\t\x12\x10\n\x08protocol\x18\x19 \x01(\t\x12\x0e\n\x06pod_ip\x18\x1a \x01(\t\x12\x1a\n\x12health_interval_ms\x18\x1b \x01(\x03\x12\x19\n\x11overridden_fields\x18\x1c \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xb8\x03\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1a\n\x0e\x63omponent_name\x18\x02 \x01(\tB\x02\x18\x01\x12,\n\x08services\x18\n \x03(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x11\n\tcolony_id\x18\x03 \x01(\t\x12\x15\n\rcolony_secret\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.coral.mesh.v1.RegisterRequest.LabelsEntry\x12\x18\n\x10wireguard_pubkey\x18\x07 \x01(\t\x12\x11\n\tnode_name\x18\x0b \x01(\t\x12\x43\n\x0bnode_labels\x18\x0c \x03(\x0b\x32..coral.mesh.v1.RegisterRequest.NodeLabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\x9a\x01\n\x11ServiceProvenance\x12\x1e\n\x1aSERVICE_PROVENANCE_UNKNOWN\x10\x00\x12\x1f\n\x1bSERVICE_PROVENANCE_EXPLICIT\x10\x01\x12!\n\x1dSERVICE_PROVENANCE_DISCOVERED\x10\x02\x12!\n\x1dSERVICE_PROVENANCE_OVERRIDDEN\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n)cri_agent/_proto/coral/mesh/v1/mesh.proto\x12\rcoral.mesh.v1\"\xf0\x04\n\x0bServiceInfo\x12\x16\n\x0e\x63omponent_name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x17\n\x0fhealth_endpoint\x18\x03 \x01(\t\x12\x14\n\x0cservice_type\x18\x04 \x01(\t\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.coral.mesh.v1.ServiceInfo.LabelsEntry\x12\x34\n\nprovenance\x18\x06 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12?\n\x0bnode_labels\x18\x08 \x03(\x0b\x32*.coral.mesh.v1.ServiceInfo.NodeLabelsEntry\x12\x13\n\x0bservice_key\x18\x14 \x01(\t\x12\x11\n\tnamespace\x18\x15 \x01(\t\x12\x10\n\x08pod_name\x18\x16 \x01(\t\x12\x0f\n\x07pod_uid\x18\x17 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x18 \x01(\t\x12\x10\n\x08protocol\x18\x19 \x01(\t\x12\x0e\n\x06pod_ip\x18\x1a \x01(\t\x12\x1a\n\x12health_interval_ms\x18\x1b \x01(\x03\x12\x19\n\x11overridden_fields\x18\x1c \x03(\t\x12,\n\x06health\x18\x1d \x01(\x0b\x32\x1c.coral.mesh.v1.ServiceHealth\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"]\n\rServiceHealth\x12\r\n\x05state\x18\x01 \x01(\t\x12\x12\n\nlast_error\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x15\n\rsince_unix_ms\x18\x04 \x01(\x03\"\xb8\x03\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1a\n\x0e\x63omponent_name\x18\x02 \x01(\tB\x02\x18\x01\x12,\n\x08services\x18\n \x03(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x11\n\tcolony_id\x18\x03 \x01(\t\x12\x15\n\rcolony_secret\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.coral.mesh.v1.RegisterRequest.LabelsEntry\x12\x18\n\x10wireguard_pubkey\x18\x07 \x01(\t\x12\x11\n\tnode_name\x18\x0b \x01(\t\x12\x43\n\x0bnode_labels\x18\x0c \x03(\x0b\x32..coral.mesh.v1.RegisterRequest.NodeLabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x10RegisterResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0crefused_keys\x18\x04 \x03(\t\"\x95\x01\n\x15UpdateServicesRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12+\n\x07upserts\x18\x04 \x03(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x14\n\x0cremoved_keys\x18\x05 \x03(\t\"a\n\x16UpdateServicesResponse\x12\x18\n\x10\x61pplied_sequence\x18\x01 \x01(\x04\x12\x17\n\x0fresync_required\x18\x02 \x01(\x08\x12\x14\n\x0crefused_keys\x18\x03 \x03(\t\"]\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x0e\n\x06health\x18\x03 \x01(\t\x12\x10\n\x08sequence\x18\x04 \x01(\x04\",\n\x11HeartbeatResponse\x12\x17\n\x0fresync_required\x18\x01 \x01(\x08\"<\n\x11\x44\x65registerRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\"\x14\n\x12\x44\x65registerResponse*\x9a\x01\n\x11ServiceProvenance\x12\x1e\n\x1aSERVICE_PROVENANCE_UNKNOWN\x10\x00\x12\x1f\n\x1bSERVICE_PROVENANCE_EXPLICIT\x10\x01\x12!\n\x1dSERVICE_PROVENANCE_DISCOVERED\x10\x02\x12!\n\x1dSERVICE_PROVENANCE_OVERRIDDEN\x10\x03\x32\xd5\x02\n\x04Mesh\x12K\n\x08Register\x12\x1e.coral.mesh.v1.RegisterRequest\x1a\x1f.coral.mesh.v1.RegisterResponse\x12]\n\x0eUpdateServices\x12$.coral.mesh.v1.UpdateServicesRequest\x1a%.coral.mesh.v1.UpdateServicesResponse\x12N\n\tHeartbeat\x12\x1f.coral.mesh.v1.HeartbeatRequest\x1a .coral.mesh.v1.HeartbeatResponse\x12Q\n\nDeregister\x12 .coral.mesh.v1.DeregisterRequest\x1a!.coral.mesh.v1.DeregisterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,18 +41,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGISTERREQUEST_NODELABELSENTRY']._serialized_options = b'8\001'
   _globals['_REGISTERREQUEST'].fields_by_name['component_name']._loaded_options = None
   _globals['_REGISTERREQUEST'].fields_by_name['component_name']._serialized_options = b'\030\001'
-  _globals['_SERVICEPROVENANCE']._serialized_start=1085
-  _globals['_SERVICEPROVENANCE']._serialized_end=1239
+  _globals['_SERVICEPROVENANCE']._serialized_start=1801
+  _globals['_SERVICEPROVENANCE']._serialized_end=1955
   _globals['_SERVICEINFO']._serialized_start=61
-  _globals['_SERVICEINFO']._serialized_end=639
-  _globals['_SERVICEINFO_LABELSENTRY']._serialized_start=543
-  _globals['_SERVICEINFO_LABELSENTRY']._serialized_end=588
-  _globals['_SERVICEINFO_NODELABELSENTRY']._serialized_start=590
-  _globals['_SERVICEINFO_NODELABELSENTRY']._serialized_end=639
-  _globals['_REGISTERREQUEST']._serialized_start=642
-  _globals['_REGISTERREQUEST']._serialized_end=1082
-  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=543
-  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=588
-  _globals['_REGISTERREQUEST_NODELABELSENTRY']._serialized_start=590
-  _globals['_REGISTERREQUEST_NODELABELSENTRY']._serialized_end=639
+  _globals['_SERVICEINFO']._serialized_end=685
+  _globals['_SERVICEINFO_LABELSENTRY']._serialized_start=589
+  _globals['_SERVICEINFO_LABELSENTRY']._serialized_end=634
+  _globals['_SERVICEINFO_NODELABELSENTRY']._serialized_start=636
+  _globals['_SERVICEINFO_NODELABELSENTRY']._serialized_end=685
+  _globals['_SERVICEHEALTH']._serialized_start=687
+  _globals['_SERVICEHEALTH']._serialized_end=780
+  _globals['_REGISTERREQUEST']._serialized_start=783
+  _globals['_REGISTERREQUEST']._serialized_end=1223
+  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=589
+  _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=634
+  _globals['_REGISTERREQUEST_NODELABELSENTRY']._serialized_start=636
+  _globals['_REGISTERREQUEST_NODELABELSENTRY']._serialized_end=685
+  _globals['_REGISTERRESPONSE']._serialized_start=1225
+  _globals['_REGISTERRESPONSE']._serialized_end=1322
+  _globals['_UPDATESERVICESREQUEST']._serialized_start=1325
+  _globals['_UPDATESERVICESREQUEST']._serialized_end=1474
+  _globals['_UPDATESERVICESRESPONSE']._serialized_start=1476
+  _globals['_UPDATESERVICESRESPONSE']._serialized_end=1573
+  _globals['_HEARTBEATREQUEST']._serialized_start=1575
+  _globals['_HEARTBEATREQUEST']._serialized_end=1668
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1670
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1714
+  _globals['_DEREGISTERREQUEST']._serialized_start=1716
+  _globals['_DEREGISTERREQUEST']._serialized_end=1776
+  _globals['_DEREGISTERRESPONSE']._serialized_start=1778
+  _globals['_DEREGISTERRESPONSE']._serialized_end=1798
+  _globals['_MESH']._serialized_start=1958
+  _globals['_MESH']._serialized_end=2299
 # @@protoc_insertion_point(module_scope)

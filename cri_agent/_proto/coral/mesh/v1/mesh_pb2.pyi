@@ -118,6 +118,7 @@ class ServiceInfo(_message.Message):
     POD_IP_FIELD_NUMBER: _builtins.int
     HEALTH_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     OVERRIDDEN_FIELDS_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
     component_name: _builtins.str
     port: _builtins.int
     health_endpoint: _builtins.str
@@ -144,6 +145,8 @@ class ServiceInfo(_message.Message):
     def overridden_fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """which fields an annotation/override set"""
 
+    @_builtins.property
+    def health(self) -> Global___ServiceHealth: ...
     def __init__(
         self,
         *,
@@ -164,14 +167,45 @@ class ServiceInfo(_message.Message):
         pod_ip: _builtins.str = ...,
         health_interval_ms: _builtins.int = ...,
         overridden_fields: _abc.Iterable[_builtins.str] | None = ...,
+        health: Global___ServiceHealth | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_name", b"component_name", "container_name", b"container_name", "health_endpoint", b"health_endpoint", "health_interval_ms", b"health_interval_ms", "labels", b"labels", "namespace", b"namespace", "node_labels", b"node_labels", "node_name", b"node_name", "overridden_fields", b"overridden_fields", "pod_ip", b"pod_ip", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "port", b"port", "protocol", b"protocol", "provenance", b"provenance", "service_key", b"service_key", "service_type", b"service_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_name", b"component_name", "container_name", b"container_name", "health", b"health", "health_endpoint", b"health_endpoint", "health_interval_ms", b"health_interval_ms", "labels", b"labels", "namespace", b"namespace", "node_labels", b"node_labels", "node_name", b"node_name", "overridden_fields", b"overridden_fields", "pod_ip", b"pod_ip", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "port", b"port", "protocol", b"protocol", "provenance", b"provenance", "service_key", b"service_key", "service_type", b"service_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceInfo: _TypeAlias = ServiceInfo  # noqa: Y015
+
+@_typing.final
+class ServiceHealth(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATE_FIELD_NUMBER: _builtins.int
+    LAST_ERROR_FIELD_NUMBER: _builtins.int
+    LATENCY_MS_FIELD_NUMBER: _builtins.int
+    SINCE_UNIX_MS_FIELD_NUMBER: _builtins.int
+    state: _builtins.str
+    """"healthy", "unhealthy" or "unknown" """
+    last_error: _builtins.str
+    latency_ms: _builtins.float
+    since_unix_ms: _builtins.int
+    """when the state last changed"""
+    def __init__(
+        self,
+        *,
+        state: _builtins.str = ...,
+        last_error: _builtins.str = ...,
+        latency_ms: _builtins.float = ...,
+        since_unix_ms: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_error", b"last_error", "latency_ms", b"latency_ms", "since_unix_ms", b"since_unix_ms", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceHealth: _TypeAlias = ServiceHealth  # noqa: Y015
 
 @_typing.final
 class RegisterRequest(_message.Message):
@@ -266,3 +300,181 @@ class RegisterRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RegisterRequest: _TypeAlias = RegisterRequest  # noqa: Y015
+
+@_typing.final
+class RegisterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REFUSED_KEYS_FIELD_NUMBER: _builtins.int
+    accepted: _builtins.bool
+    session_token: _builtins.str
+    """sent with every later call of this session"""
+    reason: _builtins.str
+    """why not accepted, or which services were refused"""
+    @_builtins.property
+    def refused_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """keys another agent owns"""
+
+    def __init__(
+        self,
+        *,
+        accepted: _builtins.bool = ...,
+        session_token: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        refused_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "reason", b"reason", "refused_keys", b"refused_keys", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterResponse: _TypeAlias = RegisterResponse  # noqa: Y015
+
+@_typing.final
+class UpdateServicesRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    UPSERTS_FIELD_NUMBER: _builtins.int
+    REMOVED_KEYS_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    session_token: _builtins.str
+    sequence: _builtins.int
+    @_builtins.property
+    def upserts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceInfo]: ...
+    @_builtins.property
+    def removed_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        session_token: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+        upserts: _abc.Iterable[Global___ServiceInfo] | None = ...,
+        removed_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "removed_keys", b"removed_keys", "sequence", b"sequence", "session_token", b"session_token", "upserts", b"upserts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateServicesRequest: _TypeAlias = UpdateServicesRequest  # noqa: Y015
+
+@_typing.final
+class UpdateServicesResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPLIED_SEQUENCE_FIELD_NUMBER: _builtins.int
+    RESYNC_REQUIRED_FIELD_NUMBER: _builtins.int
+    REFUSED_KEYS_FIELD_NUMBER: _builtins.int
+    applied_sequence: _builtins.int
+    resync_required: _builtins.bool
+    @_builtins.property
+    def refused_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        applied_sequence: _builtins.int = ...,
+        resync_required: _builtins.bool = ...,
+        refused_keys: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["applied_sequence", b"applied_sequence", "refused_keys", b"refused_keys", "resync_required", b"resync_required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpdateServicesResponse: _TypeAlias = UpdateServicesResponse  # noqa: Y015
+
+@_typing.final
+class HeartbeatRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    HEALTH_FIELD_NUMBER: _builtins.int
+    SEQUENCE_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    session_token: _builtins.str
+    health: _builtins.str
+    """the agent's aggregate: healthy / degraded / unhealthy"""
+    sequence: _builtins.int
+    """last delta sent"""
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        session_token: _builtins.str = ...,
+        health: _builtins.str = ...,
+        sequence: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "health", b"health", "sequence", b"sequence", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatRequest: _TypeAlias = HeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class HeartbeatResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESYNC_REQUIRED_FIELD_NUMBER: _builtins.int
+    resync_required: _builtins.bool
+    def __init__(
+        self,
+        *,
+        resync_required: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["resync_required", b"resync_required"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___HeartbeatResponse: _TypeAlias = HeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class DeregisterRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    session_token: _builtins.str
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        session_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "session_token", b"session_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeregisterRequest: _TypeAlias = DeregisterRequest  # noqa: Y015
+
+@_typing.final
+class DeregisterResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DeregisterResponse: _TypeAlias = DeregisterResponse  # noqa: Y015

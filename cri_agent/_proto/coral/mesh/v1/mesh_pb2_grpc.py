@@ -3,6 +3,7 @@
 import grpc
 import warnings
 
+from cri_agent._proto.coral.mesh.v1 import mesh_pb2 as cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2
 
 GRPC_GENERATED_VERSION = '1.81.1'
 GRPC_VERSION = grpc.__version__
@@ -22,3 +23,225 @@ if _version_not_supported:
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
     )
+
+
+class MeshStub:
+    """The registration service every agent dials (the agent opens no port).
+
+    Register sends the agent's full set and opens a session; UpdateServices
+    sends deltas numbered 1, 2, 3... within the session. A delta whose
+    sequence was already applied is acknowledged and ignored (replays are
+    idempotent); a gap, an unknown session, or a colony that lost its
+    registry answers resync_required, and the agent registers in full again.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Register = channel.unary_unary(
+                '/coral.mesh.v1.Mesh/Register',
+                request_serializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.RegisterRequest.SerializeToString,
+                response_deserializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.RegisterResponse.FromString,
+                _registered_method=True)
+        self.UpdateServices = channel.unary_unary(
+                '/coral.mesh.v1.Mesh/UpdateServices',
+                request_serializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.UpdateServicesRequest.SerializeToString,
+                response_deserializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.UpdateServicesResponse.FromString,
+                _registered_method=True)
+        self.Heartbeat = channel.unary_unary(
+                '/coral.mesh.v1.Mesh/Heartbeat',
+                request_serializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
+        self.Deregister = channel.unary_unary(
+                '/coral.mesh.v1.Mesh/Deregister',
+                request_serializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.DeregisterRequest.SerializeToString,
+                response_deserializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.DeregisterResponse.FromString,
+                _registered_method=True)
+
+
+class MeshServicer:
+    """The registration service every agent dials (the agent opens no port).
+
+    Register sends the agent's full set and opens a session; UpdateServices
+    sends deltas numbered 1, 2, 3... within the session. A delta whose
+    sequence was already applied is acknowledged and ignored (replays are
+    idempotent); a gap, an unknown session, or a colony that lost its
+    registry answers resync_required, and the agent registers in full again.
+    """
+
+    def Register(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateServices(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Heartbeat(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Deregister(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_MeshServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Register': grpc.unary_unary_rpc_method_handler(
+                    servicer.Register,
+                    request_deserializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.RegisterRequest.FromString,
+                    response_serializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.RegisterResponse.SerializeToString,
+            ),
+            'UpdateServices': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateServices,
+                    request_deserializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.UpdateServicesRequest.FromString,
+                    response_serializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.UpdateServicesResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.HeartbeatRequest.FromString,
+                    response_serializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'Deregister': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deregister,
+                    request_deserializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.DeregisterRequest.FromString,
+                    response_serializer=cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.DeregisterResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'coral.mesh.v1.Mesh', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('coral.mesh.v1.Mesh', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Mesh:
+    """The registration service every agent dials (the agent opens no port).
+
+    Register sends the agent's full set and opens a session; UpdateServices
+    sends deltas numbered 1, 2, 3... within the session. A delta whose
+    sequence was already applied is acknowledged and ignored (replays are
+    idempotent); a gap, an unknown session, or a colony that lost its
+    registry answers resync_required, and the agent registers in full again.
+    """
+
+    @staticmethod
+    def Register(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coral.mesh.v1.Mesh/Register',
+            cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.RegisterRequest.SerializeToString,
+            cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.RegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateServices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coral.mesh.v1.Mesh/UpdateServices',
+            cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.UpdateServicesRequest.SerializeToString,
+            cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.UpdateServicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coral.mesh.v1.Mesh/Heartbeat',
+            cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.HeartbeatRequest.SerializeToString,
+            cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deregister(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coral.mesh.v1.Mesh/Deregister',
+            cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.DeregisterRequest.SerializeToString,
+            cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2.DeregisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -12,10 +12,17 @@ single-service agent that sets none of them keeps working.
 """
 
 from collections import abc as _abc
+from cri_agent._proto.coral.mesh.v1 import mesh_pb2 as _mesh_pb2
 from grpc import aio as _aio
 import abc as _abc_1
 import grpc as _grpc
+import sys
 import typing as _typing
+
+if sys.version_info >= (3, 11):
+    from typing import Self as _Self
+else:
+    from typing_extensions import Self as _Self
 
 _T = _typing.TypeVar("_T")
 
@@ -26,3 +33,79 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
+
+class MeshStub:
+    """The registration service every agent dials (the agent opens no port).
+
+    Register sends the agent's full set and opens a session; UpdateServices
+    sends deltas numbered 1, 2, 3... within the session. A delta whose
+    sequence was already applied is acknowledged and ignored (replays are
+    idempotent); a gap, an unknown session, or a colony that lost its
+    registry answers resync_required, and the agent registers in full again.
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> MeshAsyncStub: ...
+    Register: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.RegisterRequest, _mesh_pb2.RegisterResponse]
+    UpdateServices: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.UpdateServicesRequest, _mesh_pb2.UpdateServicesResponse]
+    Heartbeat: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.HeartbeatRequest, _mesh_pb2.HeartbeatResponse]
+    Deregister: _grpc.UnaryUnaryMultiCallable[_mesh_pb2.DeregisterRequest, _mesh_pb2.DeregisterResponse]
+
+@_typing.type_check_only
+class MeshAsyncStub(MeshStub):
+    """The registration service every agent dials (the agent opens no port).
+
+    Register sends the agent's full set and opens a session; UpdateServices
+    sends deltas numbered 1, 2, 3... within the session. A delta whose
+    sequence was already applied is acknowledged and ignored (replays are
+    idempotent); a gap, an unknown session, or a colony that lost its
+    registry answers resync_required, and the agent registers in full again.
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    Register: _aio.UnaryUnaryMultiCallable[_mesh_pb2.RegisterRequest, _mesh_pb2.RegisterResponse]  # type: ignore[assignment]
+    UpdateServices: _aio.UnaryUnaryMultiCallable[_mesh_pb2.UpdateServicesRequest, _mesh_pb2.UpdateServicesResponse]  # type: ignore[assignment]
+    Heartbeat: _aio.UnaryUnaryMultiCallable[_mesh_pb2.HeartbeatRequest, _mesh_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    Deregister: _aio.UnaryUnaryMultiCallable[_mesh_pb2.DeregisterRequest, _mesh_pb2.DeregisterResponse]  # type: ignore[assignment]
+
+class MeshServicer(metaclass=_abc_1.ABCMeta):
+    """The registration service every agent dials (the agent opens no port).
+
+    Register sends the agent's full set and opens a session; UpdateServices
+    sends deltas numbered 1, 2, 3... within the session. A delta whose
+    sequence was already applied is acknowledged and ignored (replays are
+    idempotent); a gap, an unknown session, or a colony that lost its
+    registry answers resync_required, and the agent registers in full again.
+    """
+
+    @_abc_1.abstractmethod
+    def Register(
+        self,
+        request: _mesh_pb2.RegisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mesh_pb2.RegisterResponse, _abc.Awaitable[_mesh_pb2.RegisterResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def UpdateServices(
+        self,
+        request: _mesh_pb2.UpdateServicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mesh_pb2.UpdateServicesResponse, _abc.Awaitable[_mesh_pb2.UpdateServicesResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _mesh_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mesh_pb2.HeartbeatResponse, _abc.Awaitable[_mesh_pb2.HeartbeatResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def Deregister(
+        self,
+        request: _mesh_pb2.DeregisterRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_mesh_pb2.DeregisterResponse, _abc.Awaitable[_mesh_pb2.DeregisterResponse]]: ...
+
+def add_MeshServicer_to_server(servicer: MeshServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

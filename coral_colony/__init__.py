@@ -1,0 +1,1 @@
+"""The colony: the central registry node agents register with."""
