@@ -21,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Protocol
 
+from cri_agent import __version__
 from cri_agent.backoff import Backoff
 from cri_agent.cache import CacheWriter
 from cri_agent.config import Settings
@@ -32,6 +33,7 @@ from cri_agent.logs import emit, emit_discovery
 from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, NodeSnapshot, PodRecord
 from cri_agent.providers.cri import CriClient, RuntimeEvent, RuntimeVersion
 from cri_agent.providers.proc import ProcError, ProcFS
+from cri_agent.sync import ColonySync, ColonyTarget
 
 log = logging.getLogger("cri_agent.agent")
 
@@ -71,6 +73,7 @@ class NodeAgent:
         )
         self.proc: Enricher = proc or ProcFS(settings.discovery.proc_root)
         self.cache = CacheWriter(settings.cache.path)
+        self.sync = _colony_sync(settings)
         self.health = HealthChecker(
             report=self._report_health,
             timeout=settings.discovery.health_timeout,
@@ -111,6 +114,9 @@ class NodeAgent:
         ]
         if self.settings.discovery.cri.events:
             tasks.append(asyncio.create_task(self._events(), name="runtime-events"))
+        if self.sync is not None:
+            self.sync.set_services(self.known.services, self.health.health)
+            tasks.append(asyncio.create_task(self.sync.run(), name="colony-sync"))
         stopped = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -125,7 +131,7 @@ class NodeAgent:
         self._stopping = True
         self._wake.set()
         for task in reversed(tasks):  # events and probes first, then let the current pass finish
-            if task.get_name() in ("runtime-events", "health"):
+            if task.get_name() in ("runtime-events", "health", "colony-sync"):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_GRACE_S)
@@ -200,6 +206,8 @@ class NodeAgent:
             return False  # known state unchanged: the same diff is retried
         self.known = KnownState(services=result.services, pods=result.pods)
         self.health.set_services(result.services)
+        if self.sync is not None:
+            self.sync.set_services(result.services, self.health.health)
         self.passes += 1
         await self._condition("cache", ok=True, reason="writable")
         for event in result.events:
@@ -233,6 +241,10 @@ class NodeAgent:
 
     async def _report_health(self, results: list[Health], changes: list[Health]) -> None:
         summary = aggregate(self.health.health)
+        if self.sync is not None:
+            self.sync.health = summary
+            if changes:
+                self.sync.set_services(self.known.services, self.health.health)
         with contextlib.suppress(CacheError):
             await self.cache.call(lambda c: c.record_health(results))
             await self.cache.call(lambda c: c.set_meta({"services_health": summary}))
@@ -282,3 +294,22 @@ class NodeAgent:
     @property
     def healthy(self) -> bool:
         return all(ok for ok, _ in self._conditions.values())
+
+
+def _colony_sync(settings: Settings) -> ColonySync | None:
+    colony = settings.colony
+    if not colony.address:
+        return None
+    return ColonySync(
+        ColonyTarget(
+            address=colony.address,
+            colony_id=colony.colony_id,
+            secret=colony.resolved_secret(),
+            agent_id=settings.agent_id,
+            node_name=settings.node_name,
+            version=__version__,
+            node_labels={},
+            heartbeat_interval_s=colony.heartbeat_interval,
+            timeout_s=colony.timeout,
+        )
+    )

@@ -139,6 +139,29 @@ class CacheSettings(_Model):
     event_retention_days: float = Field(default=30.0, gt=0)
 
 
+class ColonySettings(_Duration):
+    """Where to register. No address: the agent only discovers into its cache."""
+
+    address: str = ""  # host:port of the colony's mesh endpoint
+    colony_id: str = ""
+    secret: str = Field(default="", repr=False)  # prefer CORAL_COLONY__SECRET or secretFile
+    secret_file: Path | None = None  # e.g. a mounted Kubernetes Secret
+    heartbeat_interval: float = 15.0
+    timeout: float = 5.0
+
+    def resolved_secret(self) -> str:
+        if self.secret:
+            return self.secret
+        if self.secret_file is None:
+            raise ConfigError(
+                "colony.address is set but no colony secret: set CORAL_COLONY__SECRET or colony.secretFile"
+            )
+        try:
+            return self.secret_file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"colony secret file {self.secret_file} cannot be read: {exc.strerror}") from None
+
+
 class LogSettings(_Model):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -162,6 +185,7 @@ class Settings(BaseSettings):
     overrides: list[OverrideEntry] = []
     services: list[ExplicitServiceEntry] = []
     cache: CacheSettings = CacheSettings()
+    colony: ColonySettings = ColonySettings()
     log: LogSettings = LogSettings()
 
     @property

@@ -21,6 +21,7 @@ from cri_agent.model import (
     SandboxID,
 )
 from cri_agent.providers.cri import RuntimeEvent, RuntimeVersion
+from tests.colony import SECRET, Colony
 
 
 def pod(name: str) -> PodRecord:
@@ -165,3 +166,35 @@ def test_stop_drains_and_persists_the_last_pass(tmp_path: Path) -> None:
     asyncio.run(scenario())
     meta = Cache(tmp_path / "agent.db", read_only=True).meta()
     assert float(meta["last_pass_at"]) > 0
+
+
+def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp_path: Path) -> None:
+    async def scenario() -> tuple[dict[str, str], dict[str, str]]:
+        colony = Colony(tmp_path / "colony.db")
+        await colony.start()
+        runtime = ScriptedRuntime()
+        runtime.current = [pod("a"), pod("b")]
+        settings = load_settings(
+            None,
+            flags={
+                "cache": {"path": tmp_path / "agent.db"},
+                "agent": {"nodeName": "node-a"},
+                "discovery": {"coalesceInterval": "20ms", "kubernetes": {"resyncInterval": "1h"}},
+                "colony": {"address": f"127.0.0.1:{colony.port}", "colonyId": "c1", "secret": SECRET},
+            },
+        )
+        agent = NodeAgent(settings, runtime=runtime, proc=NoProc())
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await until(lambda: len(colony.keys()) == 2, within=10)
+        first = {r["pod_name"]: r["node_name"] for r in colony.registry.services()}  # type: ignore[union-attr]
+        runtime.current = [pod("b")]
+        runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STOPPED_EVENT"))
+        await until(lambda: len(colony.keys()) == 1, within=10)
+        second = {r["pod_name"]: r["provenance"] for r in colony.registry.services()}  # type: ignore[union-attr]
+        stop.set()
+        await task
+        await colony.stop()
+        return first, second
+
+    assert asyncio.run(scenario()) == ({"a": "node-a", "b": "node-a"}, {"b": "discovered"})

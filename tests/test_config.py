@@ -137,3 +137,25 @@ def test_malformed_label_flag_says_what_is_expected() -> None:
 def test_missing_config_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="not found"):
         load_settings(tmp_path / "absent.yaml")
+
+
+def test_colony_secret_comes_from_the_environment_or_a_file_and_never_shows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret_file = tmp_path / "colony-secret"
+    secret_file.write_text("from-file\n")
+    monkeypatch.setenv("CORAL_COLONY__SECRET", "from-env")
+    from_env = load_settings(None, flags={"colony": {"address": "colony:9000"}})
+    monkeypatch.delenv("CORAL_COLONY__SECRET")
+    from_file = load_settings(None, flags={"colony": {"address": "colony:9000", "secretFile": str(secret_file)}})
+    assert (from_env.colony.resolved_secret(), from_file.colony.resolved_secret(), "from-env" in repr(from_env)) == (
+        "from-env",
+        "from-file",
+        False,
+    )
+
+
+def test_a_colony_address_without_a_secret_says_where_to_put_one() -> None:
+    settings = load_settings(None, flags={"colony": {"address": "colony:9000"}})
+    with pytest.raises(ConfigError, match=r"CORAL_COLONY__SECRET or colony\.secretFile"):
+        settings.colony.resolved_secret()

@@ -1,0 +1,211 @@
+"""Colony sync: the agent's services reach the colony, and nothing is lost.
+
+The agent keeps two views: *desired* (what discovery and health say now)
+and *acknowledged* (what the colony confirmed). It registers the full set,
+then sends deltas ``desired - acknowledged`` numbered 1, 2, 3… A delta whose
+answer never came is resent exactly as it was (same sequence, same
+content): the colony applies each sequence once, so a replay is harmless
+and a recomputed delta under an old number could never be lost. While the
+colony is unreachable the agent keeps discovering and retries with backoff
+and jitter; on reconnect it sends exactly the net change. When the colony
+answers ``resync_required`` (a gap, or it lost its registry) the agent
+registers in full again. The secret is sent, never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import grpc.aio
+
+from cri_agent._proto.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
+from cri_agent.backoff import Backoff
+from cri_agent.logs import emit
+from cri_agent.model import Health, Provenance, ServiceInfo, ServiceKey
+
+log = logging.getLogger("cri_agent.sync")
+
+_PROVENANCE = {
+    Provenance.EXPLICIT: mesh_pb2.SERVICE_PROVENANCE_EXPLICIT,
+    Provenance.DISCOVERED: mesh_pb2.SERVICE_PROVENANCE_DISCOVERED,
+    Provenance.OVERRIDDEN: mesh_pb2.SERVICE_PROVENANCE_OVERRIDDEN,
+}
+
+Wire = dict[ServiceKey, bytes]  # key -> serialized ServiceInfo, compared to find changes
+
+
+@dataclass(frozen=True, slots=True)
+class ColonyTarget:
+    address: str  # host:port
+    colony_id: str
+    secret: str
+    agent_id: str
+    node_name: str
+    version: str
+    node_labels: Mapping[str, str]
+    heartbeat_interval_s: float = 15.0
+    timeout_s: float = 5.0
+
+    def __repr__(self) -> str:  # never show the secret, even in a traceback
+        return f"ColonyTarget(address={self.address!r}, colony_id={self.colony_id!r}, agent_id={self.agent_id!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class _Delta:
+    sequence: int
+    upserts: tuple[bytes, ...]
+    removed: tuple[ServiceKey, ...]
+    snapshot: Wire  # desired state this delta brings the colony to
+
+
+def to_wire(service: ServiceInfo, health: Health | None, node_labels: Mapping[str, str]) -> Any:
+    info = mesh_pb2.ServiceInfo(
+        component_name=service.name,
+        port=service.port or 0,
+        health_endpoint=service.health_endpoint,
+        service_type=service.service_type,
+        labels=dict(service.labels),
+        provenance=_PROVENANCE[service.provenance],
+        node_name=service.node_name,
+        node_labels=dict(node_labels),
+        service_key=service.key,
+        namespace=service.namespace,
+        pod_name=service.pod_name,
+        pod_uid=service.pod_uid,
+        container_name=service.container,
+        protocol=service.protocol or "",
+        pod_ip=service.pod_ip,
+        health_interval_ms=int(service.health_interval_s * 1000),
+        overridden_fields=list(service.overridden_fields),
+    )
+    if health is not None:
+        info.health.state = health.state.value
+        info.health.last_error = health.last_error
+        info.health.since_unix_ms = int(health.since * 1000)
+    return info
+
+
+class ColonySync:
+    def __init__(self, target: ColonyTarget, *, backoff: Backoff | None = None) -> None:
+        self.target = target
+        self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
+        self._desired: Wire = {}
+        self._acked: Wire | None = None  # None: not registered in this session
+        self._session = ""
+        self._sequence = 0
+        self._pending: _Delta | None = None
+        self._changed = asyncio.Event()
+        self.health = "unknown"
+        self.connected = False
+
+    # -- input from the agent --------------------------------------------------------
+
+    def set_services(self, services: Mapping[ServiceKey, ServiceInfo], health: Mapping[ServiceKey, Health]) -> None:
+        labels = self.target.node_labels
+        self._desired = {
+            key: to_wire(service, health.get(key), labels).SerializeToString(deterministic=True)
+            for key, service in services.items()
+        }
+        self._changed.set()
+
+    @property
+    def in_sync(self) -> bool:
+        return self._acked == self._desired and self._pending is None
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Keep the colony in sync until cancelled."""
+        last_error = ""
+        while True:
+            async with grpc.aio.insecure_channel(self.target.address) as channel:
+                try:
+                    await self._serve(mesh_pb2_grpc.MeshStub(channel))
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                        self._acked = None  # the session is gone: register again
+                    reason = f"{exc.code().name}: {exc.details()}"
+                    if self.connected or reason != last_error:
+                        emit(log, "colony.unreachable", level=logging.WARNING, reason=reason)
+                    self.connected, last_error = False, reason
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self.backoff.next())
+
+    async def _serve(self, stub: Any) -> None:
+        while True:
+            if self._acked is None:
+                await self._register(stub)
+            elif self._pending is not None or self._acked != self._desired:
+                await self._send_delta(stub)
+            else:
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), self.target.heartbeat_interval_s)
+                if not self._changed.is_set():
+                    await self._heartbeat(stub)
+
+    async def _register(self, stub: Any) -> None:
+        snapshot = dict(self._desired)
+        request = mesh_pb2.RegisterRequest(
+            agent_id=self.target.agent_id,
+            colony_id=self.target.colony_id,
+            colony_secret=self.target.secret,
+            version=self.target.version,
+            node_name=self.target.node_name,
+            node_labels=dict(self.target.node_labels),
+            services=[mesh_pb2.ServiceInfo.FromString(data) for data in snapshot.values()],
+        )
+        response = await stub.Register(request, timeout=self.target.timeout_s)
+        self._session, self._sequence, self._pending = response.session_token, 0, None
+        self._acked = snapshot
+        self.connected = True
+        self.backoff.reset()
+        emit(log, "colony.registered", services=len(snapshot), refused=len(response.refused_keys))
+
+    async def _send_delta(self, stub: Any) -> None:
+        if self._pending is None:
+            assert self._acked is not None
+            desired = dict(self._desired)
+            self._pending = _Delta(
+                sequence=self._sequence + 1,
+                upserts=tuple(data for key, data in desired.items() if self._acked.get(key) != data),
+                removed=tuple(key for key in self._acked if key not in desired),
+                snapshot=desired,
+            )
+        delta = self._pending
+        response = await stub.UpdateServices(
+            mesh_pb2.UpdateServicesRequest(
+                agent_id=self.target.agent_id,
+                session_token=self._session,
+                sequence=delta.sequence,
+                upserts=[mesh_pb2.ServiceInfo.FromString(data) for data in delta.upserts],
+                removed_keys=list(delta.removed),
+            ),
+            timeout=self.target.timeout_s,
+        )
+        if response.resync_required:
+            self._acked = None  # register the full set again
+            return
+        self._sequence, self._acked, self._pending = delta.sequence, delta.snapshot, None
+        self.connected = True
+        self.backoff.reset()
+
+    async def _heartbeat(self, stub: Any) -> None:
+        response = await stub.Heartbeat(
+            mesh_pb2.HeartbeatRequest(
+                agent_id=self.target.agent_id,
+                session_token=self._session,
+                health=self.health,
+                sequence=self._sequence,
+            ),
+            timeout=self.target.timeout_s,
+        )
+        if response.resync_required:
+            emit(log, "colony.resync", reason="the colony does not know this agent: registering in full")
+            self._acked = None

@@ -1,0 +1,44 @@
+"""A real colony Mesh server on loopback for agent-side tests."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import grpc.aio
+
+from coral_colony.mesh_service import MeshService
+from coral_colony.registry import Registry
+from cri_agent._proto.coral.mesh.v1 import mesh_pb2_grpc
+
+SECRET = "colony-secret-do-not-log"
+
+
+class Colony:
+    """A real colony Mesh server on a fixed loopback port that tests can kill and restart."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.server: grpc.aio.Server | None = None
+        self.registry: Registry | None = None
+
+    async def start(self) -> None:
+        self.registry = Registry(self.path)
+        self.service = MeshService(self.registry, colony_id="c1", colony_secret=SECRET)
+        self.server = grpc.aio.server()
+        mesh_pb2_grpc.add_MeshServicer_to_server(self.service, self.server)
+        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        await self.server.start()
+
+    async def stop(self) -> None:
+        assert self.server is not None and self.registry is not None
+        await self.server.stop(None)
+        self.service.close()
+        self.registry.close()
+
+    def keys(self) -> dict[str, str]:
+        assert self.registry is not None
+        return {r["key"]: r["pod_ip"] for r in self.registry.services()}

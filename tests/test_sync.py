@@ -1,0 +1,144 @@
+"""Agent -> colony sync against a real colony server that dies, returns, and forgets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from cri_agent.backoff import Backoff
+from cri_agent.model import Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
+from cri_agent.sync import ColonySync, ColonyTarget
+from tests.colony import SECRET, Colony
+
+
+def svc(n: int, ip: str = "10.250.0.2") -> ServiceInfo:
+    return ServiceInfo(
+        key=ServiceKey(f"shop/uid-{n}/app/8080"),
+        name=f"web-{n}",
+        namespace="shop",
+        pod_name=f"web-{n}",
+        pod_uid=PodUID(f"uid-{n}"),
+        container="app",
+        port=8080,
+        protocol="TCP",
+        service_type="http",
+        provenance=Provenance.DISCOVERED,
+        pod_ip=ip,
+        node_name="node-a",
+    )
+
+
+def target(port: int) -> ColonyTarget:
+    return ColonyTarget(
+        address=f"127.0.0.1:{port}",
+        colony_id="c1",
+        secret=SECRET,
+        agent_id="node-agent-a",
+        node_name="node-a",
+        version="0.1.0",
+        node_labels={"zone": "a"},
+        heartbeat_interval_s=0.1,
+        timeout_s=1.0,
+    )
+
+
+async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not predicate():
+        assert asyncio.get_running_loop().time() < deadline, "not reached in time"
+        await asyncio.sleep(0.01)
+
+
+def run(tmp_path: Path, scenario: Callable[[Colony, ColonySync], Any]) -> Any:
+    async def main() -> Any:
+        colony = Colony(tmp_path / "colony.db")
+        await colony.start()
+        sync = ColonySync(target(colony.port), backoff=Backoff(initial=0.05, maximum=0.2))
+        task = asyncio.create_task(sync.run())
+        try:
+            return await scenario(colony, sync)
+        finally:
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await colony.stop()
+
+    return asyncio.run(main())
+
+
+def expected(*services: ServiceInfo) -> dict[str, str]:
+    return {s.key: s.pod_ip for s in services}
+
+
+def test_full_set_then_deltas_reach_the_colony(tmp_path: Path) -> None:
+    async def scenario(colony: Colony, sync: ColonySync) -> tuple[dict[str, str], dict[str, str]]:
+        sync.set_services({s.key: s for s in (svc(1), svc(2), svc(3))}, {})
+        await until(lambda: sync.in_sync and colony.keys() == expected(svc(1), svc(2), svc(3)))
+        first = colony.keys()
+        sync.set_services({s.key: s for s in (svc(1, ip="10.250.0.9"), svc(3), svc(4))}, {})
+        await until(lambda: sync.in_sync)
+        return first, colony.keys()
+
+    first, second = run(tmp_path, scenario)
+    assert (first, second) == (expected(svc(1), svc(2), svc(3)), expected(svc(1, ip="10.250.0.9"), svc(3), svc(4)))
+
+
+def test_changes_made_while_the_colony_is_down_arrive_as_the_net_change(tmp_path: Path) -> None:
+    async def scenario(colony: Colony, sync: ColonySync) -> dict[str, str]:
+        sync.set_services({s.key: s for s in (svc(1), svc(2))}, {})
+        await until(lambda: sync.in_sync)
+        await colony.stop()
+        for services in ([svc(2), svc(3)], [svc(3), svc(4), svc(5)], [svc(3), svc(5, ip="10.250.0.7")]):
+            sync.set_services({s.key: s for s in services}, {})
+            await asyncio.sleep(0.1)
+        await colony.start()
+        await until(lambda: sync.in_sync and sync.connected)
+        return colony.keys()
+
+    assert run(tmp_path, scenario) == expected(svc(3), svc(5, ip="10.250.0.7"))
+
+
+def test_a_colony_restarted_with_an_empty_registry_gets_the_full_set_again(tmp_path: Path) -> None:
+    async def scenario(colony: Colony, sync: ColonySync) -> dict[str, str]:
+        sync.set_services({s.key: s for s in (svc(1), svc(2))}, {})
+        await until(lambda: sync.in_sync and len(colony.keys()) == 2)
+        await colony.stop()
+        colony.path.unlink()
+        await colony.start()
+        await until(lambda: colony.keys() == expected(svc(1), svc(2)))
+        return colony.keys()
+
+    assert run(tmp_path, scenario) == expected(svc(1), svc(2))
+
+
+def test_health_travels_with_the_services(tmp_path: Path) -> None:
+    async def scenario(colony: Colony, sync: ColonySync) -> list[tuple[str, str]]:
+        health = Health(svc(1).key, HealthState.UNHEALTHY, since=1.0, last_error="HTTP 503 Service Unavailable")
+        sync.set_services({svc(1).key: svc(1)}, {svc(1).key: health})
+        await until(lambda: sync.in_sync and len(colony.keys()) == 1)
+        assert colony.registry is not None
+        return [(r["health_state"], r["health_error"]) for r in colony.registry.services()]
+
+    assert run(tmp_path, scenario) == [("unhealthy", "HTTP 503 Service Unavailable")]
+
+
+def test_the_secret_never_reaches_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+
+    async def scenario(colony: Colony, sync: ColonySync) -> str:
+        sync.set_services({svc(1).key: svc(1)}, {})
+        await until(lambda: sync.in_sync)
+        await colony.stop()
+        sync.set_services({}, {})
+        await asyncio.sleep(0.3)
+        await colony.start()
+        await until(lambda: sync.in_sync and sync.connected)
+        return repr(sync.target)
+
+    shown = run(tmp_path, scenario)
+    assert SECRET not in caplog.text + shown and "colony.registered" in caplog.text
