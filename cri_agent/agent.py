@@ -311,5 +311,6 @@ def _colony_sync(settings: Settings) -> ColonySync | None:
             node_labels={},
             heartbeat_interval_s=colony.heartbeat_interval,
             timeout_s=colony.timeout,
+            ca_pem=colony.ca_pem(),
         )
     )

@@ -22,7 +22,7 @@ class Backoff:
 
     def next(self) -> float:
         delay = min(self.maximum, self.initial * (2**self._attempt))
-        self._attempt += 1
+        self._attempt = min(self._attempt + 1, 64)  # 2**64 already dwarfs any maximum
         return float(max(0.0, delay * (1 + self.rng.uniform(-self.jitter, self.jitter))))
 
     def reset(self) -> None:

@@ -148,6 +148,21 @@ class ColonySettings(_Duration):
     secret_file: Path | None = None  # e.g. a mounted Kubernetes Secret
     heartbeat_interval: float = 15.0
     timeout: float = 5.0
+    ca_file: Path | None = None  # the colony's ca.crt, pinned
+    insecure: bool = False  # plaintext gRPC: only for a lab colony without TLS
+
+    def ca_pem(self) -> bytes | None:
+        if self.insecure:
+            return None
+        if self.ca_file is None:
+            raise ConfigError(
+                "colony.address is set but colony.caFile is not: point it at the colony's ca.crt "
+                "(or set colony.insecure: true for a lab colony without TLS)"
+            )
+        try:
+            return self.ca_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"colony CA file {self.ca_file} cannot be read: {exc.strerror}") from None
 
     def resolved_secret(self) -> str:
         if self.secret:

@@ -51,6 +51,7 @@ class ColonyTarget:
     node_labels: Mapping[str, str]
     heartbeat_interval_s: float = 15.0
     timeout_s: float = 5.0
+    ca_pem: bytes | None = None  # the colony CA to pin; None only for an explicitly insecure lab setup
 
     def __repr__(self) -> str:  # never show the secret, even in a traceback
         return f"ColonyTarget(address={self.address!r}, colony_id={self.colony_id!r}, agent_id={self.agent_id!r})"
@@ -124,18 +125,35 @@ class ColonySync:
         """Keep the colony in sync until cancelled."""
         last_error = ""
         while True:
-            async with grpc.aio.insecure_channel(self.target.address) as channel:
+            async with self._channel() as channel:
                 try:
                     await self._serve(mesh_pb2_grpc.MeshStub(channel))
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                         self._acked = None  # the session is gone: register again
-                    reason = f"{exc.code().name}: {exc.details()}"
+                    reason = self._reason(exc)
                     if self.connected or reason != last_error:
                         emit(log, "colony.unreachable", level=logging.WARNING, reason=reason)
                     self.connected, last_error = False, reason
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self.backoff.next())
+            # Always wait the backoff: new changes must not turn retries into a hot loop.
+            await asyncio.sleep(self.backoff.next())
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self.target.ca_pem is None:
+            return grpc.aio.insecure_channel(self.target.address)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.target.ca_pem)
+        return grpc.aio.secure_channel(self.target.address, credentials)
+
+    def _reason(self, exc: grpc.aio.AioRpcError) -> str:
+        details = exc.details() or ""
+        if self.target.ca_pem is not None and any(
+            word in details.lower() for word in ("handshake", "certificate", "ssl", "tls")
+        ):
+            return (
+                f"TLS handshake with the colony at {self.target.address} failed: is colony.caFile the "
+                f"colony's ca.crt and the address one its certificate names? ({details})"
+            )
+        return f"{exc.code().name}: {details}"
 
     async def _serve(self, stub: Any) -> None:
         while True:

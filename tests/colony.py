@@ -6,12 +6,18 @@ import socket
 from pathlib import Path
 
 import grpc.aio
+import pytest
 
 from coral_colony.mesh_service import MeshService
 from coral_colony.registry import Registry
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2_grpc
 
 SECRET = "colony-secret-do-not-log"
+
+
+def logged(caplog: pytest.LogCaptureFixture) -> str:
+    """Everything the records carry: event names and their structured fields."""
+    return "\n".join(f"{r.getMessage()} {getattr(r, 'coral_fields', {})}" for r in caplog.records)
 
 
 class Colony:

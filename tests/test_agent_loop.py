@@ -180,7 +180,7 @@ def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp
                 "cache": {"path": tmp_path / "agent.db"},
                 "agent": {"nodeName": "node-a"},
                 "discovery": {"coalesceInterval": "20ms", "kubernetes": {"resyncInterval": "1h"}},
-                "colony": {"address": f"127.0.0.1:{colony.port}", "colonyId": "c1", "secret": SECRET},
+                "colony": {"address": f"127.0.0.1:{colony.port}", "colonyId": "c1", "secret": SECRET, "insecure": True},
             },
         )
         agent = NodeAgent(settings, runtime=runtime, proc=NoProc())

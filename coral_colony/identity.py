@@ -1,0 +1,127 @@
+"""A colony's identity on disk: CA, server certificate, colony id and secret.
+
+``coral colony init DIR`` writes:
+
+    DIR/ca.crt            the colony CA; agents pin it (colony.caFile)
+    DIR/ca.key            kept by the colony only (0600)
+    DIR/server.crt|.key   the mesh endpoint's certificate, signed by the CA
+    DIR/colony.yaml       colony id (public) and the path of the secret
+    DIR/colony-secret     random agent secret (0600); mount it into agents as a Secret
+
+Nothing here is ever logged.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import os
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from cri_agent.errors import ConfigError
+
+VALIDITY = datetime.timedelta(days=825)
+
+
+@dataclass(frozen=True, slots=True)
+class ColonyIdentity:
+    directory: Path
+    colony_id: str
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.directory / "ca.crt"
+
+    @property
+    def server_cert(self) -> Path:
+        return self.directory / "server.crt"
+
+    @property
+    def server_key(self) -> Path:
+        return self.directory / "server.key"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.directory / "colony-secret"
+
+    def secret(self) -> str:
+        return self.secret_file.read_text().strip()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+
+
+def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def init_colony(directory: Path, *, colony_id: str, hosts: Sequence[str]) -> ColonyIdentity:
+    """Create a new colony identity; refuses to overwrite an existing one."""
+    if (directory / "colony.yaml").exists():
+        raise ConfigError(f"{directory} already holds a colony: choose another directory or remove it first")
+    directory.mkdir(parents=True, exist_ok=True)
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"coral colony {colony_id} CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    names: list[x509.GeneralName] = []
+    for host in hosts:
+        try:
+            names.append(x509.IPAddress(ipaddress.ip_address(host)))
+        except ValueError:
+            names.append(x509.DNSName(host))
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
+        .issuer_name(ca_name)
+        .public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + VALIDITY)
+        .add_extension(x509.SubjectAlternativeName(names), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    identity = ColonyIdentity(directory=directory, colony_id=colony_id)
+    identity.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    _write_private(directory / "ca.key", _key_pem(ca_key))
+    identity.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    _write_private(identity.server_key, _key_pem(server_key))
+    _write_private(identity.secret_file, (secrets.token_urlsafe(32) + "\n").encode())
+    (directory / "colony.yaml").write_text(
+        yaml.safe_dump({"colonyId": colony_id, "secretFile": "colony-secret", "hosts": list(hosts)})
+    )
+    return identity
+
+
+def load_colony(directory: Path) -> ColonyIdentity:
+    try:
+        data = yaml.safe_load((directory / "colony.yaml").read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{directory} holds no colony: run `coral colony init {directory}` first") from None
+    return ColonyIdentity(directory=directory, colony_id=str(data["colonyId"]))

@@ -1,0 +1,56 @@
+"""Runs the colony's mesh endpoint: TLS gRPC + registry + the staleness clock."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from coral_colony.identity import ColonyIdentity
+from coral_colony.mesh_service import MeshService
+from coral_colony.registry import Registry
+from cri_agent._proto.coral.mesh.v1 import mesh_pb2_grpc
+from cri_agent.logs import emit
+
+log = logging.getLogger("coral_colony.server")
+
+HEARTBEAT_TIMEOUT_S = 45.0  # three missed 15 s heartbeats
+STALE_TTL_S = 24 * 3600.0  # services of an agent silent this long are dropped
+
+
+async def serve(
+    identity: ColonyIdentity,
+    *,
+    listen: str,
+    database: Path,
+    stop: asyncio.Event,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    ttl: float = STALE_TTL_S,
+) -> None:
+    registry = Registry(database)
+    service = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret())
+    server = grpc.aio.server()
+    mesh_pb2_grpc.add_MeshServicer_to_server(service, server)
+    credentials = grpc.ssl_server_credentials([(identity.server_key.read_bytes(), identity.server_cert.read_bytes())])
+    server.add_secure_port(listen, credentials)
+    await server.start()
+    emit(log, "colony.started", colony_id=identity.colony_id, listen=listen, database=str(database))
+    try:
+        while not stop.is_set():
+            silent, gone = registry.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+            for agent_id in silent:
+                emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
+            for agent_id in gone:
+                emit(log, "agent.expired", agent_id=agent_id)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), min(5.0, heartbeat_timeout / 3))
+    finally:
+        await server.stop(5.0)
+        service.close()
+        registry.close()
+        emit(log, "colony.stopped", colony_id=identity.colony_id)

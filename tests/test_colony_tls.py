@@ -1,0 +1,153 @@
+"""`coral colony init|start` and agents over TLS with a pinned CA: a real colony process."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import sqlite3
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cri_agent.backoff import Backoff
+from cri_agent.cli import main
+from cri_agent.model import ServiceKey
+from cri_agent.sync import ColonySync, ColonyTarget
+from tests.colony import logged
+from tests.test_sync import svc
+
+
+def init(directory: Path) -> None:
+    assert main(["colony", "init", str(directory), "--colony-id", "prod", "--host", "127.0.0.1"]) == 0
+
+
+def test_init_writes_the_identity_with_private_files_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    init(tmp_path / "colony")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "colony").iterdir()}
+    again = main(["colony", "init", str(tmp_path / "colony")])
+    assert (again, "already holds a colony" in capsys.readouterr().err) == (2, True)
+    assert {name: modes[name] for name in ("ca.key", "server.key", "colony-secret")} == {
+        "ca.key": 0o600,
+        "server.key": 0o600,
+        "colony-secret": 0o600,
+    }
+    assert {"ca.crt", "server.crt", "colony.yaml"} <= set(modes)
+
+
+@pytest.fixture
+def colony(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+    directory = tmp_path / "colony"
+    init(directory)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cri_agent.cli",
+            "colony",
+            "start",
+            "--dir",
+            str(directory),
+            "--listen",
+            f"127.0.0.1:{port}",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as client:
+            if client.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield directory, port
+    process.terminate()
+    _, errors = process.communicate(timeout=10)
+    assert process.returncode == 0, errors
+    assert (directory / "colony-secret").read_text().strip() not in errors
+
+
+@dataclass(slots=True)
+class CountingBackoff(Backoff):
+    waits: int = 0
+
+    def next(self) -> float:
+        self.waits += 1
+        return Backoff.next(self)
+
+
+def sync_with(directory: Path, port: int, *, ca: Path, secret: str | None = None) -> ColonySync:
+    return ColonySync(
+        ColonyTarget(
+            address=f"127.0.0.1:{port}",
+            colony_id="prod",
+            secret=secret or (directory / "colony-secret").read_text().strip(),
+            agent_id="node-agent-a",
+            node_name="node-a",
+            version="0.1.0",
+            node_labels={},
+            heartbeat_interval_s=0.2,
+            ca_pem=ca.read_bytes(),
+        ),
+        backoff=CountingBackoff(initial=0.05, maximum=0.2),
+    )
+
+
+def run_for(sync: ColonySync, seconds: float) -> None:
+    async def scenario() -> None:
+        sync.set_services({ServiceKey(svc(1).key): svc(1)}, {})
+        task = asyncio.create_task(sync.run())
+        deadline = asyncio.get_running_loop().time() + seconds
+        while not sync.in_sync and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+
+
+def registered(directory: Path) -> list[str]:
+    with sqlite3.connect(f"file:{directory / 'colony.db'}?mode=ro", uri=True) as db:
+        return [row[0] for row in db.execute("SELECT key FROM services")]
+
+
+def test_an_agent_pinning_the_colony_ca_registers_over_tls(colony: tuple[Path, int]) -> None:
+    directory, port = colony
+    sync = sync_with(directory, port, ca=directory / "ca.crt")
+    run_for(sync, 10)
+    assert (sync.in_sync, registered(directory)) == (True, [svc(1).key])
+
+
+def test_a_colony_signed_by_another_ca_is_refused_with_a_clear_reason(
+    colony: tuple[Path, int], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    directory, port = colony
+    init(tmp_path / "impostor")
+    sync = sync_with(directory, port, ca=tmp_path / "impostor" / "ca.crt")
+    run_for(sync, 1.5)
+    assert (sync.connected, registered(directory)) == (False, [])
+    assert "TLS handshake with the colony" in logged(caplog) and "colony.caFile" in logged(caplog)
+
+
+def test_a_wrong_secret_is_refused_and_says_what_to_check(
+    colony: tuple[Path, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    directory, port = colony
+    sync = sync_with(directory, port, ca=directory / "ca.crt", secret="not-the-secret")
+    run_for(sync, 1.5)
+    assert isinstance(sync.backoff, CountingBackoff)
+    assert (sync.connected, registered(directory), sync.backoff.waits < 25) == (False, [], True)
+    assert "UNAUTHENTICATED" in logged(caplog) and "check the agent's colony Secret" in logged(caplog)
