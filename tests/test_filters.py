@@ -56,3 +56,51 @@ def test_malformed_enabled_annotation_is_an_error_and_counts_as_unset() -> None:
         True,
         ('shop/web-0: coral.io/enabled: "maybe" is not true or false; ignored',),
     )
+
+
+@pytest.mark.parametrize(
+    ("labels", "included"),
+    [
+        ({"team": "web", "env": "prod"}, True),
+        ({"team": "web", "env": "prod", "extra": "x"}, True),
+        ({"team": "web"}, False),
+        ({"team": "web", "env": "dev"}, False),
+    ],
+)
+def test_include_labels_must_all_match(labels: dict[str, str], included: bool) -> None:
+    rules = FilterRules(include_labels={"team": "web", "env": "prod"})
+    assert evaluate(pod(labels=labels), rules).included is included
+
+
+@pytest.mark.parametrize(
+    ("labels", "reason"),
+    [
+        ({"tier": "debug"}, "label tier=debug is excluded"),
+        ({"canary": "yes"}, "label canary=yes is excluded"),
+        ({"canary": "yes", "tier": "debug"}, "label canary=yes,tier=debug is excluded"),
+        ({"canary": "no"}, "included"),
+    ],
+)
+def test_any_exclude_label_excludes(labels: dict[str, str], reason: str) -> None:
+    rules = FilterRules(exclude_labels={"tier": "debug", "canary": "yes"})
+    assert evaluate(pod(labels=labels), rules).reason == reason
+
+
+def test_a_namespace_in_both_lists_is_excluded() -> None:
+    rules = FilterRules(include_namespaces=frozenset({"shop"}), exclude_namespaces=frozenset({"shop"}))
+    assert evaluate(pod(namespace="shop"), rules).reason == "namespace shop is excluded"
+
+
+@pytest.mark.parametrize("value", ["true", "TRUE", " yes ", "1", "on", "false", "No", "0", "off"])
+def test_enabled_annotation_accepts_boolean_words(value: str) -> None:
+    assert evaluate(pod(annotations={"coral.io/enabled": value}), FilterRules()).errors == ()
+
+
+def test_malformed_enabled_annotation_is_no_opt_in() -> None:
+    decision = evaluate(pod(annotations={"coral.io/enabled": "ture"}), FilterRules(include_labels={"team": "web"}))
+    assert (decision.included, decision.reason, len(decision.errors)) == (False, "labels team=web required", 1)
+
+
+def test_reasons_are_stable_across_label_order() -> None:
+    rules = FilterRules(include_labels={"b": "2", "a": "1"})
+    assert evaluate(pod(labels={}), rules).reason == "labels a=1,b=2 required"

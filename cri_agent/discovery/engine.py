@@ -14,6 +14,7 @@ a restart), so events describe only real changes:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -97,11 +98,11 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
     included = [pod for pod in snapshot.pods if pods[pod.uid].included]
     for explicit in rules.services:
         if explicit.selector is None or not any(matches(explicit.selector, p) for p in included):
-            static = static_service(explicit, rules)
+            static = static_service(explicit, rules, node_name=node_name)
             services[static.key] = static
 
     upserted: list[ServiceInfo] = []
-    for key, service in services.items():
+    for key, service in sorted(services.items()):
         old = known.services.get(key)
         if old is None:
             upserted.append(service)
@@ -124,10 +125,13 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
     )
 
 
+_ANNOTATION_KEY = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+(/[A-Za-z0-9._-]+)?")
+
+
 def _error_key(error: str) -> str:
-    """Error strings read ``namespace/pod: key: reason``."""
-    parts = error.split(": ", 2)
-    return parts[1] if len(parts) == 3 else ""
+    """The offending key of ``namespace/pod: [container c: ]key: reason``."""
+    parts = error.split(": ")[1:-1]
+    return next((p for p in parts if _ANNOTATION_KEY.fullmatch(p)), parts[0] if parts else "")
 
 
 def _removal_reason(old: ServiceInfo, pods: Mapping[PodUID, PodDecision]) -> str:

@@ -26,6 +26,7 @@ HEALTH_INTERVAL = "coral.io/health-interval"
 
 _NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9._:]{0,251}[A-Za-z0-9])?$")
 _TYPE = re.compile(r"^[a-z][a-z0-9_.-]{0,31}$")
+_PORT_NUMBER = re.compile(r"[0-9]{1,5}")  # ASCII only: str.isdigit() also accepts "²"
 MIN_HEALTH_INTERVAL_S = 1.0
 MAX_HEALTH_INTERVAL_S = 3600.0
 
@@ -59,22 +60,40 @@ class Metadata:
 
 
 def parse_ports(raw: str) -> tuple[PortRef, ...]:
-    """``"8080"``, ``"8080,9090"``, ``"53/udp"`` -> ((8080, "TCP"), ...)."""
+    """``"8080"``, ``"8080,9090"``, ``"53/udp"`` -> ((8080, "TCP"), ...); duplicates dropped.
+
+    The error names the offending item (and the whole value when it is a list).
+    """
     ports: list[PortRef] = []
-    for item in raw.split(","):
-        number, _, proto = item.strip().partition("/")
+    items = raw.split(",")
+    for item in items:
+        where = f'"{item.strip()}"' + (f' in "{raw}"' if len(items) > 1 else "")
+        number, _, proto = (part.strip() for part in item.partition("/"))
         protocol: Protocol
-        if proto.strip().lower() in ("", "tcp"):
+        if proto.lower() in ("", "tcp"):
             protocol = "TCP"
-        elif proto.strip().lower() == "udp":
+        elif proto.lower() == "udp":
             protocol = "UDP"
         else:
-            raise ValueError(f'"{raw}": protocol "{proto}" is not tcp or udp')
-        if not number.strip().isdigit() or not 1 <= int(number) <= 65535:
-            raise ValueError(f'"{raw}" is not a port number (1-65535), or a comma list of them')
+            raise ValueError(f'{where}: protocol "{proto}" is not tcp or udp')
+        if not _PORT_NUMBER.fullmatch(number) or not 1 <= int(number) <= 65535:
+            raise ValueError(f"{where} is not a port number (1-65535)")
         if (int(number), protocol) not in ports:
             ports.append((int(number), protocol))
     return tuple(ports)
+
+
+def parse_health_interval(raw: str) -> float:
+    """``"5s"``, ``"500ms"``, ``"1m"`` or plain seconds ``"5"`` -> seconds, within 1s..1h."""
+    try:
+        seconds = parse_duration(raw)
+    except ValueError as exc:
+        if "positive" in str(exc):  # "0s": a duration, just not a usable interval
+            raise ValueError(f'"{raw}" is outside 1s..1h') from None
+        raise ValueError(f'"{raw}" is not a duration (e.g. 5s, 500ms, 1m, or seconds)') from None
+    if not MIN_HEALTH_INTERVAL_S <= seconds <= MAX_HEALTH_INTERVAL_S:
+        raise ValueError(f'"{raw}" is outside 1s..1h')
+    return seconds
 
 
 def _annotation(pod: PodRecord, key: str) -> str | None:
@@ -112,14 +131,9 @@ def from_annotations(pod: PodRecord) -> tuple[Metadata, tuple[str, ...]]:
             error(HEALTH_ENDPOINT, f'"{endpoint}" is not an HTTP path starting with /')
     if (interval := _annotation(pod, HEALTH_INTERVAL)) is not None:
         try:
-            seconds = parse_duration(interval)
+            values["health_interval_s"] = parse_health_interval(interval)
         except ValueError as exc:
             error(HEALTH_INTERVAL, str(exc))
-        else:
-            if MIN_HEALTH_INTERVAL_S <= seconds <= MAX_HEALTH_INTERVAL_S:
-                values["health_interval_s"] = seconds
-            else:
-                error(HEALTH_INTERVAL, f'"{interval}" is outside 1s..1h')
     metadata = Metadata(**values, set_fields=frozenset(values))  # type: ignore[arg-type]
     return metadata, tuple(errors)
 

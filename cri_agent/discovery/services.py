@@ -11,8 +11,10 @@ never involve the IP, which the cluster reuses.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 from cri_agent.discovery.overrides import (
     Metadata,
@@ -36,19 +38,23 @@ from cri_agent.model import (
 # Process names (comm, at most 15 chars) that say what a port speaks.
 PROCESS_TYPES = {
     "redis-server": "redis",
+    "valkey-server": "redis",
     "postgres": "postgres",
     "mysqld": "mysql",
     "mariadbd": "mysql",
     "mongod": "mongodb",
+    "mongos": "mongodb",
     "nginx": "http",
     "httpd": "http",
     "caddy": "http",
     "envoy": "http",
+    "traefik": "http",
     "memcached": "memcached",
     "etcd": "etcd",
     "beam.smp": "amqp",
     "coredns": "dns",
 }
+# Well-known TCP ports; over UDP only DNS is recognised (UDP 8080 is not HTTP).
 WELL_KNOWN_PORTS = {
     53: "dns",
     80: "http",
@@ -66,10 +72,31 @@ WELL_KNOWN_PORTS = {
     9092: "kafka",
     11211: "memcached",
     27017: "mongodb",
+    50051: "grpc",
 }
-_PORT_NAME_TYPES = ("https", "http", "grpc", "metrics", "dns", "redis", "postgres", "mysql")
+WELL_KNOWN_UDP_PORTS = {53: "dns"}
+# Declared port names, read as Istio-style "<protocol>[-<suffix>]" (or "<prefix>-<protocol>").
+PORT_NAME_TYPES = {
+    "http": "http",
+    "http2": "http",
+    "h2c": "http",
+    "https": "https",
+    "grpc": "grpc",
+    "metrics": "metrics",
+    "dns": "dns",
+    "redis": "redis",
+    "postgres": "postgres",
+    "postgresql": "postgres",
+    "mysql": "mysql",
+    "mongo": "mongodb",
+    "mongodb": "mongodb",
+    "amqp": "amqp",
+    "kafka": "kafka",
+    "memcached": "memcached",
+}
 _K8S_RANDOM = re.compile(r"-[bcdfghjklmnpqrstvwxz2456789]{5}$")
 _ORDINAL = re.compile(r"-\d+$")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,14 +116,23 @@ def service_key(
 
 
 def workload_name(pod: PodRecord) -> str:
-    """The owning workload's name, else the app labels, else the pod name without its hash."""
+    """The owning workload's name, else the app labels, else the pod name without its hash.
+
+    ``Deployment/payments-api`` -> ``payments-api``; a ``ReplicaSet/`` owner
+    loses its ``pod-template-hash``. Pod names lose the ReplicaSet hash and
+    random suffix (``payments-api-7d4b9c6f5d-x2x9z``), the StatefulSet
+    ordinal (``web-2``) or the DaemonSet/random suffix (``fluentd-x7k2p``).
+    """
+    template_hash = pod.labels.get("pod-template-hash")
     if pod.owner:
-        return pod.owner.rsplit("/", 1)[-1]
+        owner = pod.owner.rsplit("/", 1)[-1]
+        if template_hash and owner.endswith(f"-{template_hash}"):
+            return owner[: -len(template_hash) - 1]
+        return owner
     for label in ("app.kubernetes.io/name", "app"):
         if pod.labels.get(label):
             return pod.labels[label]
     name = pod.name
-    template_hash = pod.labels.get("pod-template-hash")
     if template_hash and f"-{template_hash}-" in name:
         return name[: name.rindex(f"-{template_hash}-")]
     if "statefulset.kubernetes.io/pod-name" in pod.labels and _ORDINAL.search(name):
@@ -128,18 +164,30 @@ def _restricted(entries: list[_Entry], ports: Sequence[PortRef], default: Contai
     return [by_port.get((port, protocol)) or _Entry(default, port, protocol) for port, protocol in ports]
 
 
-def _type_hint(entry: _Entry, *, single_port: bool) -> str:
+def _well_known(port: int, protocol: Protocol | None) -> str | None:
+    return (WELL_KNOWN_UDP_PORTS if protocol == "UDP" else WELL_KNOWN_PORTS).get(port)
+
+
+def _type_hint(entry: _Entry, *, sole_port: bool) -> str:
+    """Process name (when it plausibly owns the port), else port name, else well-known port.
+
+    ``sole_port``: the entry is its container's only port, so whatever the
+    container runs serves it.
+    """
     if entry.port is None:
         return "unknown"
+    well_known = _well_known(entry.port, entry.protocol)
     for process in entry.container.process_names:
         hinted = PROCESS_TYPES.get(process)
-        if hinted and (single_port or WELL_KNOWN_PORTS.get(entry.port) == hinted):
+        if hinted and (sole_port or well_known == hinted):
             return hinted
-    name = entry.port_name.lower()
-    for kind in _PORT_NAME_TYPES:
-        if name.startswith(kind) or name.endswith(f"-{kind}"):
-            return kind
-    return WELL_KNOWN_PORTS.get(entry.port) or (entry.protocol or "tcp").lower()
+    tokens = entry.port_name.lower().split("-")
+    if "metrics" in tokens:
+        return "metrics"
+    for token in (tokens[0], tokens[-1]):
+        if token in PORT_NAME_TYPES:
+            return PORT_NAME_TYPES[token]
+    return well_known or (entry.protocol or "TCP").lower()
 
 
 def _explicit_for(rules: DiscoveryRules, pod: PodRecord, entry: _Entry) -> ExplicitService | None:
@@ -214,6 +262,7 @@ def derive_services(
 
     base_name = workload_name(pod)
     suffixes = _suffixes(entries)
+    per_container_ports = Counter(e.container.name for e in entries)
     services = tuple(
         _service(
             pod,
@@ -222,6 +271,7 @@ def derive_services(
             rules,
             base_name=base_name,
             suffix=suffix,
+            sole_port=per_container_ports[entry.container.name] == 1,
             node_name=node_name,
         )
         for entry, suffix in zip(entries, suffixes, strict=True)
@@ -230,18 +280,22 @@ def derive_services(
 
 
 def _suffixes(entries: Sequence[_Entry]) -> list[str]:
-    """``:<port-name>`` when a pod has several ports; the number where names clash."""
+    """``:<port-name>`` when a pod has several ports; the number (``53-udp``) where names clash.
+
+    UDP numbers always carry ``-udp`` so a name does not change when the TCP
+    twin appears. The result is unique within the pod.
+    """
     if len(entries) < 2:
         return [""] * len(entries)
 
     def number(entry: _Entry) -> str:
         return f"{entry.port}-udp" if entry.protocol == "UDP" else str(entry.port)
 
-    names = [e.port_name for e in entries]
-    return [
-        "" if e.port is None else ":" + (e.port_name if e.port_name and names.count(e.port_name) == 1 else number(e))
-        for e in entries
-    ]
+    names = Counter(e.port_name for e in entries)
+    suffixes = [":" + (e.port_name if e.port_name and names[e.port_name] == 1 else number(e)) for e in entries]
+    if len(set(suffixes)) < len(suffixes):  # a port name that reads like another port's number
+        suffixes = [":" + number(e) for e in entries]
+    return suffixes
 
 
 def _service(
@@ -252,6 +306,7 @@ def _service(
     *,
     base_name: str,
     suffix: str,
+    sole_port: bool,
     node_name: str,
 ) -> ServiceInfo:
     overridden = tuple(sorted("port" if f == "ports" else f for f in meta.set_fields))
@@ -264,7 +319,7 @@ def _service(
         container=entry.container.name,
         port=entry.port,
         protocol=entry.protocol,
-        service_type=meta.service_type or _type_hint(entry, single_port=not suffix),
+        service_type=meta.service_type or _type_hint(entry, sole_port=sole_port),
         provenance=Provenance.OVERRIDDEN if overridden else Provenance.DISCOVERED,
         health_endpoint=meta.health_endpoint or "",
         health_interval_s=meta.health_interval_s or rules.default_health_interval_s,
@@ -276,19 +331,24 @@ def _service(
     explicit = _explicit_for(rules, pod, entry)
     if explicit is None:
         return discovered
+    # Per field, explicit > override/annotation (already in ``discovered``) > default.
     return replace(
         discovered,
         name=explicit.name + (suffix if explicit.port is None else ""),
-        service_type=explicit.type or _type_hint(entry, single_port=not suffix),
+        service_type=explicit.type.lower() or discovered.service_type,
         provenance=Provenance.EXPLICIT,
-        health_endpoint=explicit.health.endpoint or "",
-        health_interval_s=explicit.health.interval_s or rules.default_health_interval_s,
+        health_endpoint=_first(explicit.health.endpoint, discovered.health_endpoint),
+        health_interval_s=_first(explicit.health.interval_s, discovered.health_interval_s),
         labels={**pod.labels, **explicit.labels},
         overridden_fields=(),
     )
 
 
-def static_service(explicit: ExplicitService, rules: DiscoveryRules) -> ServiceInfo:
+def _first(explicit: _T | None, fallback: _T) -> _T:
+    return fallback if explicit is None else explicit
+
+
+def static_service(explicit: ExplicitService, rules: DiscoveryRules, *, node_name: str) -> ServiceInfo:
     """An explicit service that no discovered pod backs (e.g. a host daemon)."""
     port = str(explicit.port) if explicit.port is not None else "-"
     return ServiceInfo(
@@ -300,10 +360,16 @@ def static_service(explicit: ExplicitService, rules: DiscoveryRules) -> ServiceI
         container="",
         port=explicit.port,
         protocol=explicit.protocol if explicit.port is not None else None,
-        service_type=explicit.type or (WELL_KNOWN_PORTS.get(explicit.port or 0) or "tcp"),
+        service_type=explicit.type.lower() or _static_type(explicit),
         provenance=Provenance.EXPLICIT,
         health_endpoint=explicit.health.endpoint or "",
         health_interval_s=explicit.health.interval_s or rules.default_health_interval_s,
-        node_name=rules.node_name,
+        node_name=node_name,
         labels=dict(explicit.labels),
     )
+
+
+def _static_type(explicit: ExplicitService) -> str:
+    if explicit.port is None:
+        return "unknown"
+    return _well_known(explicit.port, explicit.protocol) or explicit.protocol.lower()
