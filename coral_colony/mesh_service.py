@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from coral_colony.audit import AuditEntry
 from coral_colony.registry import AgentRecord, Registry, ServiceRecord
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 
@@ -55,6 +56,22 @@ def service_record(info: Any, *, agent_id: str) -> ServiceRecord:
     )
 
 
+def discovery_entry(event: Any) -> AuditEntry:
+    """A discovery event an agent reported; the registry fills in the agent and node."""
+    reason = event.reason + (f" [{', '.join(event.fields)}]" if event.fields else "")
+    return AuditEntry(
+        time=event.time_unix_ms / 1000,
+        kind="discovery",
+        action=event.kind,
+        namespace=event.namespace,
+        pod_name=event.pod_name,
+        service_name=event.service_name,
+        service_key=event.service_key,
+        provenance=_PROVENANCE.get(event.provenance, ""),
+        detail=reason,
+    )
+
+
 class MeshService(mesh_pb2_grpc.MeshServicer):
     def __init__(
         self, registry: Registry, *, colony_id: str, colony_secret: str, clock: Callable[[], float] = time.time
@@ -65,11 +82,22 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
         self.clock = clock
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry")
 
-    async def _run(self, fn: Callable[[], _T]) -> _T:
+    async def run_in_writer(self, fn: Callable[[], _T]) -> _T:
+        """Run ``fn`` on the thread that owns the registry's connection."""
         return await asyncio.get_running_loop().run_in_executor(self._writer, fn)
 
     async def Register(self, request: Any, context: Any) -> Any:
         if request.colony_id != self.colony_id or not hmac.compare_digest(request.colony_secret.encode(), self._secret):
+            refusal = AuditEntry(
+                time=self.clock(),
+                kind="auth",
+                action="agent.refused",
+                actor=request.agent_id,
+                agent_id=request.agent_id,
+                node_name=request.node_name,
+                detail=f"wrong colony id or secret (colony id sent: {request.colony_id!r})",
+            )
+            await self.record([refusal])
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"wrong colony id or secret for colony {self.colony_id!r}: check the agent's colony Secret",
@@ -88,15 +116,21 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
             labels=dict(request.labels),
         )
         session = secrets.token_urlsafe(24)
-        refused = await self._run(lambda: self.registry.register(agent, records, session=session, now=self.clock()))
+        refused = await self.run_in_writer(
+            lambda: self.registry.register(agent, records, session=session, now=self.clock())
+        )
         reason = f"{len(refused)} service(s) belong to another agent" if refused else ""
         return mesh_pb2.RegisterResponse(
             accepted=True, session_token=session, reason=reason, refused_keys=list(refused)
         )
 
+    async def record(self, entries: list[AuditEntry]) -> None:
+        """Append audit entries through the writer thread."""
+        await self.run_in_writer(lambda: self.registry.record(entries))
+
     async def _check_session(self, agent_id: str, token: str, context: Any) -> bool:
         """False when the colony does not know the agent (it must register again)."""
-        current = await self._run(lambda: self.registry.session_of(agent_id))
+        current = await self.run_in_writer(lambda: self.registry.session_of(agent_id))
         if current is None:
             return False
         if not hmac.compare_digest(current[0].encode(), token.encode()):
@@ -110,13 +144,15 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
         if not await self._check_session(request.agent_id, request.session_token, context):
             return mesh_pb2.UpdateServicesResponse(resync_required=True)
         upserts = [service_record(i, agent_id=request.agent_id) for i in request.upserts]
-        applied = await self._run(
+        events = [discovery_entry(e) for e in request.events]
+        applied = await self.run_in_writer(
             lambda: self.registry.apply(
                 request.agent_id,
                 sequence=request.sequence,
                 upserts=upserts,
                 removed=list(request.removed_keys),
                 now=self.clock(),
+                events=events,
             )
         )
         return mesh_pb2.UpdateServicesResponse(
@@ -128,12 +164,14 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
     async def Heartbeat(self, request: Any, context: Any) -> Any:
         if not await self._check_session(request.agent_id, request.session_token, context):
             return mesh_pb2.HeartbeatResponse(resync_required=True)
-        await self._run(lambda: self.registry.heartbeat(request.agent_id, health=request.health, now=self.clock()))
+        await self.run_in_writer(
+            lambda: self.registry.heartbeat(request.agent_id, health=request.health, now=self.clock())
+        )
         return mesh_pb2.HeartbeatResponse(resync_required=False)
 
     async def Deregister(self, request: Any, context: Any) -> Any:
         if await self._check_session(request.agent_id, request.session_token, context):
-            await self._run(lambda: self.registry.deregister(request.agent_id))
+            await self.run_in_writer(lambda: self.registry.deregister(request.agent_id, now=self.clock()))
         return mesh_pb2.DeregisterResponse()
 
     def close(self) -> None:

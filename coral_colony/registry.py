@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, cast
 
 import sqlite_utils
 from sqlite_utils.db import Table
+
+from coral_colony.audit import AuditEntry, AuditKind, AuditLog
 
 AgentKind = Literal["node-agent", "single-service"]
 
@@ -125,6 +127,8 @@ class Registry:
             if_not_exists=True,
         )
         self._t("services").create_index(["agent_id"], if_not_exists=True)
+        self._t("services").create_index(["node_name", "namespace"], if_not_exists=True)
+        self.audit = AuditLog(self.db)
 
     def _t(self, name: str) -> Table:
         return cast(Table, self.db[name])
@@ -155,15 +159,26 @@ class Registry:
                 pk="agent_id",
             )
             refused = self._upsert(agent.agent_id, services, now=now)
-            keep = [s.key for s in services if s.key not in refused]
-            marks = ",".join("?" * len(keep))
-            query = (
-                f"DELETE FROM services WHERE agent_id = ? AND key NOT IN ({marks})"
-                if keep
-                else ("DELETE FROM services WHERE agent_id = ?")
-            )
-            self.db.execute(query, [agent.agent_id, *keep])
+            keep = {s.key for s in services} - set(refused)
+            owned = [
+                str(r[0]) for r in self.db.execute("SELECT key FROM services WHERE agent_id = ?", [agent.agent_id])
+            ]
+            self._delete(agent.agent_id, [key for key in owned if key not in keep], now=now, why="not in its full set")
             self.db.execute("UPDATE services SET stale = 0 WHERE agent_id = ?", [agent.agent_id])
+            self.audit.append(
+                [
+                    AuditEntry(
+                        time=now,
+                        kind="registration",
+                        action="agent.registered",
+                        actor=agent.agent_id,
+                        agent_id=agent.agent_id,
+                        node_name=agent.node_name,
+                        detail=f"{agent.kind} {agent.version}: {len(keep)} service(s)"
+                        + (f", {len(refused)} refused" if refused else ""),
+                    )
+                ]
+            )
         return refused
 
     def session_of(self, agent_id: str) -> tuple[str, int] | None:
@@ -178,6 +193,7 @@ class Registry:
         upserts: Sequence[ServiceRecord],
         removed: Sequence[str],
         now: float,
+        events: Sequence[AuditEntry] = (),
     ) -> Applied:
         with self.db.conn:
             current = self.session_of(agent_id)
@@ -189,33 +205,51 @@ class Registry:
             if sequence != last + 1:
                 return Applied(applied_sequence=last, resync_required=True)
             refused = self._upsert(agent_id, upserts, now=now)
-            for key in removed:
-                self.db.execute("DELETE FROM services WHERE key = ? AND agent_id = ?", [key, agent_id])
-            refused += tuple(
-                key
-                for key in removed
-                if self.db.execute("SELECT 1 FROM services WHERE key = ?", [key]).fetchone() is not None
-            )
+            refused += self._delete(agent_id, removed, now=now, why="removed by its agent")
+            node = self._node_of(agent_id)
+            self.audit.append(replace(e, agent_id=agent_id, actor=agent_id, node_name=node) for e in events)
             self.db.execute(
-                "UPDATE agents SET last_sequence = ?, last_heartbeat = ?, state = 'healthy' WHERE agent_id = ?",
+                "UPDATE agents SET last_sequence = ?, last_heartbeat = ? WHERE agent_id = ?",
                 [sequence, now, agent_id],
             )
+            self._reachable(agent_id, now=now)
         return Applied(applied_sequence=sequence, refused_keys=refused)
 
     def heartbeat(self, agent_id: str, *, health: str, now: float) -> bool:
         """False when the colony does not know the agent (it must register again)."""
         with self.db.conn:
             cursor = self.db.execute(
-                "UPDATE agents SET last_heartbeat = ?, health = ?, state = 'healthy' WHERE agent_id = ?",
+                "UPDATE agents SET last_heartbeat = ?, health = ? WHERE agent_id = ?",
                 [now, health, agent_id],
             )
-            self.db.execute("UPDATE services SET stale = 0 WHERE agent_id = ?", [agent_id])
+            if cursor.rowcount == 1:
+                self._reachable(agent_id, now=now)
         return bool(cursor.rowcount == 1)
 
-    def deregister(self, agent_id: str) -> None:
+    def deregister(self, agent_id: str, *, now: float, why: str = "deregistered by its agent") -> None:
         with self.db.conn:
-            self.db.execute("DELETE FROM services WHERE agent_id = ?", [agent_id])
+            node = self._node_of(agent_id)
+            owned = [str(r[0]) for r in self.db.execute("SELECT key FROM services WHERE agent_id = ?", [agent_id])]
+            self._delete(agent_id, owned, now=now, why=why)
             self.db.execute("DELETE FROM agents WHERE agent_id = ?", [agent_id])
+            self.audit.append(
+                [
+                    AuditEntry(
+                        time=now,
+                        kind="deregistration",
+                        action="agent.deregistered",
+                        actor=agent_id if why.endswith("its agent") else "colony",
+                        agent_id=agent_id,
+                        node_name=node,
+                        detail=f"{why}: {len(owned)} service(s)",
+                    )
+                ]
+            )
+
+    def record(self, entries: Sequence[AuditEntry]) -> None:
+        """Audit what happened outside a registry change (refused callers...)."""
+        with self.db.conn:
+            self.audit.append(entries)
 
     # -- time ----------------------------------------------------------------------
 
@@ -223,31 +257,75 @@ class Registry:
         """Mark silent agents unreachable (services stale); drop those silent past ``ttl``."""
         with self.db.conn:
             silent = [
-                str(r[0])
+                (str(r[0]), str(r[1]))
                 for r in self.db.execute(
-                    "SELECT agent_id FROM agents WHERE state = 'healthy' AND last_heartbeat < ?",
+                    "SELECT agent_id, node_name FROM agents WHERE state = 'healthy' AND last_heartbeat < ?",
                     [now - heartbeat_timeout],
                 )
             ]
-            for agent_id in silent:
+            for agent_id, _ in silent:
                 self.db.execute("UPDATE agents SET state = 'unreachable' WHERE agent_id = ?", [agent_id])
                 self.db.execute("UPDATE services SET stale = 1 WHERE agent_id = ?", [agent_id])
+            self.audit.append(
+                AuditEntry(
+                    time=now,
+                    kind="agent",
+                    action="agent.unreachable",
+                    actor="colony",
+                    agent_id=agent_id,
+                    node_name=node,
+                    detail=f"no heartbeat for {heartbeat_timeout:g}s: its services are stale",
+                )
+                for agent_id, node in silent
+            )
             gone = [
                 str(r[0]) for r in self.db.execute("SELECT agent_id FROM agents WHERE last_heartbeat < ?", [now - ttl])
             ]
         for agent_id in gone:
-            self.deregister(agent_id)
-        return silent, gone
+            self.deregister(agent_id, now=now, why=f"silent past the {ttl:g}s TTL")
+        return [agent_id for agent_id, _ in silent], gone
 
     # -- readers -------------------------------------------------------------------
 
-    def agents(self) -> list[dict[str, Any]]:
-        return list(self._t("agents").rows_where(order_by="node_name, agent_id"))
+    def agents(self, *, node: str = "") -> list[dict[str, Any]]:
+        """Agents with their service count, by node."""
+        where, params = ("WHERE a.node_name = ?", [node]) if node else ("", [])
+        cursor = self.db.execute(
+            f"SELECT a.*, (SELECT COUNT(*) FROM services s WHERE s.agent_id = a.agent_id) AS services "
+            f"FROM agents a {where} ORDER BY a.node_name, a.agent_id",
+            params,
+        )
+        return _rows(cursor)
 
-    def services(self, *, agent_id: str | None = None) -> list[dict[str, Any]]:
-        if agent_id is None:
-            return list(self._t("services").rows_where(order_by="node_name, namespace, component_name"))
-        return list(self._t("services").rows_where("agent_id = ?", [agent_id], order_by="key"))
+    def services(
+        self,
+        *,
+        agent_id: str = "",
+        node: str = "",
+        namespace: str = "",
+        provenance: str = "",
+        name: str = "",
+    ) -> list[dict[str, Any]]:
+        """Services matching every filter given (``name``: a substring), by node, namespace, name."""
+        where: list[str] = []
+        params: list[str] = []
+        for column, value in (
+            ("agent_id", agent_id),
+            ("node_name", node),
+            ("namespace", namespace),
+            ("provenance", provenance),
+        ):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if name:
+            where.append("instr(component_name, ?) > 0")
+            params.append(name)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        cursor = self.db.execute(
+            f"SELECT * FROM services {clause} ORDER BY node_name, agent_id, namespace, component_name, key", params
+        )
+        return _rows(cursor)
 
     def close(self) -> None:
         self.db.conn.close()
@@ -255,17 +333,10 @@ class Registry:
     # -- internals -----------------------------------------------------------------
 
     def _upsert(self, agent_id: str, services: Sequence[ServiceRecord], *, now: float) -> tuple[str, ...]:
+        """Write ``services`` the agent may own; audit new ones and refusals; returns the refused keys."""
         if not services:
             return ()
-        keys = [s.key for s in services]
-        owners: dict[str, tuple[str, float]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = keys[start : start + 500]
-            marks = ",".join("?" * len(chunk))
-            for key, owner, first in self.db.execute(
-                f"SELECT key, agent_id, first_seen FROM services WHERE key IN ({marks})", chunk
-            ):
-                owners[key] = (owner, first)
+        owners = self._owners([s.key for s in services])
         refused = tuple(s.key for s in services if s.key in owners and owners[s.key][0] != agent_id)
         rows = [
             _service_row(s, agent_id=agent_id, first_seen=owners.get(s.key, ("", now))[1], now=now)
@@ -274,7 +345,128 @@ class Registry:
         ]
         if rows:
             self._t("services").upsert_all(rows, pk="key")
+        entries = [
+            _service_entry(s, "registration", "service.registered", agent_id=agent_id, now=now)
+            for s in services
+            if s.key not in owners
+        ]
+        entries += [
+            _service_entry(
+                s,
+                "auth",
+                "service.refused",
+                agent_id=agent_id,
+                now=now,
+                detail=f"owned by agent {owners[s.key][0]}",
+            )
+            for s in services
+            if s.key in refused
+        ]
+        self.audit.append(entries)
         return refused
+
+    def _delete(self, agent_id: str, keys: Sequence[str], *, now: float, why: str) -> tuple[str, ...]:
+        """Delete the agent's own ``keys`` (audited); returns those another agent owns."""
+        if not keys:
+            return ()
+        owners = self._owners(keys)
+        mine = [k for k in keys if k in owners and owners[k][0] == agent_id]
+        theirs = tuple(k for k in keys if k in owners and owners[k][0] != agent_id)
+        rows: list[dict[str, Any]] = []
+        for start in range(0, len(mine), 500):
+            chunk = mine[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            rows += _rows(self.db.execute(f"SELECT * FROM services WHERE key IN ({marks})", chunk))
+            self.db.execute(f"DELETE FROM services WHERE key IN ({marks})", chunk)
+        self.audit.append(
+            AuditEntry(
+                time=now,
+                kind="deregistration",
+                action="service.deregistered",
+                actor=agent_id,
+                agent_id=agent_id,
+                node_name=row["node_name"],
+                namespace=row["namespace"],
+                pod_name=row["pod_name"],
+                service_name=row["component_name"],
+                service_key=row["key"],
+                provenance=row["provenance"],
+                detail=why,
+            )
+            for row in rows
+        )
+        self.audit.append(
+            AuditEntry(
+                time=now,
+                kind="auth",
+                action="service.refused",
+                actor=agent_id,
+                agent_id=agent_id,
+                service_key=key,
+                detail=f"removal refused: owned by agent {owners[key][0]}",
+            )
+            for key in theirs
+        )
+        return theirs
+
+    def _owners(self, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
+        owners: dict[str, tuple[str, float]] = {}
+        for start in range(0, len(keys), 500):
+            chunk = list(keys[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for key, owner, first in self.db.execute(
+                f"SELECT key, agent_id, first_seen FROM services WHERE key IN ({marks})", chunk
+            ):
+                owners[key] = (owner, first)
+        return owners
+
+    def _node_of(self, agent_id: str) -> str:
+        row = self.db.execute("SELECT node_name FROM agents WHERE agent_id = ?", [agent_id]).fetchone()
+        return str(row[0]) if row else ""
+
+    def _reachable(self, agent_id: str, *, now: float) -> None:
+        """An unreachable agent that speaks again is healthy; its services are fresh."""
+        cursor = self.db.execute(
+            "UPDATE agents SET state = 'healthy' WHERE agent_id = ? AND state = 'unreachable'", [agent_id]
+        )
+        if cursor.rowcount:
+            self.db.execute("UPDATE services SET stale = 0 WHERE agent_id = ?", [agent_id])
+            self.audit.append(
+                [
+                    AuditEntry(
+                        time=now,
+                        kind="agent",
+                        action="agent.reachable",
+                        actor=agent_id,
+                        agent_id=agent_id,
+                        node_name=self._node_of(agent_id),
+                    )
+                ]
+            )
+
+
+def _rows(cursor: sqlite3.Cursor) -> list[dict[str, Any]]:
+    names = [d[0] for d in cursor.description]
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+
+def _service_entry(
+    service: ServiceRecord, kind: AuditKind, action: str, *, agent_id: str, now: float, detail: str = ""
+) -> AuditEntry:
+    return AuditEntry(
+        time=now,
+        kind=kind,
+        action=action,
+        actor=agent_id,
+        agent_id=agent_id,
+        node_name=service.node_name,
+        namespace=service.namespace,
+        pod_name=service.pod_name,
+        service_name=service.component_name,
+        service_key=service.key,
+        provenance=service.provenance,
+        detail=detail,
+    )
 
 
 def _json(value: Mapping[str, str]) -> str:

@@ -1,4 +1,5 @@
-"""Runs the colony's mesh endpoint: TLS gRPC + registry + the staleness clock."""
+"""Runs the colony: TLS gRPC (agents' Mesh + operators' Colony API), the
+registry and its staleness clock, and the status page on localhost."""
 
 from __future__ import annotations
 
@@ -13,7 +14,11 @@ import grpc.aio
 
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
+from coral_colony.operator_service import OperatorService
 from coral_colony.registry import Registry
+from coral_colony.tokens import OperatorTokens
+from coral_colony.web.server import StatusPage
+from cri_agent._proto.coral.colony.v1 import colony_pb2_grpc
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2_grpc
 from cri_agent.logs import emit
 
@@ -21,6 +26,7 @@ log = logging.getLogger("coral_colony.server")
 
 HEARTBEAT_TIMEOUT_S = 45.0  # three missed 15 s heartbeats
 STALE_TTL_S = 24 * 3600.0  # services of an agent silent this long are dropped
+WEB_LISTEN = "127.0.0.1:9080"
 
 
 async def serve(
@@ -29,20 +35,37 @@ async def serve(
     listen: str,
     database: Path,
     stop: asyncio.Event,
+    web_listen: str = WEB_LISTEN,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
 ) -> None:
     registry = Registry(database)
-    service = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret())
+    mesh = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret())
+    operators = OperatorService(
+        Registry(database), OperatorTokens(identity.directory), colony_id=identity.colony_id, record=mesh.record
+    )
     server = grpc.aio.server()
-    mesh_pb2_grpc.add_MeshServicer_to_server(service, server)
+    mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
+    colony_pb2_grpc.add_ColonyServicer_to_server(operators, server)
     credentials = grpc.ssl_server_credentials([(identity.server_key.read_bytes(), identity.server_cert.read_bytes())])
     server.add_secure_port(listen, credentials)
+    page = StatusPage(database, colony_id=identity.colony_id, listen=web_listen) if web_listen else None
     await server.start()
-    emit(log, "colony.started", colony_id=identity.colony_id, listen=listen, database=str(database))
+    if page is not None:
+        page.start()
+    emit(
+        log,
+        "colony.started",
+        colony_id=identity.colony_id,
+        listen=listen,
+        web=page.address if page else "off",
+        database=str(database),
+    )
     try:
         while not stop.is_set():
-            silent, gone = registry.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+            silent, gone = await mesh.run_in_writer(
+                lambda: registry.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+            )
             for agent_id in silent:
                 emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
             for agent_id in gone:
@@ -51,6 +74,10 @@ async def serve(
                 await asyncio.wait_for(stop.wait(), min(5.0, heartbeat_timeout / 3))
     finally:
         await server.stop(5.0)
-        service.close()
+        if page is not None:
+            page.stop()
+        operators.close()
+        operators.reader.close()
+        mesh.close()
         registry.close()
         emit(log, "colony.stopped", colony_id=identity.colony_id)

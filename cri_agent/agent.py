@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Protocol
 
 from cri_agent import __version__
@@ -30,10 +30,20 @@ from cri_agent.discovery.rules import DiscoveryRules
 from cri_agent.errors import CacheError, CoralError
 from cri_agent.health import HealthChecker, aggregate
 from cri_agent.logs import emit, emit_discovery
-from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, NodeSnapshot, PodRecord
+from cri_agent.model import (
+    DiscoveryEvent,
+    EventKind,
+    Health,
+    HealthState,
+    NodeSnapshot,
+    PodRecord,
+    Provenance,
+    ServiceInfo,
+    ServiceKey,
+)
 from cri_agent.providers.cri import CriClient, RuntimeEvent, RuntimeVersion
 from cri_agent.providers.proc import ProcError, ProcFS
-from cri_agent.sync import ColonySync, ColonyTarget
+from cri_agent.sync import ColonySync, ColonyTarget, OnState, event_to_wire
 
 log = logging.getLogger("cri_agent.agent")
 
@@ -73,7 +83,7 @@ class NodeAgent:
         )
         self.proc: Enricher = proc or ProcFS(settings.discovery.proc_root)
         self.cache = CacheWriter(settings.cache.path)
-        self.sync = _colony_sync(settings)
+        self.sync = _colony_sync(settings, on_state=self._colony_state)
         self.health = HealthChecker(
             report=self._report_health,
             timeout=settings.discovery.health_timeout,
@@ -199,6 +209,7 @@ class NodeAgent:
             await self._condition("proc", ok=True, reason="readable")
         snapshot = NodeSnapshot(node_name=self.node_name, pods=tuple(pods), taken_at=self.clock())
         result = reconcile(self.known, snapshot, self.rules)
+        previous = self.known.services
         try:
             await self._persist(result, touch=touch)
         except CacheError as exc:
@@ -211,8 +222,13 @@ class NodeAgent:
         self.passes += 1
         await self._condition("cache", ok=True, reason="writable")
         for event in result.events:
-            service = result.services.get(event.key) if event.key else None
-            emit_discovery(log, event, provenance=service.provenance.value if service else "")
+            provenance = _provenance(event, result.services, previous)
+            emit_discovery(log, event, provenance=provenance.value if provenance else "")
+        if self.sync is not None:
+            self.sync.add_events(
+                event_to_wire(e, at=snapshot.taken_at, provenance=_provenance(e, result.services, previous))
+                for e in result.events
+            )
         if result.events or touch:
             emit(
                 log,
@@ -242,7 +258,7 @@ class NodeAgent:
     async def _report_health(self, results: list[Health], changes: list[Health]) -> None:
         summary = aggregate(self.health.health)
         if self.sync is not None:
-            self.sync.health = summary
+            self.sync.set_health(self.agent_health(summary))
             if changes:
                 self.sync.set_services(self.known.services, self.health.health)
         with contextlib.suppress(CacheError):
@@ -282,11 +298,27 @@ class NodeAgent:
         emit(log, "runtime.connected", runtime=reason)
         await self._condition("runtime", ok=True, reason=reason)
 
+    async def _colony_state(self, connected: bool, reason: str) -> None:
+        await self._condition("colony", ok=connected, reason=reason)
+
+    def agent_health(self, services: str | None = None) -> str:
+        """What heartbeats say: unhealthy without the runtime (discovery is blind), degraded when
+        another condition fails or some services are unhealthy, else the services' aggregate."""
+        services = services or aggregate(self.health.health)
+        if not self._conditions.get("runtime", (True, ""))[0]:
+            return "unhealthy"
+        local = all(ok for name, (ok, _) in self._conditions.items() if name != "colony")
+        if not local and services == "healthy":
+            return "degraded"
+        return services
+
     async def _condition(self, name: str, *, ok: bool, reason: str) -> None:
         """Record a named health condition (shown by `coral agent status`) on change."""
         if self._conditions.get(name) == (ok, reason):
             return
         self._conditions[name] = (ok, reason)
+        if self.sync is not None:
+            self.sync.set_health(self.agent_health())
         now = self.clock()
         with contextlib.suppress(CacheError):
             await self.cache.call(lambda c: c.set_condition(name, ok=ok, reason=reason, now=now))
@@ -296,7 +328,14 @@ class NodeAgent:
         return all(ok for ok, _ in self._conditions.values())
 
 
-def _colony_sync(settings: Settings) -> ColonySync | None:
+def _provenance(
+    event: DiscoveryEvent, now: Mapping[ServiceKey, ServiceInfo], before: Mapping[ServiceKey, ServiceInfo]
+) -> Provenance | None:
+    service = (now.get(event.key) or before.get(event.key)) if event.key else None
+    return service.provenance if service else None
+
+
+def _colony_sync(settings: Settings, *, on_state: OnState) -> ColonySync | None:
     colony = settings.colony
     if not colony.address:
         return None
@@ -312,5 +351,6 @@ def _colony_sync(settings: Settings) -> ColonySync | None:
             heartbeat_interval_s=colony.heartbeat_interval,
             timeout_s=colony.timeout,
             ca_pem=colony.ca_pem(),
-        )
+        ),
+        on_state=on_state,
     )

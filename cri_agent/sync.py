@@ -10,6 +10,12 @@ colony is unreachable the agent keeps discovering and retries with backoff
 and jitter; on reconnect it sends exactly the net change. When the colony
 answers ``resync_required`` (a gap, or it lost its registry) the agent
 registers in full again. The secret is sent, never logged.
+
+Discovery events ride inside the sequenced deltas (so a replay never
+duplicates them in the colony's audit log); while the colony is away they
+wait in a bounded queue, and a delta the colony refused puts them back.
+The agent's own health aggregate goes in heartbeats, and a change of it
+is sent at once rather than at the next heartbeat.
 """
 
 from __future__ import annotations
@@ -17,7 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +34,7 @@ import grpc.aio
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from cri_agent.backoff import Backoff
 from cri_agent.logs import emit
-from cri_agent.model import Health, Provenance, ServiceInfo, ServiceKey
+from cri_agent.model import DiscoveryEvent, Health, Provenance, ServiceInfo, ServiceKey
 
 log = logging.getLogger("cri_agent.sync")
 
@@ -38,6 +45,8 @@ _PROVENANCE = {
 }
 
 Wire = dict[ServiceKey, bytes]  # key -> serialized ServiceInfo, compared to find changes
+OnState = Callable[[bool, str], Awaitable[None]]  # (connected, reason): the agent's `colony` condition
+MAX_QUEUED_EVENTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +72,7 @@ class _Delta:
     upserts: tuple[bytes, ...]
     removed: tuple[ServiceKey, ...]
     snapshot: Wire  # desired state this delta brings the colony to
+    events: tuple[bytes, ...] = ()
 
 
 def to_wire(service: ServiceInfo, health: Health | None, node_labels: Mapping[str, str]) -> Any:
@@ -88,14 +98,36 @@ def to_wire(service: ServiceInfo, health: Health | None, node_labels: Mapping[st
     if health is not None:
         info.health.state = health.state.value
         info.health.last_error = health.last_error
+        info.health.latency_ms = health.latency_ms or 0.0
         info.health.since_unix_ms = int(health.since * 1000)
     return info
 
 
+def event_to_wire(event: DiscoveryEvent, *, at: float, provenance: Provenance | None) -> Any:
+    return mesh_pb2.DiscoveryEvent(
+        time_unix_ms=int(at * 1000),
+        kind=event.kind.value,
+        namespace=event.namespace,
+        pod_name=event.pod_name,
+        pod_uid=event.pod_uid or "",
+        service_key=event.key or "",
+        service_name=event.service,
+        provenance=_PROVENANCE[provenance] if provenance else mesh_pb2.SERVICE_PROVENANCE_UNKNOWN,
+        reason=event.reason,
+        fields=list(event.fields),
+    )
+
+
 class ColonySync:
-    def __init__(self, target: ColonyTarget, *, backoff: Backoff | None = None) -> None:
+    def __init__(
+        self, target: ColonyTarget, *, backoff: Backoff | None = None, on_state: OnState | None = None
+    ) -> None:
         self.target = target
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
+        self.on_state = on_state
+        self._events: deque[bytes] = deque()
+        self.events_dropped = 0
+        self._health_sent = ""
         self._desired: Wire = {}
         self._acked: Wire | None = None  # None: not registered in this session
         self._session = ""
@@ -115,9 +147,30 @@ class ColonySync:
         }
         self._changed.set()
 
+    def add_events(self, events: Iterable[Any]) -> None:
+        """Queue mesh.v1 DiscoveryEvents for the colony's audit log (oldest dropped past the bound)."""
+        for event in events:
+            if len(self._events) >= MAX_QUEUED_EVENTS:
+                self._events.popleft()
+                self.events_dropped += 1
+                if self.events_dropped == 1:
+                    emit(log, "colony.events_dropped", level=logging.WARNING, bound=MAX_QUEUED_EVENTS)
+            self._events.append(event.SerializeToString(deterministic=True))
+        self._changed.set()
+
+    def set_health(self, health: str) -> None:
+        """The agent's aggregate; a change is sent in a heartbeat at once."""
+        if health != self.health:
+            self.health = health
+            self._changed.set()
+
+    @property
+    def queued_events(self) -> int:
+        return len(self._events)
+
     @property
     def in_sync(self) -> bool:
-        return self._acked == self._desired and self._pending is None
+        return self._acked == self._desired and self._pending is None and not self._events
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -134,6 +187,7 @@ class ColonySync:
                     reason = self._reason(exc)
                     if self.connected or reason != last_error:
                         emit(log, "colony.unreachable", level=logging.WARNING, reason=reason)
+                        await self._state(False, reason)
                     self.connected, last_error = False, reason
             # Always wait the backoff: new changes must not turn retries into a hot loop.
             await asyncio.sleep(self.backoff.next())
@@ -159,14 +213,25 @@ class ColonySync:
         while True:
             if self._acked is None:
                 await self._register(stub)
-            elif self._pending is not None or self._acked != self._desired:
+            elif self._pending is not None or self._acked != self._desired or self._events:
                 await self._send_delta(stub)
+            elif self.health != self._health_sent:
+                await self._heartbeat(stub)
             else:
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._changed.wait(), self.target.heartbeat_interval_s)
                 if not self._changed.is_set():
                     await self._heartbeat(stub)
+
+    async def _state(self, connected: bool, reason: str) -> None:
+        if self.on_state is not None:
+            await self.on_state(connected, reason)
+
+    def _requeue(self, delta: _Delta | None) -> None:
+        """Events of a delta the colony did not apply go back to the front of the queue."""
+        if delta is not None and delta.events:
+            self._events.extendleft(reversed(delta.events))
 
     async def _register(self, stub: Any) -> None:
         snapshot = dict(self._desired)
@@ -180,11 +245,19 @@ class ColonySync:
             services=[mesh_pb2.ServiceInfo.FromString(data) for data in snapshot.values()],
         )
         response = await stub.Register(request, timeout=self.target.timeout_s)
+        self._requeue(self._pending)
         self._session, self._sequence, self._pending = response.session_token, 0, None
         self._acked = snapshot
+        self._health_sent = ""  # the new session starts at "unknown": send ours
         self.connected = True
         self.backoff.reset()
-        emit(log, "colony.registered", services=len(snapshot), refused=len(response.refused_keys))
+        refused = len(response.refused_keys)
+        emit(log, "colony.registered", services=len(snapshot), refused=refused)
+        await self._state(
+            True,
+            f"registered with colony {self.target.colony_id} at {self.target.address}: {len(snapshot)} service(s)"
+            + (f", {refused} refused: another agent owns them" if refused else ""),
+        )
 
     async def _send_delta(self, stub: Any) -> None:
         if self._pending is None:
@@ -195,7 +268,9 @@ class ColonySync:
                 upserts=tuple(data for key, data in desired.items() if self._acked.get(key) != data),
                 removed=tuple(key for key in self._acked if key not in desired),
                 snapshot=desired,
+                events=tuple(self._events),
             )
+            self._events.clear()
         delta = self._pending
         response = await stub.UpdateServices(
             mesh_pb2.UpdateServicesRequest(
@@ -204,26 +279,31 @@ class ColonySync:
                 sequence=delta.sequence,
                 upserts=[mesh_pb2.ServiceInfo.FromString(data) for data in delta.upserts],
                 removed_keys=list(delta.removed),
+                events=[mesh_pb2.DiscoveryEvent.FromString(data) for data in delta.events],
             ),
             timeout=self.target.timeout_s,
         )
         if response.resync_required:
-            self._acked = None  # register the full set again
+            self._acked = None  # register the full set again; the events wait for the new session
+            self._requeue(delta)
+            self._pending = None
             return
         self._sequence, self._acked, self._pending = delta.sequence, delta.snapshot, None
         self.connected = True
         self.backoff.reset()
 
     async def _heartbeat(self, stub: Any) -> None:
+        health = self.health
         response = await stub.Heartbeat(
             mesh_pb2.HeartbeatRequest(
                 agent_id=self.target.agent_id,
                 session_token=self._session,
-                health=self.health,
+                health=health,
                 sequence=self._sequence,
             ),
             timeout=self.target.timeout_s,
         )
+        self._health_sent = health
         if response.resync_required:
             emit(log, "colony.resync", reason="the colony does not know this agent: registering in full")
             self._acked = None

@@ -169,7 +169,7 @@ def test_stop_drains_and_persists_the_last_pass(tmp_path: Path) -> None:
 
 
 def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp_path: Path) -> None:
-    async def scenario() -> tuple[dict[str, str], dict[str, str]]:
+    async def scenario() -> tuple[dict[str, str], dict[str, str], list[tuple[str, str, str, str]]]:
         colony = Colony(tmp_path / "colony.db")
         await colony.start()
         runtime = ScriptedRuntime()
@@ -192,9 +192,29 @@ def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp
         runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STOPPED_EVENT"))
         await until(lambda: len(colony.keys()) == 1, within=10)
         second = {r["pod_name"]: r["provenance"] for r in colony.registry.services()}  # type: ignore[union-attr]
+        registry = colony.registry
+        assert registry is not None
+        await until(lambda: len(registry.audit.query(kind="discovery")) == 3, within=5)
+        events = [
+            (r["action"], r["pod_name"], r["node_name"], r["provenance"])
+            for r in registry.audit.query(kind="discovery")
+        ]
+        runtime.down = True  # discovery is blind: the agent must not claim to be healthy
+        runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STOPPED_EVENT"))
+        await until(lambda: registry.agents()[0]["health"] == "unhealthy", within=5)
         stop.set()
         await task
         await colony.stop()
-        return first, second
+        return first, second, events
 
-    assert asyncio.run(scenario()) == ({"a": "node-a", "b": "node-a"}, {"b": "discovered"})
+    first, second, events = asyncio.run(scenario())
+    assert (first, second) == ({"a": "node-a", "b": "node-a"}, {"b": "discovered"})
+    assert events == [
+        ("added", "a", "node-a", "discovered"),
+        ("added", "b", "node-a", "discovered"),
+        ("removed", "a", "node-a", "discovered"),
+    ]
+    colony_condition = next(
+        c for c in Cache(tmp_path / "agent.db", read_only=True).conditions() if c["name"] == "colony"
+    )
+    assert colony_condition["ok"] and colony_condition["reason"].startswith("registered with colony c1")

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import sqlite3
 import stat
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +16,7 @@ from cri_agent.backoff import Backoff
 from cri_agent.cli import main
 from cri_agent.model import ServiceKey
 from cri_agent.sync import ColonySync, ColonyTarget
+from integration.harness.colony import ColonyProcess
 from tests.colony import logged
 from tests.test_sync import svc
 
@@ -47,35 +44,10 @@ def test_init_writes_the_identity_with_private_files_and_refuses_to_overwrite(
 def colony(tmp_path: Path) -> Iterator[tuple[Path, int]]:
     directory = tmp_path / "colony"
     init(directory)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cri_agent.cli",
-            "colony",
-            "start",
-            "--dir",
-            str(directory),
-            "--listen",
-            f"127.0.0.1:{port}",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        with socket.socket() as client:
-            if client.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield directory, port
-    process.terminate()
-    _, errors = process.communicate(timeout=10)
-    assert process.returncode == 0, errors
-    assert (directory / "colony-secret").read_text().strip() not in errors
+    process = ColonyProcess(directory, colony_id="prod").start()
+    yield directory, process.port
+    assert process.stop() == 0, process.log()
+    assert (directory / "colony-secret").read_text().strip() not in process.log()
 
 
 @dataclass(slots=True)
@@ -119,6 +91,8 @@ def run_for(sync: ColonySync, seconds: float) -> None:
 
 
 def registered(directory: Path) -> list[str]:
+    if not (directory / "colony.db").exists():
+        return []
     with sqlite3.connect(f"file:{directory / 'colony.db'}?mode=ro", uri=True) as db:
         return [row[0] for row in db.execute("SELECT key FROM services")]
 

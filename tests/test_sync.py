@@ -5,14 +5,15 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from cri_agent.backoff import Backoff
-from cri_agent.model import Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
-from cri_agent.sync import ColonySync, ColonyTarget
+from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
+from cri_agent.sync import ColonySync, ColonyTarget, event_to_wire
 from tests.colony import SECRET, Colony, logged
 
 
@@ -142,3 +143,58 @@ def test_the_secret_never_reaches_a_log_line(tmp_path: Path, caplog: pytest.LogC
 
     shown = run(tmp_path, scenario)
     assert SECRET not in logged(caplog) + shown and "colony.registered" in logged(caplog)
+
+
+def added(n: int) -> Any:
+    event = DiscoveryEvent(EventKind.ADDED, "shop", f"web-{n}", PodUID(f"uid-{n}"), svc(n).key, f"web-{n}")
+    return event_to_wire(event, at=100.0 + n, provenance=Provenance.DISCOVERED)
+
+
+def audited(colony: Colony) -> list[str]:
+    assert colony.registry is not None
+    return [r["service_name"] for r in colony.registry.audit.query(kind="discovery")]
+
+
+def test_discovery_events_reach_the_audit_log_once_even_across_an_outage(tmp_path: Path) -> None:
+    async def scenario(colony: Colony, sync: ColonySync) -> list[str]:
+        sync.set_services({svc(1).key: svc(1)}, {})
+        sync.add_events([added(1)])
+        await until(lambda: sync.in_sync and audited(colony) == ["web-1"])
+        await colony.stop()
+        sync.set_services({s.key: s for s in (svc(1), svc(2))}, {})
+        sync.add_events([added(2), added(3)])
+        await asyncio.sleep(0.3)
+        await colony.start()
+        await until(lambda: sync.in_sync and sync.connected)
+        return audited(colony)
+
+    assert run(tmp_path, scenario) == ["web-1", "web-2", "web-3"]
+
+
+def test_events_of_a_refused_delta_wait_for_the_next_session(tmp_path: Path) -> None:
+    async def scenario(colony: Colony, sync: ColonySync) -> list[str]:
+        sync.set_services({svc(1).key: svc(1)}, {})
+        await until(lambda: sync.in_sync)
+        await colony.stop()
+        colony.path.unlink()  # the colony forgets the session: the delta carrying the events is refused
+        await colony.start()
+        sync.add_events([added(4)])
+        await until(lambda: sync.in_sync and audited(colony) == ["web-4"])
+        return audited(colony)
+
+    assert run(tmp_path, scenario) == ["web-4"]
+
+
+def test_a_change_of_the_agents_health_is_sent_at_once(tmp_path: Path) -> None:
+    async def scenario(colony: Colony, sync: ColonySync) -> str:
+        sync.target = replace(sync.target, heartbeat_interval_s=30.0)  # only a change can explain a fast update
+        sync.set_services({svc(1).key: svc(1)}, {})
+        sync.set_health("healthy")
+        await until(lambda: sync.in_sync)
+        sync.set_health("degraded")
+        assert colony.registry is not None
+        registry = colony.registry
+        await until(lambda: registry.agents()[0]["health"] == "degraded", within=2.0)
+        return str(registry.agents()[0]["health"])
+
+    assert run(tmp_path, scenario) == "degraded"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from cri_agent.cache import Cache
+from cri_agent.cli.tables import age, print_table
 from cri_agent.config import DEFAULT_CACHE
 
 
@@ -58,7 +58,7 @@ def services_command(args: argparse.Namespace) -> int:
                 r["provenance"],
                 r["health"],
                 r["pod_ip"] or "-",
-                _age(r["first_seen"]),
+                age(r["first_seen"]),
             ]
             for r in rows
         ],
@@ -106,29 +106,10 @@ def status_command(args: argparse.Namespace) -> int:
         )
         print_table(
             ["CONDITION", "OK", "SINCE", "REASON"],
-            [[c["name"], "yes" if c["ok"] else "NO", _age(c["since"]), c["reason"]] for c in conditions],
+            [[c["name"], "yes" if c["ok"] else "NO", age(c["since"]), c["reason"]] for c in conditions],
         )
     return 0 if healthy else 1
 
 
 def _event_dict(event: Any) -> dict[str, Any]:
     return {slot: getattr(event, slot) for slot in event.__slots__}
-
-
-def _age(since: float | None) -> str:
-    if not since:
-        return "-"
-    seconds = int(time.time() - since)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds // size}{unit}"
-    return f"{max(seconds, 0)}s"
-
-
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    """Columns aligned like kubectl's: two spaces between, headers upper-case."""
-    widths = [len(h) for h in headers]
-    for row in rows:
-        widths = [max(w, len(str(cell))) for w, cell in zip(widths, row, strict=True)]
-    for row in [list(headers), *rows]:
-        print("  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -343,6 +343,7 @@ class UpdateServicesRequest(_message.Message):
     SEQUENCE_FIELD_NUMBER: _builtins.int
     UPSERTS_FIELD_NUMBER: _builtins.int
     REMOVED_KEYS_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     session_token: _builtins.str
     sequence: _builtins.int
@@ -350,6 +351,12 @@ class UpdateServicesRequest(_message.Message):
     def upserts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceInfo]: ...
     @_builtins.property
     def removed_keys(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___DiscoveryEvent]:
+        """Discovery decisions since the last delta, for the colony's audit log.
+        They travel inside the sequenced delta, so a replay never duplicates them.
+        """
+
     def __init__(
         self,
         *,
@@ -358,14 +365,63 @@ class UpdateServicesRequest(_message.Message):
         sequence: _builtins.int = ...,
         upserts: _abc.Iterable[Global___ServiceInfo] | None = ...,
         removed_keys: _abc.Iterable[_builtins.str] | None = ...,
+        events: _abc.Iterable[Global___DiscoveryEvent] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "removed_keys", b"removed_keys", "sequence", b"sequence", "session_token", b"session_token", "upserts", b"upserts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "events", b"events", "removed_keys", b"removed_keys", "sequence", b"sequence", "session_token", b"session_token", "upserts", b"upserts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UpdateServicesRequest: _TypeAlias = UpdateServicesRequest  # noqa: Y015
+
+@_typing.final
+class DiscoveryEvent(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
+    POD_NAME_FIELD_NUMBER: _builtins.int
+    POD_UID_FIELD_NUMBER: _builtins.int
+    SERVICE_KEY_FIELD_NUMBER: _builtins.int
+    SERVICE_NAME_FIELD_NUMBER: _builtins.int
+    PROVENANCE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    FIELDS_FIELD_NUMBER: _builtins.int
+    time_unix_ms: _builtins.int
+    kind: _builtins.str
+    """added / updated / removed / skipped / error"""
+    namespace: _builtins.str
+    pod_name: _builtins.str
+    pod_uid: _builtins.str
+    service_key: _builtins.str
+    service_name: _builtins.str
+    provenance: Global___ServiceProvenance.ValueType
+    reason: _builtins.str
+    @_builtins.property
+    def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        time_unix_ms: _builtins.int = ...,
+        kind: _builtins.str = ...,
+        namespace: _builtins.str = ...,
+        pod_name: _builtins.str = ...,
+        pod_uid: _builtins.str = ...,
+        service_key: _builtins.str = ...,
+        service_name: _builtins.str = ...,
+        provenance: Global___ServiceProvenance.ValueType = ...,
+        reason: _builtins.str = ...,
+        fields: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "kind", b"kind", "namespace", b"namespace", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "provenance", b"provenance", "reason", b"reason", "service_key", b"service_key", "service_name", b"service_name", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DiscoveryEvent: _TypeAlias = DiscoveryEvent  # noqa: Y015
 
 @_typing.final
 class UpdateServicesResponse(_message.Message):

@@ -1,0 +1,135 @@
+"""The operator's client of the colony API, with errors that say what to do.
+
+Connection settings come from flags, else the environment:
+``CORAL_COLONY`` (host:port), ``CORAL_COLONY_CA`` (the colony's ca.crt)
+and ``CORAL_TOKEN`` (or ``CORAL_TOKEN_FILE``). The token is sent as gRPC
+metadata over TLS and never printed.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from cri_agent._proto.coral.colony.v1 import colony_pb2, colony_pb2_grpc
+from cri_agent._proto.coral.mesh.v1 import mesh_pb2
+from cri_agent.errors import CoralError
+
+DEFAULT_ADDRESS = "127.0.0.1:9000"
+_T = TypeVar("_T")
+
+
+class ColonyCallError(CoralError):
+    """The colony refused or could not be reached; the message says what to do."""
+
+    def __init__(self, message: str, *, transient: bool) -> None:
+        super().__init__(message)
+        self.transient = transient
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorTarget:
+    address: str
+    ca_file: Path | None
+    token: str
+
+    def __repr__(self) -> str:
+        return f"OperatorTarget(address={self.address!r}, ca_file={self.ca_file!r})"
+
+    @classmethod
+    def resolve(
+        cls, *, address: str | None, ca_file: Path | None, token: str | None, token_file: Path | None
+    ) -> OperatorTarget:
+        env = os.environ
+        ca = ca_file or (Path(env["CORAL_COLONY_CA"]) if env.get("CORAL_COLONY_CA") else None)
+        if ca is None:
+            raise ColonyCallError(
+                "which CA signs the colony's certificate? pass --ca DIR/ca.crt or set CORAL_COLONY_CA "
+                "(the ca.crt `coral colony init` wrote)",
+                transient=False,
+            )
+        secret = token or env.get("CORAL_TOKEN", "")
+        path = token_file or (Path(env["CORAL_TOKEN_FILE"]) if env.get("CORAL_TOKEN_FILE") else None)
+        if not secret and path is not None:
+            try:
+                secret = path.read_text().strip()
+            except OSError as exc:
+                raise ColonyCallError(f"cannot read the token file {path}: {exc.strerror}", transient=False) from None
+        return cls(address=address or env.get("CORAL_COLONY") or DEFAULT_ADDRESS, ca_file=ca, token=secret)
+
+
+class ColonyClient:
+    def __init__(self, target: OperatorTarget, *, timeout: float = 10.0) -> None:
+        self.target = target
+        self.timeout = timeout
+        assert target.ca_file is not None
+        try:
+            ca = target.ca_file.read_bytes()
+        except OSError as exc:
+            raise ColonyCallError(
+                f"cannot read the colony CA {target.ca_file}: {exc.strerror}", transient=False
+            ) from None
+        self._channel = grpc.secure_channel(target.address, grpc.ssl_channel_credentials(root_certificates=ca))
+        self._stub = colony_pb2_grpc.ColonyStub(self._channel)
+        self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else ()
+
+    def __enter__(self) -> ColonyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._channel.close()
+
+    def _call(self, method: Callable[..., _T], request: Any) -> _T:
+        try:
+            return method(request, timeout=self.timeout, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise self._explain(exc) from None
+
+    def _explain(self, exc: grpc.RpcError) -> ColonyCallError:
+        code: grpc.StatusCode = exc.code()
+        details: str = exc.details() or ""
+        address = self.target.address
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return ColonyCallError(f"the colony at {address} refused: {details}", transient=False)
+        if code == grpc.StatusCode.UNAVAILABLE:
+            lowered = details.lower()
+            if any(word in lowered for word in ("handshake", "certificate", "ssl", "tls")):
+                return ColonyCallError(
+                    f"TLS handshake with the colony at {address} failed: is {self.target.ca_file} the colony's "
+                    f"ca.crt and {address.rsplit(':', 1)[0]} a name its certificate carries "
+                    f"(coral colony init --host)? ({details})",
+                    transient=False,
+                )
+            return ColonyCallError(
+                f"the colony at {address} is unreachable: is `coral colony start` running there? ({details})",
+                transient=True,
+            )
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return ColonyCallError(f"the colony at {address} did not answer within {self.timeout:g}s", transient=True)
+        return ColonyCallError(f"the colony at {address} failed: {code.name}: {details}", transient=False)
+
+    def whoami(self) -> Any:
+        return self._call(self._stub.WhoAmI, colony_pb2.WhoAmIRequest())
+
+    def agents(self, *, node: str = "") -> Any:
+        return self._call(self._stub.ListAgents, colony_pb2.ListAgentsRequest(node=node))
+
+    def services(
+        self,
+        *,
+        node: str = "",
+        namespace: str = "",
+        provenance: mesh_pb2.ServiceProvenance.ValueType = mesh_pb2.SERVICE_PROVENANCE_UNKNOWN,
+        name: str = "",
+    ) -> Any:
+        request = colony_pb2.ListServicesRequest(node=node, namespace=namespace, provenance=provenance, name=name)
+        return self._call(self._stub.ListServices, request)
+
+    def audit(self, *, since_unix_ms: int = 0, node: str = "", kind: str = "", limit: int = 0) -> Any:
+        request = colony_pb2.QueryAuditRequest(since_unix_ms=since_unix_ms, node=node, kind=kind, limit=limit)
+        return self._call(self._stub.QueryAudit, request)

@@ -1,0 +1,1 @@
+"""The colony's read-only status page: agents, their services, provenance, staleness."""

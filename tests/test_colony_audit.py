@@ -1,0 +1,105 @@
+"""The colony's audit log: what the registry records, and that nobody can rewrite it."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from coral_colony.audit import AuditEntry
+from coral_colony.registry import AgentRecord, Registry, ServiceRecord
+
+
+def svc(key: str, **changes: object) -> ServiceRecord:
+    fields: dict[str, object] = {"namespace": "shop", "pod_name": "web-0", "node_name": "node-a"}
+    fields.update(changes)
+    return ServiceRecord(key=key, component_name=key.split("/")[-1], provenance="discovered", **fields)  # type: ignore[arg-type]
+
+
+def agent(agent_id: str) -> AgentRecord:
+    return AgentRecord(agent_id=agent_id, kind="node-agent", node_name=f"{agent_id}-node", version="0.1.0")
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Registry:
+    return Registry(tmp_path / "colony.db")
+
+
+def actions(registry: Registry, kind: str = "") -> list[tuple[str, str, str]]:
+    return [(r["action"], r["service_key"], r["detail"]) for r in registry.audit.query(kind=kind)]
+
+
+def test_registrations_and_deregistrations_are_audited_per_service(registry: Registry) -> None:
+    registry.register(agent("a"), [svc("shop/1/web"), svc("shop/2/api")], session="s", now=10.0)
+    registry.register(agent("a"), [svc("shop/1/web"), svc("shop/3/db")], session="s2", now=11.0)
+    registry.apply("a", sequence=1, upserts=[svc("shop/1/web", pod_ip="10.0.0.9")], removed=["shop/3/db"], now=12.0)
+    assert actions(registry) == [
+        ("service.registered", "shop/1/web", ""),
+        ("service.registered", "shop/2/api", ""),
+        ("agent.registered", "", "node-agent 0.1.0: 2 service(s)"),
+        ("service.registered", "shop/3/db", ""),  # an unchanged or updated service is not re-audited
+        ("service.deregistered", "shop/2/api", "not in its full set"),
+        ("agent.registered", "", "node-agent 0.1.0: 2 service(s)"),
+        ("service.deregistered", "shop/3/db", "removed by its agent"),
+    ]
+    row = registry.audit.query(kind="deregistration")[0]
+    assert (row["actor"], row["node_name"], row["namespace"], row["service_name"], row["provenance"]) == (
+        "a",
+        "node-a",
+        "shop",
+        "api",
+        "discovered",
+    )
+
+
+def test_refused_takeovers_are_audited_with_the_owner(registry: Registry) -> None:
+    registry.register(agent("a"), [svc("shop/1/web")], session="s", now=1.0)
+    registry.register(agent("b"), [svc("shop/1/web")], session="t", now=2.0)
+    registry.apply("b", sequence=1, upserts=[], removed=["shop/1/web"], now=3.0)
+    assert actions(registry, "auth") == [
+        ("service.refused", "shop/1/web", "owned by agent a"),
+        ("service.refused", "shop/1/web", "removal refused: owned by agent a"),
+    ]
+
+
+def test_discovery_events_reported_in_a_delta_are_audited_once(registry: Registry) -> None:
+    registry.register(agent("a"), [], session="s", now=1.0)
+    event = AuditEntry(time=1.5, kind="discovery", action="added", namespace="shop", service_name="web")
+    for _ in range(2):  # the same delta twice: a replay
+        registry.apply("a", sequence=1, upserts=[], removed=[], now=2.0, events=[event])
+    rows = registry.audit.query(kind="discovery")
+    assert [(r["action"], r["agent_id"], r["node_name"], r["actor"], r["time"]) for r in rows] == [
+        ("added", "a", "a-node", "a", 1.5)
+    ]
+
+
+def test_agent_state_changes_are_audited(registry: Registry) -> None:
+    registry.register(agent("a"), [svc("shop/1/web")], session="s", now=0.0)
+    registry.expire(now=100.0, heartbeat_timeout=45.0, ttl=1000.0)
+    registry.heartbeat("a", health="healthy", now=101.0)
+    registry.expire(now=2000.0, heartbeat_timeout=45.0, ttl=1000.0)
+    assert [(r["kind"], r["action"], r["actor"]) for r in registry.audit.query()][2:] == [
+        ("agent", "agent.unreachable", "colony"),
+        ("agent", "agent.reachable", "a"),
+        ("agent", "agent.unreachable", "colony"),
+        ("deregistration", "service.deregistered", "a"),
+        ("deregistration", "agent.deregistered", "colony"),
+    ]
+
+
+def test_the_audit_log_is_append_only(registry: Registry, tmp_path: Path) -> None:
+    registry.register(agent("a"), [svc("shop/1/web")], session="s", now=0.0)
+    db = sqlite3.connect(tmp_path / "colony.db")
+    for statement in ("UPDATE audit SET detail = 'forged'", "DELETE FROM audit"):
+        with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+            db.execute(statement)
+    assert len(registry.audit.query()) == 2
+
+
+def test_queries_filter_by_time_node_and_kind_and_keep_the_newest(registry: Registry) -> None:
+    registry.register(agent("a"), [svc("shop/1/web")], session="s", now=10.0)
+    registry.register(agent("b"), [svc("shop/2/web", node_name="b-node")], session="t", now=20.0)
+    assert {r["node_name"] for r in registry.audit.query(since=15.0)} == {"b-node"}
+    assert [r["action"] for r in registry.audit.query(node="a-node", kind="registration")] == ["agent.registered"]
+    assert [r["service_key"] for r in registry.audit.query(limit=2)] == ["shop/2/web", ""]

@@ -1,0 +1,144 @@
+"""`coral agents|services|audit` against a real colony process: tokens, grouping, filters, errors."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from coral_colony.identity import init_colony
+from cri_agent.backoff import Backoff
+from cri_agent.cli import main
+from cri_agent.model import Provenance, ServiceInfo
+from cri_agent.sync import ColonySync, ColonyTarget
+from integration.harness.colony import ColonyProcess, free_port
+from tests.test_sync import svc
+
+
+def publish(colony: ColonyProcess, agent_id: str, node: str, services: list[ServiceInfo]) -> None:
+    """Register ``services`` as a node agent would, then leave (no deregistration)."""
+
+    async def scenario() -> None:
+        sync = ColonySync(
+            ColonyTarget(
+                address=colony.address,
+                colony_id=colony.colony_id,
+                secret=colony.secret_file.read_text().strip(),
+                agent_id=agent_id,
+                node_name=node,
+                version="0.1.0",
+                node_labels={"topology.kubernetes.io/zone": node[-1]},
+                ca_pem=colony.ca.read_bytes(),
+            ),
+            backoff=Backoff(initial=0.05, maximum=0.2),
+        )
+        sync.set_services({s.key: replace(s, node_name=node) for s in services}, {})
+        task = asyncio.create_task(sync.run())
+        while not sync.in_sync:  # noqa: ASYNC110 - polling the sync's own state
+            await asyncio.sleep(0.02)
+        task.cancel()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+@pytest.fixture(scope="module")
+def colony(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColonyProcess]:
+    process = ColonyProcess(tmp_path_factory.mktemp("operator") / "colony").start()
+    publish(process, "agent-a", "node-a", [svc(1), replace(svc(2), provenance=Provenance.EXPLICIT)])
+    publish(process, "agent-b", "node-b", [replace(svc(3), namespace="billing")])
+    yield process
+    assert process.stop() == 0, process.log()
+
+
+@pytest.fixture(scope="module")
+def token(colony: ColonyProcess) -> str:
+    return colony.token("alice")
+
+
+def coral(colony: ColonyProcess, *args: str, token: str = "", ca: Path | None = None) -> list[str]:
+    flags = ["--colony", colony.address, "--ca", str(ca or colony.ca)] + (["--token", token] if token else [])
+    return [args[0], *flags, *args[1:]]
+
+
+def test_an_operator_without_a_token_is_refused_and_audited(
+    colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CORAL_TOKEN", raising=False)
+    assert main(coral(colony, "agents")) == 2
+    assert "no operator token: pass --token or set CORAL_TOKEN" in capsys.readouterr().err
+    assert main(coral(colony, "services", token="coral_forged")) == 2
+    assert "does not know this operator token" in capsys.readouterr().err
+    refusals = [r["detail"] for r in colony.audit("auth") if r["action"] == "operator.refused"]
+    assert any(d.startswith("no token from") for d in refusals)
+    assert any(d.startswith("unknown token from") for d in refusals)
+
+
+def test_agents_lists_both_nodes(colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(coral(colony, "agents", "-o", "json", token=token)) == 0
+    agents = json.loads(capsys.readouterr().out)
+    assert [(a["node_name"], a["agent_id"], a["kind"], a["state"], a["services"]) for a in agents] == [
+        ("node-a", "agent-a", "node-agent", "healthy", 2),
+        ("node-b", "agent-b", "node-agent", "healthy", 1),
+    ]
+    assert main(coral(colony, "agents", token=token)) == 0
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split()[:4] == ["NODE", "AGENT", "KIND", "STATE"] and rows[0].startswith("node-a  ")
+    assert header.index("AGENT") == rows[0].index("agent-a")  # aligned like kubectl
+
+
+def test_services_are_grouped_by_node_agent_and_filtered(
+    colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(coral(colony, "services", token=token)) == 0
+    out = capsys.readouterr().out
+    assert out.index("NODE node-a") < out.index("web-1") < out.index("NODE node-b") < out.index("web-3")
+    assert main(coral(colony, "services", "--provenance", "explicit", "-o", "json", token=token)) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert [(g["agent"]["node_name"], [s["info"]["component_name"] for s in g["services"]]) for g in groups] == [
+        ("node-a", ["web-2"])
+    ]
+    assert main(coral(colony, "services", "--node", "node-b", "-n", "billing", "-o", "wide", token=token)) == 0
+    out = capsys.readouterr().out
+    assert "web-3" in out and "web-1" not in out and "shop/uid-3/app/8080" in out and "POD IP" in out
+
+
+def test_audit_shows_registrations_with_node_and_provenance(
+    colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(coral(colony, "audit", "--kind", "registration", "--node", "node-a", "-o", "json", token=token)) == 0
+    entries = json.loads(capsys.readouterr().out)
+    assert [(e["action"], e["service_name"], e["provenance"]) for e in entries] == [
+        ("service.registered", "web-1", "discovered"),
+        ("service.registered", "web-2", "explicit"),
+        ("agent.registered", "", ""),
+    ]
+    assert main(coral(colony, "audit", "--since", "1h", token=token)) == 0
+    assert "service.registered" in capsys.readouterr().out
+
+
+def test_a_colony_signed_by_another_ca_is_refused_with_a_clear_error(
+    colony: ColonyProcess, token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = init_colony(tmp_path / "other", colony_id="other", hosts=["127.0.0.1"])
+    assert main(coral(colony, "agents", token=token, ca=other.ca_cert)) == 2
+    assert "TLS handshake with the colony" in capsys.readouterr().err
+
+
+def test_an_unreachable_colony_exits_1_and_says_so(
+    colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["agents", "--colony", f"127.0.0.1:{free_port()}", "--ca", str(colony.ca), "--token", token]
+    assert main(args) == 1
+    assert "is unreachable: is `coral colony start` running there?" in capsys.readouterr().err
+
+
+def test_a_missing_ca_is_a_configuration_error(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CORAL_COLONY_CA", raising=False)
+    assert main(["agents", "--token", "x"]) == 2
+    assert "pass --ca DIR/ca.crt or set CORAL_COLONY_CA" in capsys.readouterr().err
