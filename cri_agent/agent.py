@@ -352,5 +352,6 @@ def _colony_sync(settings: Settings, *, on_state: OnState) -> ColonySync | None:
             timeout_s=colony.timeout,
             ca_pem=colony.ca_pem(),
         ),
+        backoff=Backoff(initial=min(0.5, colony.max_backoff), maximum=colony.max_backoff),
         on_state=on_state,
     )

@@ -44,13 +44,13 @@ class _Model(BaseModel):
 
 
 class _Duration(_Model):
-    """Mixin: every field named *interval*/*timeout* accepts a duration string."""
+    """Mixin: every field named *interval*/*timeout*/*backoff* accepts a duration string."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _durations(cls, value: Any, info: Any) -> Any:
         name: str = info.field_name
-        if ("interval" in name.lower() or "timeout" in name.lower()) and isinstance(value, str):
+        if any(word in name.lower() for word in ("interval", "timeout", "backoff")) and isinstance(value, str):
             return parse_duration(value)
         return value
 
@@ -147,6 +147,7 @@ class ColonySettings(_Duration):
     secret: str = Field(default="", repr=False)  # prefer CORAL_COLONY__SECRET or secretFile
     secret_file: Path | None = None  # e.g. a mounted Kubernetes Secret
     heartbeat_interval: float = 15.0
+    max_backoff: float = Field(default=30.0, gt=0)  # longest wait between reconnect attempts
     timeout: float = 5.0
     ca_file: Path | None = None  # the colony's ca.crt, pinned
     insecure: bool = False  # plaintext gRPC: only for a lab colony without TLS
