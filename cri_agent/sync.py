@@ -207,6 +207,8 @@ class ColonySync:
                 f"TLS handshake with the colony at {self.target.address} failed: is colony.caFile the "
                 f"colony's ca.crt and the address one its certificate names? ({details})"
             )
+        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+            return f"the colony at {self.target.address} is unreachable; retrying ({details})"
         return f"{exc.code().name}: {details}"
 
     async def _serve(self, stub: Any) -> None:
@@ -255,8 +257,8 @@ class ColonySync:
         emit(log, "colony.registered", services=len(snapshot), refused=refused)
         await self._state(
             True,
-            f"registered with colony {self.target.colony_id} at {self.target.address}: {len(snapshot)} service(s)"
-            + (f", {refused} refused: another agent owns them" if refused else ""),
+            f"registered with colony {self.target.colony_id} at {self.target.address}"
+            + (f"; {refused} service(s) refused: another agent owns them" if refused else ""),
         )
 
     async def _send_delta(self, stub: Any) -> None:

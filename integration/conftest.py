@@ -20,7 +20,16 @@ from integration.harness.images import ImageSet, ensure_images
 from integration.harness.pods import PodFactory
 
 REPO = Path(__file__).resolve().parent.parent
-REQUIRED = ("containerd", "ctr", "runc", "ip", "/usr/lib/cni/bridge", "/usr/lib/cni/host-local", "/bin/busybox")
+REQUIRED = (
+    "containerd",
+    "ctr",
+    "runc",
+    "ip",
+    "/usr/lib/cni/bridge",
+    "/usr/lib/cni/host-local",
+    "/bin/busybox",
+    "chromium",
+)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

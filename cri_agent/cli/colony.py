@@ -63,6 +63,8 @@ def register(commands: Any) -> None:
         command.add_argument("--dir", type=Path, required=True, help="the colony directory")
         if name != "list":
             command.add_argument("name")
+        if name == "create":
+            command.add_argument("--quiet", "-q", action="store_true", help="print only the token (for scripts)")
         command.set_defaults(handler=handler)
 
 
@@ -103,6 +105,9 @@ def start_command(args: argparse.Namespace) -> int:
 def token_create(args: argparse.Namespace) -> int:
     load_colony(args.dir)  # a colony directory, not a typo
     token = OperatorTokens(args.dir).create(args.name)
+    if args.quiet:
+        print(token)
+        return 0
     print(f"operator token for {args.name} (shown once; the colony keeps only its hash):")
     print(token)
     print()
