@@ -53,6 +53,9 @@ def service_record(info: Any, *, agent_id: str) -> ServiceRecord:
         overridden_fields=tuple(info.overridden_fields),
         health_state=info.health.state or "unknown",
         health_error=info.health.last_error,
+        health_latency_ms=info.health.latency_ms,
+        health_since=info.health.since_unix_ms / 1000,
+        health_interval_ms=info.health_interval_ms,
     )
 
 

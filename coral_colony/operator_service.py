@@ -85,6 +85,9 @@ def service_message(row: Mapping[str, Any]) -> Any:
     )
     info.health.state = row["health_state"]
     info.health.last_error = row["health_error"]
+    info.health.latency_ms = row.get("health_latency_ms") or 0.0
+    info.health.since_unix_ms = int((row.get("health_since") or 0.0) * 1000)
+    info.health_interval_ms = row.get("health_interval_ms") or 0
     return colony_pb2.Service(
         info=info,
         agent_id=row["agent_id"],

@@ -52,6 +52,9 @@ class ServiceRecord:
     overridden_fields: tuple[str, ...] = ()
     health_state: str = "unknown"
     health_error: str = ""
+    health_latency_ms: float = 0.0
+    health_since: float = 0.0  # when the state last changed (agent's clock)
+    health_interval_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +122,9 @@ class Registry:
                 "overridden_fields": str,
                 "health_state": str,
                 "health_error": str,
+                "health_latency_ms": float,
+                "health_since": float,
+                "health_interval_ms": int,
                 "stale": int,
                 "first_seen": float,
                 "last_seen": float,
@@ -344,7 +350,7 @@ class Registry:
             if s.key not in refused
         ]
         if rows:
-            self._t("services").upsert_all(rows, pk="key")
+            self._t("services").upsert_all(rows, pk="key", alter=True)  # alter: a colony.db of an older version
         entries = [
             _service_entry(s, "registration", "service.registered", agent_id=agent_id, now=now)
             for s in services
@@ -494,6 +500,9 @@ def _service_row(service: ServiceRecord, *, agent_id: str, first_seen: float, no
         "overridden_fields": json.dumps(list(service.overridden_fields)),
         "health_state": service.health_state,
         "health_error": service.health_error,
+        "health_latency_ms": service.health_latency_ms,
+        "health_since": service.health_since,
+        "health_interval_ms": service.health_interval_ms,
         "stale": 0,
         "first_seen": first_seen,
         "last_seen": now,

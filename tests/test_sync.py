@@ -119,13 +119,18 @@ def test_a_colony_restarted_with_an_empty_registry_gets_the_full_set_again(tmp_p
 
 def test_health_travels_with_the_services(tmp_path: Path) -> None:
     async def scenario(colony: Colony, sync: ColonySync) -> list[tuple[str, str]]:
-        health = Health(svc(1).key, HealthState.UNHEALTHY, since=1.0, last_error="HTTP 503 Service Unavailable")
+        health = Health(
+            svc(1).key, HealthState.UNHEALTHY, since=1.5, last_error="HTTP 503 Service Unavailable", latency_ms=12.5
+        )
         sync.set_services({svc(1).key: svc(1)}, {svc(1).key: health})
         await until(lambda: sync.in_sync and len(colony.keys()) == 1)
         assert colony.registry is not None
-        return [(r["health_state"], r["health_error"]) for r in colony.registry.services()]
+        return [
+            (r["health_state"], r["health_error"], r["health_latency_ms"], r["health_since"], r["health_interval_ms"])
+            for r in colony.registry.services()
+        ]
 
-    assert run(tmp_path, scenario) == [("unhealthy", "HTTP 503 Service Unavailable")]
+    assert run(tmp_path, scenario) == [("unhealthy", "HTTP 503 Service Unavailable", 12.5, 1.5, 10_000)]
 
 
 def test_the_secret_never_reaches_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

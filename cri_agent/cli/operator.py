@@ -121,7 +121,7 @@ def services_command(args: argparse.Namespace) -> int:
     wide = args.output == "wide"
     headers = ["NAMESPACE", "POD", "NAME", "PORT", "TYPE", "PROVENANCE", "HEALTH", "AGE"]
     if wide:
-        headers += ["CONTAINER", "POD IP", "OVERRIDDEN", "KEY"]
+        headers += ["HEALTH SINCE", "LATENCY", "LAST ERROR", "CONTAINER", "POD IP", "OVERRIDDEN", "KEY"]
     for index, group in enumerate(groups):
         agent = group.agent
         if index:
@@ -146,6 +146,9 @@ def services_command(args: argparse.Namespace) -> int:
             ]
             if wide:
                 row += [
+                    age(_ms(info.health.since_unix_ms)),
+                    f"{info.health.latency_ms:.1f}ms" if info.health.latency_ms else "-",
+                    info.health.last_error or "-",
                     info.container_name or "-",
                     info.pod_ip or "-",
                     ",".join(info.overridden_fields) or "-",
