@@ -118,7 +118,7 @@ def test_a_colony_restarted_with_an_empty_registry_gets_the_full_set_again(tmp_p
 
 
 def test_health_travels_with_the_services(tmp_path: Path) -> None:
-    async def scenario(colony: Colony, sync: ColonySync) -> list[tuple[str, str]]:
+    async def scenario(colony: Colony, sync: ColonySync) -> list[tuple[str, str, float, float, int]]:
         health = Health(
             svc(1).key, HealthState.UNHEALTHY, since=1.5, last_error="HTTP 503 Service Unavailable", latency_ms=12.5
         )
