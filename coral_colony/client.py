@@ -9,7 +9,7 @@ metadata over TLS and never printed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,6 +129,17 @@ class ColonyClient:
     ) -> Any:
         request = colony_pb2.ListServicesRequest(node=node, namespace=namespace, provenance=provenance, name=name)
         return self._call(self._stub.ListServices, request)
+
+    def run_operation(self, request: Any) -> Generator[Any, None, None]:
+        """Stream an operation's output; closing the iterator (Ctrl-C) cancels it on the node."""
+        call = self._stub.RunOperation(request, metadata=self._metadata)
+        try:
+            yield from call
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.CANCELLED:
+                raise self._explain(exc) from None
+        finally:
+            call.cancel()  # type: ignore[no-untyped-call]
 
     def audit(self, *, since_unix_ms: int = 0, node: str = "", kind: str = "", limit: int = 0) -> Any:
         request = colony_pb2.QueryAuditRequest(since_unix_ms=since_unix_ms, node=node, kind=kind, limit=limit)

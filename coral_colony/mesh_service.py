@@ -131,6 +131,10 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
         """Append audit entries through the writer thread."""
         await self.run_in_writer(lambda: self.registry.record(entries))
 
+    async def valid_session(self, agent_id: str, token: str) -> bool:
+        current = await self.run_in_writer(lambda: self.registry.session_of(agent_id))
+        return current is not None and hmac.compare_digest(current[0].encode(), token.encode())
+
     async def _check_session(self, agent_id: str, token: str, context: Any) -> bool:
         """False when the colony does not know the agent (it must register again)."""
         current = await self.run_in_writer(lambda: self.registry.session_of(agent_id))

@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -21,7 +22,9 @@ import grpc.aio
 
 from coral_colony.audit import AuditEntry
 from coral_colony.registry import Registry
+from coral_colony.router import AgentNotConnected, Router
 from coral_colony.tokens import OperatorTokens
+from cri_agent._proto.coral.agent.v1 import agent_pb2
 from cri_agent._proto.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2
 
@@ -105,12 +108,14 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         *,
         colony_id: str,
         record: Record,
+        router: Router,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.reader = reader
         self.tokens = tokens
         self.colony_id = colony_id
         self.record = record
+        self.router = router
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-reader")
 
@@ -184,8 +189,148 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             ]
         )
 
+    async def RunOperation(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        operator = await self._operator(context, "RunOperation")
+        started = self.clock()
+        parameters = {
+            "duration_s": request.duration_s,
+            "filter": request.filter,
+            "max_bytes": request.max_bytes,
+            "max_packets": request.max_packets,
+            "frequency_hz": request.frequency_hz,
+        }
+        if request.action not in ACTIONS:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"unknown action {request.action!r}: {', '.join(ACTIONS)}"
+            )
+        try:
+            target, agent_id, node = await self._read(
+                lambda: resolve_target(self.reader, request.target, node=request.node)
+            )
+        except LookupError as exc:
+            await self._audit_operation(
+                operator, request.action, agent_pb2.Target(), "", "", parameters, _refusal(str(exc)), started
+            )
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            raise  # unreachable: abort raises
+        forwarded = agent_pb2.OperationRequest(
+            request_id=uuid.uuid4().hex,
+            operator=operator,
+            action=request.action,
+            target=target,
+            duration_s=request.duration_s,
+            filter=request.filter,
+            max_bytes=request.max_bytes,
+            max_packets=request.max_packets,
+            frequency_hz=request.frequency_hz,
+        )
+        result: Any = None
+        yield colony_pb2.OperationOutput(target=target)
+        try:
+            async for message in self.router.run(agent_id, forwarded):
+                if message.WhichOneof("body") == "chunk":
+                    yield colony_pb2.OperationOutput(chunk=message.chunk)
+                else:
+                    result = message.result
+                    yield colony_pb2.OperationOutput(result=result)
+        except AgentNotConnected:
+            result = _refusal(
+                f"the agent of node {node} ({agent_id}) holds no control stream: is it running and registered?",
+                outcome="failed",
+            )
+            yield colony_pb2.OperationOutput(result=result)
+        finally:
+            if result is None:
+                result = agent_pb2.Result(outcome="cancelled", error="the operator cancelled")
+            await self._audit_operation(operator, request.action, target, agent_id, node, parameters, result, started)
+
+    async def _audit_operation(
+        self,
+        operator: str,
+        action: str,
+        target: Any,
+        agent_id: str,
+        node: str,
+        parameters: dict[str, object],
+        result: Any,
+        started: float,
+    ) -> None:
+        detail = {
+            "outcome": result.outcome,
+            "error": result.error,
+            "parameters": {k: v for k, v in parameters.items() if v},
+            "duration_s": round(result.duration_s or (self.clock() - started), 3),
+            "bytes": result.bytes,
+            "packets": result.packets,
+            "dropped": result.dropped,
+            "samples": result.samples,
+            "stopped_by": result.stopped_by,
+        }
+        entry = AuditEntry(
+            time=started,
+            kind="operation",
+            action=action,
+            actor=operator,
+            agent_id=agent_id,
+            node_name=node,
+            namespace=target.namespace,
+            pod_name=target.pod_name,
+            service_name=target.service_name,
+            service_key=target.service_key,
+            provenance=target.provenance,
+            detail=json.dumps(detail, sort_keys=True),
+        )
+        await asyncio.shield(self.record([entry]))
+
     def close(self) -> None:
         self._executor.shutdown(wait=True)
+
+
+ACTIONS = ("tap", "profile", "sample")
+
+
+def _refusal(error: str, *, outcome: str = "refused") -> Any:
+    return agent_pb2.Result(outcome=outcome, error=error)
+
+
+def resolve_target(reader: Registry, target: str, *, node: str = "") -> tuple[Any, str, str]:
+    """A service key, ``namespace/pod`` or a service name -> (target, owning agent, node).
+
+    With ``node``, a ``namespace/pod`` the registry does not list (its namespace
+    may be filtered out) goes to that node's agent, which decides.
+    """
+    rows = reader.services(key=target) if target.count("/") >= 2 else []
+    by_service = True
+    if not rows and target.count("/") == 1:
+        namespace, pod = target.split("/")
+        rows = reader.services(namespace=namespace, pod_name=pod)
+        by_service = False
+    if not rows and "/" not in target:
+        rows = reader.services(name_exact=target)
+    if not rows and node and target.count("/") == 1:
+        agents = [a for a in reader.agents(node=node) if a["kind"] == "node-agent"]
+        if not agents:
+            raise LookupError(f"no node agent on node {node!r} (coral agents lists them)")
+        namespace, pod = target.split("/")
+        return agent_pb2.Target(namespace=namespace, pod_name=pod), str(agents[0]["agent_id"]), node
+    if not rows:
+        raise LookupError(f"no service or pod {target!r} in the colony (coral services lists them)")
+    pods = sorted({(r["namespace"], r["pod_name"]) for r in rows})
+    if len(pods) > 1:
+        choices = ", ".join(f"{ns}/{pod}" for ns, pod in pods[:10])
+        raise LookupError(f"{target!r} matches {len(pods)} pods ({choices}): name one as namespace/pod")
+    row = rows[0]
+    if row["stale"]:
+        raise LookupError(f"{target!r} is stale: the agent of node {row['node_name']} is unreachable")
+    chosen = agent_pb2.Target(
+        namespace=row["namespace"],
+        pod_name=row["pod_name"],
+        pod_uid=row["pod_uid"],
+        service_key=row["key"] if by_service and len(rows) == 1 else "",
+        service_name=row["component_name"] if by_service else "",
+        provenance=row["provenance"] if by_service else "",
+    )
+    return chosen, str(row["agent_id"]), str(row["node_name"])
 
 
 _AUDIT_TEXT = (

@@ -311,6 +311,9 @@ class Registry:
         namespace: str = "",
         provenance: str = "",
         name: str = "",
+        key: str = "",
+        pod_name: str = "",
+        name_exact: str = "",
     ) -> list[dict[str, Any]]:
         """Services matching every filter given (``name``: a substring), by node, namespace, name."""
         where: list[str] = []
@@ -320,6 +323,9 @@ class Registry:
             ("node_name", node),
             ("namespace", namespace),
             ("provenance", provenance),
+            ("key", key),
+            ("pod_name", pod_name),
+            ("component_name", name_exact),
         ):
             if value:
                 where.append(f"{column} = ?")

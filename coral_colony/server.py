@@ -16,8 +16,10 @@ from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
 from coral_colony.operator_service import OperatorService
 from coral_colony.registry import Registry
+from coral_colony.router import Router
 from coral_colony.tokens import OperatorTokens
 from coral_colony.web.server import StatusPage
+from cri_agent._proto.coral.agent.v1 import agent_pb2_grpc
 from cri_agent._proto.coral.colony.v1 import colony_pb2_grpc
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2_grpc
 from cri_agent.logs import emit
@@ -41,12 +43,18 @@ async def serve(
 ) -> None:
     registry = Registry(database)
     mesh = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret())
+    router = Router(mesh.valid_session)
     operators = OperatorService(
-        Registry(database), OperatorTokens(identity.directory), colony_id=identity.colony_id, record=mesh.record
+        Registry(database),
+        OperatorTokens(identity.directory),
+        colony_id=identity.colony_id,
+        record=mesh.record,
+        router=router,
     )
     server = grpc.aio.server()
     mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
     colony_pb2_grpc.add_ColonyServicer_to_server(operators, server)
+    agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
     credentials = grpc.ssl_server_credentials([(identity.server_key.read_bytes(), identity.server_cert.read_bytes())])
     server.add_secure_port(listen, credentials)
     page = StatusPage(database, colony_id=identity.colony_id, listen=web_listen) if web_listen else None

@@ -19,12 +19,13 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from cri_agent import __version__
 from cri_agent.backoff import Backoff
 from cri_agent.cache import CacheWriter
 from cri_agent.config import Settings
+from cri_agent.control import ControlStream
 from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
 from cri_agent.errors import CacheError, CoralError
@@ -37,10 +38,13 @@ from cri_agent.model import (
     HealthState,
     NodeSnapshot,
     PodRecord,
+    PodUID,
     Provenance,
     ServiceInfo,
     ServiceKey,
 )
+from cri_agent.ops.guardrails import Guardrails
+from cri_agent.ops.runner import OperationRunner, PodView
 from cri_agent.providers.cri import CriClient, RuntimeEvent, RuntimeVersion
 from cri_agent.providers.proc import ProcError, ProcFS
 from cri_agent.sync import ColonySync, ColonyTarget, OnState, event_to_wire
@@ -90,7 +94,11 @@ class NodeAgent:
             max_in_flight=settings.discovery.health_concurrency,
         )
         self.clock = clock
+        self.operations = OperationRunner(
+            Guardrails(settings.ops), node_name=self.node_name, lookup=self._pod_view, record=self._record_operation
+        )
         self.known = KnownState(services={}, pods={})
+        self.pods: dict[PodUID, PodRecord] = {}  # the last snapshot, for control operations
         self.passes = 0
         self._wake = asyncio.Event()
         self._stopping = False
@@ -127,6 +135,8 @@ class NodeAgent:
         if self.sync is not None:
             self.sync.set_services(self.known.services, self.health.health)
             tasks.append(asyncio.create_task(self.sync.run(), name="colony-sync"))
+            control = ControlStream(self.sync, self.operations)
+            tasks.append(asyncio.create_task(control.run(), name="control"))
         stopped = asyncio.create_task(stop.wait())
         try:
             done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
@@ -141,7 +151,7 @@ class NodeAgent:
         self._stopping = True
         self._wake.set()
         for task in reversed(tasks):  # events and probes first, then let the current pass finish
-            if task.get_name() in ("runtime-events", "health", "colony-sync"):
+            if task.get_name() in ("runtime-events", "health", "colony-sync", "control"):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_GRACE_S)
@@ -216,6 +226,7 @@ class NodeAgent:
             await self._condition("cache", ok=False, reason=str(exc))
             return False  # known state unchanged: the same diff is retried
         self.known = KnownState(services=result.services, pods=result.pods)
+        self.pods = {pod.uid: pod for pod in pods}
         self.health.set_services(result.services)
         if self.sync is not None:
             self.sync.set_services(result.services, self.health.health)
@@ -276,6 +287,21 @@ class NodeAgent:
                 error=health.last_error,
                 ms=health.latency_ms,
             )
+
+    # -- control operations ------------------------------------------------------
+
+    def _pod_view(self, uid: PodUID, namespace: str, name: str) -> PodView | None:
+        pod = self.pods.get(uid) or next(
+            (p for p in self.pods.values() if (p.namespace, p.name) == (namespace, name)), None
+        )
+        if pod is None:
+            return None
+        decision = self.known.pods.get(pod.uid)
+        return PodView(record=pod, included=decision is not None and decision.included)
+
+    async def _record_operation(self, row: Mapping[str, Any]) -> None:
+        with contextlib.suppress(CacheError):
+            await self.cache.call(lambda c: c.record_operation(row))
 
     # -- conditions --------------------------------------------------------------
 

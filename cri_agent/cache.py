@@ -283,6 +283,14 @@ class Cache:
         if last is not None and last > rows:
             self.db.execute("DELETE FROM discovery_events WHERE id <= ?", [last - rows])
 
+    def record_operation(self, row: Mapping[str, Any]) -> None:
+        """One control operation, refused or not (append-only)."""
+        with self.db.conn:
+            _table(self.db, "operations").insert(dict(row))
+
+    def operations(self) -> list[dict[str, Any]]:
+        return list(_table(self.db, "operations").rows_where(order_by="id"))
+
     def record_health(self, results: Sequence[Health]) -> None:
         """Latest probe results; rows of services no longer registered are dropped."""
         with self.db.conn:

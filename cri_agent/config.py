@@ -44,13 +44,13 @@ class _Model(BaseModel):
 
 
 class _Duration(_Model):
-    """Mixin: every field named *interval*/*timeout*/*backoff* accepts a duration string."""
+    """Mixin: every field named *interval*/*timeout*/*backoff*/*duration* accepts a duration string."""
 
     @field_validator("*", mode="before")
     @classmethod
     def _durations(cls, value: Any, info: Any) -> Any:
         name: str = info.field_name
-        if any(word in name.lower() for word in ("interval", "timeout", "backoff")) and isinstance(value, str):
+        if isinstance(value, str) and any(w in name.lower() for w in ("interval", "timeout", "backoff", "duration")):
             return parse_duration(value)
         return value
 
@@ -178,6 +178,20 @@ class ColonySettings(_Duration):
             raise ConfigError(f"colony secret file {self.secret_file} cannot be read: {exc.strerror}") from None
 
 
+class OpsSettings(_Duration):
+    """Guardrails of control operations (tap, profile, sample); see docs/security.md."""
+
+    observe_only: bool = False  # refuse tap and profile; sample (flow counts, no payload) stays allowed
+    default_duration: float = Field(default=60.0, gt=0)  # used when the operator gives none
+    max_duration: float = Field(default=300.0, gt=0)  # hard cap: longer requests are refused
+    max_concurrent: int = Field(default=2, ge=1)  # per node; and always one per pod
+    rate_per_minute: int = Field(default=10, ge=1)  # per operator
+    max_bytes: int = Field(default=100 * 1024 * 1024, ge=1)
+    max_packets: int = Field(default=1_000_000, ge=1)
+    max_frequency_hz: int = Field(default=99, ge=1, le=999)
+    nice: int = Field(default=10, ge=0, le=19)  # capture and profiler processes run at this niceness
+
+
 class LogSettings(_Model):
     format: Literal["text", "json"] = "text"
     level: Literal["debug", "info", "warning", "error"] = "info"
@@ -202,6 +216,7 @@ class Settings(BaseSettings):
     services: list[ExplicitServiceEntry] = []
     cache: CacheSettings = CacheSettings()
     colony: ColonySettings = ColonySettings()
+    ops: OpsSettings = OpsSettings()
     log: LogSettings = LogSettings()
 
     @property
@@ -301,6 +316,7 @@ def flags_to_settings(
     log_format: str | None = None,
     resync_interval: str | None = None,
     no_events: bool = False,
+    observe_only: bool = False,
 ) -> dict[str, Any]:
     """Command-line flags as a nested settings mapping (only what was given)."""
     given: dict[str, Any] = {
@@ -317,6 +333,7 @@ def flags_to_settings(
         "discovery.kubernetes.resyncInterval": resync_interval,
         "cache.path": cache,
         "log.format": log_format,
+        "ops.observeOnly": True if observe_only else None,
     }
     flags: dict[str, Any] = {}
     for path, value in given.items():

@@ -118,6 +118,14 @@ def event_to_wire(event: DiscoveryEvent, *, at: float, provenance: Provenance | 
     )
 
 
+def colony_channel(target: ColonyTarget) -> grpc.aio.Channel:
+    """A channel to the colony: TLS pinned to its CA (insecure only when configured so)."""
+    if target.ca_pem is None:
+        return grpc.aio.insecure_channel(target.address)
+    credentials = grpc.ssl_channel_credentials(root_certificates=target.ca_pem)
+    return grpc.aio.secure_channel(target.address, credentials)
+
+
 class ColonySync:
     def __init__(
         self, target: ColonyTarget, *, backoff: Backoff | None = None, on_state: OnState | None = None
@@ -126,6 +134,7 @@ class ColonySync:
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self.on_state = on_state
         self._events: deque[bytes] = deque()
+        self._registered = asyncio.Event()
         self.events_dropped = 0
         self._health_sent = ""
         self._desired: Wire = {}
@@ -193,10 +202,12 @@ class ColonySync:
             await asyncio.sleep(self.backoff.next())
 
     def _channel(self) -> grpc.aio.Channel:
-        if self.target.ca_pem is None:
-            return grpc.aio.insecure_channel(self.target.address)
-        credentials = grpc.ssl_channel_credentials(root_certificates=self.target.ca_pem)
-        return grpc.aio.secure_channel(self.target.address, credentials)
+        return colony_channel(self.target)
+
+    async def session(self) -> str:
+        """The current registration's session token, once there is one."""
+        await self._registered.wait()
+        return self._session
 
     def _reason(self, exc: grpc.aio.AioRpcError) -> str:
         details = exc.details() or ""
@@ -249,6 +260,7 @@ class ColonySync:
         response = await stub.Register(request, timeout=self.target.timeout_s)
         self._requeue(self._pending)
         self._session, self._sequence, self._pending = response.session_token, 0, None
+        self._registered.set()
         self._acked = snapshot
         self._health_sent = ""  # the new session starts at "unknown": send ours
         self.connected = True

@@ -7,7 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from cri_agent import __version__
-from cri_agent.cli import agent_node, cache_views, colony, operator
+from cri_agent.cli import agent_node, cache_views, colony, operations, operator
 from cri_agent.errors import CoralError
 
 
@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     cache_views.register(agent_commands)
     colony.register(commands)
     operator.register(commands)
+    operations.register(commands)
     return parser
 
 

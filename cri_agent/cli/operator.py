@@ -32,13 +32,13 @@ AUDIT_KINDS = ("registration", "deregistration", "discovery", "agent", "auth", "
 
 def register(commands: Any) -> None:
     agents = commands.add_parser("agents", help="agents registered with the colony")
-    _connection(agents)
+    connection_flags(agents)
     agents.add_argument("--node", default="", help="only this node")
     agents.add_argument("--output", "-o", choices=["table", "wide", "json"], default="table")
     agents.set_defaults(handler=agents_command)
 
     services = commands.add_parser("services", help="services in the colony, grouped by node agent")
-    _connection(services)
+    connection_flags(services)
     services.add_argument("--node", default="", help="only this node")
     services.add_argument("--namespace", "-n", default="", help="only this namespace")
     services.add_argument("--provenance", choices=sorted(_PROVENANCE), help="only this provenance")
@@ -47,7 +47,7 @@ def register(commands: Any) -> None:
     services.set_defaults(handler=services_command)
 
     audit = commands.add_parser("audit", help="the colony's audit log")
-    _connection(audit)
+    connection_flags(audit)
     audit.add_argument("--since", default="", help="a duration back (10m, 2h) or a time (2026-11-25T10:00:00)")
     audit.add_argument("--node", default="", help="only this node")
     audit.add_argument("--kind", choices=AUDIT_KINDS, default="")
@@ -56,7 +56,7 @@ def register(commands: Any) -> None:
     audit.set_defaults(handler=audit_command)
 
 
-def _connection(parser: argparse.ArgumentParser) -> None:
+def connection_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("colony connection (flags win over the environment)")
     group.add_argument("--colony", help="host:port of the colony (env CORAL_COLONY, default 127.0.0.1:9000)")
     group.add_argument("--ca", type=Path, help="the colony's ca.crt (env CORAL_COLONY_CA)")
@@ -64,7 +64,7 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--token-file", type=Path, help="file holding the operator token (env CORAL_TOKEN_FILE)")
 
 
-def _client(args: argparse.Namespace) -> ColonyClient:
+def open_client(args: argparse.Namespace) -> ColonyClient:
     target = OperatorTarget.resolve(address=args.colony, ca_file=args.ca, token=args.token, token_file=args.token_file)
     return ColonyClient(target)
 
@@ -78,7 +78,7 @@ def _ms(value: int) -> float:
 
 
 def agents_command(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         agents = list(client.agents(node=args.node).agents)
     if args.output == "json":
         print(json.dumps([_dict(a) for a in agents], indent=2))
@@ -106,7 +106,7 @@ def agents_command(args: argparse.Namespace) -> int:
 
 
 def services_command(args: argparse.Namespace) -> int:
-    with _client(args) as client:
+    with open_client(args) as client:
         groups = list(
             client.services(
                 node=args.node,
@@ -181,7 +181,7 @@ def parse_since(value: str, *, now: float) -> float:
 
 def audit_command(args: argparse.Namespace) -> int:
     since = parse_since(args.since, now=time.time())
-    with _client(args) as client:
+    with open_client(args) as client:
         entries = list(
             client.audit(since_unix_ms=int(since * 1000), node=args.node, kind=args.kind, limit=args.limit).entries
         )

@@ -22,10 +22,11 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from cri_agent._proto.coral.agent.v1 import agent_pb2 as cri__agent_dot___proto_dot_coral_dot_agent_dot_v1_dot_agent__pb2
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2 as cri__agent_dot___proto_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-cri_agent/_proto/coral/colony/v1/colony.proto\x12\x0f\x63oral.colony.v1\x1a)cri_agent/_proto/coral/mesh/v1/mesh.proto\"\x0f\n\rWhoAmIRequest\"5\n\x0eWhoAmIResponse\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\x11\n\tcolony_id\x18\x02 \x01(\t\"\x8b\x03\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12;\n\x0bnode_labels\x18\x04 \x03(\x0b\x32&.coral.colony.v1.Agent.NodeLabelsEntry\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06health\x18\x07 \x01(\t\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x08 \x01(\x03\x12\x1e\n\x16last_heartbeat_unix_ms\x18\t \x01(\x03\x12\x10\n\x08services\x18\n \x01(\x05\x12\x32\n\x06labels\x18\x0b \x03(\x0b\x32\".coral.colony.v1.Agent.LabelsEntry\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x11ListAgentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.coral.colony.v1.Agent\"\x8b\x01\n\x07Service\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\r\n\x05stale\x18\x03 \x01(\x08\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x04 \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\x05 \x01(\x03\"z\n\x13ListServicesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x34\n\nprovenance\x18\x03 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x0c\n\x04name\x18\x04 \x01(\t\"b\n\rAgentServices\x12%\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.coral.colony.v1.Agent\x12*\n\x08services\x18\x02 \x03(\x0b\x32\x18.coral.colony.v1.Service\"F\n\x14ListServicesResponse\x12.\n\x06groups\x18\x01 \x03(\x0b\x32\x1e.coral.colony.v1.AgentServices\"\xf4\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x10\n\x08pod_name\x18\t \x01(\t\x12\x14\n\x0cservice_name\x18\n \x01(\t\x12\x13\n\x0bservice_key\x18\x0b \x01(\t\x12\x12\n\nprovenance\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\r \x01(\t\"U\n\x11QueryAuditRequest\x12\x15\n\rsince_unix_ms\x18\x01 \x01(\x03\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\"B\n\x12QueryAuditResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.coral.colony.v1.AuditEntry2\xde\x02\n\x06\x43olony\x12I\n\x06WhoAmI\x12\x1e.coral.colony.v1.WhoAmIRequest\x1a\x1f.coral.colony.v1.WhoAmIResponse\x12U\n\nListAgents\x12\".coral.colony.v1.ListAgentsRequest\x1a#.coral.colony.v1.ListAgentsResponse\x12[\n\x0cListServices\x12$.coral.colony.v1.ListServicesRequest\x1a%.coral.colony.v1.ListServicesResponse\x12U\n\nQueryAudit\x12\".coral.colony.v1.QueryAuditRequest\x1a#.coral.colony.v1.QueryAuditResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n-cri_agent/_proto/coral/colony/v1/colony.proto\x12\x0f\x63oral.colony.v1\x1a+cri_agent/_proto/coral/agent/v1/agent.proto\x1a)cri_agent/_proto/coral/mesh/v1/mesh.proto\"\xa5\x01\n\x13RunOperationRequest\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x11\n\tmax_bytes\x18\x05 \x01(\x04\x12\x13\n\x0bmax_packets\x18\x06 \x01(\x04\x12\x14\n\x0c\x66requency_hz\x18\x07 \x01(\r\x12\x0c\n\x04node\x18\x08 \x01(\t\"\x95\x01\n\x0fOperationOutput\x12&\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x15.coral.agent.v1.ChunkH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.coral.agent.v1.ResultH\x00\x12(\n\x06target\x18\x03 \x01(\x0b\x32\x16.coral.agent.v1.TargetH\x00\x42\x06\n\x04\x62ody\"\x0f\n\rWhoAmIRequest\"5\n\x0eWhoAmIResponse\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\x11\n\tcolony_id\x18\x02 \x01(\t\"\x8b\x03\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x0c\n\x04kind\x18\x02 \x01(\t\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12;\n\x0bnode_labels\x18\x04 \x03(\x0b\x32&.coral.colony.v1.Agent.NodeLabelsEntry\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\r\n\x05state\x18\x06 \x01(\t\x12\x0e\n\x06health\x18\x07 \x01(\t\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x08 \x01(\x03\x12\x1e\n\x16last_heartbeat_unix_ms\x18\t \x01(\x03\x12\x10\n\x08services\x18\n \x01(\x05\x12\x32\n\x06labels\x18\x0b \x03(\x0b\x32\".coral.colony.v1.Agent.LabelsEntry\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x11ListAgentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.coral.colony.v1.Agent\"\x8b\x01\n\x07Service\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\r\n\x05stale\x18\x03 \x01(\x08\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x04 \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\x05 \x01(\x03\"z\n\x13ListServicesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x34\n\nprovenance\x18\x03 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x0c\n\x04name\x18\x04 \x01(\t\"b\n\rAgentServices\x12%\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.coral.colony.v1.Agent\x12*\n\x08services\x18\x02 \x03(\x0b\x32\x18.coral.colony.v1.Service\"F\n\x14ListServicesResponse\x12.\n\x06groups\x18\x01 \x03(\x0b\x32\x1e.coral.colony.v1.AgentServices\"\xf4\x01\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x10\n\x08pod_name\x18\t \x01(\t\x12\x14\n\x0cservice_name\x18\n \x01(\t\x12\x13\n\x0bservice_key\x18\x0b \x01(\t\x12\x12\n\nprovenance\x18\x0c \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\r \x01(\t\"U\n\x11QueryAuditRequest\x12\x15\n\rsince_unix_ms\x18\x01 \x01(\x03\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\r\"B\n\x12QueryAuditResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.coral.colony.v1.AuditEntry2\xb8\x03\n\x06\x43olony\x12I\n\x06WhoAmI\x12\x1e.coral.colony.v1.WhoAmIRequest\x1a\x1f.coral.colony.v1.WhoAmIResponse\x12U\n\nListAgents\x12\".coral.colony.v1.ListAgentsRequest\x1a#.coral.colony.v1.ListAgentsResponse\x12[\n\x0cListServices\x12$.coral.colony.v1.ListServicesRequest\x1a%.coral.colony.v1.ListServicesResponse\x12U\n\nQueryAudit\x12\".coral.colony.v1.QueryAuditRequest\x1a#.coral.colony.v1.QueryAuditResponse\x12X\n\x0cRunOperation\x12$.coral.colony.v1.RunOperationRequest\x1a .coral.colony.v1.OperationOutput0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +37,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGENT_NODELABELSENTRY']._serialized_options = b'8\001'
   _globals['_AGENT_LABELSENTRY']._loaded_options = None
   _globals['_AGENT_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_WHOAMIREQUEST']._serialized_start=109
-  _globals['_WHOAMIREQUEST']._serialized_end=124
-  _globals['_WHOAMIRESPONSE']._serialized_start=126
-  _globals['_WHOAMIRESPONSE']._serialized_end=179
-  _globals['_AGENT']._serialized_start=182
-  _globals['_AGENT']._serialized_end=577
-  _globals['_AGENT_NODELABELSENTRY']._serialized_start=481
-  _globals['_AGENT_NODELABELSENTRY']._serialized_end=530
-  _globals['_AGENT_LABELSENTRY']._serialized_start=532
-  _globals['_AGENT_LABELSENTRY']._serialized_end=577
-  _globals['_LISTAGENTSREQUEST']._serialized_start=579
-  _globals['_LISTAGENTSREQUEST']._serialized_end=612
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=614
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=674
-  _globals['_SERVICE']._serialized_start=677
-  _globals['_SERVICE']._serialized_end=816
-  _globals['_LISTSERVICESREQUEST']._serialized_start=818
-  _globals['_LISTSERVICESREQUEST']._serialized_end=940
-  _globals['_AGENTSERVICES']._serialized_start=942
-  _globals['_AGENTSERVICES']._serialized_end=1040
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1042
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1112
-  _globals['_AUDITENTRY']._serialized_start=1115
-  _globals['_AUDITENTRY']._serialized_end=1359
-  _globals['_QUERYAUDITREQUEST']._serialized_start=1361
-  _globals['_QUERYAUDITREQUEST']._serialized_end=1446
-  _globals['_QUERYAUDITRESPONSE']._serialized_start=1448
-  _globals['_QUERYAUDITRESPONSE']._serialized_end=1514
-  _globals['_COLONY']._serialized_start=1517
-  _globals['_COLONY']._serialized_end=1867
+  _globals['_RUNOPERATIONREQUEST']._serialized_start=155
+  _globals['_RUNOPERATIONREQUEST']._serialized_end=320
+  _globals['_OPERATIONOUTPUT']._serialized_start=323
+  _globals['_OPERATIONOUTPUT']._serialized_end=472
+  _globals['_WHOAMIREQUEST']._serialized_start=474
+  _globals['_WHOAMIREQUEST']._serialized_end=489
+  _globals['_WHOAMIRESPONSE']._serialized_start=491
+  _globals['_WHOAMIRESPONSE']._serialized_end=544
+  _globals['_AGENT']._serialized_start=547
+  _globals['_AGENT']._serialized_end=942
+  _globals['_AGENT_NODELABELSENTRY']._serialized_start=846
+  _globals['_AGENT_NODELABELSENTRY']._serialized_end=895
+  _globals['_AGENT_LABELSENTRY']._serialized_start=897
+  _globals['_AGENT_LABELSENTRY']._serialized_end=942
+  _globals['_LISTAGENTSREQUEST']._serialized_start=944
+  _globals['_LISTAGENTSREQUEST']._serialized_end=977
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=979
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1039
+  _globals['_SERVICE']._serialized_start=1042
+  _globals['_SERVICE']._serialized_end=1181
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1183
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1305
+  _globals['_AGENTSERVICES']._serialized_start=1307
+  _globals['_AGENTSERVICES']._serialized_end=1405
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=1407
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=1477
+  _globals['_AUDITENTRY']._serialized_start=1480
+  _globals['_AUDITENTRY']._serialized_end=1724
+  _globals['_QUERYAUDITREQUEST']._serialized_start=1726
+  _globals['_QUERYAUDITREQUEST']._serialized_end=1811
+  _globals['_QUERYAUDITRESPONSE']._serialized_start=1813
+  _globals['_QUERYAUDITRESPONSE']._serialized_end=1879
+  _globals['_COLONY']._serialized_start=1882
+  _globals['_COLONY']._serialized_end=2322
 # @@protoc_insertion_point(module_scope)

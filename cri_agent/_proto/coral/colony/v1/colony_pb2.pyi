@@ -9,6 +9,7 @@ audit identity. A call without a valid token fails UNAUTHENTICATED.
 """
 
 from collections import abc as _abc
+from cri_agent._proto.coral.agent.v1 import agent_pb2 as _agent_pb2
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2 as _mesh_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -23,6 +24,81 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+@_typing.final
+class RunOperationRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACTION_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    DURATION_S_FIELD_NUMBER: _builtins.int
+    FILTER_FIELD_NUMBER: _builtins.int
+    MAX_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_PACKETS_FIELD_NUMBER: _builtins.int
+    FREQUENCY_HZ_FIELD_NUMBER: _builtins.int
+    NODE_FIELD_NUMBER: _builtins.int
+    action: _builtins.str
+    """tap / profile / sample"""
+    target: _builtins.str
+    """a service name or key, or namespace/pod"""
+    duration_s: _builtins.float
+    filter: _builtins.str
+    max_bytes: _builtins.int
+    max_packets: _builtins.int
+    frequency_hz: _builtins.int
+    node: _builtins.str
+    """route a namespace/pod the registry does not list to this node's agent"""
+    def __init__(
+        self,
+        *,
+        action: _builtins.str = ...,
+        target: _builtins.str = ...,
+        duration_s: _builtins.float = ...,
+        filter: _builtins.str = ...,
+        max_bytes: _builtins.int = ...,
+        max_packets: _builtins.int = ...,
+        frequency_hz: _builtins.int = ...,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "duration_s", b"duration_s", "filter", b"filter", "frequency_hz", b"frequency_hz", "max_bytes", b"max_bytes", "max_packets", b"max_packets", "node", b"node", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunOperationRequest: _TypeAlias = RunOperationRequest  # noqa: Y015
+
+@_typing.final
+class OperationOutput(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHUNK_FIELD_NUMBER: _builtins.int
+    RESULT_FIELD_NUMBER: _builtins.int
+    TARGET_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def chunk(self) -> _agent_pb2.Chunk: ...
+    @_builtins.property
+    def result(self) -> _agent_pb2.Result: ...
+    @_builtins.property
+    def target(self) -> _agent_pb2.Target:
+        """first message: what the colony resolved the target to"""
+
+    def __init__(
+        self,
+        *,
+        chunk: _agent_pb2.Chunk | None = ...,
+        result: _agent_pb2.Result | None = ...,
+        target: _agent_pb2.Target | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chunk", b"chunk", "result", b"result", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chunk", b"chunk", "result", b"result", "target", b"target"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["chunk", "result", "target"]  # noqa: Y015
+    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+
+Global___OperationOutput: _TypeAlias = OperationOutput  # noqa: Y015
 
 @_typing.final
 class WhoAmIRequest(_message.Message):

@@ -54,6 +54,11 @@ class ColonyStub:
                 request_serializer=cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.QueryAuditRequest.SerializeToString,
                 response_deserializer=cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.QueryAuditResponse.FromString,
                 _registered_method=True)
+        self.RunOperation = channel.unary_stream(
+                '/coral.colony.v1.Colony/RunOperation',
+                request_serializer=cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RunOperationRequest.SerializeToString,
+                response_deserializer=cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.OperationOutput.FromString,
+                _registered_method=True)
 
 
 class ColonyServicer:
@@ -83,6 +88,14 @@ class ColonyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunOperation(self, request, context):
+        """Routed to the node agent that owns the target; output streams back.
+        Cancelling the call cancels the operation on the node.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ColonyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -105,6 +118,11 @@ def add_ColonyServicer_to_server(servicer, server):
                     servicer.QueryAudit,
                     request_deserializer=cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.QueryAuditRequest.FromString,
                     response_serializer=cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.QueryAuditResponse.SerializeToString,
+            ),
+            'RunOperation': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunOperation,
+                    request_deserializer=cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RunOperationRequest.FromString,
+                    response_serializer=cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.OperationOutput.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -215,6 +233,33 @@ class Colony:
             '/coral.colony.v1.Colony/QueryAudit',
             cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.QueryAuditRequest.SerializeToString,
             cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.QueryAuditResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/coral.colony.v1.Colony/RunOperation',
+            cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RunOperationRequest.SerializeToString,
+            cri__agent_dot___proto_dot_coral_dot_colony_dot_v1_dot_colony__pb2.OperationOutput.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,10 @@ class ColonyStub:
     ListAgents: _grpc.UnaryUnaryMultiCallable[_colony_pb2.ListAgentsRequest, _colony_pb2.ListAgentsResponse]
     ListServices: _grpc.UnaryUnaryMultiCallable[_colony_pb2.ListServicesRequest, _colony_pb2.ListServicesResponse]
     QueryAudit: _grpc.UnaryUnaryMultiCallable[_colony_pb2.QueryAuditRequest, _colony_pb2.QueryAuditResponse]
+    RunOperation: _grpc.UnaryStreamMultiCallable[_colony_pb2.RunOperationRequest, _colony_pb2.OperationOutput]
+    """Routed to the node agent that owns the target; output streams back.
+    Cancelling the call cancels the operation on the node.
+    """
 
 @_typing.type_check_only
 class ColonyAsyncStub(ColonyStub):
@@ -48,6 +52,10 @@ class ColonyAsyncStub(ColonyStub):
     ListAgents: _aio.UnaryUnaryMultiCallable[_colony_pb2.ListAgentsRequest, _colony_pb2.ListAgentsResponse]  # type: ignore[assignment]
     ListServices: _aio.UnaryUnaryMultiCallable[_colony_pb2.ListServicesRequest, _colony_pb2.ListServicesResponse]  # type: ignore[assignment]
     QueryAudit: _aio.UnaryUnaryMultiCallable[_colony_pb2.QueryAuditRequest, _colony_pb2.QueryAuditResponse]  # type: ignore[assignment]
+    RunOperation: _aio.UnaryStreamMultiCallable[_colony_pb2.RunOperationRequest, _colony_pb2.OperationOutput]  # type: ignore[assignment]
+    """Routed to the node agent that owns the target; output streams back.
+    Cancelling the call cancels the operation on the node.
+    """
 
 class ColonyServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
@@ -77,5 +85,15 @@ class ColonyServicer(metaclass=_abc_1.ABCMeta):
         request: _colony_pb2.QueryAuditRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_colony_pb2.QueryAuditResponse, _abc.Awaitable[_colony_pb2.QueryAuditResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def RunOperation(
+        self,
+        request: _colony_pb2.RunOperationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_colony_pb2.OperationOutput], _abc.AsyncIterator[_colony_pb2.OperationOutput]]:
+        """Routed to the node agent that owns the target; output streams back.
+        Cancelling the call cancels the operation on the node.
+        """
 
 def add_ColonyServicer_to_server(servicer: ColonyServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Control operations on a pod of this node: guardrails, then tap, profile or sample."""
