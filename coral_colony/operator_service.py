@@ -330,7 +330,8 @@ def resolve_target(reader: Registry, target: str, *, node: str = "") -> tuple[An
         service_name=row["component_name"] if by_service else "",
         provenance=row["provenance"] if by_service else "",
     )
-    return chosen, str(row["agent_id"]), str(row["node_name"])
+    owner = next((a for a in reader.agents() if a["agent_id"] == row["agent_id"]), None)
+    return chosen, str(row["agent_id"]), str(owner["node_name"] if owner else row["node_name"])
 
 
 _AUDIT_TEXT = (

@@ -1,0 +1,121 @@
+"""Routing control requests: target resolution, relaying, cancel, and an agent that drops."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+import pytest
+
+from coral_colony.operator_service import resolve_target
+from coral_colony.registry import AgentRecord, Registry, ServiceRecord
+from coral_colony.router import AgentNotConnected, Router
+from cri_agent._proto.coral.agent.v1 import agent_pb2, agent_pb2_grpc
+
+
+def registry(tmp_path: Path) -> Registry:
+    reg = Registry(tmp_path / "colony.db")
+    agent = AgentRecord(agent_id="a", kind="node-agent", node_name="node-a")
+    services = [
+        ServiceRecord(key="shop/u1/web/80", component_name="web", namespace="shop", pod_name="web-0", pod_uid="u1"),
+        ServiceRecord(key="shop/u2/web/80", component_name="web", namespace="shop", pod_name="web-1", pod_uid="u2"),
+        ServiceRecord(key="shop/u3/db/5432", component_name="db", namespace="shop", pod_name="db-0", pod_uid="u3"),
+    ]
+    reg.register(agent, services, session="s", now=1.0)
+    return reg
+
+
+def test_targets_resolve_by_name_key_or_pod_and_ambiguity_is_explained(tmp_path: Path) -> None:
+    reg = registry(tmp_path)
+    target, agent, node = resolve_target(reg, "db")
+    assert (target.pod_name, target.service_key, agent, node) == ("db-0", "shop/u3/db/5432", "a", "node-a")
+    assert resolve_target(reg, "shop/u1/web/80")[0].pod_name == "web-0"
+    assert resolve_target(reg, "shop/web-1")[0].pod_uid == "u2"
+    with pytest.raises(LookupError, match=r"matches 2 pods .*name one as namespace/pod"):
+        resolve_target(reg, "web")
+    with pytest.raises(LookupError, match="no service or pod 'nope'"):
+        resolve_target(reg, "nope")
+    unlisted, agent, _ = resolve_target(reg, "kube-system/proxy", node="node-a")
+    assert (unlisted.namespace, unlisted.pod_name, agent) == ("kube-system", "proxy", "a")
+
+
+async def _serve(router: Router) -> tuple[grpc.aio.Server, int]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = grpc.aio.server()
+    agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    return server, port
+
+
+async def _allow(agent_id: str, token: str) -> bool:
+    return token == "good"
+
+
+def test_a_request_is_relayed_and_an_agent_that_drops_fails_it_at_once() -> None:
+    async def scenario() -> tuple[list[str], Any, Any, str]:
+        router = Router(_allow)
+        server, port = await _serve(router)
+        outbox: asyncio.Queue[Any] = asyncio.Queue()
+        outbox.put_nowait(agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_id="a", session_token="good")))
+
+        async def messages() -> AsyncIterator[Any]:
+            while (m := await outbox.get()) is not None:
+                yield m
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = agent_pb2_grpc.AgentControlStub(channel).Connect(messages())
+
+            async def fake_agent() -> None:
+                async for message in call:
+                    rid = message.request.request_id
+                    if message.request.action == "tap":
+                        outbox.put_nowait(
+                            agent_pb2.AgentMessage(chunk=agent_pb2.Chunk(request_id=rid, kind="pcap", data=b"x"))
+                        )
+                        outbox.put_nowait(agent_pb2.AgentMessage(result=agent_pb2.Result(request_id=rid, outcome="ok")))
+                    else:  # "profile": the agent dies mid-operation
+                        outbox.put_nowait(None)
+                        return
+
+            agent = asyncio.create_task(fake_agent())
+            while not router.connected("a"):  # noqa: ASYNC110 - polling the router's own state
+                await asyncio.sleep(0.01)
+            kinds = [
+                m.WhichOneof("body")
+                async for m in router.run("a", agent_pb2.OperationRequest(request_id="1", action="tap"))
+            ]
+            first = [m async for m in router.run("a", agent_pb2.OperationRequest(request_id="2", action="profile"))][-1]
+            await agent
+        with pytest.raises(AgentNotConnected):
+            await anext(router.run("a", agent_pb2.OperationRequest(request_id="3", action="tap")))
+        await server.stop(None)
+        return kinds, first.result.outcome, first.result.error, ""
+
+    kinds, outcome, error, _ = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert kinds == ["chunk", "result"]
+    assert (outcome, error) == ("failed", "agent a disconnected during the operation")
+
+
+def test_an_agent_without_a_valid_session_is_refused() -> None:
+    async def scenario() -> grpc.StatusCode:
+        server, port = await _serve(Router(_allow))
+
+        async def hello() -> AsyncIterator[Any]:
+            yield agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_id="a", session_token="stolen"))
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in agent_pb2_grpc.AgentControlStub(channel).Connect(hello()):
+                    pass
+        await server.stop(None)
+        return refused.value.code()
+
+    assert asyncio.run(scenario()) == grpc.StatusCode.UNAUTHENTICATED

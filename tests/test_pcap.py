@@ -1,0 +1,76 @@
+"""Classic pcap as a stream: whole records only, link types, 5-tuples, flow counts."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from cri_agent.ops.pcap import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_LINUX_SLL2,
+    FlowTable,
+    PcapError,
+    PcapStream,
+    flow_key,
+)
+
+
+def header(linktype: int, *, endian: str = "<") -> bytes:
+    return struct.pack(f"{endian}IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, linktype)
+
+
+def record(data: bytes, *, ts: float = 1.5, orig: int | None = None, endian: str = "<") -> bytes:
+    return struct.pack(f"{endian}IIII", int(ts), int(ts % 1 * 1e6), len(data), orig or len(data)) + data
+
+
+def ipv4_tcp(src: str, dst: str, sport: int, dport: int, payload: bytes = b"") -> bytes:
+    ip = bytes([0x45, 0, 0, 40 + len(payload), 0, 0, 0, 0, 64, 6, 0, 0])
+    ip += bytes(map(int, src.split("."))) + bytes(map(int, dst.split(".")))
+    return ip + struct.pack("!HH", sport, dport) + bytes(16) + payload
+
+
+def sll2(packet: bytes) -> bytes:
+    return struct.pack("!HHIHBB8s", 0x0800, 0, 2, 1, 0, 6, bytes(8)) + packet
+
+
+def test_records_come_out_whole_however_the_bytes_are_split() -> None:
+    data = header(LINKTYPE_LINUX_SLL2) + record(sll2(ipv4_tcp("10.0.0.1", "10.0.0.2", 40000, 80))) * 3
+    stream = PcapStream()
+    records = [r for i in range(0, len(data), 7) for r in stream.feed(data[i : i + 7])]
+    assert stream.header == data[:24] and stream.linktype == LINKTYPE_LINUX_SLL2
+    assert len(records) == 3 and b"".join(r.raw for r in records) == data[24:]
+    assert records[0].ts == pytest.approx(1.5)
+
+
+def test_big_endian_and_not_pcap() -> None:
+    stream = PcapStream()
+    list(stream.feed(header(LINKTYPE_ETHERNET, endian=">") + record(b"x" * 20, endian=">")))
+    assert stream.linktype == LINKTYPE_ETHERNET
+    with pytest.raises(PcapError, match="not a classic pcap"):
+        list(PcapStream().feed(b"\x0a\x0d\x0d\x0a" + bytes(40)))  # pcapng
+
+
+def test_five_tuples_from_ethernet_and_cooked_frames() -> None:
+    packet = ipv4_tcp("10.0.0.1", "10.0.0.2", 40000, 8080)
+    ethernet = bytes(12) + b"\x08\x00" + packet
+    assert flow_key(LINKTYPE_ETHERNET, ethernet) == ("tcp", "10.0.0.1", 40000, "10.0.0.2", 8080)
+    assert flow_key(LINKTYPE_LINUX_SLL2, sll2(packet)) == ("tcp", "10.0.0.1", 40000, "10.0.0.2", 8080)
+    assert flow_key(LINKTYPE_ETHERNET, bytes(12) + b"\x08\x06" + bytes(28)) is None  # ARP
+
+
+def test_flows_count_packets_and_wire_bytes_not_payload() -> None:
+    table = FlowTable(LINKTYPE_LINUX_SLL2)
+    stream = PcapStream()
+    frames = [
+        record(sll2(ipv4_tcp("10.0.0.1", "10.0.0.2", 40000, 80)), ts=1.0, orig=1000),
+        record(sll2(ipv4_tcp("10.0.0.1", "10.0.0.2", 40000, 80)), ts=2.0, orig=500),
+        record(sll2(ipv4_tcp("10.0.0.2", "10.0.0.1", 80, 40000)), ts=1.5, orig=60),
+    ]
+    for r in stream.feed(header(LINKTYPE_LINUX_SLL2) + b"".join(frames)):
+        table.add(r)
+    top = table.top()
+    assert [(f.key, f.packets, f.bytes, f.first_seen, f.last_seen) for f in top] == [
+        (("tcp", "10.0.0.1", 40000, "10.0.0.2", 80), 2, 1500, 1.0, 2.0),
+        (("tcp", "10.0.0.2", 80, "10.0.0.1", 40000), 1, 60, 1.5, 1.5),
+    ]
