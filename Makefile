@@ -39,6 +39,7 @@ test: lint
 
 bench:
 	$(PY) -m bench.discovery --pods 250 --output BENCHMARKS.md
+	$(PY) -m bench.ops --output BENCHMARKS.md
 
 clean:
 	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache

@@ -397,4 +397,4 @@ def test_every_request_is_audited_with_the_operators_identity(cluster: Cluster) 
 
 
 def _tcpdump_running() -> bool:
-    return subprocess.run(["pgrep", "-f", "tcpdump -i any -U -w -"], capture_output=True, check=False).returncode == 0
+    return subprocess.run(["pgrep", "-f", "tcpdump -i any -w -"], capture_output=True, check=False).returncode == 0

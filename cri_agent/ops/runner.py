@@ -27,6 +27,7 @@ from cri_agent.ops.sample import sample
 log = logging.getLogger("cri_agent.ops")
 
 CHUNK_SIZE = 1024 * 1024  # well under gRPC's 4 MiB message limit
+ENGINE_TCPDUMP = "tcpdump in the pod's network namespace (nsenter --net)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,72 +79,77 @@ class OperationRunner:
             result.outcome, result.error = "refused", str(exc)
         except (CaptureFailed, ProfileFailed, namespaces.PodUnreachable) as exc:
             result.outcome, result.error = "failed", str(exc)
-        except GeneratorExit:
-            result.outcome, result.error = "cancelled", "the operator cancelled"
-            raise
         finally:
             if permit is not None:
                 self.guardrails.release(permit)
-            if not result.outcome:
+            if not result.outcome:  # closed or cancelled while running
                 result.outcome, result.error = "cancelled", "the operator cancelled"
             if not result.duration_s:
                 result.duration_s = time.time() - started
             await self._remember(request, result, started)
         yield agent_pb2.AgentMessage(result=result)
 
-    async def _execute(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
-        rid = request.request_id
-        if request.action in ("tap", "sample"):
-            netns = namespaces.netns_path(pod)
-            result.engine = "tcpdump in the pod's network namespace (nsenter --net)"
+    def _execute(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
         if request.action == "tap":
-            queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-            task = asyncio.create_task(capture(netns, permit, bpf_filter=request.filter, emit=queue.put))
-            task.add_done_callback(lambda _: queue.put_nowait(None))
-            try:
-                while (data := await queue.get()) is not None:
-                    yield agent_pb2.Chunk(request_id=rid, kind="pcap", data=data)
-                _fill(result, task.result())
-            finally:
-                if not task.done():
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-        elif request.action == "sample":
-            stats, flows = await sample(netns, permit, bpf_filter=request.filter)
-            _fill(result, stats)
-            for flow in flows:
-                protocol, src, sport, dst, dport = flow.key
-                result.flows.add(
-                    protocol=protocol,
-                    src=src,
-                    src_port=sport,
-                    dst=dst,
-                    dst_port=dport,
-                    packets=flow.packets,
-                    bytes=flow.bytes,
-                    first_seen_unix_ms=int(flow.first_seen * 1000),
-                    last_seen_unix_ms=int(flow.last_seen * 1000),
-                )
-        else:
-            pids = namespaces.container_pids(pod)
-            profiled = await profile(pids, permit)
-            result.samples, result.duration_s, result.engine = profiled.samples, profiled.duration_s, profiled.engine
-            result.stopped_by = "duration"
-            title = f"{pod.namespace}/{pod.name}: {profiled.samples} samples at {permit.frequency_hz} Hz"
-            outputs = {
-                "pprof": stacks.pprof(
-                    profiled.folded,
-                    frequency_hz=permit.frequency_hz,
-                    duration_s=profiled.duration_s,
-                    time_ns=time.time_ns(),
-                ),
-                "folded": stacks.folded_text(profiled.folded).encode(),
-                "svg": stacks.flame_graph_svg(profiled.folded, title=title).encode(),
-            }
-            for kind, data in outputs.items():
-                for start in range(0, len(data), CHUNK_SIZE):
-                    yield agent_pb2.Chunk(request_id=rid, kind=kind, data=data[start : start + CHUNK_SIZE])
+            return self._tap(request, pod, permit, result)
+        if request.action == "sample":
+            return self._sample(request, pod, permit, result)
+        return self._profile(request, pod, permit, result)
+
+    async def _tap(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
+        netns = namespaces.netns_path(pod)
+        result.engine = ENGINE_TCPDUMP
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        task = asyncio.create_task(capture(netns, permit, bpf_filter=request.filter, emit=queue.put))
+        task.add_done_callback(lambda _: queue.put_nowait(None))
+        try:
+            while (data := await queue.get()) is not None:
+                yield agent_pb2.Chunk(request_id=request.request_id, kind="pcap", data=data)
+            _fill(result, task.result())
+        finally:
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _sample(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
+        result.engine = ENGINE_TCPDUMP
+        stats, flows = await sample(namespaces.netns_path(pod), permit, bpf_filter=request.filter)
+        _fill(result, stats)
+        for flow in flows:
+            protocol, src, sport, dst, dport = flow.key
+            result.flows.add(
+                protocol=protocol,
+                src=src,
+                src_port=sport,
+                dst=dst,
+                dst_port=dport,
+                packets=flow.packets,
+                bytes=flow.bytes,
+                first_seen_unix_ms=int(flow.first_seen * 1000),
+                last_seen_unix_ms=int(flow.last_seen * 1000),
+            )
+        return
+        yield  # an async generator that yields no chunk: the flows travel in the result
+
+    async def _profile(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
+        profiled = await profile(namespaces.container_pids(pod), permit)
+        result.samples, result.duration_s, result.engine = profiled.samples, profiled.duration_s, profiled.engine
+        result.stopped_by = "duration"
+        title = f"{pod.namespace}/{pod.name}: {profiled.samples} samples at {permit.frequency_hz} Hz"
+        outputs = {
+            "pprof": stacks.pprof(
+                profiled.folded,
+                frequency_hz=permit.frequency_hz,
+                duration_s=profiled.duration_s,
+                time_ns=time.time_ns(),
+            ),
+            "folded": stacks.folded_text(profiled.folded).encode(),
+            "svg": stacks.flame_graph_svg(profiled.folded, title=title).encode(),
+        }
+        for kind, data in outputs.items():
+            for start in range(0, len(data), CHUNK_SIZE):
+                yield agent_pb2.Chunk(request_id=request.request_id, kind=kind, data=data[start : start + CHUNK_SIZE])
 
     async def _remember(self, request: Any, result: Any, started: float) -> None:
         target = request.target

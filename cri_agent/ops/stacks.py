@@ -11,7 +11,7 @@ import gzip
 import re
 import zlib
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from html import escape
 
@@ -142,18 +142,3 @@ def _depth(node: _Node) -> int:
 def _colour(name: str) -> str:
     h = zlib.crc32(name.encode())
     return f"rgb({205 + h % 50},{80 + (h >> 8) % 120},{40 + (h >> 16) % 50})"
-
-
-def top_functions(folded: Mapping[str, int], limit: int = 10) -> list[tuple[str, int]]:
-    """Leaf frames by samples (what the CPU was executing)."""
-    leaves: Counter[str] = Counter()
-    for stack, count in folded.items():
-        leaves[stack.rsplit(";", 1)[-1]] += count
-    return leaves.most_common(limit)
-
-
-def merge(folded: Iterable[Mapping[str, int]]) -> Counter[str]:
-    total: Counter[str] = Counter()
-    for part in folded:
-        total.update(part)
-    return total
