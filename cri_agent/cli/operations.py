@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
@@ -142,8 +143,8 @@ def sample_command(args: argparse.Namespace) -> int:
                     _endpoint(f.dst, f.dst_port),
                     str(f.packets),
                     str(f.bytes),
-                    f"{(f.first_seen_unix_ms % 60_000) / 1000:.3f}",
-                    f"{(f.last_seen_unix_ms % 60_000) / 1000:.3f}",
+                    _clock(f.first_seen_unix_ms),
+                    _clock(f.last_seen_unix_ms),
                 ]
                 for f in list(result.flows)[: args.top]
             ],
@@ -152,6 +153,10 @@ def sample_command(args: argparse.Namespace) -> int:
     if result is not None:
         summary = f"{len(result.flows)} flow(s), {result.packets} packets in {result.duration_s:.1f}s"
     return _finish("sample", target, result, summary)
+
+
+def _clock(unix_ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(unix_ms / 1000)) + f".{unix_ms % 1000:03d}"
 
 
 def _endpoint(address: str, port: int) -> str:
