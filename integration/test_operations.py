@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -126,7 +127,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, harness_images: ImageSet) 
         client = pods.create_pod("web-client", containers=(ContainerSpec("curl", ("sh", "-c", loop)),))
         colony.wait_for(lambda: registered(colony, "web-server"), timeout=15, what="web-server in the colony")
         cluster = Cluster(colony, runtime, pods, agent, server, client, directory)
-        cluster.colony.wait_for(lambda: _control_connected(cluster), timeout=15, what="the agent's control stream")
+        colony.wait_for(lambda: connections(colony, "ops-node"), timeout=15, what="the agent's control stream")
         yield cluster
     finally:
         if agent.alive():
@@ -136,8 +137,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, harness_images: ImageSet) 
         assert colony.stop() == 0
 
 
-def _control_connected(cluster: Cluster) -> bool:
-    return "control.connected" in cluster.colony.log()
+def connections(colony: ColonyProcess, node: str) -> int:
+    """How many times the node's agent opened its control stream (from the colony's log)."""
+    return sum(1 for line in colony.log().splitlines() if "control.connected" in line and f"node-agent-{node}" in line)
 
 
 def tshark_requests(pcap: Path | None, data: bytes | None = None) -> list[tuple[str, str, str]]:
@@ -246,6 +248,9 @@ def test_profile_shows_the_hot_function_of_a_busy_process(cluster: Cluster, tmp_
     profile = profile_pb2.Profile.FromString(gzip.decompress(out.read_bytes()))
     names = {profile.string_table[f.name] for f in profile.function}
     assert "leaf_hot" in names and sum(s.value[0] for s in profile.sample) == sum(stacks.values())
+    go = shutil.which("go") or "/usr/local/go/bin/go"  # the machine's Go toolchain (its pprof reads our output)
+    top = subprocess.run([go, "tool", "pprof", "-top", str(out)], capture_output=True, text=True, timeout=120)
+    assert top.returncode == 0 and "leaf_hot" in top.stdout, top.stderr
     assert "leaf_hot" in svg.read_text() and svg.read_text().startswith("<svg")
     assert "not eBPF" in done.stderr.decode()  # this kernel has no headers: the CLI says which engine ran
     cluster.pods.delete_pod(pod)
@@ -347,7 +352,7 @@ def test_an_agent_that_dies_mid_operation_gives_a_clear_error_not_a_hang(cluster
     assert code == 1 and "disconnected during the operation" in error, error
     cluster.colony.wait_for(lambda: not _tcpdump_running(), timeout=5, what="the orphan capture to die with the agent")
     cluster.agent.start()
-    cluster.colony.wait_for(lambda: cluster.colony.log().count("control.connected") >= 2, timeout=20, what="reconnect")
+    cluster.colony.wait_for(lambda: connections(cluster.colony, "ops-node") >= 2, timeout=20, what="reconnect")
 
 
 def test_observe_only_refuses_tap_and_profile_but_allows_sample(
@@ -358,7 +363,7 @@ def test_observe_only_refuses_tap_and_profile_but_allows_sample(
         watched = pods.create_pod("watched", containers=(HTTPD,))
         cluster.colony.wait_for(lambda: registered(cluster.colony, "watched"), timeout=15, what="watched pod")
         cluster.colony.wait_for(
-            lambda: cluster.colony.log().count("control.connected") >= 3, timeout=15, what="the observer's stream"
+            lambda: connections(cluster.colony, "observer"), timeout=15, what="the observer's stream"
         )
         tap = cluster.coral("tap", "default/watched", "-w", "-", operator="lee")
         profile = cluster.coral("profile", "default/watched", "-o", str(tmp_path / "p.pb.gz"), operator="lee")
