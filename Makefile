@@ -1,7 +1,7 @@
 # The two commands a newcomer needs: `make setup` once, then `make test`.
 PY ?= python3
 DEBIAN_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables iproute2 \
-	util-linux procps sqlite3 chromium fonts-dejavu-core tcpdump tshark linux-perf gcc libc6-dev
+	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev
 IMAGE_DIR ?= $(CURDIR)/.cache/images
 
 .PHONY: setup setup-debian setup-python images proto lint unit integration test bench clean

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from cri_agent._proto.pprof import profile_pb2
+from cri_agent.ops.pcap import PcapStream
 from integration.harness.agent import AgentProcess
 from integration.harness.colony import ColonyProcess
 from integration.harness.containerd import PrivateContainerd
@@ -177,6 +178,8 @@ def test_tap_returns_a_pcap_with_the_clients_requests_and_stops_on_time(cluster:
     assert done.returncode == 0, done.stderr.decode()
     requests = tshark_requests(out)
     assert requests and all(r == (cluster.client.ip, cluster.server.ip, "/") for r in requests), requests[:5]
+    records = list(PcapStream().feed(out.read_bytes()))  # the client talks every ~0.1 s: the 3 s are all there
+    assert records[-1].ts - records[0].ts >= 2.5, "the capture lost its tail"
     [audit] = cluster.operations("alice")
     assert (audit["outcome"], audit["stopped_by"], audit["namespace"], audit["pod_name"]) == (
         "ok",
@@ -272,7 +275,7 @@ def test_a_second_operation_on_the_same_pod_is_refused(cluster: Cluster, tmp_pat
         env=cluster.env("frank"),
         stderr=subprocess.PIPE,
     )
-    cluster.colony.wait_for(lambda: _tcpdump_running(), timeout=10, what="the first capture")
+    cluster.colony.wait_for(lambda: _capture_running(), timeout=10, what="the first capture")
     second = cluster.coral("sample", "web-server", "--duration", "1s", operator="frank")
     assert first.wait(15) == 0
     assert second.returncode == 2
@@ -317,11 +320,11 @@ def test_ctrl_c_cancels_on_the_node_and_the_capture_process_is_gone(cluster: Clu
         env=cluster.env("judy"),
         stderr=subprocess.PIPE,
     )
-    cluster.colony.wait_for(lambda: _tcpdump_running(), timeout=10, what="the capture to start")
+    cluster.colony.wait_for(lambda: _capture_running(), timeout=10, what="the capture to start")
     cli.send_signal(signal.SIGINT)
     assert cli.wait(10) == 130
     stopped = time.monotonic()
-    cluster.colony.wait_for(lambda: not _tcpdump_running(), timeout=5, what="tcpdump to exit")
+    cluster.colony.wait_for(lambda: not _capture_running(), timeout=5, what="dumpcap to exit")
     assert time.monotonic() - stopped < 3.0
     cluster.colony.wait_for(lambda: cluster.operations("judy"), timeout=5, what="the audit entry")
     assert cluster.operations("judy")[0]["outcome"] == "cancelled"
@@ -345,12 +348,12 @@ def test_an_agent_that_dies_mid_operation_gives_a_clear_error_not_a_hang(cluster
         env=cluster.env("kim"),
         stderr=subprocess.PIPE,
     )
-    cluster.colony.wait_for(lambda: _tcpdump_running(), timeout=10, what="the capture to start")
+    cluster.colony.wait_for(lambda: _capture_running(), timeout=10, what="the capture to start")
     cluster.agent.kill()
     code = cli.wait(15)
     error = cli.stderr.read().decode() if cli.stderr else ""
     assert code == 1 and "disconnected during the operation" in error, error
-    cluster.colony.wait_for(lambda: not _tcpdump_running(), timeout=5, what="the orphan capture to die with the agent")
+    cluster.colony.wait_for(lambda: not _capture_running(), timeout=5, what="the orphan capture to die with the agent")
     cluster.agent.start()
     cluster.colony.wait_for(lambda: connections(cluster.colony, "ops-node") >= 2, timeout=20, what="reconnect")
 
@@ -401,5 +404,5 @@ def test_every_request_is_audited_with_the_operators_identity(cluster: Cluster) 
     assert {("alice", "tap", "ok"), ("gina", "sample", "refused"), ("ivan", "tap", "refused")} <= agent_rows
 
 
-def _tcpdump_running() -> bool:
-    return subprocess.run(["pgrep", "-f", "tcpdump -i any -w -"], capture_output=True, check=False).returncode == 0
+def _capture_running() -> bool:
+    return subprocess.run(["pgrep", "-f", "dumpcap -i any -P -w -"], capture_output=True, check=False).returncode == 0

@@ -1,15 +1,20 @@
 """Packet capture inside a pod's network namespace (``tap``, and ``sample``'s input).
 
-The agent's own tcpdump runs in the pod's netns through ``nsenter --net``
-(nothing is executed inside the workload's container), niced, with a CPU
-rlimit, writing classic pcap to a pipe. The agent parses that stream and
-forwards only whole records, so the output is a valid pcap whichever limit
-stopped it: the duration, the byte ceiling (counted on the pcap written,
-header included) or the packet ceiling. tcpdump writes buffered (libpcap
-hands packets over at least once a second), which is what keeps drops at
-zero at 250k packets/s; on stop it gets SIGINT, flushes, and its "dropped by
-kernel" count is reported. A cancelled capture kills tcpdump
-before returning: no capture process outlives its operation.
+The agent's own capture tool, Wireshark's dumpcap, runs in the pod's netns
+through ``nsenter --net`` (nothing is executed inside the workload's
+container), niced, with a CPU rlimit and a parent-death signal, writing
+classic pcap to a pipe. The agent parses that stream and forwards only
+whole records, so the output is a valid pcap whichever limit stopped it:
+the duration, the byte ceiling (counted on the pcap written, header
+included) or the packet ceiling. On stop dumpcap gets SIGINT, flushes, and
+its count of packets dropped by the kernel is reported. A cancelled capture
+kills it before returning: no capture process outlives its operation.
+
+Why dumpcap and not tcpdump: tcpdump either writes packet by packet
+(``--immediate-mode``: 9 % dropped at 120k packets/s here) or waits for the
+kernel to hand over a full block (up to its 1 s timeout), so a capture
+stopped by its duration loses its last second. dumpcap buffers like the
+latter but delivers the tail (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -29,15 +34,15 @@ from cri_agent.ops.guardrails import Permit
 from cri_agent.ops.pcap import PcapStream, Record
 
 READ_SIZE = 64 * 1024
-BUFFER_KIB = 8192  # the kernel capture buffer: absorbs bursts while the agent is busy
+BUFFER_MIB = 8  # the kernel capture buffer: absorbs bursts while the agent is busy
 STOP_GRACE_S = 2.0
-_DROPPED = re.compile(r"(\d+) packets? dropped by kernel")
+_DROPPED = re.compile(r"Packets received/dropped on interface .*: (\d+)/(\d+)")
 
 Emit = Callable[[bytes], Awaitable[None]]
 
 
 class CaptureFailed(Exception):
-    """tcpdump could not start (bad filter, missing binary, no such netns)."""
+    """The capture could not start (bad filter, missing binary, no such netns)."""
 
 
 @dataclass(slots=True)
@@ -50,13 +55,11 @@ class CaptureStats:
     linktype: int = 0
 
 
-def tcpdump_command(netns: Path, *, bpf_filter: str, snaplen: int, nice: int, cpu_seconds: int) -> list[str]:
-    tcpdump = shutil.which("tcpdump") or "/usr/bin/tcpdump"
-    command = ["nsenter", f"--net={netns}", "--", tcpdump]
-    # Buffered, not packet-by-packet (-U, --immediate-mode): at 100k packets/s per-packet writes and
-    # wake-ups lose most packets (BENCHMARKS.md); records still arrive within libpcap's 1 s timeout.
-    command += ["-i", "any", "-w", "-", "-s", str(snaplen), "-B", str(BUFFER_KIB), "-Z", "root", "-n"]
-    return bounded(command + ([bpf_filter] if bpf_filter.strip() else []), cpu_seconds=cpu_seconds, nice=nice)
+def capture_command(netns: Path, *, bpf_filter: str, snaplen: int, nice: int, cpu_seconds: int) -> list[str]:
+    dumpcap = shutil.which("dumpcap") or "/usr/bin/dumpcap"
+    command = ["nsenter", f"--net={netns}", "--", dumpcap, "-i", "any", "-P", "-w", "-"]
+    command += ["-s", str(snaplen), "-B", str(BUFFER_MIB)]
+    return bounded(command + (["-f", bpf_filter] if bpf_filter.strip() else []), cpu_seconds=cpu_seconds, nice=nice)
 
 
 async def capture(
@@ -70,7 +73,7 @@ async def capture(
 ) -> CaptureStats:
     """Capture until a limit; ``emit`` gets pcap bytes (header first), ``on_record`` each record."""
     process = await asyncio.create_subprocess_exec(
-        *tcpdump_command(
+        *capture_command(
             netns, bpf_filter=bpf_filter, snaplen=snaplen, nice=permit.nice, cpu_seconds=int(permit.duration_s) + 10
         ),
         stdout=asyncio.subprocess.PIPE,
@@ -120,12 +123,12 @@ async def capture(
         stats.duration_s = time.monotonic() - started
         errors = await _stop(process, stderr_task)
         if stats.bytes == 0 and process.returncode not in (0, -signal.SIGINT):
-            raise CaptureFailed(_last_line(errors) or f"tcpdump exited with {process.returncode}")
+            raise CaptureFailed(_failure(errors) or f"dumpcap exited with {process.returncode}")
         if match := _DROPPED.search(errors):
-            stats.dropped = int(match.group(1))
+            stats.dropped = int(match.group(2))
         return stats
     finally:
-        if process.returncode is None:  # cancelled, or an error above: never leave tcpdump behind
+        if process.returncode is None:  # cancelled, or an error above: never leave dumpcap behind
             with contextlib.suppress(ProcessLookupError):
                 process.kill()
             await process.wait()
@@ -139,7 +142,7 @@ async def _stop(process: asyncio.subprocess.Process, stderr_task: asyncio.Task[b
         assert process.stdout is not None
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(STOP_GRACE_S):
-                while await process.stdout.read(READ_SIZE):  # drain: tcpdump flushes on SIGINT
+                while await process.stdout.read(READ_SIZE):  # drain: dumpcap flushes on SIGINT
                     pass
                 await process.wait()
     with contextlib.suppress(TimeoutError):
@@ -147,6 +150,9 @@ async def _stop(process: asyncio.subprocess.Process, stderr_task: asyncio.Task[b
     return ""
 
 
-def _last_line(text: str) -> str:
-    lines = [line for line in text.strip().splitlines() if line and not line.startswith("tcpdump: listening")]
-    return lines[-1] if lines else ""
+def _failure(text: str) -> str:
+    """dumpcap's error, e.g. 'Invalid capture filter "tcp prot 80" for interface 'any'.'"""
+    for line in text.splitlines():
+        if line.startswith("dumpcap: "):
+            return line.removeprefix("dumpcap: ")
+    return text.strip().splitlines()[-1] if text.strip() else ""

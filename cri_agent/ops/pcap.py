@@ -83,7 +83,7 @@ class PcapStream:
 
 
 def network_payload(linktype: int, frame: bytes) -> tuple[int, bytes] | None:
-    """(ethertype, the IP packet) of a captured frame, for the link types tcpdump writes."""
+    """(ethertype, the IP packet) of a captured frame, for the link types capture tools write."""
     if linktype == LINKTYPE_ETHERNET and len(frame) >= 14:
         ethertype, offset = struct.unpack_from("!H", frame, 12)[0], 14
         while ethertype in (0x8100, 0x88A8) and len(frame) >= offset + 4:  # VLAN tags

@@ -27,7 +27,7 @@ from cri_agent.ops.sample import sample
 log = logging.getLogger("cri_agent.ops")
 
 CHUNK_SIZE = 1024 * 1024  # well under gRPC's 4 MiB message limit
-ENGINE_TCPDUMP = "tcpdump in the pod's network namespace (nsenter --net)"
+ENGINE_CAPTURE = "dumpcap in the pod's network namespace (nsenter --net)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,7 +98,7 @@ class OperationRunner:
 
     async def _tap(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
         netns = namespaces.netns_path(pod)
-        result.engine = ENGINE_TCPDUMP
+        result.engine = ENGINE_CAPTURE
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
         task = asyncio.create_task(capture(netns, permit, bpf_filter=request.filter, emit=queue.put))
         task.add_done_callback(lambda _: queue.put_nowait(None))
@@ -113,7 +113,7 @@ class OperationRunner:
                     await task
 
     async def _sample(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
-        result.engine = ENGINE_TCPDUMP
+        result.engine = ENGINE_CAPTURE
         stats, flows = await sample(namespaces.netns_path(pod), permit, bpf_filter=request.filter)
         _fill(result, stats)
         for flow in flows:
