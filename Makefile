@@ -1,12 +1,15 @@
 # The two commands a newcomer needs: `make setup` once, then `make test`.
 PY ?= python3
 DEBIAN_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables iproute2 \
-	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev
+	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev etcd-server etcd-client
 IMAGE_DIR ?= $(CURDIR)/.cache/images
+# kube-apiserver and kubectl built from the k8s.io/kubernetes Go module (integration/kube/go.mod), once.
+KUBE_BIN ?= $(CURDIR)/.cache/kube/bin
+GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
-.PHONY: setup setup-debian setup-python images proto lint unit integration test bench clean
+.PHONY: setup setup-debian setup-python images kube-binaries proto lint unit integration test bench clean
 
-setup: setup-debian setup-python images
+setup: setup-debian setup-python images kube-binaries
 
 setup-debian:
 	apt-get update -qq
@@ -18,6 +21,11 @@ setup-python:
 # Offline OCI images for the harness (pause + busybox workload); no registry.
 images:
 	$(PY) -m integration.harness.images $(IMAGE_DIR)
+
+kube-binaries: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl
+
+$(KUBE_BIN)/%: integration/kube/go.mod integration/kube/go.sum
+	cd integration/kube && $(GO) build -trimpath -o $@ k8s.io/kubernetes/cmd/$*
 
 proto:
 	$(PY) proto/generate.py

@@ -17,6 +17,7 @@ import pytest
 from integration.harness.agent import AgentProcess
 from integration.harness.containerd import PrivateContainerd
 from integration.harness.images import ImageSet, ensure_images
+from integration.harness.kube import ControlPlane
 from integration.harness.pods import PodFactory
 
 REPO = Path(__file__).resolve().parent.parent
@@ -29,6 +30,10 @@ REQUIRED = (
     "/usr/lib/cni/host-local",
     "/bin/busybox",
     "chromium",
+    "etcd",
+    "dumpcap",
+    str(REPO / ".cache" / "kube" / "bin" / "kube-apiserver"),
+    str(REPO / ".cache" / "kube" / "bin" / "kubectl"),
 )
 
 
@@ -88,3 +93,13 @@ def start_agent(tmp_path: Path, containerd: PrivateContainerd) -> Iterator[Agent
     for agent in agents:
         if agent.alive():
             assert agent.stop() == 0, agent.log_tail()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """etcd + kube-apiserver (RBAC, static tokens) on loopback, for the whole session."""
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root")
+    plane = ControlPlane(tmp_path_factory.mktemp("kube")).start()
+    yield plane
+    plane.stop()
