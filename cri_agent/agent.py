@@ -46,6 +46,7 @@ from cri_agent.model import (
 from cri_agent.ops.guardrails import Guardrails
 from cri_agent.ops.runner import OperationRunner, PodView
 from cri_agent.providers.cri import CriClient, RuntimeEvent, RuntimeVersion
+from cri_agent.providers.kubernetes import KubeSource, load_api
 from cri_agent.providers.proc import ProcError, ProcFS
 from cri_agent.sync import ColonySync, ColonyTarget, OnState, event_to_wire
 
@@ -103,6 +104,8 @@ class NodeAgent:
         self._wake = asyncio.Event()
         self._stopping = False
         self._conditions: dict[str, tuple[bool, str]] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self.kube = _kube_source(settings, on_change=self._wake.set, on_problem=self._kube_problem)
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -132,6 +135,8 @@ class NodeAgent:
         ]
         if self.settings.discovery.cri.events:
             tasks.append(asyncio.create_task(self._events(), name="runtime-events"))
+        if self.kube is not None:
+            tasks.append(asyncio.create_task(self.kube.run(), name="kubernetes"))
         if self.sync is not None:
             self.sync.set_services(self.known.services, self.health.health)
             tasks.append(asyncio.create_task(self.sync.run(), name="colony-sync"))
@@ -151,7 +156,7 @@ class NodeAgent:
         self._stopping = True
         self._wake.set()
         for task in reversed(tasks):  # events and probes first, then let the current pass finish
-            if task.get_name() in ("runtime-events", "health", "colony-sync", "control"):
+            if task.get_name() in ("runtime-events", "health", "colony-sync", "control", "kubernetes"):
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_GRACE_S)
@@ -209,8 +214,15 @@ class NodeAgent:
             pods = await self.runtime.pods()
         except CoralError as exc:
             await self._runtime_down(exc)
-            return False
-        await self._runtime_up()
+            if self.kube is None or not self.kube.pods_synced:
+                return False
+            pods = self.kube.pod_records()  # the fallback: this node's pods as the API server sees them
+        else:
+            await self._runtime_up()
+            if self.kube is not None:
+                pods = self.kube.enrich(pods)
+        if self.kube is not None and self.sync is not None:
+            self.sync.set_node_labels(self.kube.node_labels())
         try:
             pods = list(await asyncio.to_thread(self.proc.enrich, pods))
         except ProcError as exc:
@@ -324,6 +336,21 @@ class NodeAgent:
         emit(log, "runtime.connected", runtime=reason)
         await self._condition("runtime", ok=True, reason=reason)
 
+    def _kube_problem(self, reason: str, ok: bool) -> None:
+        """From the API watches (on the loop): the `kubernetes` condition, and one error event per new problem."""
+        task = asyncio.ensure_future(self._kube_condition(reason, ok))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _kube_condition(self, reason: str, ok: bool) -> None:
+        if not ok and self._conditions.get("kubernetes") != (False, reason) and "forbids" in reason:
+            event = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=reason)
+            with contextlib.suppress(CacheError):
+                await self.cache.call(lambda c: c.record_events([event], node_name=self.node_name))
+            if self.sync is not None:
+                self.sync.add_events([event_to_wire(event, at=self.clock(), provenance=None)])
+        await self._condition("kubernetes", ok=ok, reason=reason)
+
     async def _colony_state(self, connected: bool, reason: str) -> None:
         await self._condition("colony", ok=connected, reason=reason)
 
@@ -359,6 +386,21 @@ def _provenance(
 ) -> Provenance | None:
     service = (now.get(event.key) or before.get(event.key)) if event.key else None
     return service.provenance if service else None
+
+
+def _kube_source(
+    settings: Settings, *, on_change: Callable[[], None], on_problem: Callable[[str, bool], None]
+) -> KubeSource | None:
+    k8s = settings.discovery.kubernetes
+    if not k8s.api_enabled():
+        return None
+    return KubeSource(
+        load_api(k8s.kubeconfig),
+        node_name=settings.node_name,
+        forbidden_retry_s=k8s.forbidden_retry_interval,
+        on_change=on_change,
+        on_problem=on_problem,
+    )
 
 
 def _colony_sync(settings: Settings, *, on_state: OnState) -> ColonySync | None:

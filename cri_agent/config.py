@@ -71,6 +71,16 @@ class KubernetesDiscovery(_Duration):
     exclude_labels: dict[str, str] = {}
     poll_interval: float = 30.0
     resync_interval: float = 300.0
+    # The API server: enrichment (owners, node labels) and the fallback pod source. auto: in a cluster
+    # (KUBERNETES_SERVICE_HOST) or with a kubeconfig; off: CRI and /proc only.
+    api: Literal["auto", "on", "off"] = "auto"
+    kubeconfig: Path | None = None
+    forbidden_retry_interval: float = Field(default=300.0, gt=0)
+
+    def api_enabled(self) -> bool:
+        if self.api == "auto":
+            return self.kubeconfig is not None or bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+        return self.api == "on"
 
 
 class DiscoverySettings(_Duration):
@@ -317,6 +327,7 @@ def flags_to_settings(
     resync_interval: str | None = None,
     no_events: bool = False,
     observe_only: bool = False,
+    kubeconfig: Path | None = None,
 ) -> dict[str, Any]:
     """Command-line flags as a nested settings mapping (only what was given)."""
     given: dict[str, Any] = {
@@ -334,6 +345,7 @@ def flags_to_settings(
         "cache.path": cache,
         "log.format": log_format,
         "ops.observeOnly": True if observe_only else None,
+        "discovery.kubernetes.kubeconfig": kubeconfig,
     }
     flags: dict[str, Any] = {}
     for path, value in given.items():

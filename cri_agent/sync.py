@@ -25,7 +25,7 @@ import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import grpc
@@ -155,6 +155,13 @@ class ColonySync:
             for key, service in services.items()
         }
         self._changed.set()
+
+    def set_node_labels(self, labels: Mapping[str, str]) -> None:
+        """New node labels (from the API) travel with every service: register in full again."""
+        if dict(labels) != dict(self.target.node_labels):
+            self.target = replace(self.target, node_labels=dict(labels))
+            self._acked = None
+            self._changed.set()
 
     def add_events(self, events: Iterable[Any]) -> None:
         """Queue mesh.v1 DiscoveryEvents for the colony's audit log (oldest dropped past the bound)."""

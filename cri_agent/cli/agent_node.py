@@ -36,6 +36,9 @@ def register(commands: Any) -> None:
     node.add_argument("--node-name", help="default $NODE_NAME, else the hostname")
     node.add_argument("--resync-interval", help="full re-list period, e.g. 5m (default)")
     node.add_argument("--no-events", action="store_true", help="do not subscribe to runtime events")
+    node.add_argument(
+        "--kubeconfig", type=Path, help="use the Kubernetes API with these credentials (default: in-cluster)"
+    )
     node.add_argument("--log-format", choices=["text", "json"])
     node.add_argument(
         "--observe-only", action="store_true", help="refuse tap and profile (sample keeps no payload: allowed)"
@@ -57,6 +60,7 @@ def run(args: argparse.Namespace) -> int:
         resync_interval=args.resync_interval,
         no_events=args.no_events,
         observe_only=args.observe_only,
+        kubeconfig=args.kubeconfig,
     )
     settings = load_settings(args.config, override_file=args.override_file, flags=flags)
     configure(fmt=settings.log.format, level=settings.log.level)

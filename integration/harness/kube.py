@@ -163,9 +163,14 @@ class ControlPlane:
         raise ControlPlaneError(f"kube-apiserver not ready in {timeout}s:\n{self.log('apiserver')[-3000:]}")
 
     def stop_apiserver(self) -> None:
+        """SIGTERM, and SIGKILL if open watches keep it from exiting within 10 s."""
         if self.apiserver is not None and self.apiserver.poll() is None:
             self.apiserver.terminate()
-            self.apiserver.wait(30)
+            try:
+                self.apiserver.wait(10)
+            except subprocess.TimeoutExpired:
+                self.apiserver.kill()
+                self.apiserver.wait(10)
 
     def stop(self) -> None:
         self.stop_apiserver()

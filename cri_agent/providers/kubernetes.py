@@ -1,0 +1,341 @@
+"""The Kubernetes API: enrichment when RBAC allows it, and the fallback pod source.
+
+Everything is kept current by watches, never by polling per pod: this
+node's pods (``fieldSelector=spec.nodeName=<node>``), this node object
+(labels), and ReplicaSets and Jobs (to resolve a pod's owner up to its
+Deployment or CronJob). Each watch lists once, then watches from the list's
+resourceVersion, resumes from the last one it saw, relists on 410 Gone and
+backs off with jitter on errors.
+
+403 Forbidden is a configuration fact, not an outage: it is reported once,
+naming the verb and resource the agent's identity lacks, the agent goes on
+without that watch (CRI-only discovery stays complete), and retries after a
+long backoff (``discovery.kubernetes.forbiddenRetryInterval``).
+
+The watches run in threads (the official client is synchronous) and post
+what they learn to the agent's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client, config, watch
+from kubernetes.client.rest import ApiException
+
+from cri_agent.backoff import Backoff
+from cri_agent.errors import ConfigError
+from cri_agent.logs import emit
+from cri_agent.model import (
+    ContainerID,
+    ContainerRecord,
+    ContainerState,
+    DeclaredPort,
+    PodRecord,
+    PodUID,
+    SandboxID,
+)
+
+log = logging.getLogger("cri_agent.providers.kubernetes")
+
+WATCH_TIMEOUT_S = 240  # server-side watch timeout; the watch resumes from its resourceVersion
+RESTART_GRACE_S = 60.0  # a watch that worked this recently treats 403 as an API server still starting
+Problem = Callable[[str, bool], None]  # (reason, ok) from a watch thread: the agent's `kubernetes` condition
+
+
+@dataclass(slots=True)
+class _State:
+    pods: dict[str, Any] = field(default_factory=dict)  # uid -> V1Pod of this node
+    replicasets: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> "Deployment/x" or ""
+    jobs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> "CronJob/x" or ""
+    node_labels: dict[str, str] = field(default_factory=dict)
+    synced: set[str] = field(default_factory=set)  # watches that completed their first list
+
+
+def load_api(kubeconfig: Path | None) -> client.ApiClient:
+    """In-cluster credentials (the ServiceAccount) unless a kubeconfig is given."""
+    configuration = client.Configuration()
+    try:
+        if kubeconfig is not None:
+            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        else:
+            config.load_incluster_config(client_configuration=configuration)
+    except (config.ConfigException, OSError) as exc:
+        where = kubeconfig or "the in-cluster ServiceAccount"
+        raise ConfigError(f"Kubernetes API credentials from {where} cannot be loaded: {exc}") from None
+    return client.ApiClient(configuration)
+
+
+class KubeSource:
+    def __init__(
+        self,
+        api: client.ApiClient,
+        *,
+        node_name: str,
+        forbidden_retry_s: float = 300.0,
+        on_change: Callable[[], None] = lambda: None,
+        on_problem: Problem = lambda reason, ok: None,
+    ) -> None:
+        self.api = api
+        self.node_name = node_name
+        self.forbidden_retry_s = forbidden_retry_s
+        self.on_change = on_change
+        self.on_problem = on_problem
+        self._state = _State()
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._forbidden: dict[str, str] = {}
+        self.events_received = 0
+
+    # -- what the agent reads ------------------------------------------------------------------
+
+    @property
+    def pods_synced(self) -> bool:
+        return "pods" in self._state.synced
+
+    def node_labels(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._state.node_labels)
+
+    def owner(self, pod: Any) -> str:
+        """``Deployment/x``, ``StatefulSet/x``, ``CronJob/x``...: the pod's controlling workload."""
+        refs = [r for r in (pod.metadata.owner_references or []) if r.controller]
+        if not refs:
+            return ""
+        kind, name, namespace = refs[0].kind, refs[0].name, pod.metadata.namespace
+        with self._lock:
+            if kind == "ReplicaSet":
+                return self._state.replicasets.get((namespace, name)) or f"ReplicaSet/{name}"
+            if kind == "Job":
+                return self._state.jobs.get((namespace, name)) or f"Job/{name}"
+        return f"{kind}/{name}"
+
+    def enrich(self, pods: list[PodRecord]) -> list[PodRecord]:
+        """CRI pods with their owning workload, where the API knows the pod."""
+        with self._lock:
+            known = dict(self._state.pods)
+        return [replace(p, owner=self.owner(known[p.uid])) if p.uid in known else p for p in pods]
+
+    def pod_records(self) -> list[PodRecord]:
+        """The fallback source: running pods of this node as the API sees them (no netns, no pids)."""
+        with self._lock:
+            pods = list(self._state.pods.values())
+        return [record for pod in pods if (record := self._record(pod)) is not None]
+
+    # -- the watches ---------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        core, apps, batch = client.CoreV1Api(self.api), client.AppsV1Api(self.api), client.BatchV1Api(self.api)
+        loop = asyncio.get_running_loop()
+        on_node = {"field_selector": f"spec.nodeName={self.node_name}"}
+        this_node = {"field_selector": f"metadata.name={self.node_name}"}
+        watches: list[tuple[str, str, Callable[..., Any], dict[str, str], Callable[[str, Any], None]]] = [
+            ("pods", "list/watch pods (on this node)", core.list_pod_for_all_namespaces, on_node, self._on_pod),
+            ("nodes", f"get/watch node {self.node_name}", core.list_node, this_node, self._on_node),
+            (
+                "replicasets",
+                "list/watch replicasets",
+                apps.list_replica_set_for_all_namespaces,
+                {},
+                self._on_replicaset,
+            ),
+            ("jobs", "list/watch jobs", batch.list_job_for_all_namespaces, {}, self._on_job),
+        ]
+        threads = [
+            threading.Thread(
+                target=self._watch,
+                args=(name, need, lister, kwargs, handler, loop),
+                name=f"kube-watch-{name}",
+                daemon=True,
+            )
+            for name, need, lister, kwargs, handler in watches
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._stop.set()
+            with contextlib.suppress(Exception):
+                self.api.close()
+
+    def _watch(
+        self,
+        name: str,
+        need: str,
+        lister: Callable[..., Any],
+        kwargs: Mapping[str, Any],
+        handle: Callable[[str, Any], None],
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        backoff = Backoff(initial=0.5, maximum=30.0)
+        version: str | None = None
+        since = time.monotonic()  # the last time this watch was known to work
+        while not self._stop.is_set():
+            try:
+                if version is None:
+                    listed = lister(**kwargs, _request_timeout=30)
+                    with self._lock:
+                        self._reset(name)
+                    for item in listed.items:
+                        handle("ADDED", item)
+                    version = listed.metadata.resource_version
+                    self._state.synced.add(name)
+                    since = time.monotonic()
+                    self._ok(name, loop)
+                    loop.call_soon_threadsafe(self.on_change)
+                stream = watch.Watch().stream(
+                    lister,
+                    **kwargs,
+                    resource_version=version,
+                    timeout_seconds=WATCH_TIMEOUT_S,
+                    allow_watch_bookmarks=True,
+                    _request_timeout=WATCH_TIMEOUT_S + 30,
+                )
+                for event in stream:
+                    if self._stop.is_set():
+                        return
+                    kind, obj = event["type"], event["object"]
+                    if kind == "ERROR":  # 410 Gone arrives as an event: relist
+                        version = None
+                        break
+                    version = obj.metadata.resource_version
+                    since = time.monotonic()
+                    if kind != "BOOKMARK":
+                        self.events_received += 1
+                        handle(kind, obj)
+                        loop.call_soon_threadsafe(self.on_change)
+                backoff.reset()
+                since = time.monotonic()
+            except ApiException as exc:
+                if exc.status == 410:
+                    version = None
+                elif exc.status == 403 and name in self._state.synced and time.monotonic() - since < RESTART_GRACE_S:
+                    # Allowed before: an API server that just restarted denies until its RBAC cache syncs.
+                    self._fail(name, f"403 right after being allowed: retrying ({_message(exc)})", loop)
+                    version = None
+                    self._stop.wait(backoff.next())
+                elif exc.status == 403:
+                    self._forbidden_once(name, need, exc, loop)
+                    version = None
+                    self._stop.wait(self.forbidden_retry_s)
+                else:
+                    self._fail(name, f"{exc.status} {exc.reason}", loop)
+                    self._stop.wait(backoff.next())
+            except Exception as exc:  # connection refused, timeouts, an API server restarting
+                if self._stop.is_set():
+                    return
+                self._fail(name, f"{type(exc).__name__}: {exc}", loop)
+                self._stop.wait(backoff.next())
+
+    # -- handlers (watch threads) --------------------------------------------------------------
+
+    def _reset(self, name: str) -> None:
+        if name == "pods":
+            self._state.pods.clear()
+        elif name == "replicasets":
+            self._state.replicasets.clear()
+        elif name == "jobs":
+            self._state.jobs.clear()
+
+    def _on_pod(self, kind: str, pod: Any) -> None:
+        with self._lock:
+            if kind == "DELETED":
+                self._state.pods.pop(pod.metadata.uid, None)
+            else:
+                self._state.pods[pod.metadata.uid] = pod
+
+    def _on_node(self, kind: str, node: Any) -> None:
+        with self._lock:
+            self._state.node_labels = {} if kind == "DELETED" else dict(node.metadata.labels or {})
+
+    def _on_replicaset(self, kind: str, rs: Any) -> None:
+        self._on_owned(self._state.replicasets, "Deployment", kind, rs)
+
+    def _on_job(self, kind: str, job: Any) -> None:
+        self._on_owned(self._state.jobs, "CronJob", kind, job)
+
+    def _on_owned(self, table: dict[tuple[str, str], str], parent: str, kind: str, obj: Any) -> None:
+        key = (obj.metadata.namespace, obj.metadata.name)
+        with self._lock:
+            if kind == "DELETED":
+                table.pop(key, None)
+                return
+            refs = [r for r in (obj.metadata.owner_references or []) if r.controller and r.kind == parent]
+            table[key] = f"{parent}/{refs[0].name}" if refs else ""
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def _forbidden_once(self, name: str, need: str, exc: ApiException, loop: asyncio.AbstractEventLoop) -> None:
+        reason = (
+            f"Kubernetes API forbids {need} to this agent's identity ({_message(exc)}): grant it (the shipped "
+            f"ClusterRole does); discovery continues from the container runtime, retrying in "
+            f"{self.forbidden_retry_s:g}s"
+        )
+        if self._forbidden.get(name) != reason:
+            self._forbidden[name] = reason
+            emit(log, "kubernetes.forbidden", level=logging.WARNING, watch=name, reason=reason)
+            loop.call_soon_threadsafe(self.on_problem, reason, False)
+
+    def _fail(self, name: str, reason: str, loop: asyncio.AbstractEventLoop) -> None:
+        loop.call_soon_threadsafe(self.on_problem, f"watch {name}: {reason}", False)
+
+    def _ok(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._forbidden.pop(name, None)
+        if not self._forbidden:
+            loop.call_soon_threadsafe(self.on_problem, "watching pods of this node, its node, replicasets, jobs", True)
+
+    # -- the fallback record -----------------------------------------------------------------------
+
+    def _record(self, pod: Any) -> PodRecord | None:
+        status, spec = pod.status, pod.spec
+        if status is None or status.phase != "Running" or not status.pod_ip:
+            return None
+        running = {cs.name: cs for cs in (status.container_statuses or [])}
+        containers = []
+        for container in spec.containers:
+            cs = running.get(container.name)
+            state = (
+                ContainerState.RUNNING if cs is not None and cs.state and cs.state.running else ContainerState.EXITED
+            )
+            ports = tuple(
+                DeclaredPort(p.container_port, (p.protocol or "TCP").upper(), p.name or "")  # type: ignore[arg-type]
+                for p in (container.ports or [])
+            )
+            containers.append(
+                ContainerRecord(
+                    id=ContainerID((cs.container_id or "").split("://")[-1] if cs else ""),
+                    name=container.name,
+                    state=state,
+                    image=container.image or "",
+                    declared_ports=ports,
+                )
+            )
+        meta = pod.metadata
+        return PodRecord(
+            uid=PodUID(meta.uid),
+            name=meta.name,
+            namespace=meta.namespace,
+            sandbox_id=SandboxID(f"api:{meta.uid}"),
+            labels=dict(meta.labels or {}),
+            annotations=dict(meta.annotations or {}),
+            ip=status.pod_ip,
+            containers=tuple(containers),
+            owner=self.owner(pod),
+            host_network=bool(spec.host_network),
+        )
+
+
+def _message(exc: ApiException) -> str:
+    with contextlib.suppress(ValueError, TypeError):
+        return str(json.loads(exc.body).get("message", exc.reason))
+    return str(exc.reason)
