@@ -3,7 +3,8 @@ PY ?= python3
 DEBIAN_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables iproute2 \
 	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev etcd-server etcd-client
 IMAGE_DIR ?= $(CURDIR)/.cache/images
-# kube-apiserver and kubectl built from the k8s.io/kubernetes Go module (integration/kube/go.mod), once.
+# kube-apiserver and kubectl from the k8s.io/kubernetes Go module (integration/kube), helm from its
+# module (integration/helm): built once into a cache directory, no binary downloaded.
 KUBE_BIN ?= $(CURDIR)/.cache/kube/bin
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
@@ -22,10 +23,13 @@ setup-python:
 images:
 	$(PY) -m integration.harness.images $(IMAGE_DIR)
 
-kube-binaries: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl
+kube-binaries: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl $(KUBE_BIN)/helm
 
-$(KUBE_BIN)/%: integration/kube/go.mod integration/kube/go.sum
-	cd integration/kube && $(GO) build -trimpath -o $@ k8s.io/kubernetes/cmd/$*
+$(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl: integration/kube/go.mod integration/kube/go.sum
+	cd integration/kube && $(GO) build -trimpath -o $@ k8s.io/kubernetes/cmd/$(@F)
+
+$(KUBE_BIN)/helm: integration/helm/go.mod integration/helm/go.sum
+	cd integration/helm && $(GO) build -trimpath -o $@ helm.sh/helm/v3/cmd/helm
 
 proto:
 	$(PY) proto/generate.py

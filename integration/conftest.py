@@ -34,6 +34,7 @@ REQUIRED = (
     "dumpcap",
     str(REPO / ".cache" / "kube" / "bin" / "kube-apiserver"),
     str(REPO / ".cache" / "kube" / "bin" / "kubectl"),
+    str(REPO / ".cache" / "kube" / "bin" / "helm"),
 )
 
 

@@ -8,6 +8,7 @@ connection, as an auditor would.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import sqlite3
@@ -35,8 +36,7 @@ class ColonyProcess:
         self.directory = directory
         self.colony_id = colony_id
         self.heartbeat_timeout = heartbeat_timeout
-        self.port = free_port()
-        self.web_port = free_port()
+        self.port = free_port()  # fixed across restarts: agents dial the same address
         self.log_path = directory.parent / f"{directory.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
         if not (directory / "colony.yaml").exists():
@@ -48,7 +48,9 @@ class ColonyProcess:
 
     @property
     def web_url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}"
+        """The status page, on the port the colony picked (it logs it at start)."""
+        started = [json.loads(line) for line in self.log().splitlines() if '"colony.started"' in line]
+        return f"http://{started[-1]['web']}"
 
     @property
     def database(self) -> Path:
@@ -79,7 +81,7 @@ class ColonyProcess:
                 "--listen",
                 self.address,
                 "--web-listen",
-                f"127.0.0.1:{self.web_port}",
+                "127.0.0.1:0",
                 "--heartbeat-timeout",
                 f"{self.heartbeat_timeout}s",
                 "--log-format",
@@ -91,6 +93,7 @@ class ColonyProcess:
         )
         log.close()
         self.wait_for(self._listening, timeout=20, what="colony start")
+        self.wait_for(lambda: '"colony.started"' in self.log(), timeout=10, what="the colony's start line")
         return self
 
     def _listening(self) -> bool:

@@ -1,0 +1,91 @@
+"""What operators install, checked by a real kube-apiserver (server-side dry-run apply)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cri_agent.config import load_settings
+from integration.harness.kube import KUBE_BIN, ControlPlane
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def plane(control_plane: ControlPlane) -> ControlPlane:
+    control_plane.kubectl("apply", "-f", str(DEPLOY / "namespace.yaml"))
+    return control_plane
+
+
+@pytest.mark.parametrize("manifest", MANIFESTS, ids=[p.name for p in MANIFESTS])
+def test_every_manifest_is_accepted_by_server_side_dry_run(plane: ControlPlane, manifest: Path) -> None:
+    out = plane.kubectl("apply", "--dry-run=server", "-f", str(manifest))
+    kinds = [doc["kind"] for doc in yaml.safe_load_all(manifest.read_text()) if doc]
+    assert out.count("(server dry run)") == len(kinds), out
+
+
+def test_the_agent_daemonset_runs_everywhere_without_privileged_and_with_its_mounts() -> None:
+    spec = yaml.safe_load((DEPLOY / "daemonset.yaml").read_text())["spec"]["template"]["spec"]
+    container = spec["containers"][0]
+    assert spec["hostPID"] is True and {"operator": "Exists"} in spec["tolerations"]
+    assert "privileged" not in container["securityContext"]
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/run/containerd/containerd.sock", "/var/lib/coral"}
+    assert container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert container["resources"]["limits"] and container["resources"]["requests"]
+    observe = yaml.safe_load((DEPLOY / "daemonset-observe-only.yaml").read_text())["spec"]["template"]["spec"]
+    caps = observe["containers"][0]["securityContext"]["capabilities"]["add"]
+    assert "--observe-only" in observe["containers"][0]["args"] and "PERFMON" not in caps
+
+
+def render(*values: str) -> str:
+    chart = DEPLOY / "helm" / "coral-node-agent"
+    args = [str(KUBE_BIN / "helm"), "template", "coral", str(chart), "--namespace", "coral-system"]
+    done = subprocess.run([*args, *(a for v in values for a in ("--set", v))], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize(
+    "values",
+    [(), ("mode=observe-only",), ("rbac.create=false", "filters.includeNamespaces={shop,billing}")],
+    ids=["defaults", "observe-only", "no-rbac"],
+)
+def test_the_rendered_chart_is_accepted_by_server_side_dry_run(plane: ControlPlane, values: tuple[str, ...]) -> None:
+    rendered = render(*values)
+    out = plane.kubectl("apply", "--dry-run=server", "-f", "-", input=rendered)
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    assert out.count("(server dry run)") == len(docs), out
+    kinds = {d["kind"] for d in docs}
+    assert ("ClusterRole" in kinds) == ("rbac.create=false" not in values)
+    [daemonset] = [d for d in docs if d["kind"] == "DaemonSet"]
+    caps = daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+    assert ("PERFMON" in caps) == ("mode=observe-only" not in values)
+    [config] = [d for d in docs if d["kind"] == "ConfigMap"]
+    agent = yaml.safe_load(config["data"]["agent.yaml"])
+    assert agent["ops"]["observeOnly"] == ("mode=observe-only" in values)
+    assert agent["discovery"]["kubernetes"]["api"] == ("off" if "rbac.create=false" in values else "on")
+
+
+def test_the_shipped_configs_are_valid_agent_configs(tmp_path: Path) -> None:
+    docs = [d for d in yaml.safe_load_all(render("filters.includeNamespaces={shop}")) if d]
+    [chart_config] = [d for d in docs if d["kind"] == "ConfigMap"]
+    plain_config = yaml.safe_load((DEPLOY / "agent-config.yaml").read_text())
+    for name, config in (("chart", chart_config), ("deploy", plain_config)):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(config["data"]["agent.yaml"])
+        settings = load_settings(path)
+        assert settings.colony.address == "coral-colony.coral-system.svc:9000"
+        assert settings.discovery.kubernetes.api == "on"
+    assert load_settings(tmp_path / "chart.yaml").discovery.kubernetes.include_namespaces == ["shop"]
+
+
+def test_an_unknown_mode_is_refused_by_the_chart() -> None:
+    chart = DEPLOY / "helm" / "coral-node-agent"
+    done = subprocess.run(
+        [str(KUBE_BIN / "helm"), "template", "coral", str(chart), "--set", "mode=yolo"], capture_output=True, text=True
+    )
+    assert done.returncode != 0 and "mode must be full or observe-only" in done.stderr
