@@ -52,6 +52,7 @@ test: lint
 bench:
 	$(PY) -m bench.discovery --pods 250 --output BENCHMARKS.md
 	$(PY) -m bench.ops --output BENCHMARKS.md
+	$(PY) -m bench.colony --agents 1000 --services 250 --output BENCHMARKS.md
 
 clean:
 	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache
