@@ -1,16 +1,17 @@
 # The two commands a newcomer needs: `make setup` once, then `make test`.
 PY ?= python3
 DEBIAN_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables iproute2 \
-	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev etcd-server etcd-client
+	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev etcd-server etcd-client \
+	debootstrap docker.io
 IMAGE_DIR ?= $(CURDIR)/.cache/images
 # kube-apiserver and kubectl from the k8s.io/kubernetes Go module (integration/kube), helm from its
 # module (integration/helm): built once into a cache directory, no binary downloaded.
 KUBE_BIN ?= $(CURDIR)/.cache/kube/bin
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
-.PHONY: setup setup-debian setup-python images kube-binaries proto lint unit integration test bench clean
+.PHONY: setup setup-debian setup-python images kube-binaries image-inputs proto lint unit integration test bench clean
 
-setup: setup-debian setup-python images kube-binaries
+setup: setup-debian setup-python images kube-binaries image-inputs
 
 setup-debian:
 	apt-get update -qq
@@ -30,6 +31,16 @@ $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl: integration/kube/go.mod integrat
 
 $(KUBE_BIN)/helm: integration/helm/go.mod integration/helm/go.sum
 	cd integration/helm && $(GO) build -trimpath -o $@ helm.sh/helm/v3/cmd/helm
+
+# Offline inputs of the image build (integration/test_image.py): a Debian root from Debian's archive, and wheels.
+DOCKER_ROOT_PACKAGES := python3,python3-venv,util-linux,iproute2,procps,tshark,linux-perf,ca-certificates
+image-inputs: .cache/docker/bookworm-rootfs.tar
+	rm -rf .cache/wheels && $(PY) -m pip wheel -q --disable-pip-version-check -w .cache/wheels .
+
+.cache/docker/bookworm-rootfs.tar:
+	rm -rf .cache/docker/rootfs && mkdir -p .cache/docker
+	debootstrap --variant=minbase --include=$(DOCKER_ROOT_PACKAGES) bookworm .cache/docker/rootfs http://deb.debian.org/debian
+	tar -C .cache/docker/rootfs -cf $@ . && rm -rf .cache/docker/rootfs
 
 proto:
 	$(PY) proto/generate.py
