@@ -5,7 +5,7 @@ DEBIAN_PACKAGES := containerd runc containernetworking-plugins busybox-static ip
 	debootstrap docker.io
 IMAGE_DIR ?= $(CURDIR)/.cache/images
 # kube-apiserver and kubectl from the k8s.io/kubernetes Go module (integration/kube), helm from its
-# module (integration/helm): built once into a cache directory, no binary downloaded.
+# module (integration/helm), kwok likewise (integration/kwok): built once into a cache directory.
 KUBE_BIN ?= $(CURDIR)/.cache/kube/bin
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
@@ -24,13 +24,16 @@ setup-python:
 images:
 	$(PY) -m integration.harness.images $(IMAGE_DIR)
 
-kube-binaries: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl $(KUBE_BIN)/helm
+kube-binaries: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl $(KUBE_BIN)/helm $(KUBE_BIN)/kwok
 
 $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl: integration/kube/go.mod integration/kube/go.sum
 	cd integration/kube && $(GO) build -trimpath -o $@ k8s.io/kubernetes/cmd/$(@F)
 
 $(KUBE_BIN)/helm: integration/helm/go.mod integration/helm/go.sum
 	cd integration/helm && $(GO) build -trimpath -o $@ helm.sh/helm/v3/cmd/helm
+
+$(KUBE_BIN)/kwok: integration/kwok/go.mod integration/kwok/go.sum
+	cd integration/kwok && $(GO) build -trimpath -o $@ sigs.k8s.io/kwok/cmd/kwok
 
 # Offline inputs of the image build (integration/test_image.py): a Debian root from Debian's archive, and wheels.
 DOCKER_ROOT_PACKAGES := python3,python3-venv,util-linux,iproute2,procps,tshark,linux-perf,ca-certificates

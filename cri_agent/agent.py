@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cri_agent import __version__
 from cri_agent.backoff import Backoff
@@ -46,9 +46,11 @@ from cri_agent.model import (
 from cri_agent.ops.guardrails import Guardrails
 from cri_agent.ops.runner import OperationRunner, PodView
 from cri_agent.providers.cri import CriClient, RuntimeEvent, RuntimeVersion
-from cri_agent.providers.kubernetes import KubeSource, load_api
 from cri_agent.providers.proc import ProcError, ProcFS
 from cri_agent.sync import ColonySync, ColonyTarget, OnState, event_to_wire
+
+if TYPE_CHECKING:  # the Kubernetes client costs ~35 MiB: imported only when the API is used
+    from cri_agent.providers.kubernetes import KubeSource
 
 log = logging.getLogger("cri_agent.agent")
 
@@ -221,8 +223,12 @@ class NodeAgent:
             await self._runtime_up()
             if self.kube is not None:
                 pods = self.kube.enrich(pods)
-        if self.kube is not None and self.sync is not None:
-            self.sync.set_node_labels(self.kube.node_labels())
+        if (kube := self.kube) is not None:
+            received = {"kubernetes_events": str(kube.events_received)}  # what the watches delivered, for auditors
+            with contextlib.suppress(CacheError):
+                await self.cache.call(lambda c: c.set_meta(received))
+            if self.sync is not None:
+                self.sync.set_node_labels(kube.node_labels())
         try:
             pods = list(await asyncio.to_thread(self.proc.enrich, pods))
         except ProcError as exc:
@@ -394,6 +400,8 @@ def _kube_source(
     k8s = settings.discovery.kubernetes
     if not k8s.api_enabled():
         return None
+    from cri_agent.providers.kubernetes import KubeSource, load_api
+
     return KubeSource(
         load_api(k8s.kubeconfig),
         node_name=settings.node_name,
