@@ -26,7 +26,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from kubernetes import client, config
+from kubernetes import client, config, watch
 
 from integration.harness.agent import AgentProcess
 from integration.harness.kube import KUBE_BIN, ControlPlane
@@ -113,7 +113,23 @@ def run(nodes: int, per_node: int) -> str:
             ).start()
             time.sleep(2.0)  # the agent's first list is done and its watches are open
             created: dict[str, float] = {}
+            running: dict[str, float] = {}  # when a watch of our own saw kwok's status (IP) arrive
             lock = threading.Lock()
+            stop = threading.Event()
+
+            def observe() -> None:
+                stream = watch.Watch().stream(
+                    core.list_namespaced_pod, "bench", field_selector=f"spec.nodeName={ours}", timeout_seconds=300
+                )
+                for event in stream:
+                    item = event["object"]
+                    if item.status and item.status.pod_ip and item.metadata.name not in running:
+                        running[item.metadata.name] = time.time()
+                    if stop.is_set():
+                        return
+
+            observer = threading.Thread(target=observe, daemon=True)
+            observer.start()
 
             def create(index: int) -> None:
                 target = names[index % nodes]
@@ -131,7 +147,9 @@ def run(nodes: int, per_node: int) -> str:
             deadline = time.monotonic() + 120
             while len(seen := cached(agent.cache_path)) < per_node and time.monotonic() < deadline:
                 time.sleep(0.2)
+            stop.set()
             latencies = [(seen[name] - at) * 1000 for name, at in created.items() if name in seen]
+            agent_part = [(seen[name] - at) * 1000 for name, at in running.items() if name in seen]
             time.sleep(3.0)  # let stray events (there should be none) arrive
             events = int(agent.read(lambda c: c.meta()).get("kubernetes_events", "0"))
             current, peak = rss(agent.pid)
@@ -155,7 +173,12 @@ def run(nodes: int, per_node: int) -> str:
         f"| watch events received by the agent | {events:,} (its node's pods only: adds and status updates) |",
         f"| pod created -> service in the agent's cache, p50 / p99 (includes kwok making it Running) | "
         f"{statistics.median(latencies):.0f} / {percentile(latencies, 99):.0f} ms |",
+        f"| pod Running with its IP (seen by a watch of the benchmark) -> service in the agent's cache, p50 / p99 | "
+        f"{statistics.median(agent_part):.0f} / {percentile(agent_part, 99):.0f} ms |",
         f"| agent RSS at the end / peak | {current:.0f} / {peak:.0f} MiB |",
+        "",
+        "The first latency is dominated by kwok, which marks 5,000 pods Running in the order they came; the second "
+        "is the agent's own share: the watch event, a coalesced reconcile, the cache write.",
     ]
     return "\n".join(lines)
 

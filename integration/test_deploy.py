@@ -33,7 +33,11 @@ def test_the_agent_daemonset_runs_everywhere_without_privileged_and_with_its_mou
     container = spec["containers"][0]
     assert spec["hostPID"] is True and {"operator": "Exists"} in spec["tolerations"]
     assert "privileged" not in container["securityContext"]
-    assert {m["mountPath"] for m in container["volumeMounts"]} >= {"/run/containerd/containerd.sock", "/var/lib/coral"}
+    assert {m["mountPath"] for m in container["volumeMounts"]} >= {
+        "/run/containerd/containerd.sock",
+        "/host/proc",
+        "/var/lib/coral",
+    }
     assert container["env"][0]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
     assert container["resources"]["limits"] and container["resources"]["requests"]
     observe = yaml.safe_load((DEPLOY / "daemonset-observe-only.yaml").read_text())["spec"]["template"]["spec"]
