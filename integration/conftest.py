@@ -35,6 +35,9 @@ REQUIRED = (
     str(REPO / ".cache" / "kube" / "bin" / "kube-apiserver"),
     str(REPO / ".cache" / "kube" / "bin" / "kubectl"),
     str(REPO / ".cache" / "kube" / "bin" / "helm"),
+    str(REPO / ".cache" / "kube" / "bin" / "kwok"),
+    "/usr/sbin/dockerd",
+    "debootstrap",
 )
 
 

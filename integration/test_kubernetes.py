@@ -1,10 +1,10 @@
 """The agent with a real kube-apiserver: enrichment under the shipped RBAC, 403, and the API fallback.
 
-The API objects are created as kubelet and controllers would leave them
-(no controller manager runs): a Deployment, its ReplicaSet, and pods bound
-to a node, with status written through the status subresource. Pods that
-also exist in containerd are created there with the same UID, as kubelet
-does.
+The API objects are created as controllers would leave them (no
+controller manager runs): a Deployment, its ReplicaSet, and pods bound to a
+node. Pods that also exist in containerd are created there with the same
+UID, as kubelet does; for pods that exist only in the API, kwok plays
+kubelet and marks them Running with an IP.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import yaml
 from integration.conftest import AgentFactory
 from integration.harness.agent import AgentProcess
 from integration.harness.colony import ColonyProcess
-from integration.harness.kube import ControlPlane
+from integration.harness.kube import KUBE_BIN, ControlPlane
 from integration.harness.pods import ContainerSpec, PodFactory, PortSpec
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,7 +81,6 @@ def api_pod(
     node: str = NODE,
     labels: dict[str, str] | None = None,
     owner: dict[str, object] | None = None,
-    ip: str = "",
 ) -> dict[str, object]:
     metadata: dict[str, object] = {"name": name, "namespace": "shop", "labels": labels or {}}
     if owner:
@@ -95,14 +95,6 @@ def api_pod(
             "spec": {"nodeName": node, "containers": [container]},
         },
     )
-    if ip:  # what kubelet would report (kwok does the same at scale)
-        status = {"status": {"phase": "Running", "podIP": ip, "containerStatuses": [
-            {"name": "web", "ready": True, "restartCount": 0, "image": "busybox", "imageID": "",
-             "state": {"running": {}}},
-        ]}}  # fmt: skip
-        plane.kubectl(
-            "patch", "pod", name, "-n", "shop", "--subresource=status", "--type=merge", "-p", json.dumps(status)
-        )
     return pod
 
 
@@ -202,20 +194,48 @@ def forbidden(agent: AgentProcess) -> list[str]:
     return [e.reason for e in agent.events() if e.kind == "error" and "forbids" in e.reason]
 
 
+@pytest.fixture
+def kwok(cluster: ControlPlane, tmp_path: Path) -> Iterator[list[str]]:
+    """Two fake nodes whose pods kwok marks Running with an IP, as kubelet would."""
+    nodes = ["kwok-ours", "kwok-other"]
+    for name in nodes:
+        manifest = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "annotations": {"kwok.x-k8s.io/node": "fake"}},
+        }
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(manifest))
+    log = (tmp_path / "kwok.log").open("ab")
+    process = subprocess.Popen(
+        [
+            str(KUBE_BIN / "kwok"), f"--kubeconfig={cluster.kubeconfig('admin')}",
+            "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake", "--cidr=10.77.0.1/16",
+            "--node-ip=10.77.255.1",
+        ],
+        stdout=log,
+        stderr=log,
+    )  # fmt: skip
+    log.close()
+    yield nodes
+    process.terminate()
+    process.wait(20)
+
+
 def test_without_a_cri_socket_the_agent_falls_back_to_this_nodes_pods_from_the_api(
-    cluster: ControlPlane, tmp_path: Path
+    cluster: ControlPlane, kwok: list[str], tmp_path: Path
 ) -> None:
-    ours = api_pod(cluster, "fallback-a", ip="10.77.0.10")
-    api_pod(cluster, "elsewhere", node="other-node", ip="10.77.0.11")
+    ours, other = kwok
+    mine = api_pod(cluster, "fallback-a", node=ours)
+    api_pod(cluster, "elsewhere", node=other)
     agent = AgentProcess(
         cri_socket=tmp_path / "no-such.sock",
         cache=tmp_path / "agent.db",
-        node_name=NODE,
+        node_name=ours,
         extra_args=["--kubeconfig", str(cluster.kubeconfig("agent"))],
     ).start()
     try:
-        found = agent.wait_for(lambda: agent.service_by_pod(uid(ours)), timeout=15, what="fallback discovery")
-        assert [(s.name, s.pod_ip, s.port) for s in found] == [("fallback-a", "10.77.0.10", 8080)]
+        found = agent.wait_for(lambda: agent.service_by_pod(uid(mine)), timeout=30, what="fallback discovery")
+        assert [(s.name, s.port) for s in found] == [("fallback-a", 8080)] and found[0].pod_ip.startswith("10.77.")
         assert "elsewhere" not in {s.pod_name for s in agent.services()}
 
         # The API server restarts, and etcd compacts away the watch's resourceVersion (410 on resume).
@@ -229,8 +249,8 @@ def test_without_a_cri_socket_the_agent_falls_back_to_this_nodes_pods_from_the_a
             check=True, capture_output=True, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
         )  # fmt: skip
         cluster.start_apiserver()
-        later = api_pod(cluster, "fallback-b", ip="10.77.0.12")
-        agent.wait_for(lambda: agent.service_by_pod(uid(later)), timeout=30, what="discovery after restart and 410")
+        later = api_pod(cluster, "fallback-b", node=ours)
+        agent.wait_for(lambda: agent.service_by_pod(uid(later)), timeout=40, what="discovery after restart and 410")
         added = [e.pod_name for e in agent.events() if e.kind == "added"]
         assert added.count("fallback-a") == 1 and added.count("fallback-b") == 1, added  # nothing missed or repeated
         assert "elsewhere" not in added
