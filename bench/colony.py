@@ -20,7 +20,6 @@ import platform
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -29,10 +28,10 @@ from typing import Any
 import grpc
 import grpc.aio
 
+from bench.report import memory_mib, percentile, publish
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2
 from integration.harness.colony import ColonyProcess
 
-BEGIN, END = "<!-- bench:colony:begin -->", "<!-- bench:colony:end -->"
 CHANNELS = 8
 IN_FLIGHT = 64
 HEARTBEAT_S = 15.0
@@ -59,17 +58,6 @@ def service(agent: int, index: int, *, health: str = "healthy") -> Any:
     )
     info.health.state = health
     return info
-
-
-def rss(pid: int) -> tuple[float, float]:
-    """(VmRSS, VmHWM) in MiB."""
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
 
 
 class Load:
@@ -200,10 +188,10 @@ def run(agents: int, services: int, seconds: float, delta_interval: float) -> st
                 finally:
                     await load.close()
 
-            idle_rss = rss(pid)[0]
+            idle_rss = memory_mib(pid)[0]
             took, deltas, beats, resyncs = asyncio.run(scenario())
             registered = count_services(colony)
-            final_rss, peak_rss = rss(pid)
+            final_rss, peak_rss = memory_mib(pid)
         finally:
             colony.stop()
     assert registered == agents * services, (registered, agents * services)
@@ -226,16 +214,6 @@ def run(agents: int, services: int, seconds: float, delta_interval: float) -> st
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str, command: str) -> None:
-    section = f"{BEGIN}\n## Colony registry under load (issue 3)\n\nCommand: `{command}`\n\n{body}\n{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--agents", type=int, default=1000)
@@ -245,9 +223,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     body = run(args.agents, args.services, args.seconds, args.delta_interval)
-    print(body)
-    if args.output:
-        write_section(args.output, body, " ".join(["python -m bench.colony", *sys.argv[1:]]))
+    publish(body, key="colony", title="Colony registry under load (issue 3)", output=args.output)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import grpc
 
+from bench.report import memory_mib, percentile, publish
 from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from cri_agent.providers.cri import CriClient
 from cri_agent.providers.proc import ProcFS
@@ -38,7 +39,6 @@ from integration.harness.images import ensure_images
 from integration.harness.pods import ContainerSpec, PodFactory, PortSpec
 
 REPO = Path(__file__).resolve().parent.parent
-BEGIN, END = "<!-- bench:discovery:begin -->", "<!-- bench:discovery:end -->"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -60,11 +60,6 @@ def timed(fn: Callable[[], object], repeat: int) -> list[float]:
         fn()
         samples.append((time.perf_counter() - start) * 1000)
     return samples
-
-
-def percentile(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))]
 
 
 def measure_snapshot(socket: Path, repeat: int) -> dict[str, float]:
@@ -114,12 +109,7 @@ def rss_and_cpu(pid: int, seconds: float) -> tuple[float, float]:
     start_ticks, start = cpu_ticks(), time.monotonic()
     time.sleep(seconds)
     ticks, elapsed = cpu_ticks() - start_ticks, time.monotonic() - start
-    rss_kib = next(
-        int(line.split()[1])
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-        if line.startswith("VmRSS:")
-    )
-    return rss_kib / 1024, ticks / CLK_TCK / elapsed * 100
+    return memory_mib(pid)[0], ticks / CLK_TCK / elapsed * 100
 
 
 def latencies(agent: AgentProcess, pods: PodFactory, prefix: str, count: int) -> list[float]:
@@ -194,17 +184,6 @@ def run(count: int, repeat: int, idle_s: float, latency_pods: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str, command: str) -> None:
-    section = f"{BEGIN}\n## Discovery (issue 2)\n\nCommand: `{command}`\n\n{body}\n{END}"
-    header = "# Benchmarks\n\nEvery figure here comes from a command under `bench/`, run on a CI-size machine.\n"
-    text = path.read_text() if path.exists() else header
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--pods", type=int, default=250)
@@ -214,10 +193,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     body = run(args.pods, args.repeat, args.idle, args.latency_pods)
-    print(body)
-    if args.output:
-        command = " ".join(["python -m bench.discovery", *sys.argv[1:]])
-        write_section(args.output, body, command)
+    publish(body, key="discovery", title="Discovery (issue 2)", output=args.output)
 
 
 if __name__ == "__main__":

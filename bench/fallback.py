@@ -19,7 +19,6 @@ import platform
 import sqlite3
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -28,21 +27,11 @@ from pathlib import Path
 
 from kubernetes import client, config, watch
 
+from bench.report import memory_mib, percentile, publish
 from integration.harness.agent import AgentProcess
 from integration.harness.kube import KUBE_BIN, ControlPlane
 
-BEGIN, END = "<!-- bench:fallback:begin -->", "<!-- bench:fallback:end -->"
 REPO = Path(__file__).resolve().parent.parent
-
-
-def rss(pid: int) -> tuple[float, float]:
-    fields = dict(line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
-
-
-def percentile(values: list[float], pct: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
 
 
 def api(plane: ControlPlane) -> client.CoreV1Api:
@@ -152,7 +141,7 @@ def run(nodes: int, per_node: int) -> str:
             agent_part = [(seen[name] - at) * 1000 for name, at in running.items() if name in seen]
             time.sleep(3.0)  # let stray events (there should be none) arrive
             events = int(agent.read(lambda c: c.meta()).get("kubernetes_events", "0"))
-            current, peak = rss(agent.pid)
+            current, peak = memory_mib(agent.pid)
             others = {name for name in cached(agent.cache_path)} - set(created)
         finally:
             if agent is not None and agent.alive():
@@ -183,16 +172,6 @@ def run(nodes: int, per_node: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str, command: str) -> None:
-    section = f"{BEGIN}\n## Kubernetes API fallback with kwok (issue 5)\n\nCommand: `{command}`\n\n{body}\n{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--nodes", type=int, default=20)
@@ -200,9 +179,7 @@ def main() -> None:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
     body = run(args.nodes, args.pods_per_node)
-    print(body)
-    if args.output:
-        write_section(args.output, body, " ".join(["python -m bench.fallback", *sys.argv[1:]]))
+    publish(body, key="fallback", title="Kubernetes API fallback with kwok (issue 5)", output=args.output)
 
 
 if __name__ == "__main__":

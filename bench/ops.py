@@ -23,17 +23,16 @@ import contextlib
 import platform
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from bench.report import publish
 from cri_agent.ops.capture import capture
 from cri_agent.ops.guardrails import Permit
 from cri_agent.ops.profile import profile
 
-BEGIN, END = "<!-- bench:ops:begin -->", "<!-- bench:ops:end -->"
 RATES = (120_000, 250_000, 0)  # offered packets/s; 0: as fast as the generator can
 
 FLOOD_C = r"""
@@ -229,26 +228,13 @@ def run(seconds: float, rounds: int) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str, command: str) -> None:
-    section = f"{BEGIN}\n## Control operations (issue 4)\n\nCommand: `{command}`\n\n{body}\n{END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if BEGIN in text:
-        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    body = run(args.seconds, args.rounds)
-    print(body)
-    if args.output:
-        write_section(args.output, body, " ".join(["python -m bench.ops", *sys.argv[1:]]))
+    publish(run(args.seconds, args.rounds), key="ops", title="Control operations (issue 4)", output=args.output)
 
 
 if __name__ == "__main__":

@@ -50,15 +50,7 @@ class Node:
 
 def agent_config(path: Path, colony: ColonyProcess, **colony_changes: object) -> Path:
     config = {
-        "colony": {
-            "address": colony.address,
-            "colonyId": colony.colony_id,
-            "secretFile": str(colony.secret_file),
-            "caFile": str(colony.ca),
-            "heartbeatInterval": "1s",
-            "maxBackoff": "1s",
-            **colony_changes,
-        },
+        "colony": colony.agent_settings(**colony_changes),
         "discovery": {"kubernetes": {"resyncInterval": "30s"}},
     }
     path.write_text(yaml.safe_dump(config))

@@ -149,10 +149,7 @@ def test_enrichment_names_services_after_their_deployment_under_the_shipped_rbac
     colony = ColonyProcess(tmp_path / "colony").start()
     try:
         config = tmp_path / "agent.yaml"
-        config.write_text(yaml.safe_dump({"colony": {
-            "address": colony.address, "colonyId": colony.colony_id, "secretFile": str(colony.secret_file),
-            "caFile": str(colony.ca), "heartbeatInterval": "1s", "maxBackoff": "1s",
-        }}))  # fmt: skip
+        config.write_text(yaml.safe_dump({"colony": colony.agent_settings()}))
         agent = start_agent("--kubeconfig", str(cluster.kubeconfig("agent")), "--config", str(config))
         [service] = agent.wait_for(
             lambda: [s for s in agent.service_by_pod(cri.uid) if s.name == "storefront"], timeout=15, what="enrichment"

@@ -84,14 +84,7 @@ class Cluster:
 
 def agent_config(path: Path, colony: ColonyProcess, **ops: object) -> Path:
     config = {
-        "colony": {
-            "address": colony.address,
-            "colonyId": colony.colony_id,
-            "secretFile": str(colony.secret_file),
-            "caFile": str(colony.ca),
-            "heartbeatInterval": "1s",
-            "maxBackoff": "1s",
-        },
+        "colony": colony.agent_settings(),
         "discovery": {"kubernetes": {"excludeNamespaces": ["kube-system"]}},
         "ops": {"ratePerMinute": RATE_PER_MINUTE, **ops},
     }
@@ -260,22 +253,7 @@ def test_profile_shows_the_hot_function_of_a_busy_process(cluster: Cluster, tmp_
 
 
 def test_a_second_operation_on_the_same_pod_is_refused(cluster: Cluster, tmp_path: Path) -> None:
-    first = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cri_agent.cli",
-            "tap",
-            "web-server",
-            "--duration",
-            "4s",
-            "-w",
-            str(tmp_path / "1.pcap"),
-        ],
-        env=cluster.env("frank"),
-        stderr=subprocess.PIPE,
-    )
-    cluster.colony.wait_for(lambda: _capture_running(), timeout=10, what="the first capture")
+    first = tap_in_background(cluster, "frank", duration="4s", out=tmp_path / "1.pcap")
     second = cluster.coral("sample", "web-server", "--duration", "1s", operator="frank")
     assert first.wait(15) == 0
     assert second.returncode == 2
@@ -305,22 +283,7 @@ def test_an_excluded_namespace_is_refused_by_the_agent(cluster: Cluster) -> None
 
 
 def test_ctrl_c_cancels_on_the_node_and_the_capture_process_is_gone(cluster: Cluster, tmp_path: Path) -> None:
-    cli = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cri_agent.cli",
-            "tap",
-            "web-server",
-            "--duration",
-            "60s",
-            "-w",
-            str(tmp_path / "c.pcap"),
-        ],
-        env=cluster.env("judy"),
-        stderr=subprocess.PIPE,
-    )
-    cluster.colony.wait_for(lambda: _capture_running(), timeout=10, what="the capture to start")
+    cli = tap_in_background(cluster, "judy", duration="60s", out=tmp_path / "c.pcap")
     cli.send_signal(signal.SIGINT)
     assert cli.wait(10) == 130
     stopped = time.monotonic()
@@ -333,22 +296,7 @@ def test_ctrl_c_cancels_on_the_node_and_the_capture_process_is_gone(cluster: Clu
 
 
 def test_an_agent_that_dies_mid_operation_gives_a_clear_error_not_a_hang(cluster: Cluster, tmp_path: Path) -> None:
-    cli = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cri_agent.cli",
-            "tap",
-            "web-server",
-            "--duration",
-            "60s",
-            "-w",
-            str(tmp_path / "d.pcap"),
-        ],
-        env=cluster.env("kim"),
-        stderr=subprocess.PIPE,
-    )
-    cluster.colony.wait_for(lambda: _capture_running(), timeout=10, what="the capture to start")
+    cli = tap_in_background(cluster, "kim", duration="60s", out=tmp_path / "d.pcap")
     cluster.agent.kill()
     code = cli.wait(15)
     error = cli.stderr.read().decode() if cli.stderr else ""
@@ -402,6 +350,17 @@ def test_every_request_is_audited_with_the_operators_identity(cluster: Cluster) 
     } <= audited
     agent_rows = {(r["operator"], r["action"], r["outcome"]) for r in cluster.agent.read(lambda c: c.operations())}
     assert {("alice", "tap", "ok"), ("gina", "sample", "refused"), ("ivan", "tap", "refused")} <= agent_rows
+
+
+def tap_in_background(cluster: Cluster, operator: str, *, duration: str, out: Path) -> subprocess.Popen[bytes]:
+    """`coral tap web-server` as a process of its own, returned once its capture runs on the node."""
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "cri_agent.cli", "tap", "web-server", "--duration", duration, "-w", str(out)],
+        env=cluster.env(operator),
+        stderr=subprocess.PIPE,
+    )
+    cluster.colony.wait_for(_capture_running, timeout=10, what="the capture to start")
+    return cli
 
 
 def _capture_running() -> bool:

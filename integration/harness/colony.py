@@ -64,6 +64,18 @@ class ColonyProcess:
     def secret_file(self) -> Path:
         return self.directory / "colony-secret"
 
+    def agent_settings(self, **changes: object) -> dict[str, object]:
+        """The ``colony:`` section of an agent config that registers here, heartbeats and retries at test pace."""
+        return {
+            "address": self.address,
+            "colonyId": self.colony_id,
+            "secretFile": str(self.secret_file),
+            "caFile": str(self.ca),
+            "heartbeatInterval": "1s",
+            "maxBackoff": "1s",
+            **changes,
+        }
+
     def token(self, name: str) -> str:
         return OperatorTokens(self.directory).create(name)
 
