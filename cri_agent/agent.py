@@ -361,11 +361,12 @@ class NodeAgent:
         await self._condition("colony", ok=connected, reason=reason)
 
     def agent_health(self, services: str | None = None) -> str:
-        """What heartbeats say: unhealthy without the runtime (discovery is blind), degraded when
-        another condition fails or some services are unhealthy, else the services' aggregate."""
+        """What heartbeats say: unhealthy without the runtime (discovery is blind) unless the API
+        fallback sees the node's pods, degraded when another condition fails or some services are
+        unhealthy, else the services' aggregate."""
         services = services or aggregate(self.health.health)
         if not self._conditions.get("runtime", (True, ""))[0]:
-            return "unhealthy"
+            return "degraded" if self.kube is not None and self.kube.pods_synced else "unhealthy"
         local = all(ok for name, (ok, _) in self._conditions.items() if name != "colony")
         if not local and services == "healthy":
             return "degraded"

@@ -218,3 +218,38 @@ def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp
         c for c in Cache(tmp_path / "agent.db", read_only=True).conditions() if c["name"] == "colony"
     )
     assert colony_condition["ok"] and colony_condition["reason"].startswith("registered with colony c1")
+
+
+class SyncedApi:
+    """The API fallback's view: this node's pods, already listed."""
+
+    pods_synced = True
+    events_received = 2
+
+    def __init__(self, pods: list[PodRecord]) -> None:
+        self.pods = pods
+
+    def pod_records(self) -> list[PodRecord]:
+        return self.pods
+
+    def enrich(self, pods: list[PodRecord]) -> list[PodRecord]:
+        return pods
+
+    def node_labels(self) -> dict[str, str]:
+        return {}
+
+
+def test_without_the_runtime_the_api_fallback_keeps_discovery_going_and_health_says_degraded(tmp_path: Path) -> None:
+    async def scenario() -> tuple[bool, list[str], str]:
+        runtime = ScriptedRuntime()
+        runtime.down = True
+        agent = make_agent(tmp_path, runtime)
+        agent.kube = SyncedApi([pod("from-api")])  # type: ignore[assignment]
+        agent.known = await agent.cache.open()
+        passed = await agent.reconcile_once()
+        names = sorted(s.name for s in agent.known.services.values())
+        health = agent.agent_health()
+        await agent.cache.close()
+        return passed, names, health
+
+    assert asyncio.run(scenario()) == (True, ["from-api"], "degraded")
