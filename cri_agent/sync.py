@@ -181,10 +181,6 @@ class ColonySync:
             self._changed.set()
 
     @property
-    def queued_events(self) -> int:
-        return len(self._events)
-
-    @property
     def in_sync(self) -> bool:
         return self._acked == self._desired and self._pending is None and not self._events
 
