@@ -1,11 +1,17 @@
 """The Kubernetes API: enrichment when RBAC allows it, and the fallback pod source.
 
-Everything is kept current by watches, never by polling per pod: this
-node's pods (``fieldSelector=spec.nodeName=<node>``), this node object
-(labels), and ReplicaSets and Jobs (to resolve a pod's owner up to its
-Deployment or CronJob). Each watch lists once, then watches from the list's
+Everything is kept current by two watches, never by polling per pod: this
+node's pods (``fieldSelector=spec.nodeName=<node>``) and this node object
+(labels). Each watch lists once, then watches from the list's
 resourceVersion, resumes from the last one it saw, relists on 410 Gone and
 backs off with jitter on errors.
+
+A pod's owner is followed up to its Deployment or CronJob with one ``get``
+of its ReplicaSet or Job, the first time a pod of this node names it; the
+answer is kept while pods of this node still name it. There is no
+cluster-wide informer: a node agent that watched every ReplicaSet of a
+5,000-node cluster would hold them all in memory, on every node, and load
+the API server with as many watches as there are nodes.
 
 403 Forbidden is a configuration fact, not an outage: it is reported once,
 naming the verb and resource the agent's identity lacks, the agent goes on
@@ -49,14 +55,17 @@ log = logging.getLogger("cri_agent.providers.kubernetes")
 
 WATCH_TIMEOUT_S = 240  # server-side watch timeout; the watch resumes from its resourceVersion
 RESTART_GRACE_S = 60.0  # a watch that worked this recently treats 403 as an API server still starting
+OWNER_TIMEOUT_S = 10.0
 Problem = Callable[[str, bool], None]  # (reason, ok) from a watch thread: the agent's `kubernetes` condition
+OwnerKey = tuple[str, str, str]  # (kind, namespace, name) of a ReplicaSet or Job
+PARENTS = {"ReplicaSet": "Deployment", "Job": "CronJob"}  # owners looked up, and the kind of their own owner
 
 
 @dataclass(slots=True)
 class _State:
     pods: dict[str, Any] = field(default_factory=dict)  # uid -> V1Pod of this node
-    replicasets: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> "Deployment/x" or ""
-    jobs: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, name) -> "CronJob/x" or ""
+    owners: dict[OwnerKey, str] = field(default_factory=dict)  # ReplicaSet/Job -> "Deployment/x", "CronJob/x" or ""
+    wanted: dict[OwnerKey, float] = field(default_factory=dict)  # owners to look up -> when (monotonic)
     node_labels: dict[str, str] = field(default_factory=dict)
     synced: set[str] = field(default_factory=set)  # watches that completed their first list
 
@@ -92,8 +101,9 @@ class KubeSource:
         self.on_problem = on_problem
         self._state = _State()
         self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # an owner to look up
         self._stop = threading.Event()
-        self._forbidden: dict[str, str] = {}
+        self._forbidden: dict[str, str] = {}  # watch or owner kind -> the permission it lacks
         self.events_received = 0
 
     # -- what the agent reads ------------------------------------------------------------------
@@ -108,16 +118,12 @@ class KubeSource:
 
     def owner(self, pod: Any) -> str:
         """``Deployment/x``, ``StatefulSet/x``, ``CronJob/x``...: the pod's controlling workload."""
-        refs = [r for r in (pod.metadata.owner_references or []) if r.controller]
-        if not refs:
+        key = _controller(pod)
+        if key is None:
             return ""
-        kind, name, namespace = refs[0].kind, refs[0].name, pod.metadata.namespace
+        kind, _, name = key
         with self._lock:
-            if kind == "ReplicaSet":
-                return self._state.replicasets.get((namespace, name)) or f"ReplicaSet/{name}"
-            if kind == "Job":
-                return self._state.jobs.get((namespace, name)) or f"Job/{name}"
-        return f"{kind}/{name}"
+            return self._state.owners.get(key) or f"{kind}/{name}"
 
     def enrich(self, pods: list[PodRecord]) -> list[PodRecord]:
         """CRI pods with their owning workload, where the API knows the pod."""
@@ -134,21 +140,13 @@ class KubeSource:
     # -- the watches ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        core, apps, batch = client.CoreV1Api(self.api), client.AppsV1Api(self.api), client.BatchV1Api(self.api)
+        core = client.CoreV1Api(self.api)
         loop = asyncio.get_running_loop()
         on_node = {"field_selector": f"spec.nodeName={self.node_name}"}
         this_node = {"field_selector": f"metadata.name={self.node_name}"}
         watches: list[tuple[str, str, Callable[..., Any], dict[str, str], Callable[[str, Any], None]]] = [
             ("pods", "list/watch pods (on this node)", core.list_pod_for_all_namespaces, on_node, self._on_pod),
             ("nodes", f"get/watch node {self.node_name}", core.list_node, this_node, self._on_node),
-            (
-                "replicasets",
-                "list/watch replicasets",
-                apps.list_replica_set_for_all_namespaces,
-                {},
-                self._on_replicaset,
-            ),
-            ("jobs", "list/watch jobs", batch.list_job_for_all_namespaces, {}, self._on_job),
         ]
         threads = [
             threading.Thread(
@@ -159,12 +157,15 @@ class KubeSource:
             )
             for name, need, lister, kwargs, handler in watches
         ]
+        threads.append(threading.Thread(target=self._look_up_owners, args=(loop,), name="kube-owners", daemon=True))
         for thread in threads:
             thread.start()
         try:
             await asyncio.Event().wait()
         finally:
             self._stop.set()
+            with self._wake:
+                self._wake.notify_all()
             with contextlib.suppress(Exception):
                 self.api.close()
 
@@ -242,36 +243,85 @@ class KubeSource:
     def _reset(self, name: str) -> None:
         if name == "pods":
             self._state.pods.clear()
-        elif name == "replicasets":
-            self._state.replicasets.clear()
-        elif name == "jobs":
-            self._state.jobs.clear()
 
     def _on_pod(self, kind: str, pod: Any) -> None:
         with self._lock:
             if kind == "DELETED":
                 self._state.pods.pop(pod.metadata.uid, None)
-            else:
-                self._state.pods[pod.metadata.uid] = pod
+                named = {key for p in self._state.pods.values() if (key := _controller(p)) is not None}
+                for key in set(self._state.owners) - named:
+                    del self._state.owners[key]
+                return
+            self._state.pods[pod.metadata.uid] = pod
+            key = _controller(pod)
+            if key is not None and key[0] in PARENTS and key not in self._state.owners:
+                self._want(key, 0.0)
 
     def _on_node(self, kind: str, node: Any) -> None:
         with self._lock:
             self._state.node_labels = {} if kind == "DELETED" else dict(node.metadata.labels or {})
 
-    def _on_replicaset(self, kind: str, rs: Any) -> None:
-        self._on_owned(self._state.replicasets, "Deployment", kind, rs)
+    # -- owners (their own thread) ---------------------------------------------------------------
 
-    def _on_job(self, kind: str, job: Any) -> None:
-        self._on_owned(self._state.jobs, "CronJob", kind, job)
+    def _want(self, key: OwnerKey, delay: float) -> None:
+        """Look ``key`` up after ``delay`` seconds (the caller holds the lock)."""
+        if key not in self._state.wanted:
+            self._state.wanted[key] = time.monotonic() + delay
+            self._wake.notify()
 
-    def _on_owned(self, table: dict[tuple[str, str], str], parent: str, kind: str, obj: Any) -> None:
-        key = (obj.metadata.namespace, obj.metadata.name)
-        with self._lock:
-            if kind == "DELETED":
-                table.pop(key, None)
+    def _look_up_owners(self, loop: asyncio.AbstractEventLoop) -> None:
+        apps, batch = client.AppsV1Api(self.api), client.BatchV1Api(self.api)
+        readers: dict[str, Callable[..., Any]] = {
+            "ReplicaSet": apps.read_namespaced_replica_set,
+            "Job": batch.read_namespaced_job,
+        }
+        backoff = Backoff(initial=0.5, maximum=30.0)
+        while not self._stop.is_set():
+            with self._wake:
+                now = time.monotonic()
+                due = [key for key, when in self._state.wanted.items() if when <= now]
+                if not due:
+                    next_at = min(self._state.wanted.values(), default=now + 1.0)
+                    self._wake.wait(timeout=min(max(next_at - now, 0.0), 1.0))
+                    continue
+                for key in due:
+                    del self._state.wanted[key]
+            for key in due:
+                if not self._stop.is_set():
+                    self._look_up(key, readers[key[0]], backoff, loop)
+
+    def _look_up(
+        self, key: OwnerKey, read: Callable[..., Any], backoff: Backoff, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        kind, namespace, name = key
+        parent = PARENTS[kind]
+        try:
+            obj = read(name, namespace, _request_timeout=OWNER_TIMEOUT_S)
+        except ApiException as exc:
+            if exc.status == 404:  # gone: its pods keep the ReplicaSet or Job as their owner
+                obj = None
+            elif exc.status == 403:
+                self._forbidden_once(kind, f"get {kind.lower()}s", exc, loop)
+                with self._lock:
+                    self._want(key, self.forbidden_retry_s)
                 return
-            refs = [r for r in (obj.metadata.owner_references or []) if r.controller and r.kind == parent]
-            table[key] = f"{parent}/{refs[0].name}" if refs else ""
+            else:
+                self._fail("owners", f"get {kind} {namespace}/{name}: {exc.status} {exc.reason}", loop)
+                with self._lock:
+                    self._want(key, backoff.next())
+                return
+        except Exception as exc:  # connection refused, timeouts, an API server restarting
+            self._fail("owners", f"get {kind} {namespace}/{name}: {type(exc).__name__}: {exc}", loop)
+            with self._lock:
+                self._want(key, backoff.next())
+            return
+        backoff.reset()
+        refs = [r for r in (obj.metadata.owner_references or []) if r.controller and r.kind == parent] if obj else []
+        with self._lock:
+            self._state.owners[key] = f"{parent}/{refs[0].name}" if refs else ""
+        if kind in self._forbidden:
+            self._ok(kind, loop)
+        loop.call_soon_threadsafe(self.on_change)
 
     # -- reporting -------------------------------------------------------------------------------
 
@@ -281,8 +331,8 @@ class KubeSource:
             f"ClusterRole does); discovery continues from the container runtime, retrying in "
             f"{self.forbidden_retry_s:g}s"
         )
-        if self._forbidden.get(name) != reason:
-            self._forbidden[name] = reason
+        if self._forbidden.get(name) != need:  # once per missing permission, whichever object was denied
+            self._forbidden[name] = need
             emit(log, "kubernetes.forbidden", level=logging.WARNING, watch=name, reason=reason)
             loop.call_soon_threadsafe(self.on_problem, reason, False)
 
@@ -292,7 +342,7 @@ class KubeSource:
     def _ok(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
         self._forbidden.pop(name, None)
         if not self._forbidden:
-            loop.call_soon_threadsafe(self.on_problem, "watching pods of this node, its node, replicasets, jobs", True)
+            loop.call_soon_threadsafe(self.on_problem, "watching pods of this node and its node", True)
 
     # -- the fallback record -----------------------------------------------------------------------
 
@@ -333,6 +383,11 @@ class KubeSource:
             owner=self.owner(pod),
             host_network=bool(spec.host_network),
         )
+
+
+def _controller(obj: Any) -> OwnerKey | None:
+    refs = [r for r in (obj.metadata.owner_references or []) if r.controller]
+    return (refs[0].kind, obj.metadata.namespace, refs[0].name) if refs else None
 
 
 def _message(exc: ApiException) -> str:

@@ -29,6 +29,7 @@ TOKENS = {
     "admin": ("admin-token", "admin", "system:masters"),
     "agent": ("agent-token", AGENT_USER, "system:serviceaccounts,system:serviceaccounts:coral-system"),
     "nobody": ("nobody-token", "nobody", ""),
+    "pods-only": ("pods-only-token", "pods-only", ""),  # tests bind it to a role without owners' rights
 }
 
 
@@ -67,7 +68,7 @@ class ControlPlane:
         return self.dir / "certs" / "apiserver.crt"
 
     def kubeconfig(self, who: str) -> Path:
-        """A kubeconfig for ``admin``, ``agent`` or ``nobody``."""
+        """A kubeconfig for one of ``TOKENS``: ``admin``, ``agent``, ``nobody``, ``pods-only``."""
         path = self.dir / f"{who}.kubeconfig"
         if not path.exists():
             config = {
