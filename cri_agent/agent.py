@@ -188,11 +188,14 @@ class NodeAgent:
 
     async def _discovery(self) -> None:
         resync = self.settings.discovery.kubernetes.resync_interval
+        # No runtime event announces a process that starts or stops listening: a light pass every
+        # pollInterval finds it (and every change when events are off); the resync also refreshes last_seen.
+        poll = self.settings.discovery.kubernetes.poll_interval
         coalesce = self.settings.discovery.coalesce_interval
         backoff = Backoff(initial=0.5, maximum=30.0)
-        last_full = float("-inf")
+        last_full = last_pass = float("-inf")
         while not self._stopping:
-            timeout = max(0.0, last_full + resync - self.clock())
+            timeout = max(0.0, min(last_full + resync, last_pass + poll) - self.clock())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             if self._stopping:
@@ -203,6 +206,7 @@ class NodeAgent:
             full = self.clock() >= last_full + resync
             if await self.reconcile_once(touch=full):
                 backoff.reset()
+                last_pass = self.clock()
                 if full:
                     last_full = self.clock()
             else:

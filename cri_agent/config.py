@@ -69,7 +69,9 @@ class KubernetesDiscovery(_Duration):
     exclude_namespaces: list[str] = []
     include_labels: dict[str, str] = {}
     exclude_labels: dict[str, str] = {}
-    poll_interval: float = 30.0
+    # A light pass (CRI list + /proc) at least this often: listening ports change without runtime
+    # events (nor, with events off, anything else).
+    poll_interval: float = Field(default=30.0, gt=0)
     resync_interval: float = 300.0
     # The API server: enrichment (owners, node labels) and the fallback pod source. auto: in a cluster
     # (KUBERNETES_SERVICE_HOST) or with a kubeconfig; off: CRI and /proc only.
@@ -325,6 +327,7 @@ def flags_to_settings(
     node_name: str | None = None,
     log_format: str | None = None,
     resync_interval: str | None = None,
+    poll_interval: str | None = None,
     no_events: bool = False,
     observe_only: bool = False,
     kubeconfig: Path | None = None,
@@ -342,6 +345,7 @@ def flags_to_settings(
         "discovery.kubernetes.excludeLabels": exclude_labels
         and dict(_parse_label_pairs(exclude_labels, key="--exclude-label")),
         "discovery.kubernetes.resyncInterval": resync_interval,
+        "discovery.kubernetes.pollInterval": poll_interval,
         "cache.path": cache,
         "log.format": log_format,
         "ops.observeOnly": True if observe_only else None,

@@ -113,6 +113,19 @@ def test_undeclared_listening_port_is_found_through_proc(start_agent: AgentFacto
     assert [(s.container, s.protocol) for s in services] == [("app", "TCP")]
 
 
+def test_a_port_opened_later_in_a_running_pod_is_found_within_one_poll(
+    start_agent: AgentFactory, pods: PodFactory
+) -> None:
+    agent = start_agent("--poll-interval", "1s")  # resync stays at 5 m: only the light pass can find it
+    late = ContainerSpec("app", ("sh", "-c", "sleep 3; exec httpd -f -p 9191 -h /www"))
+    pod = pods.create_pod("late-listener", containers=(late,))
+    [portless] = agent.wait_for(lambda: agent.service_by_pod(pod.uid), timeout=5, what="the portless service")
+    assert portless.port is None
+
+    # httpd listens 3 s after the container started; then at most one poll interval (1 s) and a pass.
+    agent.wait_for(lambda: [s for s in agent.service_by_pod(pod.uid) if s.port == 9191], timeout=5, what="port 9191")
+
+
 def test_a_pod_that_lives_one_second_is_recorded_added_then_removed(
     start_agent: AgentFactory, pods: PodFactory
 ) -> None:

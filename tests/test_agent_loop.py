@@ -113,6 +113,33 @@ def test_a_burst_of_runtime_events_collapses_into_one_pass(tmp_path: Path) -> No
     assert total - settled <= 2
 
 
+def test_a_light_pass_every_poll_interval_finds_what_no_runtime_event_announced(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, int]:
+        settings = load_settings(
+            None,
+            flags={
+                "cache": {"path": tmp_path / "agent.db"},
+                "agent": {"nodeName": "node-a"},
+                "discovery": {"kubernetes": {"resyncInterval": "1h", "pollInterval": "100ms"}},
+            },
+        )
+        runtime = ScriptedRuntime()
+        agent = NodeAgent(settings, runtime=runtime, proc=NoProc())
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await until(lambda: agent.passes >= 1)
+        runtime.current = [pod("a")]  # e.g. a process in a running pod that starts listening: no event
+        await until(lambda: len(agent.known.services) == 1, within=1.0)
+        before = runtime.lists
+        await asyncio.sleep(0.55)
+        stop.set()
+        await task
+        return before, runtime.lists
+
+    before, after = asyncio.run(scenario())
+    assert 2 <= after - before <= 8  # about one pass per 100 ms: polling, and no busy loop
+
+
 def test_an_outage_is_reported_once_retried_and_recovered_without_help(tmp_path: Path) -> None:
     async def scenario() -> NodeAgent:
         runtime = ScriptedRuntime()

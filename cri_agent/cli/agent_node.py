@@ -35,6 +35,7 @@ def register(commands: Any) -> None:
     node.add_argument("--cache", type=Path, help="default /var/lib/coral/agent.db")
     node.add_argument("--node-name", help="default $NODE_NAME, else the hostname")
     node.add_argument("--resync-interval", help="full re-list period, e.g. 5m (default)")
+    node.add_argument("--poll-interval", help="light pass period (new listening ports), e.g. 30s (default)")
     node.add_argument("--no-events", action="store_true", help="do not subscribe to runtime events")
     node.add_argument(
         "--kubeconfig", type=Path, help="use the Kubernetes API with these credentials (default: in-cluster)"
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
         node_name=args.node_name,
         log_format=args.log_format,
         resync_interval=args.resync_interval,
+        poll_interval=args.poll_interval,
         no_events=args.no_events,
         observe_only=args.observe_only,
         kubeconfig=args.kubeconfig,
