@@ -136,12 +136,20 @@ class ProcFS:
 
     def __init__(self, root: Path = Path("/proc"), *, netlink: bool | None = None) -> None:
         self.root = root
+        self._prefix = os.fsencode(root)
         use_netlink = netlink if netlink is not None else root == Path("/proc")
         self._tcp: ListeningTCP | None = ListeningTCP() if use_netlink else None
 
     def _read(self, pid: int, name: str) -> str:
-        with open(self.root / str(pid) / name, encoding="utf-8", errors="replace") as handle:
-            return handle.read()
+        # os.open/os.read on bytes paths: a third of open()'s cost, and the scan reads ~2 files per process
+        fd = os.open(b"%s/%d/%s" % (self._prefix, pid, name.encode()), os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 65536):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        return b"".join(chunks).decode("utf-8", "replace")
 
     def pids(self) -> list[int]:
         try:
