@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -37,22 +38,31 @@ async def probe(service: ServiceInfo, *, within: float) -> ProbeResult:
     started = time.perf_counter()
     try:
         async with asyncio.timeout(within):
-            reader, writer = await asyncio.open_connection(service.pod_ip, service.port)
-            try:
-                if service.health_endpoint:
+            if not service.health_endpoint:
+                await _connect(service.pod_ip, service.port or 0)
+                error = ""
+            else:
+                reader, writer = await asyncio.open_connection(service.pod_ip, service.port)
+                try:
                     error = await _http_get(reader, writer, service)
-                else:
-                    error = ""
-            finally:
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+                finally:
+                    writer.close()
+                    with contextlib.suppress(OSError):
+                        await writer.wait_closed()
     except TimeoutError:
         error = f"no answer within {within:g}s"
     except OSError as exc:
         error = os.strerror(exc.errno) if exc.errno else str(exc)
     latency = (time.perf_counter() - started) * 1000
     return ProbeResult(ok=not error, latency_ms=round(latency, 2), error=error)
+
+
+async def _connect(host: str, port: int) -> None:
+    """A bare TCP connect and close: no transport, no streams (at 250 pods, 25 probes a second)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
 
 
 async def _http_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, service: ServiceInfo) -> str:

@@ -16,6 +16,7 @@ The /proc root is configurable so tests read fixture trees.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
@@ -34,7 +35,7 @@ from cri_agent.model import (
     PodRecord,
     PodUID,
 )
-from cri_agent.providers.sockdiag import ListeningTCP, NetlinkUnavailable
+from cri_agent.providers.sockdiag import NetlinkUnavailable, NetnsListeners
 
 _CONTAINER_ID = r"[0-9a-f]{64}"
 # The last path component names the container in every layout.
@@ -44,8 +45,12 @@ _POD_SYSTEMD = re.compile(r"^kubepods(?:-[a-z]+)?-pod(?P<uid>[0-9a-fA-F_]{36})\.
 
 _TCP_LISTEN = "0A"
 _UDP_UNCONNECTED = "07"
-_TCP_TABLES: tuple[tuple[str, Literal["TCP", "UDP"], bool], ...] = (("tcp", "TCP", False), ("tcp6", "TCP", True))
-_UDP_TABLES: tuple[tuple[str, Literal["TCP", "UDP"], bool], ...] = (("udp", "UDP", False), ("udp6", "UDP", True))
+_TABLES: tuple[tuple[str, Literal["TCP", "UDP"], bool], ...] = (
+    ("tcp", "TCP", False),
+    ("tcp6", "TCP", True),
+    ("udp", "UDP", False),
+    ("udp6", "UDP", True),
+)
 _VANISHED = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
 
 
@@ -130,15 +135,16 @@ def parse_net_table(text: str, *, protocol: Literal["TCP", "UDP"], ipv6: bool) -
 class ProcFS:
     """Reads the host's processes through a /proc root (default ``/proc``).
 
-    TCP listeners come from sock_diag (see sockdiag.py) when the root is the
-    live ``/proc``, from the ``net/tcp*`` tables otherwise or as a fallback.
+    Listening sockets come from sock_diag (see sockdiag.py) when the root is
+    the live ``/proc``, from the ``net/{tcp,udp}*`` tables otherwise or as a
+    fallback.
     """
 
     def __init__(self, root: Path = Path("/proc"), *, netlink: bool | None = None) -> None:
         self.root = root
         self._prefix = os.fsencode(root)
         use_netlink = netlink if netlink is not None else root == Path("/proc")
-        self._tcp: ListeningTCP | None = ListeningTCP() if use_netlink else None
+        self._netlink: NetnsListeners | None = NetnsListeners() if use_netlink else None
 
     def _read(self, pid: int, name: str) -> str:
         # os.open/os.read on bytes paths: a third of open()'s cost, and the scan reads ~2 files per process
@@ -184,15 +190,11 @@ class ProcFS:
 
     def listening(self, pid: int) -> tuple[ListeningSocket, ...]:
         """Listening sockets of ``pid``'s network namespace; () if it vanished."""
-        tables = _UDP_TABLES
+        if self._netlink is not None:
+            with contextlib.suppress(NetlinkUnavailable):
+                return tuple(self._netlink.listening(str(self.root / str(pid) / "ns" / "net")))
         sockets: list[ListeningSocket] = []
-        try:
-            if self._tcp is None:
-                raise NetlinkUnavailable(0, "netlink disabled")
-            sockets += self._tcp.listening(str(self.root / str(pid) / "ns" / "net"))
-        except NetlinkUnavailable:
-            tables = _TCP_TABLES + _UDP_TABLES
-        for table, protocol, ipv6 in tables:
+        for table, protocol, ipv6 in _TABLES:
             try:
                 sockets += parse_net_table(self._read(pid, f"net/{table}"), protocol=protocol, ipv6=ipv6)
             except _VANISHED:
@@ -223,8 +225,8 @@ class ProcFS:
         try:
             return tuple(self._enrich_pod(pod, scan) for pod in pods)
         finally:
-            if self._tcp is not None:
-                self._tcp.end_pass()
+            if self._netlink is not None:
+                self._netlink.end_pass()
 
     def _enrich_pod(self, pod: PodRecord, scan: ProcScan) -> PodRecord:
         containers = [
