@@ -294,34 +294,36 @@ class KubeSource:
         self, key: OwnerKey, read: Callable[..., Any], backoff: Backoff, loop: asyncio.AbstractEventLoop
     ) -> None:
         kind, namespace, name = key
-        parent = PARENTS[kind]
         try:
             obj = read(name, namespace, _request_timeout=OWNER_TIMEOUT_S)
         except ApiException as exc:
-            if exc.status == 404:  # gone: its pods keep the ReplicaSet or Job as their owner
-                obj = None
-            elif exc.status == 403:
-                self._forbidden_once(kind, f"get {kind.lower()}s", exc, loop)
-                with self._lock:
-                    self._want(key, self.forbidden_retry_s)
+            if exc.status != 404:  # 404: gone, its pods keep the ReplicaSet or Job as their owner
+                self._retry_owner(key, exc, backoff, loop)
                 return
-            else:
-                self._fail("owners", f"get {kind} {namespace}/{name}: {exc.status} {exc.reason}", loop)
-                with self._lock:
-                    self._want(key, backoff.next())
-                return
+            obj = None
         except Exception as exc:  # connection refused, timeouts, an API server restarting
-            self._fail("owners", f"get {kind} {namespace}/{name}: {type(exc).__name__}: {exc}", loop)
-            with self._lock:
-                self._want(key, backoff.next())
+            self._retry_owner(key, exc, backoff, loop)
             return
-        backoff.reset()
+        parent = PARENTS[kind]
         refs = [r for r in (obj.metadata.owner_references or []) if r.controller and r.kind == parent] if obj else []
         with self._lock:
             self._state.owners[key] = f"{parent}/{refs[0].name}" if refs else ""
-        if kind in self._forbidden:
+        if backoff.failing or kind in self._forbidden:
             self._ok(kind, loop)
+        backoff.reset()
         loop.call_soon_threadsafe(self.on_change)
+
+    def _retry_owner(self, key: OwnerKey, exc: Exception, backoff: Backoff, loop: asyncio.AbstractEventLoop) -> None:
+        kind, namespace, name = key
+        if isinstance(exc, ApiException) and exc.status == 403:
+            self._forbidden_once(kind, f"get {kind.lower()}s", exc, loop)
+            delay = self.forbidden_retry_s
+        else:
+            detail = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else f"{type(exc).__name__}: {exc}"
+            self._fail("owners", f"get {kind} {namespace}/{name}: {detail}", loop)
+            delay = backoff.next()
+        with self._lock:
+            self._want(key, delay)
 
     # -- reporting -------------------------------------------------------------------------------
 
