@@ -55,6 +55,7 @@ if TYPE_CHECKING:  # the Kubernetes client costs ~35 MiB: imported only when the
 log = logging.getLogger("cri_agent.agent")
 
 SHUTDOWN_GRACE_S = 10.0
+KUBE_SETTLE_S = 5.0  # the longest the first pass waits for the Kubernetes API (owners, the fallback pods)
 
 
 class Runtime(Protocol):
@@ -194,6 +195,7 @@ class NodeAgent:
         coalesce = self.settings.discovery.coalesce_interval
         backoff = Backoff(initial=0.5, maximum=30.0)
         last_full = last_pass = float("-inf")
+        await self._await_kubernetes()
         while not self._stopping:
             timeout = max(0.0, min(last_full + resync, last_pass + poll) - self.clock())
             with contextlib.suppress(asyncio.TimeoutError):
@@ -212,6 +214,17 @@ class NodeAgent:
             else:
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), backoff.next())
+
+    async def _await_kubernetes(self) -> None:
+        """Hold the first pass until the API has told what it knows, a few seconds at most.
+
+        The cache holds services named with their owners (a CronJob's pod after the CronJob, not its
+        Job): a first pass without them would rename services after every restart.
+        """
+        for _ in range(round(KUBE_SETTLE_S / 0.05)):  # `settled` is the watch threads' state: no event to await
+            if self.kube is None or self.kube.settled or self._stopping:
+                return
+            await asyncio.sleep(0.05)
 
     async def reconcile_once(self, *, touch: bool = False) -> bool:
         """One pass of the pipeline. False when the runtime or cache failed."""

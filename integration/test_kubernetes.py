@@ -194,6 +194,28 @@ def test_enrichment_names_services_after_their_deployment_under_the_shipped_rbac
         colony.stop()
 
 
+def test_a_killed_agent_restarts_with_its_api_enrichment_and_no_churn(
+    cluster: ControlPlane, start_agent: AgentFactory, pods: PodFactory, tmp_path: Path
+) -> None:
+    # A CronJob's pod: without the API its service would be named after the Job (hourly-29001).
+    job = cronjob_pod(cluster, "hourly", node=NODE)
+    cri = pods.create_pod("hourly-29001-q7x2k", namespace="shop", uid=uid(job), containers=(HTTPD,))
+    cache, kubeconfig = tmp_path / "restart.db", str(cluster.kubeconfig("agent"))
+    agent = start_agent("--kubeconfig", kubeconfig, cache=cache)
+    agent.wait_for(lambda: [s for s in agent.service_by_pod(cri.uid) if s.name == "hourly"], timeout=15, what="name")
+    time.sleep(1)
+    last, before = agent.last_event_id(), {s.key: s for s in agent.services()}
+
+    agent.kill()
+    restart = time.time()
+    restarted = start_agent("--kubeconfig", kubeconfig, cache=cache)
+    restarted.wait_pass_after(restart)
+    time.sleep(1)  # owner lookups that came late would show up as updates now
+
+    assert restarted.events(since_id=last) == []
+    assert {s.key: s for s in restarted.services()} == before
+
+
 def test_without_rbac_the_agent_discovers_from_cri_and_reports_the_403_once(
     cluster: ControlPlane, start_agent: AgentFactory, pods: PodFactory
 ) -> None:

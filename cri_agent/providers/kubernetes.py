@@ -104,6 +104,7 @@ class KubeSource:
         self._wake = threading.Condition(self._lock)  # an owner to look up
         self._stop = threading.Event()
         self._forbidden: dict[str, str] = {}  # watch or owner kind -> the permission it lacks
+        self._tried: set[str] = set()  # watches that listed or failed at least once
         self.events_received = 0
 
     # -- what the agent reads ------------------------------------------------------------------
@@ -111,6 +112,15 @@ class KubeSource:
     @property
     def pods_synced(self) -> bool:
         return "pods" in self._state.synced
+
+    @property
+    def settled(self) -> bool:
+        """What the API knows is in: the pods watch listed (or failed to) and no owner lookup is due now."""
+        with self._lock:
+            if "pods" not in self._state.synced:
+                return "pods" in self._tried
+            now = time.monotonic()
+            return all(when > now for when in self._state.wanted.values())
 
     def node_labels(self) -> dict[str, str]:
         with self._lock:
@@ -191,6 +201,7 @@ class KubeSource:
                         handle("ADDED", item)
                     version = listed.metadata.resource_version
                     self._state.synced.add(name)
+                    self._tried.add(name)
                     since = time.monotonic()
                     self._ok(name, loop)
                     loop.call_soon_threadsafe(self.on_change)
@@ -254,20 +265,16 @@ class KubeSource:
                 return
             self._state.pods[pod.metadata.uid] = pod
             key = _controller(pod)
-            if key is not None and key[0] in PARENTS and key not in self._state.owners:
-                self._want(key, 0.0)
+            owners, wanted = self._state.owners, self._state.wanted
+            if key is not None and key[0] in PARENTS and key not in owners and key not in wanted:
+                self._state.wanted[key] = time.monotonic()
+                self._wake.notify()
 
     def _on_node(self, kind: str, node: Any) -> None:
         with self._lock:
             self._state.node_labels = {} if kind == "DELETED" else dict(node.metadata.labels or {})
 
     # -- owners (their own thread) ---------------------------------------------------------------
-
-    def _want(self, key: OwnerKey, delay: float) -> None:
-        """Look ``key`` up after ``delay`` seconds (the caller holds the lock)."""
-        if key not in self._state.wanted:
-            self._state.wanted[key] = time.monotonic() + delay
-            self._wake.notify()
 
     def _look_up_owners(self, loop: asyncio.AbstractEventLoop) -> None:
         apps, batch = client.AppsV1Api(self.api), client.BatchV1Api(self.api)
@@ -284,26 +291,29 @@ class KubeSource:
                     next_at = min(self._state.wanted.values(), default=now + 1.0)
                     self._wake.wait(timeout=min(max(next_at - now, 0.0), 1.0))
                     continue
-                for key in due:
-                    del self._state.wanted[key]
-            for key in due:
-                if not self._stop.is_set():
-                    self._look_up(key, readers[key[0]], backoff, loop)
+            for key in due:  # they stay wanted while looked up: `settled` waits for them
+                if self._stop.is_set():
+                    return
+                retry = self._look_up(key, readers[key[0]], backoff, loop)
+                with self._lock:
+                    if retry is None:
+                        del self._state.wanted[key]
+                    else:
+                        self._state.wanted[key] = time.monotonic() + retry
 
     def _look_up(
         self, key: OwnerKey, read: Callable[..., Any], backoff: Backoff, loop: asyncio.AbstractEventLoop
-    ) -> None:
+    ) -> float | None:
+        """One get; the delay before the next try, None when the answer is in."""
         kind, namespace, name = key
         try:
             obj = read(name, namespace, _request_timeout=OWNER_TIMEOUT_S)
         except ApiException as exc:
             if exc.status != 404:  # 404: gone, its pods keep the ReplicaSet or Job as their owner
-                self._retry_owner(key, exc, backoff, loop)
-                return
+                return self._retry_owner(key, exc, backoff, loop)
             obj = None
         except Exception as exc:  # connection refused, timeouts, an API server restarting
-            self._retry_owner(key, exc, backoff, loop)
-            return
+            return self._retry_owner(key, exc, backoff, loop)
         parent = PARENTS[kind]
         refs = [r for r in (obj.metadata.owner_references or []) if r.controller and r.kind == parent] if obj else []
         with self._lock:
@@ -312,18 +322,16 @@ class KubeSource:
             self._ok(kind, loop)
         backoff.reset()
         loop.call_soon_threadsafe(self.on_change)
+        return None
 
-    def _retry_owner(self, key: OwnerKey, exc: Exception, backoff: Backoff, loop: asyncio.AbstractEventLoop) -> None:
+    def _retry_owner(self, key: OwnerKey, exc: Exception, backoff: Backoff, loop: asyncio.AbstractEventLoop) -> float:
         kind, namespace, name = key
         if isinstance(exc, ApiException) and exc.status == 403:
             self._forbidden_once(kind, f"get {kind.lower()}s", exc, loop)
-            delay = self.forbidden_retry_s
-        else:
-            detail = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else f"{type(exc).__name__}: {exc}"
-            self._fail("owners", f"get {kind} {namespace}/{name}: {detail}", loop)
-            delay = backoff.next()
-        with self._lock:
-            self._want(key, delay)
+            return self.forbidden_retry_s
+        detail = f"{exc.status} {exc.reason}" if isinstance(exc, ApiException) else f"{type(exc).__name__}: {exc}"
+        self._fail("owners", f"get {kind} {namespace}/{name}: {detail}", loop)
+        return backoff.next()
 
     # -- reporting -------------------------------------------------------------------------------
 
@@ -333,12 +341,14 @@ class KubeSource:
             f"ClusterRole does); discovery continues from the container runtime, retrying in "
             f"{self.forbidden_retry_s:g}s"
         )
+        self._tried.add(name)
         if self._forbidden.get(name) != need:  # once per missing permission, whichever object was denied
             self._forbidden[name] = need
             emit(log, "kubernetes.forbidden", level=logging.WARNING, watch=name, reason=reason)
             loop.call_soon_threadsafe(self.on_problem, reason, False)
 
     def _fail(self, name: str, reason: str, loop: asyncio.AbstractEventLoop) -> None:
+        self._tried.add(name)
         loop.call_soon_threadsafe(self.on_problem, f"watch {name}: {reason}", False)
 
     def _ok(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
