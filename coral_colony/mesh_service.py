@@ -51,6 +51,7 @@ def service_record(info: Any, *, agent_id: str) -> ServiceRecord:
         labels=dict(info.labels),
         node_labels=dict(info.node_labels),
         overridden_fields=tuple(info.overridden_fields),
+        workload=info.workload,
         health_state=info.health.state or "unknown",
         health_error=info.health.last_error,
         health_latency_ms=info.health.latency_ms,

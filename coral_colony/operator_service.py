@@ -85,6 +85,7 @@ def service_message(row: Mapping[str, Any]) -> Any:
         protocol=row["protocol"],
         pod_ip=row["pod_ip"],
         overridden_fields=json.loads(row["overridden_fields"] or "[]"),
+        workload=row.get("workload") or "",
     )
     info.health.state = row["health_state"]
     info.health.last_error = row["health_error"]

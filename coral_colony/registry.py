@@ -50,6 +50,7 @@ class ServiceRecord:
     labels: Mapping[str, str] = field(default_factory=dict)
     node_labels: Mapping[str, str] = field(default_factory=dict)
     overridden_fields: tuple[str, ...] = ()
+    workload: str = ""
     health_state: str = "unknown"
     health_error: str = ""
     health_latency_ms: float = 0.0
@@ -120,6 +121,7 @@ class Registry:
                 "labels": str,
                 "node_labels": str,
                 "overridden_fields": str,
+                "workload": str,
                 "health_state": str,
                 "health_error": str,
                 "health_latency_ms": float,
@@ -132,6 +134,8 @@ class Registry:
             pk="key",
             if_not_exists=True,
         )
+        if "workload" not in self._t("services").columns_dict:  # a registry an older colony wrote
+            self._t("services").add_column("workload", str)
         self._t("services").create_index(["agent_id"], if_not_exists=True)
         self._t("services").create_index(["node_name", "namespace"], if_not_exists=True)
         self.audit = AuditLog(self.db)
@@ -504,6 +508,7 @@ def _service_row(service: ServiceRecord, *, agent_id: str, first_seen: float, no
         "labels": _json(service.labels),
         "node_labels": _json(service.node_labels),
         "overridden_fields": json.dumps(list(service.overridden_fields)),
+        "workload": service.workload,
         "health_state": service.health_state,
         "health_error": service.health_error,
         "health_latency_ms": service.health_latency_ms,

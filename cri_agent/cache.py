@@ -55,6 +55,7 @@ SERVICE_COLUMNS: dict[str, type] = {
     "pod_ip": str,
     "node_name": str,
     "labels": str,  # JSON object
+    "workload": str,  # "Deployment/x" from the Kubernetes API, or ""
     "first_seen": float,
     "last_seen": float,
 }
@@ -109,6 +110,9 @@ class Cache:
         _table(db, "meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
         _table(db, "meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
         _table(db, "services").create(SERVICE_COLUMNS, pk="key", if_not_exists=True)
+        for name, type_ in SERVICE_COLUMNS.items():  # a cache an older agent wrote: its rows read as ""
+            if name not in _table(db, "services").columns_dict:
+                _table(db, "services").add_column(name, type_)
         _table(db, "pods").create(
             {
                 "uid": str,
@@ -423,6 +427,7 @@ def _service_row(service: ServiceInfo, *, first_seen: float, last_seen: float) -
         "pod_ip": service.pod_ip,
         "node_name": service.node_name,
         "labels": json.dumps(dict(sorted(service.labels.items()))),
+        "workload": service.workload,
         "first_seen": first_seen,
         "last_seen": last_seen,
     }
@@ -447,6 +452,7 @@ def _service_from_row(row: Mapping[str, Any]) -> ServiceInfo:
         node_name=row["node_name"] or "",
         labels=json.loads(row["labels"] or "{}"),
         overridden_fields=tuple(json.loads(row["overridden_fields"] or "[]")),
+        workload=row.get("workload") or "",
     )
 
 

@@ -147,6 +147,7 @@ class ServiceInfo:
     labels: Mapping[str, str] = field(default_factory=dict)
     # Fields set by an annotation or override, e.g. ("name", "health_endpoint").
     overridden_fields: tuple[str, ...] = ()
+    workload: str = ""  # the pod's owner, "Deployment/payments-api", when the Kubernetes API told it
 
 
 # The fields compared to decide whether a service was "updated".
@@ -165,6 +166,7 @@ SERVICE_FIELDS: tuple[str, ...] = (
     "node_name",
     "labels",
     "overridden_fields",
+    "workload",
 )
 
 

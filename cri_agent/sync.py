@@ -94,6 +94,7 @@ def to_wire(service: ServiceInfo, health: Health | None, node_labels: Mapping[st
         pod_ip=service.pod_ip,
         health_interval_ms=int(service.health_interval_s * 1000),
         overridden_fields=list(service.overridden_fields),
+        workload=service.workload,
     )
     if health is not None:
         info.health.state = health.state.value

@@ -172,13 +172,14 @@ def test_enrichment_names_services_after_their_deployment_under_the_shipped_rbac
         [service] = agent.wait_for(
             lambda: [s for s in agent.service_by_pod(cri.uid) if s.name == "storefront"], timeout=15, what="enrichment"
         )
-        assert service.namespace == "shop"
+        assert (service.namespace, service.workload) == ("shop", "Deployment/storefront")
         # A CronJob's pod is named after the CronJob: one get of its Job finds it.
         job = cronjob_pod(cluster, "nightly", node=NODE)
         job_cri = pods.create_pod("nightly-29001-q7x2k", namespace="shop", uid=uid(job), containers=(HTTPD,))
-        agent.wait_for(
+        [nightly] = agent.wait_for(
             lambda: [s for s in agent.service_by_pod(job_cri.uid) if s.name == "nightly"], timeout=15, what="CronJob"
         )
+        assert nightly.workload == "CronJob/nightly"
         agent.wait_for(lambda: agent.conditions().get("kubernetes", (False,))[0], timeout=10, what="watches healthy")
         labels = colony.wait_for(
             lambda: [
@@ -190,6 +191,8 @@ def test_enrichment_names_services_after_their_deployment_under_the_shipped_rbac
             what="node labels in the colony",
         )
         assert json.loads(labels[0]) == {"topology.kubernetes.io/zone": "zone-a"}
+        workloads = {r["pod_name"]: r["workload"] for r in colony.services()}
+        assert workloads["custom-name-x1"] == "Deployment/storefront", workloads
     finally:
         colony.stop()
 

@@ -102,6 +102,24 @@ def test_a_reopened_cache_gives_back_exactly_what_was_stored(cache: Cache, tmp_p
     assert known == KnownState(services={s.key: s for s in stored}, pods={UID: decision()})
 
 
+def test_a_cache_an_older_agent_wrote_gains_the_new_columns(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    Cache(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE services DROP COLUMN workload")
+        db.execute(
+            "INSERT INTO services (key, name, namespace, pod_name, pod_uid, container, port, protocol, service_type,"
+            " provenance, overridden_fields, health_endpoint, health_interval_s, pod_ip, node_name, labels, first_seen,"
+            " last_seen) VALUES ('shop/u/web/80', 'web', 'shop', 'web-0', 'u', 'web', 80, 'TCP', 'http', 'discovered',"
+            " '[]', '', 10.0, '10.0.0.1', 'node-a', '{}', 1.0, 1.0)"
+        )
+    reopened = Cache(path)
+    [old] = reopened.load_known().services.values()
+    assert (old.name, old.workload) == ("web", "")
+    apply(reopened, reconciliation([service(8080, workload="Deployment/web")]))
+    assert {s.workload for s in reopened.load_known().services.values()} >= {"Deployment/web"}
+
+
 def test_first_seen_survives_updates(cache: Cache) -> None:
     apply(cache, reconciliation([service()]), now=1000.0)
     apply(cache, reconciliation([service(pod_ip="10.250.1.9")]), now=2000.0)

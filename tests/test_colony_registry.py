@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,16 @@ def test_register_replaces_the_agents_whole_set(registry: Registry) -> None:
     registry.register(node("a"), [svc("ns/1/app/80"), svc("ns/2/app/80")], session="s1", now=1.0)
     registry.register(node("a"), [svc("ns/2/app/80"), svc("ns/3/app/80")], session="s2", now=2.0)
     assert keys(registry, "a") == ["ns/2/app/80", "ns/3/app/80"]
+
+
+def test_a_registry_an_older_colony_wrote_gains_the_workload_column(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    Registry(path).close()
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE services DROP COLUMN workload")
+    registry = Registry(path)
+    registry.register(node("a"), [svc("ns/1/app/80", workload="StatefulSet/db")], session="s1", now=1.0)
+    assert [r["workload"] for r in registry.services(agent_id="a")] == ["StatefulSet/db"]
 
 
 def test_an_agent_cannot_overwrite_another_agents_service(registry: Registry) -> None:

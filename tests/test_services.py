@@ -46,6 +46,16 @@ def test_one_declared_port_gives_one_discovered_service() -> None:
     )
 
 
+def test_every_service_of_a_pod_carries_the_workload_the_api_named() -> None:
+    app = container(ports=[DeclaredPort(8080)], listening=[listening(8080), listening(9090)])
+    owned = pod("nightly-29001-q7x2k", owner="CronJob/nightly", containers=[app])
+    assert {(s.name, s.workload) for s in services(owned)} == {
+        ("nightly:8080", "CronJob/nightly"),
+        ("nightly:9090", "CronJob/nightly"),
+    }
+    assert {s.workload for s in services(pod("bare"))} == {""}
+
+
 def test_keys_use_namespace_uid_container_and_port_never_the_ip() -> None:
     first = services(pod(uid="u1", ip="10.0.0.1"))[0].key
     second = services(pod(uid="u1", ip="10.0.0.99"))[0].key

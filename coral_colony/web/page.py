@@ -135,7 +135,7 @@ def _section(agent: Mapping[str, Any], services: Sequence[Mapping[str, Any]]) ->
         )
     rows = "".join(_row(s) for s in services)
     table = (
-        "<table><thead><tr><th>Service</th><th>Namespace</th><th>Pod</th><th>Port</th><th>Type</th>"
+        "<table><thead><tr><th>Service</th><th>Namespace</th><th>Pod</th><th>Workload</th><th>Port</th><th>Type</th>"
         f"<th>Provenance</th><th>Health</th><th>Pod IP</th></tr></thead><tbody>{rows}</tbody></table>"
     )
     return f'<section class="{escape(state)}" data-node="{escape(node)}">{header}{table}</section>'
@@ -151,6 +151,7 @@ def _row(service: Mapping[str, Any]) -> str:
         f'<tr class="{"stale-row" if stale else ""}" data-key="{escape(service["key"])}">'
         f"<td>{escape(service['component_name'])}{stale_badge}</td>"
         f"<td>{escape(service['namespace'])}</td><td>{escape(service['pod_name'])}</td>"
+        f"<td>{escape(service.get('workload') or '-')}</td>"
         f"<td>{escape(port)}</td><td>{escape(service['service_type'])}</td>"
         f"<td>{_badge('prov', str(service['provenance']))}</td>"
         f"<td{title}>{_badge('health', health)}</td><td>{escape(service['pod_ip'])}</td></tr>"

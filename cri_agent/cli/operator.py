@@ -121,7 +121,7 @@ def services_command(args: argparse.Namespace) -> int:
     wide = args.output == "wide"
     headers = ["NAMESPACE", "POD", "NAME", "PORT", "TYPE", "PROVENANCE", "HEALTH", "AGE"]
     if wide:
-        headers += ["HEALTH SINCE", "LATENCY", "LAST ERROR", "CONTAINER", "POD IP", "OVERRIDDEN", "KEY"]
+        headers += ["HEALTH SINCE", "LATENCY", "LAST ERROR", "CONTAINER", "POD IP", "WORKLOAD", "OVERRIDDEN", "KEY"]
     for index, group in enumerate(groups):
         agent = group.agent
         if index:
@@ -151,6 +151,7 @@ def services_command(args: argparse.Namespace) -> int:
                     info.health.last_error or "-",
                     info.container_name or "-",
                     info.pod_ip or "-",
+                    info.workload or "-",
                     ",".join(info.overridden_fields) or "-",
                     info.service_key,
                 ]

@@ -327,6 +327,7 @@ def _service(
         node_name=node_name,
         labels=dict(pod.labels),
         overridden_fields=overridden,
+        workload=pod.owner,
     )
     explicit = _explicit_for(rules, pod, entry)
     if explicit is None:

@@ -119,6 +119,7 @@ class ServiceInfo(_message.Message):
     HEALTH_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     OVERRIDDEN_FIELDS_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
+    WORKLOAD_FIELD_NUMBER: _builtins.int
     component_name: _builtins.str
     port: _builtins.int
     health_endpoint: _builtins.str
@@ -137,6 +138,10 @@ class ServiceInfo(_message.Message):
     """"TCP" or "UDP"; empty for a portless entry"""
     pod_ip: _builtins.str
     health_interval_ms: _builtins.int
+    workload: _builtins.str
+    """The pod's controlling workload ("Deployment/payments-api", "CronJob/nightly",
+    "StatefulSet/db") when the Kubernetes API told it; empty otherwise.
+    """
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -168,10 +173,11 @@ class ServiceInfo(_message.Message):
         health_interval_ms: _builtins.int = ...,
         overridden_fields: _abc.Iterable[_builtins.str] | None = ...,
         health: Global___ServiceHealth | None = ...,
+        workload: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["health", b"health"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_name", b"component_name", "container_name", b"container_name", "health", b"health", "health_endpoint", b"health_endpoint", "health_interval_ms", b"health_interval_ms", "labels", b"labels", "namespace", b"namespace", "node_labels", b"node_labels", "node_name", b"node_name", "overridden_fields", b"overridden_fields", "pod_ip", b"pod_ip", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "port", b"port", "protocol", b"protocol", "provenance", b"provenance", "service_key", b"service_key", "service_type", b"service_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component_name", b"component_name", "container_name", b"container_name", "health", b"health", "health_endpoint", b"health_endpoint", "health_interval_ms", b"health_interval_ms", "labels", b"labels", "namespace", b"namespace", "node_labels", b"node_labels", "node_name", b"node_name", "overridden_fields", b"overridden_fields", "pod_ip", b"pod_ip", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "port", b"port", "protocol", b"protocol", "provenance", b"provenance", "service_key", b"service_key", "service_type", b"service_type", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
