@@ -3,8 +3,11 @@
 Every registration and deregistration (of an agent and of each service),
 every discovery event an agent reports, agent state changes and refused
 callers land here, written in the same transaction as the registry change
-they describe. Triggers make the table append-only: an UPDATE or DELETE
-fails, whoever tries it. Auditors read it with ``coral audit`` or
+they describe. Triggers make the table append-only: an UPDATE fails,
+whoever tries it, and so does a DELETE of any entry newer than the
+retention cut-off (``audit_retention.before``, 0 unless the colony runs with
+``--audit-retention``). Pruning moves the cut-off, deletes what lies before
+it and records itself in the log. Auditors read it with ``coral audit`` or
 ``sqlite-utils rows colony.db audit``.
 """
 
@@ -17,8 +20,16 @@ from typing import Any, Literal, cast
 import sqlite_utils
 from sqlite_utils.db import Table
 
-AuditKind = Literal["registration", "deregistration", "discovery", "agent", "auth", "operation"]
-KINDS: tuple[AuditKind, ...] = ("registration", "deregistration", "discovery", "agent", "auth", "operation")
+AuditKind = Literal["registration", "deregistration", "discovery", "agent", "auth", "operation", "retention"]
+KINDS: tuple[AuditKind, ...] = (
+    "registration",
+    "deregistration",
+    "discovery",
+    "agent",
+    "auth",
+    "operation",
+    "retention",
+)
 DEFAULT_LIMIT = 1000
 
 
@@ -51,10 +62,21 @@ class AuditLog:
         )
         table.create_index(["time"], if_not_exists=True)
         table.create_index(["node_name", "time"], if_not_exists=True)
-        for verb in ("UPDATE", "DELETE"):
+        with db.conn:  # committed here: the INSERT would otherwise leave a transaction open
             db.execute(
-                f"CREATE TRIGGER IF NOT EXISTS audit_no_{verb.lower()} BEFORE {verb} ON audit "
+                "CREATE TABLE IF NOT EXISTS audit_retention (id INTEGER PRIMARY KEY CHECK (id = 1), before REAL)"
+            )
+            db.execute("INSERT OR IGNORE INTO audit_retention (id, before) VALUES (1, 0)")
+            db.execute("DROP TRIGGER IF EXISTS audit_no_delete")  # an older colony refused every DELETE
+            db.execute(
+                "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
                 "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+            )
+            db.execute(
+                "CREATE TRIGGER IF NOT EXISTS audit_delete_expired_only BEFORE DELETE ON audit "
+                "WHEN OLD.time >= (SELECT before FROM audit_retention WHERE id = 1) "
+                "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: only entries past the retention period "
+                "can be deleted'); END"
             )
 
     def append(self, entries: Iterable[AuditEntry]) -> int:
@@ -64,6 +86,25 @@ class AuditLog:
             marks = ", ".join(f":{c}" for c in _COLUMNS)
             self.db.conn.executemany(f"INSERT INTO audit ({columns}) VALUES ({marks})", rows)
         return len(rows)
+
+    def prune(self, *, now: float, retention_s: float) -> int:
+        """Delete entries older than ``retention_s`` and log that it did (the caller holds the transaction)."""
+        before = now - retention_s
+        self.db.execute("UPDATE audit_retention SET before = max(before, ?) WHERE id = 1", [before])
+        deleted = int(self.db.execute("DELETE FROM audit WHERE time < ?", [before]).rowcount)
+        if deleted:
+            self.append(
+                [
+                    AuditEntry(
+                        time=now,
+                        kind="retention",
+                        action="audit.pruned",
+                        actor="colony",
+                        detail=f"{deleted} entries older than {retention_s / 86400:g} days deleted",
+                    )
+                ]
+            )
+        return deleted
 
     def query(
         self, *, since: float = 0.0, node: str = "", kind: str = "", limit: int = DEFAULT_LIMIT

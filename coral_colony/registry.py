@@ -268,6 +268,11 @@ class Registry:
 
     # -- time ----------------------------------------------------------------------
 
+    def prune_audit(self, *, now: float, retention_s: float) -> int:
+        """Audit entries older than ``retention_s`` deleted (and the pruning audited); how many."""
+        with self.db.conn:
+            return self.audit.prune(now=now, retention_s=retention_s)
+
     def expire(self, *, now: float, heartbeat_timeout: float, ttl: float) -> tuple[list[str], list[str]]:
         """Mark silent agents unreachable (services stale); drop those silent past ``ttl``."""
         with self.db.conn:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from pathlib import Path
@@ -29,6 +30,7 @@ log = logging.getLogger("coral_colony.server")
 HEARTBEAT_TIMEOUT_S = 45.0  # three missed 15 s heartbeats
 STALE_TTL_S = 24 * 3600.0  # services of an agent silent this long are dropped
 WEB_LISTEN = "127.0.0.1:9080"
+PRUNE_EVERY_S = 3600.0  # with --audit-retention: how often entries past it are deleted
 
 
 async def serve(
@@ -40,6 +42,7 @@ async def serve(
     web_listen: str = WEB_LISTEN,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
+    audit_retention: float | None = None,  # seconds; None keeps every entry
 ) -> None:
     registry = Registry(database)
     mesh = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret())
@@ -69,8 +72,15 @@ async def serve(
         web=page.address if page else "off",
         database=str(database),
     )
+    pruned_at = float("-inf")
     try:
         while not stop.is_set():
+            if audit_retention is not None and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                prune = functools.partial(registry.prune_audit, now=time.time(), retention_s=audit_retention)
+                deleted = await mesh.run_in_writer(prune)
+                pruned_at = time.monotonic()
+                if deleted:
+                    emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
             silent, gone = await mesh.run_in_writer(
                 lambda: registry.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
             )

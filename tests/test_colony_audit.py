@@ -97,6 +97,36 @@ def test_the_audit_log_is_append_only(registry: Registry, tmp_path: Path) -> Non
     assert len(registry.audit.query()) == 2
 
 
+def test_retention_deletes_only_entries_past_it_and_audits_the_pruning(registry: Registry, tmp_path: Path) -> None:
+    day = 86400.0
+    for at in (1 * day, 2 * day, 9 * day):
+        registry.register(agent("a"), [svc("shop/1/web")], session=f"s{at}", now=at)
+    assert registry.prune_audit(now=10 * day, retention_s=7 * day) == 3  # the service and the two registrations
+
+    rows = registry.audit.query()
+    assert [(r["time"], r["action"]) for r in rows] == [(9 * day, "agent.registered"), (10 * day, "audit.pruned")]
+    assert rows[-1]["kind"] == "retention" and "3 entries older than 7 days" in rows[-1]["detail"]
+    db = sqlite3.connect(tmp_path / "colony.db")
+    with pytest.raises(sqlite3.IntegrityError, match="only entries past the retention period"):
+        db.execute("DELETE FROM audit")  # what is within the retention stays append-only
+    with pytest.raises(sqlite3.IntegrityError, match="append-only"):
+        db.execute("UPDATE audit SET detail = 'forged'")
+    db.close()
+    assert registry.prune_audit(now=10 * day, retention_s=30 * day) == 0  # a longer retention brings nothing back
+
+
+def test_an_older_colony_database_keeps_its_log_and_gains_the_retention_rule(tmp_path: Path) -> None:
+    path = tmp_path / "colony.db"
+    Registry(path).close()
+    with sqlite3.connect(path) as db:  # as an older colony left it: every DELETE refused, no cut-off
+        db.execute("DROP TRIGGER audit_delete_expired_only")
+        db.execute("DROP TABLE audit_retention")
+        db.execute("CREATE TRIGGER audit_no_delete BEFORE DELETE ON audit BEGIN SELECT RAISE(ABORT, 'no'); END")
+    registry = Registry(path)
+    registry.register(agent("a"), [svc("shop/1/web")], session="s", now=1.0)
+    assert registry.prune_audit(now=100.0, retention_s=10.0) == 2
+
+
 def test_queries_filter_by_time_node_and_kind_and_keep_the_newest(registry: Registry) -> None:
     registry.register(agent("a"), [svc("shop/1/web")], session="s", now=10.0)
     registry.register(agent("b"), [svc("shop/2/web", node_name="b-node")], session="t", now=20.0)

@@ -49,6 +49,11 @@ def register(commands: Any) -> None:
         default=STALE_TTL_S,
         help="silence after which an unreachable agent and its services are dropped (default 24h)",
     )
+    start.add_argument(
+        "--audit-retention",
+        type=parse_duration,
+        help="delete audit entries older than this, e.g. 90d or 2160h, checked hourly (default: keep them all)",
+    )
     start.add_argument("--log-format", choices=["text", "json"], default="text")
     start.set_defaults(handler=start_command)
 
@@ -96,6 +101,7 @@ def start_command(args: argparse.Namespace) -> int:
             web_listen=args.web_listen,
             heartbeat_timeout=args.heartbeat_timeout,
             ttl=args.ttl,
+            audit_retention=args.audit_retention,
         )
 
     asyncio.run(run())

@@ -27,7 +27,7 @@ _PROVENANCE = {
     "overridden": mesh_pb2.SERVICE_PROVENANCE_OVERRIDDEN,
 }
 _PROVENANCE_NAMES = {value: name for name, value in _PROVENANCE.items()}
-AUDIT_KINDS = ("registration", "deregistration", "discovery", "agent", "auth", "operation")
+AUDIT_KINDS = ("registration", "deregistration", "discovery", "agent", "auth", "operation", "retention")
 
 
 def register(commands: Any) -> None:
