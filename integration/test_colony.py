@@ -200,6 +200,26 @@ def test_colony_restarted_with_its_database_deleted_gets_every_service_again(
     assert {r["action"] for r in colony.audit("registration")} == {"service.registered", "agent.registered"}
 
 
+def test_a_colony_with_an_audit_retention_prunes_what_is_past_it_and_audits_that(
+    colony: ColonyProcess, nodes: tuple[Node, Node]
+) -> None:
+    converged(colony, nodes)
+    assert colony.stop() == 0
+    stopped = time.time()
+    time.sleep(1.5)
+    colony.extra_args = ["--audit-retention", "1s"]
+    try:
+        colony.start()
+        [pruned] = colony.wait_for(lambda: colony.audit("retention"), timeout=10, what="the pruning entry")
+        assert pruned["action"] == "audit.pruned" and pruned["actor"] == "colony", pruned
+        assert [r for r in colony.audit() if r["time"] < stopped] == []  # everything from before the restart
+        colony.wait_for(lambda: registry(colony) == truth(*nodes), timeout=20, what="agents back")
+    finally:
+        colony.extra_args = []
+        colony.stop()
+        colony.start()
+
+
 def test_a_failing_health_endpoint_turns_unhealthy_in_the_colony_within_two_intervals(
     colony: ColonyProcess, nodes: tuple[Node, Node]
 ) -> None:

@@ -39,6 +39,7 @@ class ColonyProcess:
         self.port = free_port()  # fixed across restarts: agents dial the same address
         self.log_path = directory.parent / f"{directory.name}.log"
         self.process: subprocess.Popen[bytes] | None = None
+        self.extra_args: list[str] = []  # more `coral colony start` flags, from the next start on
         if not (directory / "colony.yaml").exists():
             init_colony(directory, colony_id=colony_id, hosts=["localhost", "127.0.0.1"])
 
@@ -98,6 +99,7 @@ class ColonyProcess:
                 f"{self.heartbeat_timeout}s",
                 "--log-format",
                 "json",
+                *self.extra_args,
             ],
             stdout=log,
             stderr=log,
