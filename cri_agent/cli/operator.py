@@ -15,6 +15,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 
+from coral_colony.audit import KINDS
 from coral_colony.client import ColonyClient, OperatorTarget
 from cri_agent._proto.coral.mesh.v1 import mesh_pb2
 from cri_agent.cli.tables import age, print_table
@@ -27,7 +28,6 @@ _PROVENANCE = {
     "overridden": mesh_pb2.SERVICE_PROVENANCE_OVERRIDDEN,
 }
 _PROVENANCE_NAMES = {value: name for name, value in _PROVENANCE.items()}
-AUDIT_KINDS = ("registration", "deregistration", "discovery", "agent", "auth", "operation", "retention")
 
 
 def register(commands: Any) -> None:
@@ -50,7 +50,7 @@ def register(commands: Any) -> None:
     connection_flags(audit)
     audit.add_argument("--since", default="", help="a duration back (10m, 2h) or a time (2026-11-25T10:00:00)")
     audit.add_argument("--node", default="", help="only this node")
-    audit.add_argument("--kind", choices=AUDIT_KINDS, default="")
+    audit.add_argument("--kind", choices=KINDS, default="")
     audit.add_argument("--limit", type=int, default=1000, help="at most this many, the newest (default 1000)")
     audit.add_argument("--output", "-o", choices=["table", "json"], default="table")
     audit.set_defaults(handler=audit_command)
