@@ -138,8 +138,9 @@ class Registry:
             if_not_exists=True,
         )
         self._t("services").create(SERVICE_COLUMNS, pk="key", if_not_exists=True)
+        existing = self._t("services").columns_dict
         for name, type_ in SERVICE_COLUMNS.items():  # a registry an older colony wrote: its rows read as ""
-            if name not in self._t("services").columns_dict:
+            if name not in existing:
                 self._t("services").add_column(name, type_)
         self._t("services").create_index(["agent_id"], if_not_exists=True)
         self._t("services").create_index(["node_name", "namespace"], if_not_exists=True)

@@ -110,8 +110,9 @@ class Cache:
         _table(db, "meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
         _table(db, "meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
         _table(db, "services").create(SERVICE_COLUMNS, pk="key", if_not_exists=True)
+        existing = _table(db, "services").columns_dict
         for name, type_ in SERVICE_COLUMNS.items():  # a cache an older agent wrote: its rows read as ""
-            if name not in _table(db, "services").columns_dict:
+            if name not in existing:
                 _table(db, "services").add_column(name, type_)
         _table(db, "pods").create(
             {
