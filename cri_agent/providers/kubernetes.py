@@ -104,7 +104,7 @@ class KubeSource:
         self._wake = threading.Condition(self._lock)  # an owner to look up
         self._stop = threading.Event()
         self._forbidden: dict[str, str] = {}  # watch or owner kind -> the permission it lacks
-        self._tried: set[str] = set()  # watches that listed or failed at least once
+        self._failed: set[str] = set()  # watches (and owner lookups) that failed at least once
         self.events_received = 0
 
     # -- what the agent reads ------------------------------------------------------------------
@@ -118,7 +118,7 @@ class KubeSource:
         """What the API knows is in: the pods watch listed (or failed to) and no owner lookup is due now."""
         with self._lock:
             if "pods" not in self._state.synced:
-                return "pods" in self._tried
+                return "pods" in self._failed
             now = time.monotonic()
             return all(when > now for when in self._state.wanted.values())
 
@@ -201,7 +201,6 @@ class KubeSource:
                         handle("ADDED", item)
                     version = listed.metadata.resource_version
                     self._state.synced.add(name)
-                    self._tried.add(name)
                     since = time.monotonic()
                     self._ok(name, loop)
                     loop.call_soon_threadsafe(self.on_change)
@@ -341,14 +340,14 @@ class KubeSource:
             f"ClusterRole does); discovery continues from the container runtime, retrying in "
             f"{self.forbidden_retry_s:g}s"
         )
-        self._tried.add(name)
+        self._failed.add(name)
         if self._forbidden.get(name) != need:  # once per missing permission, whichever object was denied
             self._forbidden[name] = need
             emit(log, "kubernetes.forbidden", level=logging.WARNING, watch=name, reason=reason)
             loop.call_soon_threadsafe(self.on_problem, reason, False)
 
     def _fail(self, name: str, reason: str, loop: asyncio.AbstractEventLoop) -> None:
-        self._tried.add(name)
+        self._failed.add(name)
         loop.call_soon_threadsafe(self.on_problem, f"watch {name}: {reason}", False)
 
     def _ok(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
