@@ -8,7 +8,14 @@ into wake-ups, ``_discovery`` runs a reconcile per (coalesced) wake-up or
 per resync interval. The agent owns both, stops them in reverse order and
 closes the runtime channel and the cache last. A reconcile reads the
 runtime's *current* state; event payloads are never trusted as state, so
-a burst of events for one pod collapses into one pass.
+a burst of events for one pod collapses into one pass. A task exit is
+followed by a second pass once the runtime has settled (``RECHECK_S``), and
+a container that is restarting or has just exited by one when its grace
+ends, so a stop is seen within a second and no later event is needed.
+
+Memory is the truth: the cache (``CacheKeeper``) mirrors it when it can,
+and the status file next to it (``StatusFile``) holds the agent's lock on
+the cache and the conditions ``coral agent status`` shows.
 """
 
 from __future__ import annotations
@@ -23,12 +30,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from cri_agent import __version__
 from cri_agent.backoff import Backoff
-from cri_agent.cache import CacheWriter
+from cri_agent.cache import CacheContents, CacheWriter
+from cri_agent.cache_keeper import CacheKeeper
+from cri_agent.conditions import Condition, Conditions
 from cri_agent.config import Settings
 from cri_agent.control import ControlStream
 from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
-from cri_agent.errors import CacheError, CoralError
+from cri_agent.errors import CoralError
 from cri_agent.health import HealthChecker, aggregate
 from cri_agent.logs import emit, emit_discovery
 from cri_agent.model import (
@@ -45,8 +54,9 @@ from cri_agent.model import (
 )
 from cri_agent.ops.guardrails import Guardrails
 from cri_agent.ops.runner import OperationRunner, PodView
-from cri_agent.providers.cri import CriClient, RuntimeEvent, RuntimeVersion
+from cri_agent.providers.cri import SUBSCRIBED, CriClient, RuntimeEvent, RuntimeVersion
 from cri_agent.providers.proc import ProcError, ProcFS
+from cri_agent.status_file import StatusFile
 from cri_agent.sync import ColonySync, ColonyTarget, OnState, event_to_wire
 
 if TYPE_CHECKING:  # the Kubernetes client costs ~35 MiB: imported only when the API is used
@@ -55,6 +65,7 @@ if TYPE_CHECKING:  # the Kubernetes client costs ~35 MiB: imported only when the
 log = logging.getLogger("cri_agent.agent")
 
 SHUTDOWN_GRACE_S = 10.0
+RECHECK_S = 0.3  # after a task exit, the CRI plugin updates its state (a sandbox turns NOTREADY): pass again
 KUBE_SETTLE_S = 5.0  # the longest the first pass waits for the Kubernetes API (owners, the fallback pods)
 
 
@@ -90,14 +101,23 @@ class NodeAgent:
             cri.socket, timeout=cri.timeout, containerd_namespace=cri.containerd_namespace
         )
         self.proc: Enricher = proc or ProcFS(settings.discovery.proc_root)
-        self.cache = CacheWriter(settings.cache.path)
+        self.clock = clock
+        self.conditions = Conditions()
+        self.meta: dict[str, str] = {}
+        self.status_file = StatusFile(settings.cache.path)
+        self.cache = CacheKeeper(
+            CacheWriter(settings.cache.path),
+            node_name=self.node_name,
+            contents=self._cache_contents,
+            on_state=self._cache_state,
+            clock=clock,
+        )
         self.sync = _colony_sync(settings, on_state=self._colony_state)
         self.health = HealthChecker(
             report=self._report_health,
             timeout=settings.discovery.health_timeout,
             max_in_flight=settings.discovery.health_concurrency,
         )
-        self.clock = clock
         self.operations = OperationRunner(
             Guardrails(settings.ops), node_name=self.node_name, lookup=self._pod_view, record=self._record_operation
         )
@@ -105,8 +125,8 @@ class NodeAgent:
         self.pods: dict[PodUID, PodRecord] = {}  # the last snapshot, for control operations
         self.passes = 0
         self._wake = asyncio.Event()
+        self._recheck_at = float("inf")
         self._stopping = False
-        self._conditions: dict[str, tuple[bool, str]] = {}
         self._background: set[asyncio.Task[None]] = set()
         self.kube = _kube_source(settings, on_change=self._wake.set, on_problem=self._kube_problem)
 
@@ -114,14 +134,21 @@ class NodeAgent:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set; then drain and close everything."""
-        self.known = await self.cache.open()
-        meta = {
+        self.meta = {
             "agent_id": self.settings.agent_id,
             "node_name": self.node_name,
             "agent_pid": str(os.getpid()),
             "started_at": str(self.clock()),
         }
-        await self.cache.call(lambda c: c.set_meta(meta))
+        self.status_file.acquire(self._status())  # CacheInUse: another agent writes this cache
+        try:
+            await self._run(stop)
+        finally:
+            self.status_file.release()
+
+    async def _run(self, stop: asyncio.Event) -> None:
+        self.known = await self.cache.open()
+        await self._set_meta(self.meta)
         emit(
             log,
             "agent.started",
@@ -164,7 +191,7 @@ class NodeAgent:
             with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
                 await asyncio.wait_for(task, SHUTDOWN_GRACE_S)
         await self.runtime.close()
-        await self.cache.close()
+        await self.cache.writer.close()
         emit(log, "agent.stopped", node=self.node_name, passes=self.passes)
 
     # -- runtime events -> wake-ups --------------------------------------------
@@ -175,9 +202,13 @@ class NodeAgent:
             self._wake.set()  # catch up on whatever happened while unsubscribed
             try:
                 async for event in self.runtime.events():
-                    if backoff.failing or "events" not in self._conditions:
+                    if backoff.failing or not self.conditions.ok("events", default=False):
                         backoff.reset()
                         await self._condition("events", ok=True, reason=f"streaming ({event.source})")
+                    if event.topic == SUBSCRIBED:
+                        continue
+                    if event.exited:
+                        self._recheck(self.clock() + RECHECK_S)
                     self._wake.set()
                 reason = "event stream ended"
             except CoralError as exc:
@@ -197,7 +228,8 @@ class NodeAgent:
         last_full = last_pass = float("-inf")
         await self._await_kubernetes()
         while not self._stopping:
-            timeout = max(0.0, min(last_full + resync, last_pass + poll) - self.clock())
+            due = min(last_full + resync, last_pass + poll, self._recheck_at, self.cache.retry_at)
+            timeout = max(0.0, due - self.clock())
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
             if self._stopping:
@@ -226,9 +258,15 @@ class NodeAgent:
                 return
             await asyncio.sleep(0.05)
 
+    def _recheck(self, at: float | None) -> None:
+        if at is not None:
+            self._recheck_at = min(self._recheck_at, at)
+
     async def reconcile_once(self, *, touch: bool = False) -> bool:
-        """One pass of the pipeline. False when the runtime or cache failed."""
+        """One pass of the pipeline. False when the runtime failed (and no fallback); a cache that
+        fails does not stop discovery."""
         started = time.perf_counter()
+        self._recheck_at = float("inf")
         try:
             pods = await self.runtime.pods()
         except CoralError as exc:
@@ -241,9 +279,8 @@ class NodeAgent:
             if self.kube is not None:
                 pods = self.kube.enrich(pods)
         if (kube := self.kube) is not None:
-            received = {"kubernetes_events": str(kube.events_received)}  # what the watches delivered, for auditors
-            with contextlib.suppress(CacheError):
-                await self.cache.call(lambda c: c.set_meta(received))
+            # what the watches delivered, for auditors
+            await self._set_meta({"kubernetes_events": str(kube.events_received)})
             if self.sync is not None:
                 self.sync.set_node_labels(kube.node_labels())
         try:
@@ -255,18 +292,17 @@ class NodeAgent:
         snapshot = NodeSnapshot(node_name=self.node_name, pods=tuple(pods), taken_at=self.clock())
         result = reconcile(self.known, snapshot, self.rules)
         previous = self.known.services
-        try:
-            await self._persist(result, touch=touch)
-        except CacheError as exc:
-            await self._condition("cache", ok=False, reason=str(exc))
-            return False  # known state unchanged: the same diff is retried
         self.known = KnownState(services=result.services, pods=result.pods)
         self.pods = {pod.uid: pod for pod in pods}
         self.health.set_services(result.services)
         if self.sync is not None:
             self.sync.set_services(result.services, self.health.health)
         self.passes += 1
-        await self._condition("cache", ok=True, reason="writable")
+        self._recheck(result.recheck_at)
+        self.meta["last_pass_at"] = repr(snapshot.taken_at)
+        self.status_file.reclaim()  # CacheInUse if another agent took the cache over: this one stops
+        await self.cache.check()
+        await self._persist(result, touch=touch, now=snapshot.taken_at)
         for event in result.events:
             provenance = _provenance(event, result.services, previous)
             emit_discovery(log, event, provenance=provenance.value if provenance else "")
@@ -287,19 +323,40 @@ class NodeAgent:
             )
         return True
 
-    async def _persist(self, result: Reconciliation, *, touch: bool) -> None:
+    async def _persist(self, result: Reconciliation, *, touch: bool, now: float) -> None:
         cache = self.settings.cache
-        now = self.clock()
-        await self.cache.call(
-            lambda c: c.apply(
-                result,
-                node_name=self.node_name,
-                now=now,
-                touch=touch,
-                retention_rows=cache.event_retention_rows,
-                retention_days=cache.event_retention_days,
-            )
+        retention = (cache.event_retention_rows, cache.event_retention_days)
+        await self.cache.apply(result, now=now, touch=touch, retention=retention)
+        self.status_file.write(self._status())
+
+    def _cache_contents(self) -> CacheContents:
+        return CacheContents(
+            services=self.known.services,
+            pods=self.known.pods,
+            health=list(self.health.health.values()),
+            conditions=list(self.conditions),
+            meta=dict(self.meta),
         )
+
+    def _status(self) -> dict[str, Any]:
+        """What the status file says: identity, conditions, the cache's state."""
+        return {
+            "pid": os.getpid(),
+            "agent_id": self.settings.agent_id,
+            "node_name": self.node_name,
+            "cache": str(self.settings.cache.path),
+            "started_at": float(self.meta.get("started_at", 0.0)),
+            "last_pass_at": float(self.meta.get("last_pass_at", 0.0)),
+            "services": len(self.known.services),
+            "conditions": [
+                {"name": c.name, "ok": c.ok, "reason": c.reason, "since": c.since, "updated": c.updated}
+                for c in self.conditions
+            ],
+        }
+
+    async def _set_meta(self, values: Mapping[str, str]) -> None:
+        self.meta.update(values)
+        await self.cache.state(lambda c: c.set_meta(values))
 
     async def _report_health(self, results: list[Health], changes: list[Health]) -> None:
         summary = aggregate(self.health.health)
@@ -307,9 +364,8 @@ class NodeAgent:
             self.sync.set_health(self.agent_health(summary))
             if changes:
                 self.sync.set_services(self.known.services, self.health.health)
-        with contextlib.suppress(CacheError):
-            await self.cache.call(lambda c: c.record_health(results))
-            await self.cache.call(lambda c: c.set_meta({"services_health": summary}))
+        await self.cache.state(lambda c: c.record_health(results))
+        await self._set_meta({"services_health": summary})
         for health in changes:
             service = self.known.services.get(health.key)
             emit(
@@ -335,21 +391,19 @@ class NodeAgent:
         return PodView(record=pod, included=decision is not None and decision.included)
 
     async def _record_operation(self, row: Mapping[str, Any]) -> None:
-        with contextlib.suppress(CacheError):
-            await self.cache.call(lambda c: c.record_operation(row))
+        await self.cache.record_operation(row)
 
     # -- conditions --------------------------------------------------------------
 
     async def _runtime_down(self, exc: CoralError) -> None:
-        if self._conditions.get("runtime", (True, ""))[0] or "runtime" not in self._conditions:
+        if self.conditions.ok("runtime", default=True):
             emit(log, "runtime.unavailable", level=logging.ERROR, reason=str(exc))
             outage = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=str(exc))
-            with contextlib.suppress(CacheError):
-                await self.cache.call(lambda c: c.record_events([outage], node_name=self.node_name))
+            await self.cache.record_events([outage])
         await self._condition("runtime", ok=False, reason=str(exc))
 
     async def _runtime_up(self) -> None:
-        if self._conditions.get("runtime", (False, ""))[0]:
+        if self.conditions.ok("runtime", default=False):
             return
         try:
             version = await self.runtime.version()
@@ -366,10 +420,10 @@ class NodeAgent:
         task.add_done_callback(self._background.discard)
 
     async def _kube_condition(self, reason: str, ok: bool) -> None:
-        if not ok and self._conditions.get("kubernetes") != (False, reason) and "forbids" in reason:
+        known = self.conditions.get("kubernetes")
+        if not ok and (known is None or (known.ok, known.reason) != (False, reason)) and "forbids" in reason:
             event = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=reason)
-            with contextlib.suppress(CacheError):
-                await self.cache.call(lambda c: c.record_events([event], node_name=self.node_name))
+            await self.cache.record_events([event])
             if self.sync is not None:
                 self.sync.add_events([event_to_wire(event, at=self.clock(), provenance=None)])
         await self._condition("kubernetes", ok=ok, reason=reason)
@@ -382,27 +436,35 @@ class NodeAgent:
         fallback sees the node's pods, degraded when another condition fails or some services are
         unhealthy, else the services' aggregate."""
         services = services or aggregate(self.health.health)
-        if not self._conditions.get("runtime", (True, ""))[0]:
+        if not self.conditions.ok("runtime", default=True):
             return "degraded" if self.kube is not None and self.kube.pods_synced else "unhealthy"
-        local = all(ok for name, (ok, _) in self._conditions.items() if name != "colony")
+        local = all(c.ok for c in self.conditions if c.name != "colony")
         if not local and services == "healthy":
             return "degraded"
         return services
 
     async def _condition(self, name: str, *, ok: bool, reason: str) -> None:
         """Record a named health condition (shown by `coral agent status`) on change."""
-        if self._conditions.get(name) == (ok, reason):
-            return
-        self._conditions[name] = (ok, reason)
-        if self.sync is not None:
-            self.sync.set_health(self.agent_health())
-        now = self.clock()
-        with contextlib.suppress(CacheError):
-            await self.cache.call(lambda c: c.set_condition(name, ok=ok, reason=reason, now=now))
+        condition = self._set_condition(name, ok=ok, reason=reason)
+        if condition is not None:
+            await self.cache.state(lambda c: c.set_condition(condition))
+
+    def _set_condition(self, name: str, *, ok: bool, reason: str) -> Condition | None:
+        """In memory and in the status file (which works when the cache does not)."""
+        condition = self.conditions.set(name, ok=ok, reason=reason, now=self.clock())
+        if condition is not None:
+            if self.sync is not None:
+                self.sync.set_health(self.agent_health())
+            self.status_file.write(self._status())
+        return condition
+
+    def _cache_state(self, ok: bool, reason: str) -> None:
+        """From the cache keeper: the `cache` condition (the cache gets it back when it works again)."""
+        self._set_condition("cache", ok=ok, reason=reason)
 
     @property
     def healthy(self) -> bool:
-        return all(ok for ok, _ in self._conditions.values())
+        return all(c.ok for c in self.conditions)
 
 
 def _provenance(

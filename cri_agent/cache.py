@@ -12,9 +12,10 @@ On restart the agent loads ``services`` and ``pods`` back into a
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import sqlite3
-import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from typing import Any, TypeVar, cast
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState, PodDecision, Reconciliation
 from cri_agent.errors import CacheError
 from cri_agent.model import (
@@ -78,11 +80,31 @@ class StoredEvent:
     node_name: str
 
 
+@dataclass(frozen=True, slots=True)
+class CacheContents:
+    """Everything the agent holds in memory that the cache mirrors: what a rebuilt cache is given."""
+
+    services: Mapping[ServiceKey, ServiceInfo]
+    pods: Mapping[PodUID, PodDecision]
+    health: Sequence[Health]
+    conditions: Sequence[Condition]
+    meta: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class TimedEvent:
+    """A discovery event and when it happened (events wait in memory while the cache refuses writes)."""
+
+    at: float
+    event: DiscoveryEvent
+
+
 class Cache:
     """Synchronous access to the cache file. Not thread-safe: see CacheWriter."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
+        self._fd: int | None = None
         try:
             if read_only:
                 if not path.exists():
@@ -99,6 +121,8 @@ class Cache:
             self.db = sqlite_utils.Database(conn)
             if not read_only:
                 self._create_schema()
+                # The file as opened: a later unlink or rename over the path shows in its link count or inode.
+                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         except (sqlite3.Error, OSError) as exc:
             raise CacheError(
                 f"cache {path} cannot be opened: {exc}; check that its directory is "
@@ -272,15 +296,70 @@ class Cache:
             _table(db, "pods").upsert_all(changed, pk="uid")
 
     def _insert_events(self, events: Sequence[DiscoveryEvent], *, node_name: str, now: float) -> None:
+        self._insert_timed([TimedEvent(now, event) for event in events], node_name=node_name)
+
+    def _insert_timed(self, events: Sequence[TimedEvent], *, node_name: str) -> None:
         if events:
             _table(self.db, "discovery_events").insert_all(
-                _event_row(event, node_name=node_name, at=now) for event in events
+                _event_row(timed.event, node_name=node_name, at=timed.at) for timed in events
             )
 
-    def record_events(self, events: Sequence[DiscoveryEvent], *, node_name: str) -> None:
+    def record_events(self, events: Sequence[TimedEvent], *, node_name: str) -> None:
         """Events that come from outside a reconcile (e.g. the runtime is down)."""
         with self.db.conn:
-            self._insert_events(events, node_name=node_name, now=time.time())
+            self._insert_timed(events, node_name=node_name)
+
+    def restore(
+        self,
+        contents: CacheContents,
+        *,
+        events: Sequence[TimedEvent],
+        operations: Sequence[Mapping[str, Any]],
+        node_name: str,
+        now: float,
+    ) -> None:
+        """Make the file say what memory says, and append what waited, in one transaction.
+
+        After an outage or on a recreated file: services and pods become the current set (a
+        service's ``first_seen`` is kept where the file has it), health, conditions and meta are
+        replaced, and the events and operations held in memory are appended with their own times.
+        """
+        db = self.db
+        with db.conn:
+            current = list(contents.services)
+            stored = [row[0] for row in db.execute("SELECT key FROM services")]
+            gone = [key for key in stored if key not in contents.services]
+            for_each_chunk(gone, lambda marks, chunk: db.execute(f"DELETE FROM services WHERE key IN ({marks})", chunk))
+            first_seen = _first_seen(db, "services", "key", current)
+            _table(db, "services").upsert_all(
+                (
+                    _service_row(s, first_seen=first_seen.get(s.key, now), last_seen=now)
+                    for s in contents.services.values()
+                ),
+                pk="key",
+            )
+            self._apply_pods(contents.pods, now=now, touch=True)
+            db.execute("DELETE FROM health")
+            self._upsert_health(contents.health)
+            for condition in contents.conditions:
+                self._upsert_condition(condition)
+            self._upsert_meta(contents.meta)
+            self._insert_timed(events, node_name=node_name)
+            if operations:
+                _table(db, "operations").insert_all([dict(row) for row in operations])
+
+    def lost(self) -> str:
+        """Why the path no longer names the file this cache opened ("deleted", "replaced"), else ""."""
+        if self._fd is None:
+            return ""
+        opened = os.fstat(self._fd)
+        try:
+            now = self.path.stat()
+        except FileNotFoundError:
+            return "deleted"
+        if opened.st_nlink == 0:
+            return "deleted"
+        return "replaced" if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino) else ""
 
     def _trim_events(self, *, now: float, rows: int, days: float) -> None:
         self.db.execute("DELETE FROM discovery_events WHERE at < ?", [now - days * 86400])
@@ -298,34 +377,49 @@ class Cache:
 
     def record_health(self, results: Sequence[Health]) -> None:
         """Latest probe results; rows of services no longer registered are dropped."""
-        with self.db.conn:  # plain SQL: a round of 250 results every 10 s, upsert_all costs 6x as much
-            self.db.conn.executemany(
-                "INSERT INTO health (key, state, since, checked_at, latency_ms, last_error) VALUES (?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (key) DO UPDATE SET state = excluded.state, since = excluded.since,"
-                " checked_at = excluded.checked_at, latency_ms = excluded.latency_ms, last_error = excluded.last_error",
-                [(h.key, h.state.value, h.since, h.checked_at, h.latency_ms, h.last_error) for h in results],
-            )
+        with self.db.conn:
+            self._upsert_health(results)
             self.db.execute("DELETE FROM health WHERE key NOT IN (SELECT key FROM services)")
 
-    def set_condition(self, name: str, *, ok: bool, reason: str, now: float) -> None:
-        row = self.db.execute("SELECT ok, since FROM conditions WHERE name = ?", [name]).fetchone()
-        since = row[1] if row is not None and bool(row[0]) == ok else now
+    def _upsert_health(self, results: Sequence[Health]) -> None:
+        # plain SQL: a round of 250 results every 10 s, upsert_all costs 6x as much
+        self.db.conn.executemany(
+            "INSERT INTO health (key, state, since, checked_at, latency_ms, last_error) VALUES (?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (key) DO UPDATE SET state = excluded.state, since = excluded.since,"
+            " checked_at = excluded.checked_at, latency_ms = excluded.latency_ms, last_error = excluded.last_error",
+            [(h.key, h.state.value, h.since, h.checked_at, h.latency_ms, h.last_error) for h in results],
+        )
+
+    def set_condition(self, condition: Condition) -> None:
         with self.db.conn:
-            _table(self.db, "conditions").upsert(
-                {"name": name, "ok": int(ok), "reason": reason, "since": since, "updated": now},
-                pk="name",
-            )
+            self._upsert_condition(condition)
+
+    def _upsert_condition(self, condition: Condition) -> None:
+        _table(self.db, "conditions").upsert(
+            {
+                "name": condition.name,
+                "ok": int(condition.ok),
+                "reason": condition.reason,
+                "since": condition.since,
+                "updated": condition.updated,
+            },
+            pk="name",
+        )
 
     def set_meta(self, values: Mapping[str, str]) -> None:
         with self.db.conn:
-            _table(self.db, "meta").upsert_all(
-                [{"key": key, "value": value} for key, value in values.items()], pk="key"
-            )
+            self._upsert_meta(values)
+
+    def _upsert_meta(self, values: Mapping[str, str]) -> None:
+        _table(self.db, "meta").upsert_all([{"key": key, "value": value} for key, value in values.items()], pk="key")
 
     def meta(self) -> dict[str, str]:
         return {row["key"]: row["value"] for row in _table(self.db, "meta").rows}
 
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         self.db.conn.close()
 
     # -- readers (CLI, tests, auditors) --------------------------------------
@@ -359,39 +453,74 @@ class Cache:
 
 
 class CacheWriter:
-    """Owns the writing connection on one dedicated thread; async façade."""
+    """Owns the writing connection on one dedicated thread; async façade.
+
+    A failed write closes the connection (whatever state SQLite left it in); ``reopen`` opens the
+    file again, creating it if it was deleted.
+    """
 
     def __init__(self, path: Path) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-writer")
-        self._path = path
+        self.path = path
         self._cache: Cache | None = None
 
     async def open(self) -> KnownState:
         def _open() -> KnownState:
-            self._cache = Cache(self._path)
+            self._cache = Cache(self.path)
             return self._cache.load_known()
 
         return await self._run(_open)
 
+    async def read_known(self) -> KnownState:
+        """The state a file that cannot be written still holds (empty when it cannot be read either)."""
+
+        def _read() -> KnownState:
+            with contextlib.suppress(CacheError, sqlite3.Error, OSError):
+                cache = Cache(self.path, read_only=True)
+                try:
+                    return cache.load_known()
+                finally:
+                    cache.close()
+            return KnownState(services={}, pods={})
+
+        return await self._run(_read)
+
+    async def reopen(self) -> None:
+        """Close whatever is open and open the path again; CacheError if that fails."""
+
+        def _reopen() -> None:
+            self._discard()
+            if not self.path.exists():  # a -wal or -shm left behind belongs to the deleted file
+                for suffix in ("-wal", "-shm"):
+                    with contextlib.suppress(FileNotFoundError):
+                        self.path.with_name(self.path.name + suffix).unlink()
+            self._cache = Cache(self.path)
+
+        await self._run(_reopen)
+
     async def call(self, fn: Callable[[Cache], _T]) -> _T:
         def _call() -> _T:
             if self._cache is None:
-                raise CacheError(f"cache {self._path} is not open")
+                raise CacheError(f"cache {self.path} is not open")
             try:
                 return fn(self._cache)
-            except sqlite3.Error as exc:
-                raise CacheError(f"cache {self._path} write failed: {exc}") from exc
+            except (sqlite3.Error, OSError) as exc:
+                self._discard()
+                raise CacheError(f"cache {self.path} write failed: {exc}") from exc
 
         return await self._run(_call)
+
+    def _discard(self) -> None:
+        if self._cache is not None:
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self._cache.close()
+            self._cache = None
 
     async def _run(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
     async def close(self) -> None:
-        if self._cache is not None:
-            cache = self._cache
-            await self._run(cache.close)
-            self._cache = None
+        await self._run(self._discard)
         self._executor.shutdown(wait=True)
 
 
@@ -399,14 +528,20 @@ def _table(db: sqlite_utils.Database, name: str) -> Table:
     return cast(Table, db[name])
 
 
+def for_each_chunk(keys: Sequence[str], run: Callable[[str, list[str]], Any], size: int = 500) -> None:
+    """``run(marks, chunk)`` per chunk of at most ``size`` keys: SQLite caps the parameters of one statement."""
+    for start in range(0, len(keys), size):
+        chunk = list(keys[start : start + size])
+        run(",".join("?" * len(chunk)), chunk)
+
+
 def _first_seen(db: sqlite_utils.Database, table: str, pk: str, keys: Iterable[str]) -> dict[str, float]:
-    keys = list(keys)
     found: dict[str, float] = {}
-    for start in range(0, len(keys), 500):
-        chunk = keys[start : start + 500]
-        marks = ",".join("?" * len(chunk))
-        for key, first in db.execute(f"SELECT {pk}, first_seen FROM {table} WHERE {pk} IN ({marks})", chunk):
-            found[key] = first
+
+    def select(marks: str, chunk: list[str]) -> None:
+        found.update(db.execute(f"SELECT {pk}, first_seen FROM {table} WHERE {pk} IN ({marks})", chunk).fetchall())
+
+    for_each_chunk(list(keys), select)
     return found
 
 

@@ -68,7 +68,8 @@ class ListeningSocket:
     @property
     def loopback_only(self) -> bool:
         """True when only reachable from inside the pod (not on the pod IP)."""
-        return self.address.startswith("127.") or self.address == "::1"
+        address = self.address
+        return address.startswith(("127.", "::ffff:127.")) or address == "::1"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,12 @@ class ContainerRecord:
     state: ContainerState
     image: str = ""
     pid: int = 0  # main process on the host (hostPID), 0 when not running
+    # kubelet's restart counter for this container name (CRI metadata.attempt): a restart makes a new
+    # container with attempt + 1 and keeps the exited one, so a pod can list two instances of one name.
+    attempt: int = 0
+    started_at: float = 0.0  # wall clock, seconds; 0 when unknown or never started
+    finished_at: float = 0.0  # wall clock, seconds; 0 unless exited
+    exit_code: int | None = None  # None unless exited and known
     declared_ports: tuple[DeclaredPort, ...] = ()
     # Filled by the /proc provider: every host pid in the container's cgroup
     # and the process names (comm) seen there, e.g. ("redis-server",).

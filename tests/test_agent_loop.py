@@ -276,7 +276,7 @@ def test_without_the_runtime_the_api_fallback_keeps_discovery_going_and_health_s
         passed = await agent.reconcile_once()
         names = sorted(s.name for s in agent.known.services.values())
         health = agent.agent_health()
-        await agent.cache.close()
+        await agent.cache.writer.close()
         return passed, names, health
 
     assert asyncio.run(scenario()) == (True, ["from-api"], "degraded")

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from cri_agent.cache import Cache
+from cri_agent.conditions import Condition, Conditions
 from cri_agent.discovery.engine import KnownState, PodDecision, Reconciliation
 from cri_agent.errors import CacheError
 from cri_agent.model import (
@@ -154,9 +155,16 @@ def test_the_file_is_in_wal_mode_for_concurrent_readers(cache: Cache, tmp_path: 
 
 
 def test_conditions_keep_since_while_unchanged(cache: Cache) -> None:
-    cache.set_condition("runtime", ok=False, reason="down", now=10.0)
-    cache.set_condition("runtime", ok=False, reason="still down", now=20.0)
-    cache.set_condition("runtime", ok=True, reason="up", now=30.0)
+    conditions = Conditions()
+    changes = [
+        conditions.set("runtime", ok=False, reason="down", now=10.0),
+        conditions.set("runtime", ok=False, reason="down", now=15.0),
+        conditions.set("runtime", ok=False, reason="still down", now=20.0),
+    ]
+    assert [c.since if c else None for c in changes] == [10.0, None, 10.0]
+    for condition in filter(None, changes):
+        cache.set_condition(condition)
+    cache.set_condition(conditions.set("runtime", ok=True, reason="up", now=30.0) or Condition("", True, "", 0, 0))
     [row] = cache.conditions()
     assert (row["ok"], row["since"], row["updated"]) == (1, 30.0, 30.0)
 

@@ -9,6 +9,7 @@ import pytest
 
 from cri_agent.cache import Cache
 from cri_agent.cli import main
+from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
 from cri_agent.model import NodeSnapshot
@@ -26,7 +27,7 @@ def cache_path(tmp_path: Path) -> Path:
     )
     result = reconcile(KnownState(services={}, pods={}), snapshot, DiscoveryRules(node_name="node-a"))
     cache.apply(result, node_name="node-a", now=1.0, touch=True, retention_rows=1000, retention_days=1e6)
-    cache.set_condition("runtime", ok=True, reason="containerd 1.6.20", now=1.0)
+    cache.set_condition(Condition("runtime", True, "containerd 1.6.20", since=1.0, updated=1.0))
     cache.close()
     return path
 
@@ -59,7 +60,7 @@ def test_events_can_be_filtered_by_kind(cache_path: Path, capsys: pytest.Capture
 def test_status_exit_code_tells_health(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     healthy = main(["agent", "status", "--cache", str(cache_path)])
     cache = Cache(cache_path)
-    cache.set_condition("runtime", ok=False, reason="CRI socket /x not found", now=2.0)
+    cache.set_condition(Condition("runtime", False, "CRI socket /x not found", since=2.0, updated=2.0))
     cache.close()
     degraded = main(["agent", "status", "--cache", str(cache_path)])
     assert (healthy, degraded, "degraded" in capsys.readouterr().out) == (0, 1, True)

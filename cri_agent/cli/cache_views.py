@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -11,6 +12,8 @@ from typing import Any
 from cri_agent.cache import Cache
 from cri_agent.cli.tables import age, print_table
 from cri_agent.config import DEFAULT_CACHE
+from cri_agent.errors import CacheError
+from cri_agent.status_file import read_status
 
 
 def register(commands: Any) -> None:
@@ -36,8 +39,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
 
+def _open(path: Path) -> Cache:
+    """The cache, read-only; when it is missing but its agent runs, say so (it recreates the file)."""
+    if not path.exists():
+        live = read_status(path)
+        if live is not None and live.running:
+            raise CacheError(
+                f"cache {path} is missing, but its agent (pid {live.pid}) runs: it recreates the file "
+                "from memory within one discovery pass; try again in a moment"
+            )
+    return Cache(path, read_only=True)
+
+
 def services_command(args: argparse.Namespace) -> int:
-    cache = Cache(args.cache, read_only=True)
+    cache = _open(args.cache)
     rows = [r for r in cache.service_rows() if not args.namespace or r["namespace"] == args.namespace]
     if args.output == "json":
         for row in rows:
@@ -67,7 +82,7 @@ def services_command(args: argparse.Namespace) -> int:
 
 
 def events_command(args: argparse.Namespace) -> int:
-    cache = Cache(args.cache, read_only=True)
+    cache = _open(args.cache)
     events = cache.events(since_id=args.since_id, kind=args.kind)
     if args.limit:
         events = events[-args.limit :]
@@ -93,15 +108,35 @@ def events_command(args: argparse.Namespace) -> int:
 
 
 def status_command(args: argparse.Namespace) -> int:
-    cache = Cache(args.cache, read_only=True)
-    conditions = cache.conditions()
-    meta = cache.meta()
+    """The running agent's conditions from its status file (right even when the cache fails);
+    the last ones the cache recorded when no agent runs."""
+    live = read_status(args.cache)
+    if live is not None and live.running:
+        conditions: list[dict[str, Any]] = list(live.status.get("conditions") or [])
+        meta = {
+            "agent_id": str(live.status.get("agent_id", "")),
+            "node_name": str(live.status.get("node_name", "")),
+            "agent_pid": str(live.pid),
+        }
+        with contextlib.suppress(CacheError):
+            meta = {**_open(args.cache).meta(), **meta}
+        running = f"running (pid {live.pid})"
+    else:
+        cache = _open(args.cache)
+        conditions = [{**c, "ok": bool(c["ok"])} for c in cache.conditions()]
+        meta = cache.meta()
+        running = "not running (last recorded conditions)"
     healthy = all(c["ok"] for c in conditions)
     if args.output == "json":
-        print(json.dumps({"healthy": healthy, "meta": meta, "conditions": conditions}, indent=2))
+        print(
+            json.dumps(
+                {"healthy": healthy, "running": bool(live and live.running), "meta": meta, "conditions": conditions},
+                indent=2,
+            )
+        )
     else:
         print(
-            f"agent {meta.get('agent_id', '?')} on node {meta.get('node_name', '?')}: "
+            f"agent {meta.get('agent_id', '?')} on node {meta.get('node_name', '?')}, {running}: "
             f"{'healthy' if healthy else 'degraded'}"
         )
         print_table(

@@ -7,7 +7,7 @@ a restart), so events describe only real changes:
 - (per pod, pod-level events — skipped, error — come before its service events)
 - ``added`` / ``updated`` (with the changed fields) / ``removed`` (with why:
   ``pod gone``, ``filtered out: …``, ``opt-out: …``, ``port closed``,
-  ``removed from config``);
+  ``container completed``, ``removed from config``);
 - ``skipped`` once when a pod is first seen excluded or its reason changes;
 - ``error`` once per new problem of a pod (malformed annotation, port JSON).
 """
@@ -18,6 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cri_agent.discovery.containers import Phase, deciding_instances, phase, settles_at
 from cri_agent.discovery.filters import evaluate, pod_ref
 from cri_agent.discovery.overrides import matches
 from cri_agent.discovery.rules import DiscoveryRules
@@ -60,6 +61,7 @@ class Reconciliation:
     events: tuple[DiscoveryEvent, ...]
     upserted: tuple[ServiceInfo, ...]  # added or updated
     removed: tuple[ServiceKey, ...]
+    recheck_at: float | None = None  # when a settling container changes phase: pass again then
 
 
 def changed_fields(old: ServiceInfo, new: ServiceInfo) -> tuple[str, ...]:
@@ -72,13 +74,26 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
     pods: dict[PodUID, PodDecision] = {}
     events: list[DiscoveryEvent] = []
 
+    now = snapshot.taken_at
+    known_by_pod: dict[PodUID, list[ServiceInfo]] = {}
+    for service in known.services.values():
+        known_by_pod.setdefault(service.pod_uid, []).append(service)
+    completed: set[tuple[PodUID, str]] = set()
+    recheck_at: float | None = None
+
     for pod in snapshot.pods:
         verdict = evaluate(pod, rules.filters)
         errors = set(verdict.errors) | {f"{pod_ref(pod)}: {e}" for e in pod.provider_errors}
         if verdict.included:
-            derived, service_errors = derive_services(pod, rules, node_name=node_name)
+            derived, service_errors = derive_services(
+                pod, rules, node_name=node_name, now=now, previous=known_by_pod.get(pod.uid, ())
+            )
             errors.update(service_errors)
             services.update((s.key, s) for s in derived)
+            instances = deciding_instances(pod.containers)
+            completed.update((pod.uid, c.name) for c in instances if phase(c, now=now) == Phase.COMPLETED)
+            if (settles := settles_at(instances, now=now)) is not None:
+                recheck_at = settles if recheck_at is None else min(recheck_at, settles)
         reason = verdict.reason if verdict.included or verdict.opt_out else f"filtered out: {verdict.reason}"
         decision = PodDecision(
             uid=pod.uid,
@@ -113,7 +128,7 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
     removed = sorted(key for key in known.services if key not in services)
     for key in removed:
         old = known.services[key]
-        events.append(_service_event(EventKind.REMOVED, old, reason=_removal_reason(old, pods)))
+        events.append(_service_event(EventKind.REMOVED, old, reason=_removal_reason(old, pods, completed)))
 
     events.sort(key=lambda e: (e.namespace, e.pod_name, e.key or "", _KIND_ORDER[e.kind], e.reason))
     return Reconciliation(
@@ -122,6 +137,7 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
         events=tuple(events),
         upserted=tuple(upserted),
         removed=tuple(removed),
+        recheck_at=recheck_at,
     )
 
 
@@ -134,7 +150,7 @@ def _error_key(error: str) -> str:
     return next((p for p in parts if _ANNOTATION_KEY.fullmatch(p)), parts[0] if parts else "")
 
 
-def _removal_reason(old: ServiceInfo, pods: Mapping[PodUID, PodDecision]) -> str:
+def _removal_reason(old: ServiceInfo, pods: Mapping[PodUID, PodDecision], completed: set[tuple[PodUID, str]]) -> str:
     if not old.pod_uid:
         return "removed from config"
     decision = pods.get(old.pod_uid)
@@ -142,6 +158,8 @@ def _removal_reason(old: ServiceInfo, pods: Mapping[PodUID, PodDecision]) -> str
         return "pod gone"
     if not decision.included:
         return decision.reason
+    if (old.pod_uid, old.container) in completed:
+        return "container completed"
     return "port closed"
 
 

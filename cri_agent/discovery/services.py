@@ -1,7 +1,9 @@
 """Pod -> services: which (container, port) pairs, their names, types and keys.
 
 One ``ServiceInfo`` per (container, port) that is declared or listening
-(loopback-only listeners are not reachable on the pod IP and are skipped);
+(loopback-only listeners are not reachable on the pod IP and are skipped),
+from the instance of each container that decides (containers.py): a
+completed container contributes nothing, a restarting one keeps its ports;
 a pod with no port at all still yields one portless entry so it is
 visible. ``coral.io/port`` or an override ``port`` restricts the pod to
 exactly those ports. Keys are ``namespace/pod-uid/container/port`` and
@@ -12,10 +14,11 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
+from cri_agent.discovery.containers import Phase, deciding_instances, phase
 from cri_agent.discovery.overrides import (
     Metadata,
     PortRef,
@@ -140,8 +143,13 @@ def workload_name(pod: PodRecord) -> str:
     return _K8S_RANDOM.sub("", name)
 
 
-def _candidates(pod: PodRecord, containers: Sequence[ContainerRecord], default: ContainerRecord) -> list[_Entry]:
-    """Declared and listening ports, one entry per (port, protocol), first owner wins."""
+def _candidates(
+    pod: PodRecord,
+    containers: Sequence[ContainerRecord],
+    default: ContainerRecord,
+    held: Sequence[ServiceInfo],
+) -> list[_Entry]:
+    """Declared, listening, then held ports, one entry per (port, protocol), first owner wins."""
     entries: dict[PortRef, _Entry] = {}
     for container in containers:
         for declared in container.declared_ports:
@@ -156,6 +164,11 @@ def _candidates(pod: PodRecord, containers: Sequence[ContainerRecord], default: 
     for sock in pod.unattributed_listening:
         if not sock.loopback_only:
             entries.setdefault((sock.port, sock.protocol), _Entry(default, sock.port, sock.protocol))
+    by_name = {c.name: c for c in containers}
+    for service in held:
+        if service.port is not None and service.protocol is not None and service.container in by_name:
+            owner = by_name[service.container]
+            entries.setdefault((service.port, service.protocol), _Entry(owner, service.port, service.protocol))
     return sorted(entries.values(), key=lambda e: (e.container.name, e.port or 0, e.protocol or ""))
 
 
@@ -232,19 +245,32 @@ def _explicit_entries(
 
 
 def derive_services(
-    pod: PodRecord, rules: DiscoveryRules, *, node_name: str
+    pod: PodRecord,
+    rules: DiscoveryRules,
+    *,
+    node_name: str,
+    now: float = 0.0,
+    previous: Sequence[ServiceInfo] = (),
 ) -> tuple[tuple[ServiceInfo, ...], tuple[str, ...]]:
-    """The services of one included pod, and the pod's annotation errors."""
+    """The services of one included pod, and the pod's annotation errors.
+
+    ``previous``: the pod's services after the last pass; a container that is restarting or has
+    just exited keeps its own (see containers.py), with their types when it has no process now.
+    """
     annotations, errors = from_annotations(pod)
-    containers = [c for c in pod.containers if c.state != ContainerState.UNKNOWN]
+    instances = deciding_instances(pod.containers)
+    phases = {c.name: phase(c, now=now) for c in instances}
+    containers = [c for c in instances if phases[c.name] != Phase.COMPLETED]
     if not containers:
         return (), errors
+    held = [s for s in previous if s.container in phases and phases[s.container].holds]
+    held_types = {s.key: s.service_type for s in held}
     running = [c for c in containers if c.state == ContainerState.RUNNING]
     default = (running or containers)[0]
     pod_meta = apply_overrides(annotations, pod, rules.overrides, container=None)
     per_container = {c.name: apply_overrides(annotations, pod, rules.overrides, container=c.name) for c in containers}
 
-    entries = _candidates(pod, containers, default)
+    entries = _candidates(pod, containers, default, held)
     if pod_meta.ports is not None:
         entries = _restricted(entries, pod_meta.ports, default)
     for container in containers:
@@ -273,6 +299,7 @@ def derive_services(
             suffix=suffix,
             sole_port=per_container_ports[entry.container.name] == 1,
             node_name=node_name,
+            held_types=held_types,
         )
         for entry, suffix in zip(entries, suffixes, strict=True)
     )
@@ -308,10 +335,13 @@ def _service(
     suffix: str,
     sole_port: bool,
     node_name: str,
+    held_types: Mapping[ServiceKey, str],
 ) -> ServiceInfo:
     overridden = tuple(sorted("port" if f == "ports" else f for f in meta.set_fields))
+    key = service_key(pod.namespace, pod.uid, entry.container.name, entry.port, entry.protocol)
+    hint = held_types.get(key) if not entry.container.process_names else None
     discovered = ServiceInfo(
-        key=service_key(pod.namespace, pod.uid, entry.container.name, entry.port, entry.protocol),
+        key=key,
         name=(meta.name or base_name) + suffix,
         namespace=pod.namespace,
         pod_name=pod.name,
@@ -319,7 +349,7 @@ def _service(
         container=entry.container.name,
         port=entry.port,
         protocol=entry.protocol,
-        service_type=meta.service_type or _type_hint(entry, sole_port=sole_port),
+        service_type=meta.service_type or hint or _type_hint(entry, sole_port=sole_port),
         provenance=Provenance.OVERRIDDEN if overridden else Provenance.DISCOVERED,
         health_endpoint=meta.health_endpoint or "",
         health_interval_s=meta.health_interval_s or rules.default_health_interval_s,

@@ -27,8 +27,10 @@ from typing import Any, TypedDict, cast
 import grpc
 import grpc.aio
 
+from cri_agent._proto.containerd.events import task_pb2
 from cri_agent._proto.containerd.services.events.v1 import events_pb2, events_pb2_grpc
 from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from cri_agent.discovery.containers import deciding_instances
 from cri_agent.errors import CoralError, RuntimePermissionDenied, RuntimeUnavailable
 from cri_agent.model import (
     ContainerID,
@@ -63,6 +65,10 @@ _STATUS_CONCURRENCY = 16
 
 # containerd topics that can change a pod (not image pulls or snapshots).
 _POD_TOPICS = ("/tasks/", "/containers/", "/sandboxes/")
+_TASK_EXIT = "/tasks/exit"
+SUBSCRIBED = "subscribed"
+_SUBSCRIBED_AFTER_S = 0.2
+_EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what read() returns at the stream's end (not in the stubs)
 
 # Reconnect fast after a runtime restart; the agent's own loop backs off.
 _CHANNEL_OPTIONS = [
@@ -101,12 +107,28 @@ class _SandboxDetails:
 
 
 @dataclass(frozen=True, slots=True)
+class _ContainerStatus:
+    """What one verbose ContainerStatus said of an instance in one state (asked once per state)."""
+
+    pid: int = 0
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RuntimeEvent:
     """A change hint from the runtime: which object, and what happened."""
 
     source: str  # "cri" or "containerd"
     topic: str  # e.g. CONTAINER_STARTED_EVENT or /tasks/exit
     object_id: str = ""
+    exited: bool = False  # a task (container or sandbox) exited: the runtime's state settles just after
+
+    @classmethod
+    def subscribed(cls, source: str) -> RuntimeEvent:
+        """Not a change: the stream is open (so the agent can say so before anything happens)."""
+        return cls(source=source, topic=SUBSCRIBED)
 
 
 class CriClient:
@@ -118,7 +140,10 @@ class CriClient:
         self.containerd_namespace = containerd_namespace
         self._channel: grpc.aio.Channel | None = None
         self._sandboxes: dict[str, _SandboxDetails] = {}
-        self._container_pids: dict[tuple[str, int], int] = {}
+        self._container_status: dict[tuple[str, int], _ContainerStatus] = {}
+        # Tasks whose exit the event stream reported. A sandbox among them is gone although the CRI
+        # plugin still lists it READY for a moment (it marks it NOTREADY after handling the same event).
+        self._exited: set[str] = set()
 
     # -- connection -----------------------------------------------------------
 
@@ -194,9 +219,11 @@ class CriClient:
         live = {sandbox.id for sandbox in sandboxes}
         for stale in set(self._sandboxes) - live:
             del self._sandboxes[stale]
+        self._exited &= live
+        sandboxes = [sandbox for sandbox in sandboxes if sandbox.id not in self._exited]
         live_containers = {(c.id, c.state) for c in containers}
-        for key in set(self._container_pids) - live_containers:
-            del self._container_pids[key]
+        for key in set(self._container_status) - live_containers:
+            del self._container_status[key]
 
         # Status calls run concurrently (bounded) so a first pass over a full
         # node, which has nothing cached yet, stays short.
@@ -207,19 +234,16 @@ class CriClient:
                 details = await self._sandbox_details(sandbox.id)
             if details is None:
                 return None  # went away between list and status
-            containers = [
-                c
-                for c in sorted(by_sandbox.get(sandbox.id, []), key=lambda c: c.metadata.name)
-                if c.state != api_pb2.CONTAINER_UNKNOWN
-            ]
             records, errors = [], []
-            for container in containers:
+            for container in by_sandbox.get(sandbox.id, []):
+                if container.state == api_pb2.CONTAINER_UNKNOWN:
+                    continue
                 async with limit:
                     record, error = await self._container_record(container)
-                records.append(record)
-                if error:
-                    errors.append(f"container {record.name}: {error}")
-            return _pod_record(sandbox, details, records, errors)
+                records.append((record, error))
+            deciding = deciding_instances(record for record, _ in records)
+            errors = [f"container {r.name}: {error}" for r, error in records if error and r in deciding]
+            return _pod_record(sandbox, details, deciding, errors)
 
         found = await asyncio.gather(*(pod_of(sandbox) for sandbox in sandboxes))
         return [pod for pod in found if pod is not None]
@@ -251,31 +275,46 @@ class CriClient:
 
     async def _container_record(self, container: Any) -> tuple[ContainerRecord, str]:
         state = _STATES.get(container.state, ContainerState.UNKNOWN)
-        pid = 0
-        if state == ContainerState.RUNNING:
-            key = (container.id, container.state)
-            if key not in self._container_pids:
-                try:
-                    response = await self._call(
-                        "ContainerStatus",
-                        api_pb2.ContainerStatusRequest(container_id=container.id, verbose=True),
-                    )
-                    self._container_pids[key] = int(_verbose_info(response.info).get("pid", 0))
-                except _NotFound:
-                    self._container_pids[key] = 0
-            pid = self._container_pids[key]
+        status = _ContainerStatus()
+        if state in (ContainerState.RUNNING, ContainerState.EXITED):
+            status = await self._status_of(container.id, container.state)
         ports, error = parse_declared_ports(container.annotations.get(CONTAINER_PORTS, ""))
         record = ContainerRecord(
             id=ContainerID(container.id),
             name=container.metadata.name or container.labels.get(CONTAINER_NAME, ""),
             state=state,
             image=container.image.image,
-            pid=pid,
+            pid=status.pid,
+            attempt=container.metadata.attempt,
+            started_at=status.started_at,
+            finished_at=status.finished_at,
+            exit_code=status.exit_code,
             declared_ports=ports,
             labels=_strip(container.labels, _KUBELET_LABELS),
             annotations=dict(container.annotations),
         )
         return record, error
+
+    async def _status_of(self, container_id: str, state: int) -> _ContainerStatus:
+        """Pid and start time of a running instance, exit code and time of an exited one (cached per state)."""
+        key = (container_id, state)
+        if key not in self._container_status:
+            try:
+                response = await self._call(
+                    "ContainerStatus", api_pb2.ContainerStatusRequest(container_id=container_id, verbose=True)
+                )
+            except _NotFound:
+                self._container_status[key] = _ContainerStatus()
+            else:
+                status = response.status
+                exited = status.state == api_pb2.CONTAINER_EXITED
+                self._container_status[key] = _ContainerStatus(
+                    pid=int(_verbose_info(response.info).get("pid", 0)) if not exited else 0,
+                    started_at=status.started_at / 1e9,
+                    finished_at=status.finished_at / 1e9 if exited else 0.0,
+                    exit_code=status.exit_code if exited else None,
+                )
+        return self._container_status[key]
 
     # -- events ---------------------------------------------------------------
 
@@ -293,11 +332,18 @@ class CriClient:
     async def _cri_events(self) -> AsyncIterator[RuntimeEvent]:
         stream: Any = self._stub().GetContainerEvents(api_pb2.GetEventsRequest())
         try:
-            async for response in stream:
+            async for response in _messages(stream):
+                if response is None:
+                    yield RuntimeEvent.subscribed("cri")
+                    continue
+                kind = response.container_event_type
+                if kind == api_pb2.CONTAINER_STOPPED_EVENT:
+                    self._exited.add(response.container_id)
                 yield RuntimeEvent(
                     source="cri",
-                    topic=api_pb2.ContainerEventType.Name(response.container_event_type),
+                    topic=api_pb2.ContainerEventType.Name(kind),
                     object_id=response.container_id,
+                    exited=kind == api_pb2.CONTAINER_STOPPED_EVENT,
                 )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.UNIMPLEMENTED:
@@ -311,13 +357,40 @@ class CriClient:
         request = events_pb2.SubscribeRequest(filters=[f"namespace=={self.containerd_namespace}"])
         stream: Any = stub.Subscribe(request)
         try:
-            async for envelope in stream:
-                if envelope.topic.startswith(_POD_TOPICS):
+            async for envelope in _messages(stream):
+                if envelope is None:
+                    yield RuntimeEvent.subscribed("containerd")
+                elif envelope.topic == _TASK_EXIT:
+                    exit_event = task_pb2.TaskExit.FromString(envelope.event.value)
+                    self._exited.add(exit_event.container_id)
+                    yield RuntimeEvent(
+                        source="containerd", topic=envelope.topic, object_id=exit_event.container_id, exited=True
+                    )
+                elif envelope.topic.startswith(_POD_TOPICS):
                     yield RuntimeEvent(source="containerd", topic=envelope.topic)
         except grpc.aio.AioRpcError as exc:
             raise self._translate(exc, "containerd events Subscribe") from exc
         finally:
             stream.cancel()
+
+
+async def _messages(stream: Any) -> AsyncIterator[Any | None]:
+    """A server stream's messages, after ``None`` once it has stayed open ``_SUBSCRIBED_AFTER_S`` without an error.
+
+    Neither containerd's Subscribe nor CRI GetContainerEvents sends anything before the first event,
+    while a refusal (UNIMPLEMENTED, UNAVAILABLE) comes at once: a quiet stream is a subscribed one.
+    """
+    first = asyncio.ensure_future(stream.read())
+    try:
+        done, _ = await asyncio.wait({first}, timeout=_SUBSCRIBED_AFTER_S)
+        if not done:
+            yield None
+        message = await first
+    finally:
+        first.cancel()
+    while message is not _EOF:
+        yield message
+        message = await stream.read()
 
 
 class _Unimplemented(Exception):

@@ -365,9 +365,6 @@ class KubeSource:
         containers = []
         for container in spec.containers:
             cs = running.get(container.name)
-            state = (
-                ContainerState.RUNNING if cs is not None and cs.state and cs.state.running else ContainerState.EXITED
-            )
             ports = tuple(
                 DeclaredPort(p.container_port, (p.protocol or "TCP").upper(), p.name or "")  # type: ignore[arg-type]
                 for p in (container.ports or [])
@@ -376,9 +373,9 @@ class KubeSource:
                 ContainerRecord(
                     id=ContainerID((cs.container_id or "").split("://")[-1] if cs else ""),
                     name=container.name,
-                    state=state,
                     image=container.image or "",
                     declared_ports=ports,
+                    **_lifecycle(cs),
                 )
             )
         meta = pod.metadata
@@ -405,3 +402,31 @@ def _message(exc: ApiException) -> str:
     with contextlib.suppress(ValueError, TypeError):
         return str(json.loads(exc.body).get("message", exc.reason))
     return str(exc.reason)
+
+
+def _lifecycle(cs: Any) -> dict[str, Any]:
+    """A container status's state, restarts, start or finish time and exit code, as ContainerRecord fields.
+
+    A waiting container that ran before is crash-looping: exited with an unknown code (it keeps its
+    ports); one that never ran is created.
+    """
+    state = cs.state if cs is not None else None
+    restarts = int(cs.restart_count or 0) if cs is not None else 0
+    if state is not None and state.running is not None:
+        started = state.running.started_at
+        return {
+            "state": ContainerState.RUNNING,
+            "attempt": restarts,
+            "started_at": started.timestamp() if started else 0.0,
+        }
+    if state is not None and state.terminated is not None:
+        finished = state.terminated.finished_at
+        return {
+            "state": ContainerState.EXITED,
+            "attempt": restarts,
+            "exit_code": int(state.terminated.exit_code),
+            "finished_at": finished.timestamp() if finished else 0.0,
+        }
+    if cs is not None and cs.last_state is not None and cs.last_state.terminated is not None:
+        return {"state": ContainerState.EXITED, "attempt": restarts}
+    return {"state": ContainerState.CREATED, "attempt": restarts}

@@ -1,0 +1,206 @@
+"""Keeps the SQLite cache true to the agent's memory, whatever happens to the file.
+
+The cache is a condition, not a precondition: discovery, health probing and
+colony sync run from memory, and the cache mirrors them when it can.
+
+- **A write fails** (read-only or immutable file, full disk, I/O error): the
+  failure is logged once with its cause and reported through ``on_state``
+  (the ``cache`` condition); the events and operations of the outage wait in
+  memory (bounded: past ``BACKLOG_EVENTS`` the oldest are dropped and
+  counted); state writes (services, pods, health, conditions, meta) are not
+  queued, since memory holds their latest value. Writing is retried with
+  backoff (``retry_at``); the first write that works rewrites the file from
+  memory, appends what waited, and adds one ``error`` event that says what
+  happened.
+- **The file is deleted or replaced** (``check``, once per pass: link count
+  and inode of the file as opened): it is recreated (or adopted) from memory
+  the same way, with one event recording the gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from cri_agent.backoff import Backoff
+from cri_agent.cache import Cache, CacheContents, CacheWriter, TimedEvent
+from cri_agent.discovery.engine import KnownState, Reconciliation
+from cri_agent.errors import CacheError
+from cri_agent.logs import emit
+from cri_agent.model import DiscoveryEvent, EventKind
+
+log = logging.getLogger("cri_agent.cache")
+
+BACKLOG_EVENTS = 20_000  # ~4 MiB at most: past it the oldest wait no longer (counted in the recovery event)
+BACKLOG_OPERATIONS = 2_000
+
+
+class CacheKeeper:
+    def __init__(
+        self,
+        writer: CacheWriter,
+        *,
+        node_name: str,
+        contents: Callable[[], CacheContents],
+        on_state: Callable[[bool, str], None],
+        clock: Callable[[], float] = time.time,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self.writer = writer
+        self.node_name = node_name
+        self.contents = contents
+        self.on_state = on_state
+        self.clock = clock
+        self.backoff = backoff or Backoff(initial=1.0, maximum=30.0)
+        self.failure = ""  # why the file does not mirror memory now ("" when it does)
+        self.retry_at = float("inf")
+        self._since = 0.0
+        self._events: deque[TimedEvent] = deque(maxlen=BACKLOG_EVENTS)
+        self._operations: deque[Mapping[str, Any]] = deque(maxlen=BACKLOG_OPERATIONS)
+        self._dropped = 0
+        self._lost = ""  # "deleted" / "replaced" when the failure is the file itself
+
+    @property
+    def path(self) -> str:
+        return str(self.writer.path)
+
+    async def open(self) -> KnownState:
+        """What the file remembers. A file that cannot be opened for writing is read if it can be
+        (no churn on restart), and the agent starts all the same, its writes retried."""
+        try:
+            known = await self.writer.open()
+        except CacheError as exc:
+            self._fail(str(exc))
+            return await self.writer.read_known()
+        self.on_state(True, "writable")
+        return known
+
+    # -- writes ----------------------------------------------------------------------------------
+
+    async def apply(self, result: Reconciliation, *, now: float, touch: bool, retention: tuple[int, float]) -> None:
+        rows, days = retention
+        await self._write(
+            lambda c: c.apply(
+                result,
+                node_name=self.node_name,
+                now=now,
+                touch=touch,
+                retention_rows=rows,
+                retention_days=days,
+            ),
+            events=[TimedEvent(now, e) for e in result.events],
+        )
+
+    async def record_events(self, events: Sequence[DiscoveryEvent]) -> None:
+        timed = [TimedEvent(self.clock(), e) for e in events]
+        await self._write(lambda c: c.record_events(timed, node_name=self.node_name), events=timed)
+
+    async def record_operation(self, row: Mapping[str, Any]) -> None:
+        await self._write(lambda c: c.record_operation(row), operations=[row])
+
+    async def state(self, write: Callable[[Cache], None]) -> None:
+        """A write of current state (health, a condition, meta): skipped during an outage, restored after."""
+        await self._write(write)
+
+    async def check(self) -> None:
+        """Once per pass: notice a deleted or replaced file, and retry writing when it is due."""
+        if not self.failure:
+            try:
+                lost = await self.writer.call(lambda c: c.lost())
+            except CacheError as exc:
+                self._fail(str(exc))
+                return
+            if lost:
+                self._lost = lost
+                self._fail(f"cache {self.path} was {lost} while the agent ran")
+        if self.failure and self.clock() >= self.retry_at:
+            await self._recover()
+
+    async def _write(
+        self,
+        write: Callable[[Cache], None],
+        *,
+        events: Sequence[TimedEvent] = (),
+        operations: Sequence[Mapping[str, Any]] = (),
+    ) -> None:
+        if self.failure and self.clock() >= self.retry_at:
+            await self._recover()
+        if not self.failure:
+            try:
+                await self.writer.call(write)
+                return
+            except CacheError as exc:
+                self._fail(str(exc))
+        self._hold(events, operations)
+
+    def _hold(self, events: Sequence[TimedEvent], operations: Sequence[Mapping[str, Any]]) -> None:
+        self._dropped += max(0, len(self._events) + len(events) - BACKLOG_EVENTS)
+        self._dropped += max(0, len(self._operations) + len(operations) - BACKLOG_OPERATIONS)
+        self._events.extend(events)
+        self._operations.extend(operations)
+
+    # -- failure and recovery --------------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        now = self.clock()
+        if not self.failure:
+            self._since = now
+            emit(log, "cache.unwritable", level=logging.ERROR, cache=self.path, reason=reason)
+            self.on_state(False, f"{reason}; discovery goes on from memory and writes are retried")
+        self.failure = reason
+        self.retry_at = now + self.backoff.next()
+
+    async def _recover(self) -> None:
+        now = self.clock()
+        contents = self.contents()
+        events = [*self._events, TimedEvent(now, self._recovery_event(now))]
+        operations = list(self._operations)
+        try:
+            await self.writer.reopen()
+            await self.writer.call(
+                lambda c: c.restore(contents, events=events, operations=operations, node_name=self.node_name, now=now)
+            )
+        except CacheError as exc:
+            self.failure = str(exc)
+            self.retry_at = now + self.backoff.next()
+            return
+        emit(
+            log,
+            "cache.recovered",
+            level=logging.WARNING,
+            cache=self.path,
+            outage_s=round(now - self._since, 1),
+            events=len(self._events),
+            operations=len(operations),
+            dropped=self._dropped,
+        )
+        self._events.clear()
+        self._operations.clear()
+        self._dropped, self._lost, self.failure = 0, "", ""
+        self.retry_at = float("inf")
+        self.backoff.reset()
+        self.on_state(True, "writable")
+
+    def _recovery_event(self, now: float) -> DiscoveryEvent:
+        held = f"{len(self._events)} events and {len(self._operations)} operations"
+        if self._lost:
+            reason = (
+                f"cache {self.path} was {self._lost} while the agent ran "
+                f"(noticed {_clock(self._since)}): recreated from memory; {held} since then are written now, "
+                f"the history the old file held is not"
+            )
+        else:
+            reason = (
+                f"cache {self.path} refused writes from {_clock(self._since)} for {now - self._since:.0f} s "
+                f"({self.failure}); {held} held in memory are written now"
+            )
+        if self._dropped:
+            reason += f"; {self._dropped} older ones exceeded the memory bound and are lost"
+        return DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=reason, fields=("cache",))
+
+
+def _clock(at: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))

@@ -1,0 +1,83 @@
+"""Which instance of a container decides, and what it contributes given its state and age.
+
+kubelet restarts a container by creating a new one with the same name and
+``attempt + 1`` and keeps the exited instance, and the runtime lists the two
+in no fixed order. So, per container name, exactly one instance decides: the
+running one, else the highest attempt (then the newest start).
+
+What the deciding instance contributes is its ``Phase``:
+
+- ``ACTIVE``: running (or created, not yet started): its declared and
+  listening ports.
+- ``SETTLING``: restarted less than ``SETTLE_S`` ago, or exited 0 less than
+  ``SETTLE_S`` ago. It keeps the ports and types it had, so a restart whose
+  ports did not change, or a pod whose containers exit just before its
+  sandbox stops, changes nothing.
+- ``FAILED``: exited non-zero (or with an unknown code): kubelet restarts it
+  (crash loop) or the pod is failing; it keeps its ports, and the health
+  probes say it is down.
+- ``COMPLETED``: exited 0 ``SETTLE_S`` ago or more (a finished init
+  container or job step): it contributes no service.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from enum import StrEnum
+
+from cri_agent.model import ContainerRecord, ContainerState
+
+# How long a restarted or just-exited container keeps what it had. A restarted process needs a
+# moment to listen again, and kubelet stops a pod's sandbox right after its containers exit.
+SETTLE_S = 10.0
+
+
+class Phase(StrEnum):
+    ACTIVE = "active"
+    SETTLING = "settling"
+    FAILED = "failed"
+    COMPLETED = "completed"
+
+    @property
+    def holds(self) -> bool:
+        """The container keeps the services it had even when its process does not show them now."""
+        return self in (Phase.SETTLING, Phase.FAILED)
+
+
+def deciding_instances(containers: Iterable[ContainerRecord]) -> list[ContainerRecord]:
+    """One instance per container name (running, else highest attempt, else newest), sorted by name."""
+    chosen: dict[str, ContainerRecord] = {}
+    for container in containers:
+        if container.state == ContainerState.UNKNOWN:
+            continue
+        current = chosen.get(container.name)
+        if current is None or _rank(container) > _rank(current):
+            chosen[container.name] = container
+    return [chosen[name] for name in sorted(chosen)]
+
+
+def _rank(container: ContainerRecord) -> tuple[bool, int, float, str]:
+    return (container.state == ContainerState.RUNNING, container.attempt, container.started_at, container.id)
+
+
+def phase(container: ContainerRecord, *, now: float) -> Phase:
+    if container.state == ContainerState.EXITED:
+        if container.exit_code != 0:
+            return Phase.FAILED
+        return Phase.SETTLING if now - container.finished_at < SETTLE_S else Phase.COMPLETED
+    if container.attempt > 0 and (container.state == ContainerState.CREATED or now - container.started_at < SETTLE_S):
+        return Phase.SETTLING
+    return Phase.ACTIVE
+
+
+def settles_at(containers: Sequence[ContainerRecord], *, now: float) -> float | None:
+    """When the earliest ``SETTLING`` container of these changes phase by age alone (None: none will)."""
+    times = []
+    for container in containers:
+        if phase(container, now=now) != Phase.SETTLING:
+            continue
+        if container.state == ContainerState.EXITED:
+            times.append(container.finished_at + SETTLE_S)
+        elif container.state == ContainerState.RUNNING:
+            times.append(container.started_at + SETTLE_S)
+    return min(times, default=None)
