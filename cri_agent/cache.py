@@ -11,8 +11,10 @@ On restart the agent loads ``services`` and ``pods`` back into a
 
 from __future__ import annotations
 
+import array
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -457,6 +459,12 @@ class CacheWriter:
 
     A failed write closes the connection (whatever state SQLite left it in); ``reopen`` opens the
     file again, creating it if it was deleted.
+
+    Before touching SQLite at all, each call checks the files for what would make SQLite crash the
+    process rather than fail: SQLite maps ``-shm`` into memory and writes to it on every transaction,
+    even a read, and a write to a mapping of an immutable file (``chattr +i``) or of a file on a file
+    system remounted read-only is a SIGBUS. Such a cache is reported as failing and left alone, its
+    connection neither used nor closed, until the files can be written again.
     """
 
     def __init__(self, path: Path) -> None:
@@ -489,6 +497,7 @@ class CacheWriter:
         """Close whatever is open and open the path again; CacheError if that fails."""
 
         def _reopen() -> None:
+            self._check_hazard()
             self._discard()
             if not self.path.exists():  # a -wal or -shm left behind belongs to the deleted file
                 for suffix in ("-wal", "-shm"):
@@ -502,6 +511,7 @@ class CacheWriter:
         def _call() -> _T:
             if self._cache is None:
                 raise CacheError(f"cache {self.path} is not open")
+            self._check_hazard()
             try:
                 return fn(self._cache)
             except (sqlite3.Error, OSError) as exc:
@@ -510,8 +520,12 @@ class CacheWriter:
 
         return await self._run(_call)
 
+    def _check_hazard(self) -> None:
+        if hazard := write_hazard(self.path):
+            raise CacheError(f"cache {self.path} refuses writes: {hazard}")
+
     def _discard(self) -> None:
-        if self._cache is not None:
+        if self._cache is not None and not write_hazard(self.path):
             with contextlib.suppress(sqlite3.Error, OSError):
                 self._cache.close()
             self._cache = None
@@ -522,6 +536,33 @@ class CacheWriter:
     async def close(self) -> None:
         await self._run(self._discard)
         self._executor.shutdown(wait=True)
+
+
+_FS_IOC_GETFLAGS = 0x80086601  # _IOR('f', 1, long)
+_FS_IMMUTABLE_FL = 0x10
+_FS_APPEND_FL = 0x20
+
+
+def write_hazard(path: Path) -> str:
+    """Why writing through SQLite's memory map of this cache would crash the process ("" if it would not)."""
+    with contextlib.suppress(OSError):
+        if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
+            return f"the file system of {path.parent} is read-only"
+    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError:
+            continue  # absent (SQLite creates it) or unreadable (SQLite reports that itself)
+        try:
+            flags = array.array("l", [0])
+            fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+        except OSError:
+            continue  # a file system without these flags
+        finally:
+            os.close(fd)
+        if flags[0] & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
+            return f"{file.name} is immutable or append-only (chattr +i/+a)"
+    return ""
 
 
 def _table(db: sqlite_utils.Database, name: str) -> Table:

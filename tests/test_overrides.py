@@ -44,6 +44,9 @@ def test_port_annotation_values(raw: str, ports: tuple[tuple[int, str], ...]) ->
         ("coral.io/health-interval", "100ms", '"100ms" is outside 1s..1h'),
         ("coral.io/health-interval", "0s", '"0s" is outside 1s..1h'),
         ("coral.io/health-interval", "2h", '"2h" is outside 1s..1h'),
+        # A fullwidth 5 and an Arabic-Indic 5: digits to Python's float(), not to a person typing a duration.
+        ("coral.io/health-interval", "\uff15s", '"\uff15s" is not a duration (e.g. 5s, 500ms, 1m, or seconds)'),
+        ("coral.io/health-interval", "\u0665", '"\u0665" is not a duration (e.g. 5s, 500ms, 1m, or seconds)'),
     ],
 )
 def test_malformed_annotation_is_one_error_naming_pod_key_and_reason(key: str, value: str, reason: str) -> None:

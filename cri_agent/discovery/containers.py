@@ -9,13 +9,15 @@ What the deciding instance contributes is its ``Phase``:
 
 - ``ACTIVE``: running (or created, not yet started): its declared and
   listening ports.
-- ``SETTLING``: restarted less than ``SETTLE_S`` ago, or exited 0 less than
-  ``SETTLE_S`` ago. It keeps the ports and types it had, so a restart whose
-  ports did not change, or a pod whose containers exit just before its
-  sandbox stops, changes nothing.
+- ``SETTLING``: restarted less than ``SETTLE_S`` ago: its declared and
+  listening ports, and it keeps the ports and types it had while its new
+  process starts, so a restart whose ports did not change changes nothing.
 - ``FAILED``: exited non-zero (or with an unknown code): kubelet restarts it
-  (crash loop) or the pod is failing; it keeps its ports, and the health
-  probes say it is down.
+  (crash loop) or the pod is failing; it keeps its declared ports and the
+  ones it had, and the health probes say it is down.
+- ``EXITING``: exited 0 less than ``SETTLE_S`` ago: it keeps what it had and
+  adds nothing, so a pod whose containers exit just before kubelet stops its
+  sandbox changes nothing until the sandbox is gone.
 - ``COMPLETED``: exited 0 ``SETTLE_S`` ago or more (a finished init
   container or job step): it contributes no service.
 """
@@ -36,12 +38,18 @@ class Phase(StrEnum):
     ACTIVE = "active"
     SETTLING = "settling"
     FAILED = "failed"
+    EXITING = "exiting"
     COMPLETED = "completed"
 
     @property
     def holds(self) -> bool:
         """The container keeps the services it had even when its process does not show them now."""
-        return self in (Phase.SETTLING, Phase.FAILED)
+        return self in (Phase.SETTLING, Phase.FAILED, Phase.EXITING)
+
+    @property
+    def contributes(self) -> bool:
+        """Its declared and listening ports are services."""
+        return self in (Phase.ACTIVE, Phase.SETTLING, Phase.FAILED)
 
 
 def deciding_instances(containers: Iterable[ContainerRecord]) -> list[ContainerRecord]:
@@ -64,17 +72,17 @@ def phase(container: ContainerRecord, *, now: float) -> Phase:
     if container.state == ContainerState.EXITED:
         if container.exit_code != 0:
             return Phase.FAILED
-        return Phase.SETTLING if now - container.finished_at < SETTLE_S else Phase.COMPLETED
+        return Phase.EXITING if now - container.finished_at < SETTLE_S else Phase.COMPLETED
     if container.attempt > 0 and (container.state == ContainerState.CREATED or now - container.started_at < SETTLE_S):
         return Phase.SETTLING
     return Phase.ACTIVE
 
 
 def settles_at(containers: Sequence[ContainerRecord], *, now: float) -> float | None:
-    """When the earliest ``SETTLING`` container of these changes phase by age alone (None: none will)."""
+    """When the earliest ``SETTLING`` or ``EXITING`` container changes phase by age alone (None: none will)."""
     times = []
     for container in containers:
-        if phase(container, now=now) != Phase.SETTLING:
+        if phase(container, now=now) not in (Phase.SETTLING, Phase.EXITING):
             continue
         if container.state == ContainerState.EXITED:
             times.append(container.finished_at + SETTLE_S)

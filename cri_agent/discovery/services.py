@@ -145,19 +145,21 @@ def workload_name(pod: PodRecord) -> str:
 
 def _candidates(
     pod: PodRecord,
+    contributing: Sequence[ContainerRecord],
     containers: Sequence[ContainerRecord],
     default: ContainerRecord,
     held: Sequence[ServiceInfo],
 ) -> list[_Entry]:
-    """Declared, listening, then held ports, one entry per (port, protocol), first owner wins."""
+    """Declared and listening ports of the contributing containers, then the ports the others hold;
+    one entry per (port, protocol), first owner wins."""
     entries: dict[PortRef, _Entry] = {}
-    for container in containers:
+    for container in contributing:
         for declared in container.declared_ports:
             entries.setdefault(
                 (declared.port, declared.protocol),
                 _Entry(container, declared.port, declared.protocol, declared.name),
             )
-    for container in containers:
+    for container in contributing:
         for sock in container.listening:
             if not sock.loopback_only:
                 entries.setdefault((sock.port, sock.protocol), _Entry(container, sock.port, sock.protocol))
@@ -261,16 +263,17 @@ def derive_services(
     instances = deciding_instances(pod.containers)
     phases = {c.name: phase(c, now=now) for c in instances}
     containers = [c for c in instances if phases[c.name] != Phase.COMPLETED]
-    if not containers:
-        return (), errors
+    contributing = [c for c in containers if phases[c.name].contributes]
     held = [s for s in previous if s.container in phases and phases[s.container].holds]
+    if not contributing and not held:
+        return (), errors
     held_types = {s.key: s.service_type for s in held}
     running = [c for c in containers if c.state == ContainerState.RUNNING]
     default = (running or containers)[0]
     pod_meta = apply_overrides(annotations, pod, rules.overrides, container=None)
     per_container = {c.name: apply_overrides(annotations, pod, rules.overrides, container=c.name) for c in containers}
 
-    entries = _candidates(pod, containers, default, held)
+    entries = _candidates(pod, contributing, containers, default, held)
     if pod_meta.ports is not None:
         entries = _restricted(entries, pod_meta.ports, default)
     for container in containers:

@@ -75,6 +75,9 @@ class PodFactory:
         self._channel = grpc.insecure_channel(runtime.address)
         self.stub = api_pb2_grpc.RuntimeServiceStub(self._channel)
         self.created: dict[str, Pod] = {}
+        # What kubelet keeps to restart a container: the sandbox config and each container's spec and attempt.
+        self._sandbox_configs: dict[str, Any] = {}
+        self._specs: dict[tuple[str, str], tuple[ContainerSpec, int, str]] = {}
 
     def create_pod(
         self,
@@ -86,12 +89,15 @@ class PodFactory:
         containers: Sequence[ContainerSpec] = (ContainerSpec("app", ("sleep", "3600")),),
         uid: str | None = None,
         host_network: bool = False,
+        init_containers: Sequence[ContainerSpec] = (),
     ) -> Pod:
+        """A READY pod whose containers run; ``init_containers`` each run to completion first, as kubelet
+        runs them (a hostNetwork pod gets no hostname: it shares the node's UTS namespace, as kubelet does)."""
         uid = uid or str(uuid.uuid4())
         pod_labels = dict(labels or {})
         sandbox_config = api_pb2.PodSandboxConfig(
             metadata=api_pb2.PodSandboxMetadata(name=name, uid=uid, namespace=namespace, attempt=0),
-            hostname=name,
+            hostname="" if host_network else name,
             log_directory=str(self.runtime.dir / "pods" / f"{namespace}_{name}_{uid}"),
             labels={
                 **pod_labels,
@@ -115,7 +121,11 @@ class PodFactory:
             api_pb2.RunPodSandboxRequest(config=sandbox_config), timeout=60
         ).pod_sandbox_id
         container_ids = []
+        self._sandbox_configs[sandbox_id] = sandbox_config
         try:
+            for spec in init_containers:
+                init_id = self._start_container(sandbox_id, sandbox_config, spec, name, namespace, uid)
+                self.wait_exited(init_id)
             for spec in containers:
                 container_ids.append(self._start_container(sandbox_id, sandbox_config, spec, name, namespace, uid))
         except grpc.RpcError:
@@ -135,11 +145,18 @@ class PodFactory:
         return pod
 
     def _start_container(
-        self, sandbox_id: str, sandbox_config: Any, spec: ContainerSpec, pod: str, namespace: str, uid: str
+        self,
+        sandbox_id: str,
+        sandbox_config: Any,
+        spec: ContainerSpec,
+        pod: str,
+        namespace: str,
+        uid: str,
+        attempt: int = 0,
     ) -> str:
         annotations = {
             "io.kubernetes.container.hash": hashlib.sha256(repr(spec).encode()).hexdigest()[:8],
-            "io.kubernetes.container.restartCount": "0",
+            "io.kubernetes.container.restartCount": str(attempt),
             "io.kubernetes.container.terminationMessagePath": "/dev/termination-log",
             "io.kubernetes.container.terminationMessagePolicy": "File",
             "io.kubernetes.pod.terminationGracePeriod": "30",
@@ -147,7 +164,7 @@ class PodFactory:
         if spec.ports:
             annotations["io.kubernetes.container.ports"] = _ports_json(spec.ports)
         config = api_pb2.ContainerConfig(
-            metadata=api_pb2.ContainerMetadata(name=spec.name, attempt=0),
+            metadata=api_pb2.ContainerMetadata(name=spec.name, attempt=attempt),
             image=api_pb2.ImageSpec(image=spec.image),
             command=list(spec.command),
             labels={
@@ -157,14 +174,44 @@ class PodFactory:
                 "io.kubernetes.pod.uid": uid,
             },
             annotations=annotations,
-            log_path=f"{spec.name}/0.log",
+            log_path=f"{spec.name}/{attempt}.log",
         )
         container_id = self.stub.CreateContainer(
             api_pb2.CreateContainerRequest(pod_sandbox_id=sandbox_id, config=config, sandbox_config=sandbox_config),
             timeout=60,
         ).container_id
         self.stub.StartContainer(api_pb2.StartContainerRequest(container_id=container_id), timeout=60)
+        self._specs[(sandbox_id, spec.name)] = (spec, attempt, str(container_id))
         return str(container_id)
+
+    def restart_container(self, pod: Pod, name: str) -> str:
+        """What kubelet does when a container dies: stop it, keep the exited instance, start attempt + 1."""
+        spec, attempt, old = self._specs[(pod.sandbox_id, name)]
+        self.stub.StopContainer(api_pb2.StopContainerRequest(container_id=old, timeout=0), timeout=30)
+        return self._start_container(
+            pod.sandbox_id,
+            self._sandbox_configs[pod.sandbox_id],
+            spec,
+            pod.name,
+            pod.namespace,
+            pod.uid,
+            attempt=attempt + 1,
+        )
+
+    def wait_exited(self, container_id: str, timeout: float = 30.0) -> int:
+        """Wait for a container to exit; its exit code."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.stub.ContainerStatus(api_pb2.ContainerStatusRequest(container_id=container_id), timeout=10)
+            if status.status.state == api_pb2.CONTAINER_EXITED:
+                return int(status.status.exit_code)
+            if time.monotonic() > deadline:
+                raise AssertionError(f"container {container_id} still runs after {timeout}s")
+            time.sleep(0.05)
+
+    def stop_pod(self, pod: Pod) -> None:
+        """StopPodSandbox only, as kubelet does when a pod ends (it removes the sandbox later)."""
+        self.stub.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.sandbox_id), timeout=30)
 
     def create_pods_concurrently(self, specs: Sequence[Mapping[str, Any]], workers: int = 4) -> list[Pod]:
         """``create_pod(**spec)`` for each spec, ``workers`` at a time (benchmarks, scale tests)."""
@@ -183,6 +230,7 @@ class PodFactory:
         self.created.pop(pod.uid, None)
 
     def _remove_sandbox(self, sandbox_id: str, uid: str) -> None:
+        self._sandbox_configs.pop(sandbox_id, None)
         with contextlib.suppress(grpc.RpcError):
             self.stub.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=30)
             self.stub.RemovePodSandbox(api_pb2.RemovePodSandboxRequest(pod_sandbox_id=sandbox_id), timeout=30)
