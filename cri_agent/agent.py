@@ -458,9 +458,9 @@ class NodeAgent:
             self.status_file.write(self._status())
         return condition
 
-    def _cache_state(self, ok: bool, reason: str) -> None:
-        """From the cache keeper: the `cache` condition (the cache gets it back when it works again)."""
-        self._set_condition("cache", ok=ok, reason=reason)
+    async def _cache_state(self, ok: bool, reason: str) -> None:
+        """From the cache keeper: the `cache` condition (the file gets it when it works again)."""
+        await self._condition("cache", ok=ok, reason=reason)
 
     @property
     def healthy(self) -> bool:

@@ -106,7 +106,10 @@ class Cache:
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = path
-        self._fd: int | None = None
+        # Descriptors of the file and its -wal and -shm, held open while the connection is: closing any
+        # descriptor of a file drops every POSIX lock this process holds on it, SQLite's included, so the
+        # agent never opens and closes these files itself while SQLite has them open.
+        self._fds: dict[str, int] = {}
         try:
             if read_only:
                 if not path.exists():
@@ -124,7 +127,7 @@ class Cache:
             if not read_only:
                 self._create_schema()
                 # The file as opened: a later unlink or rename over the path shows in its link count or inode.
-                self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                self._hold_descriptors()
         except (sqlite3.Error, OSError) as exc:
             raise CacheError(
                 f"cache {path} cannot be opened: {exc}; check that its directory is "
@@ -350,18 +353,37 @@ class Cache:
             if operations:
                 _table(db, "operations").insert_all([dict(row) for row in operations])
 
+    def _hold_descriptors(self) -> None:
+        for suffix in ("", "-wal", "-shm"):
+            if suffix not in self._fds:
+                with contextlib.suppress(FileNotFoundError):  # SQLite creates -wal and -shm on first use
+                    self._fds[suffix] = os.open(
+                        self.path.with_name(self.path.name + suffix), os.O_RDONLY | os.O_CLOEXEC
+                    )
+
+    def hazard(self) -> str:
+        """Why touching this connection could crash the process (see CacheWriter), "" when it cannot."""
+        self._hold_descriptors()
+        with contextlib.suppress(OSError):
+            if os.statvfs(self.path.parent).f_flag & os.ST_RDONLY:
+                return f"the file system of {self.path.parent} is read-only"
+        for suffix, fd in self._fds.items():
+            if _immutable(fd):
+                return f"{self.path.name}{suffix} is immutable or append-only (chattr +i/+a)"
+        return ""
+
     def lost(self) -> str:
         """Why the path no longer names the file this cache opened ("deleted", "replaced"), else ""."""
-        if self._fd is None:
+        if "" not in self._fds:
             return ""
-        opened = os.fstat(self._fd)
+        opened = os.fstat(self._fds[""])
         try:
             now = self.path.stat()
         except FileNotFoundError:
             return "deleted"
-        if opened.st_nlink == 0:
-            return "deleted"
-        return "replaced" if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino) else ""
+        if (now.st_dev, now.st_ino) != (opened.st_dev, opened.st_ino):
+            return "replaced"
+        return "deleted" if opened.st_nlink == 0 else ""
 
     def _trim_events(self, *, now: float, rows: int, days: float) -> None:
         self.db.execute("DELETE FROM discovery_events WHERE at < ?", [now - days * 86400])
@@ -419,10 +441,10 @@ class Cache:
         return {row["key"]: row["value"] for row in _table(self.db, "meta").rows}
 
     def close(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
         self.db.conn.close()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
     # -- readers (CLI, tests, auditors) --------------------------------------
 
@@ -497,8 +519,11 @@ class CacheWriter:
         """Close whatever is open and open the path again; CacheError if that fails."""
 
         def _reopen() -> None:
-            self._check_hazard()
+            if self._cache is not None and (hazard := self._cache.hazard()):
+                raise CacheError(f"cache {self.path} refuses writes: {hazard}")
             self._discard()
+            if hazard := write_hazard(self.path):  # no connection is open now: the files may be opened
+                raise CacheError(f"cache {self.path} refuses writes: {hazard}")
             if not self.path.exists():  # a -wal or -shm left behind belongs to the deleted file
                 for suffix in ("-wal", "-shm"):
                     with contextlib.suppress(FileNotFoundError):
@@ -511,7 +536,8 @@ class CacheWriter:
         def _call() -> _T:
             if self._cache is None:
                 raise CacheError(f"cache {self.path} is not open")
-            self._check_hazard()
+            if hazard := self._cache.hazard():
+                raise CacheError(f"cache {self.path} refuses writes: {hazard}")
             try:
                 return fn(self._cache)
             except (sqlite3.Error, OSError) as exc:
@@ -520,12 +546,8 @@ class CacheWriter:
 
         return await self._run(_call)
 
-    def _check_hazard(self) -> None:
-        if hazard := write_hazard(self.path):
-            raise CacheError(f"cache {self.path} refuses writes: {hazard}")
-
     def _discard(self) -> None:
-        if self._cache is not None and not write_hazard(self.path):
+        if self._cache is not None and not self._cache.hazard():
             with contextlib.suppress(sqlite3.Error, OSError):
                 self._cache.close()
             self._cache = None
@@ -544,25 +566,30 @@ _FS_APPEND_FL = 0x20
 
 
 def write_hazard(path: Path) -> str:
-    """Why writing through SQLite's memory map of this cache would crash the process ("" if it would not)."""
+    """``Cache.hazard`` for a cache that no connection of this process has open."""
     with contextlib.suppress(OSError):
         if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
             return f"the file system of {path.parent} is read-only"
     for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
         try:
-            fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+            fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
         except OSError:
             continue  # absent (SQLite creates it) or unreadable (SQLite reports that itself)
         try:
-            flags = array.array("l", [0])
-            fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
-        except OSError:
-            continue  # a file system without these flags
+            if _immutable(fd):
+                return f"{file.name} is immutable or append-only (chattr +i/+a)"
         finally:
             os.close(fd)
-        if flags[0] & (_FS_IMMUTABLE_FL | _FS_APPEND_FL):
-            return f"{file.name} is immutable or append-only (chattr +i/+a)"
     return ""
+
+
+def _immutable(fd: int) -> bool:
+    flags = array.array("l", [0])
+    try:
+        fcntl.ioctl(fd, _FS_IOC_GETFLAGS, flags, True)
+    except OSError:
+        return False  # a file system without these flags
+    return bool(flags[0] & (_FS_IMMUTABLE_FL | _FS_APPEND_FL))
 
 
 def _table(db: sqlite_utils.Database, name: str) -> Table:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from cri_agent.backoff import Backoff
@@ -45,7 +45,7 @@ class CacheKeeper:
         *,
         node_name: str,
         contents: Callable[[], CacheContents],
-        on_state: Callable[[bool, str], None],
+        on_state: Callable[[bool, str], Awaitable[None]],
         clock: Callable[[], float] = time.time,
         backoff: Backoff | None = None,
     ) -> None:
@@ -58,6 +58,7 @@ class CacheKeeper:
         self.failure = ""  # why the file does not mirror memory now ("" when it does)
         self.retry_at = float("inf")
         self._since = 0.0
+        self._cause = ""  # the failure that started the outage
         self._events: deque[TimedEvent] = deque(maxlen=BACKLOG_EVENTS)
         self._operations: deque[Mapping[str, Any]] = deque(maxlen=BACKLOG_OPERATIONS)
         self._dropped = 0
@@ -73,9 +74,9 @@ class CacheKeeper:
         try:
             known = await self.writer.open()
         except CacheError as exc:
-            self._fail(str(exc))
+            await self._fail(str(exc))
             return await self.writer.read_known()
-        self.on_state(True, "writable")
+        await self.on_state(True, "writable")
         return known
 
     # -- writes ----------------------------------------------------------------------------------
@@ -111,11 +112,11 @@ class CacheKeeper:
             try:
                 lost = await self.writer.call(lambda c: c.lost())
             except CacheError as exc:
-                self._fail(str(exc))
+                await self._fail(str(exc))
                 return
             if lost:
                 self._lost = lost
-                self._fail(f"cache {self.path} was {lost} while the agent ran")
+                await self._fail(f"cache {self.path} was {lost} while the agent ran")
         if self.failure and self.clock() >= self.retry_at:
             await self._recover()
 
@@ -133,7 +134,7 @@ class CacheKeeper:
                 await self.writer.call(write)
                 return
             except CacheError as exc:
-                self._fail(str(exc))
+                await self._fail(str(exc))
         self._hold(events, operations)
 
     def _hold(self, events: Sequence[TimedEvent], operations: Sequence[Mapping[str, Any]]) -> None:
@@ -144,14 +145,15 @@ class CacheKeeper:
 
     # -- failure and recovery --------------------------------------------------------------------
 
-    def _fail(self, reason: str) -> None:
+    async def _fail(self, reason: str) -> None:
         now = self.clock()
-        if not self.failure:
-            self._since = now
-            emit(log, "cache.unwritable", level=logging.ERROR, cache=self.path, reason=reason)
-            self.on_state(False, f"{reason}; discovery goes on from memory and writes are retried")
+        first = not self.failure
         self.failure = reason
         self.retry_at = now + self.backoff.next()
+        if first:
+            self._since, self._cause = now, reason
+            emit(log, "cache.unwritable", level=logging.ERROR, cache=self.path, reason=reason)
+            await self.on_state(False, f"{reason}; discovery goes on from memory and writes are retried")
 
     async def _recover(self) -> None:
         now = self.clock()
@@ -182,7 +184,7 @@ class CacheKeeper:
         self._dropped, self._lost, self.failure = 0, "", ""
         self.retry_at = float("inf")
         self.backoff.reset()
-        self.on_state(True, "writable")
+        await self.on_state(True, "writable")
 
     def _recovery_event(self, now: float) -> DiscoveryEvent:
         held = f"{len(self._events)} events and {len(self._operations)} operations"
@@ -195,7 +197,7 @@ class CacheKeeper:
         else:
             reason = (
                 f"cache {self.path} refused writes from {_clock(self._since)} for {now - self._since:.0f} s "
-                f"({self.failure}); {held} held in memory are written now"
+                f"({self._cause}); {held} held in memory are written now"
             )
         if self._dropped:
             reason += f"; {self._dropped} older ones exceeded the memory bound and are lost"

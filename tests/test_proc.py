@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cri_agent.model import ContainerID, ContainerRecord, DeclaredPort, PodRecord, PodUID
+from cri_agent.model import ContainerID, ContainerRecord, ContainerState, DeclaredPort, PodRecord, PodUID
 from cri_agent.providers.proc import (
     CgroupRef,
     ProcError,
@@ -164,13 +164,23 @@ def test_host_network_pod_keeps_only_sockets_its_processes_own(fixture_proc: Pat
     ) == ([8080], ())
 
 
-def test_vanished_pids_are_skipped(fixture_proc: Path) -> None:
+def test_vanished_pids_are_skipped_and_a_container_whose_first_process_vanished_has_exited(
+    fixture_proc: Path,
+) -> None:
     gone = replace(real_pod(), pid=99999)
     gone = replace(gone, containers=tuple(replace(c, pid=99998) for c in gone.containers))
     shutil.rmtree(fixture_proc / str(PAUSE_PID))
     shutil.rmtree(fixture_proc / str(HTTPD_PID))
     [enriched] = ProcFS(fixture_proc).enrich([gone])
-    assert (enriched.containers[0].listening, enriched.containers[0].pids) == ((), (99998,))
+    [web] = enriched.containers
+    assert (web.listening, web.pids, web.state, web.exit_code) == ((), (), ContainerState.EXITED, None)
+
+
+def test_a_container_whose_first_process_is_a_zombie_has_exited(fixture_proc: Path) -> None:
+    stat = fixture_proc / str(HTTPD_PID) / "stat"
+    stat.write_text(stat.read_text().replace("(httpd) S", "(httpd) Z"))
+    [enriched] = ProcFS(fixture_proc).enrich([real_pod()])
+    assert enriched.containers[0].state == ContainerState.EXITED
 
 
 def test_unreadable_proc_root_is_a_clear_error(tmp_path: Path) -> None:

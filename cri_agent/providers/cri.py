@@ -141,9 +141,10 @@ class CriClient:
         self._channel: grpc.aio.Channel | None = None
         self._sandboxes: dict[str, _SandboxDetails] = {}
         self._container_status: dict[tuple[str, int], _ContainerStatus] = {}
-        # Tasks whose exit the event stream reported. A sandbox among them is gone although the CRI
-        # plugin still lists it READY for a moment (it marks it NOTREADY after handling the same event).
-        self._exited: set[str] = set()
+        # Tasks whose exit the event stream reported, with their exit status when known. The CRI plugin
+        # updates its state only after handling the same event: for a moment it still lists the sandbox
+        # READY (the pod is gone) or the container RUNNING (it has exited, with this status).
+        self._exited: dict[str, _ContainerStatus] = {}
 
     # -- connection -----------------------------------------------------------
 
@@ -219,7 +220,8 @@ class CriClient:
         live = {sandbox.id for sandbox in sandboxes}
         for stale in set(self._sandboxes) - live:
             del self._sandboxes[stale]
-        self._exited &= live
+        listed = live | {c.id for c in containers if c.state == api_pb2.CONTAINER_RUNNING}
+        self._exited = {task: status for task, status in self._exited.items() if task in listed}
         sandboxes = [sandbox for sandbox in sandboxes if sandbox.id not in self._exited]
         live_containers = {(c.id, c.state) for c in containers}
         for key in set(self._container_status) - live_containers:
@@ -276,7 +278,9 @@ class CriClient:
     async def _container_record(self, container: Any) -> tuple[ContainerRecord, str]:
         state = _STATES.get(container.state, ContainerState.UNKNOWN)
         status = _ContainerStatus()
-        if state in (ContainerState.RUNNING, ContainerState.EXITED):
+        if (exited := self._exited.get(container.id)) is not None and state == ContainerState.RUNNING:
+            state, status = ContainerState.EXITED, exited
+        elif state in (ContainerState.RUNNING, ContainerState.EXITED):
             status = await self._status_of(container.id, container.state)
         ports, error = parse_declared_ports(container.annotations.get(CONTAINER_PORTS, ""))
         record = ContainerRecord(
@@ -338,7 +342,7 @@ class CriClient:
                     continue
                 kind = response.container_event_type
                 if kind == api_pb2.CONTAINER_STOPPED_EVENT:
-                    self._exited.add(response.container_id)
+                    self._exited[response.container_id] = _ContainerStatus()
                 yield RuntimeEvent(
                     source="cri",
                     topic=api_pb2.ContainerEventType.Name(kind),
@@ -362,7 +366,9 @@ class CriClient:
                     yield RuntimeEvent.subscribed("containerd")
                 elif envelope.topic == _TASK_EXIT:
                     exit_event = task_pb2.TaskExit.FromString(envelope.event.value)
-                    self._exited.add(exit_event.container_id)
+                    self._exited[exit_event.container_id] = _ContainerStatus(
+                        finished_at=exit_event.exited_at.ToNanoseconds() / 1e9, exit_code=exit_event.exit_status
+                    )
                     yield RuntimeEvent(
                         source="containerd", topic=envelope.topic, object_id=exit_event.container_id, exited=True
                     )

@@ -237,6 +237,8 @@ class ProcFS:
                     sorted({scan.comm[p] for p in scan.pids_by_container.get(c.id, ()) if p in scan.comm})
                 ),
             )
+            if not self._died(c)
+            else replace(c, state=ContainerState.EXITED, pid=0)  # its exit code is not known yet
             for c in pod.containers
         ]
         sockets = self._pod_sockets(pod, containers)
@@ -256,6 +258,19 @@ class ProcFS:
 
     def _alive(self, pid: int) -> bool:
         return (self.root / str(pid)).exists()
+
+    def _died(self, container: ContainerRecord) -> bool:
+        """The runtime says running, but the container's first process is gone or a zombie: it has exited,
+        and the runtime has not handled that yet (a pod being stopped, a crash)."""
+        if container.state != ContainerState.RUNNING or not container.pid:
+            return False
+        try:
+            stat = self._read(container.pid, "stat")
+        except _VANISHED:
+            return True
+        except PermissionError:
+            return False
+        return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in ("Z", "X")
 
     def _attribute(
         self,

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from cri_agent.cache import Cache, StoredEvent
+from cri_agent.errors import CacheError
 from cri_agent.model import ServiceInfo
 
 _T = TypeVar("_T")
@@ -131,8 +132,8 @@ class AgentProcess:
         while True:
             try:
                 value = predicate()
-            except (sqlite3.Error, FileNotFoundError):
-                value = None  # the agent is mid-write or has not created the file yet
+            except (sqlite3.Error, FileNotFoundError, CacheError):
+                value = None  # the agent is mid-write or has not created (or recreated) the file yet
             if value:
                 return value
             if self.process is not None and self.process.poll() is not None:
