@@ -6,10 +6,16 @@ Measures, on this machine:
      (ListPodSandbox + ListContainers) for the ratio;
   2. the agent process at steady state with N pods: RSS and CPU;
   3. pod started -> service in the cache latency, p50/p99, with runtime
-     events and with resync only.
+     events and with resync only;
+  4. (also alone with ``--faults``) on a misbehaving node: StopPodSandbox ->
+     services removed from the cache, p50/p99 over pods stopped two at a
+     time, and discovery events on a node where nothing changes after 20
+     containers restarted once (per hour, with light passes and full
+     resyncs running).
 
 Usage (root; after `make setup`):
     python -m bench.discovery --pods 250 --output BENCHMARKS.md
+    python -m bench.discovery --faults --output BENCHMARKS.md
 Results are printed and written into BENCHMARKS.md between markers.
 """
 
@@ -31,6 +37,7 @@ import grpc
 
 from bench.report import memory_mib, percentile, publish
 from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from cri_agent.discovery.containers import SETTLE_S
 from cri_agent.providers.cri import CriClient
 from cri_agent.providers.proc import ProcFS
 from integration.harness.agent import AgentProcess
@@ -122,6 +129,71 @@ def latencies(agent: AgentProcess, pods: PodFactory, prefix: str, count: int) ->
     return samples
 
 
+def removal_latencies(agent: AgentProcess, pods: PodFactory, count: int) -> list[float]:
+    """StopPodSandbox (kubelet's stop, no removal) -> the pod's services gone from the cache, two pods at a time."""
+    samples = []
+    for i in range(0, count, 2):
+        pair = [pods.create_pod(**web(f"stop-{i + j}", namespace="stops")) for j in range(2)]  # type: ignore[arg-type]
+        for pod in pair:
+            agent.wait_for(partial(agent.service_by_pod, pod.uid), timeout=30, what=pod.name, poll=0.005)
+        stopped = []
+        for pod in pair:
+            pods.stop_pod(pod)
+            stopped.append(time.monotonic())
+        for pod, at in zip(pair, stopped, strict=True):
+            agent.wait_for(lambda: not agent.service_by_pod(pod.uid), timeout=30, what="removal", poll=0.005)  # noqa: B023
+            samples.append((time.monotonic() - at) * 1000)
+        for pod in pair:
+            pods.delete_pod(pod)
+    return samples
+
+
+def quiet_events_per_hour(agent: AgentProcess, pods: PodFactory, containers: int, window_s: float) -> float:
+    """Discovery events on a node where nothing changes, after each of ``containers`` restarted once."""
+    created = [pods.create_pod(**web(f"restarted-{i}", namespace="quiet")) for i in range(containers)]  # type: ignore[arg-type]
+    for pod in created:
+        agent.wait_for(partial(agent.service_by_pod, pod.uid), timeout=30, what=pod.name)
+    for pod in created:
+        pods.restart_container(pod, "web")
+    time.sleep(SETTLE_S + 2)  # every restart past its grace: from here on nothing changes on the node
+    last = agent.last_event_id()
+    time.sleep(window_s)
+    return len(agent.events(since_id=last)) * 3600 / window_s
+
+
+def run_faults(removal_pods: int, restarted: int, window_s: float) -> str:
+    work = Path(tempfile.mkdtemp(prefix="coral-bench-"))
+    images = ensure_images(REPO / ".cache" / "images")
+    with PrivateContainerd(work / "containerd", images=images) as runtime:
+        factory = PodFactory(runtime)
+        agent = AgentProcess(
+            cri_socket=runtime.socket_path,
+            cache=work / "faults.db",
+            extra_args=("--poll-interval", "5s", "--resync-interval", "20s"),
+        ).start()
+        try:
+            removal = removal_latencies(agent, factory, removal_pods)
+            print(f"removal: p50 {percentile(removal, 50):.0f} ms, p99 {percentile(removal, 99):.0f} ms", flush=True)
+            per_hour = quiet_events_per_hour(agent, factory, restarted, window_s)
+        finally:
+            agent.stop()
+            factory.close()
+    shutil.rmtree(work, ignore_errors=True)
+    return "\n".join(
+        [
+            f"Machine: {os.cpu_count()} cores, containerd from Debian; the agent with runtime events, "
+            "a light pass every 5 s and a full resync every 20 s.",
+            "",
+            "| measure | result | target |",
+            "|---|---|---|",
+            f"| StopPodSandbox -> services gone from the cache, p50 / p99 ({len(removal)} pods, stopped two "
+            f"at a time) | {percentile(removal, 50):.0f} / {percentile(removal, 99):.0f} ms | p99 < 1 s |",
+            f"| discovery events on a quiet node with {restarted} containers that restarted once "
+            f"(observed {window_s:.0f} s) | {per_hour:.0f} per hour | 0 |",
+        ]
+    )
+
+
 def run(count: int, repeat: int, idle_s: float, latency_pods: int) -> str:
     work = Path(tempfile.mkdtemp(prefix="coral-bench-"))
     images = ensure_images(REPO / ".cache" / "images")
@@ -190,10 +262,18 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=30)
     parser.add_argument("--idle", type=float, default=30.0, help="seconds of steady-state sampling")
     parser.add_argument("--latency-pods", type=int, default=40)
+    parser.add_argument("--faults", action="store_true", help="only the misbehaving-node figures")
+    parser.add_argument("--removal-pods", type=int, default=50)
+    parser.add_argument("--restarted", type=int, default=20)
+    parser.add_argument("--quiet-window", type=float, default=120.0, help="seconds of a node where nothing changes")
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    body = run(args.pods, args.repeat, args.idle, args.latency_pods)
-    publish(body, key="discovery", title="Discovery (issue 2)", output=args.output)
+    if not args.faults:
+        body = run(args.pods, args.repeat, args.idle, args.latency_pods)
+        publish(body, key="discovery", title="Discovery (issue 2)", output=args.output)
+    faults = run_faults(args.removal_pods, args.restarted, args.quiet_window)
+    title = "Discovery on a misbehaving node (issue 14)"
+    publish(faults, key="discovery-faults", title=title, output=args.output, module="discovery")
 
 
 if __name__ == "__main__":

@@ -19,13 +19,14 @@ def memory_mib(pid: int) -> tuple[float, float]:
     return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
 
 
-def publish(body: str, *, key: str, title: str, output: Path | None) -> None:
-    """Print ``body``; with ``output``, replace (or append) its section, headed by the command that ran."""
+def publish(body: str, *, key: str, title: str, output: Path | None, module: str = "") -> None:
+    """Print ``body``; with ``output``, replace (or append) its section, headed by the command that ran
+    (``python -m bench.<module>``, the module named after the key unless given)."""
     print(body)
     if output is None:
         return
     begin, end = f"<!-- bench:{key}:begin -->", f"<!-- bench:{key}:end -->"
-    command = " ".join([f"python -m bench.{key}", *sys.argv[1:]])
+    command = " ".join([f"python -m bench.{module or key}", *sys.argv[1:]])
     section = f"{begin}\n## {title}\n\nCommand: `{command}`\n\n{body}\n{end}"
     text = output.read_text() if output.exists() else HEADER
     if begin in text:

@@ -266,7 +266,8 @@ class NodeAgent:
         """One pass of the pipeline. False when the runtime failed (and no fallback); a cache that
         fails does not stop discovery."""
         started = time.perf_counter()
-        self._recheck_at = float("inf")
+        if self._recheck_at <= self.clock():  # this pass is the re-check (one asked for later stays)
+            self._recheck_at = float("inf")
         try:
             pods = await self.runtime.pods()
         except CoralError as exc:

@@ -4,7 +4,7 @@ Precedence, lowest to highest: built-in defaults < the YAML file
 (``--config``) < environment (``CORAL_*``, nested with ``__``, plus
 ``NODE_NAME`` from the downward API) < command-line flags. Overrides from
 ``--override-file`` are appended after the file's own ``overrides``.
-Keys use the camelCase of DESIGN.md §3 (``includeNamespaces``); snake_case
+Keys use camelCase, as in docs/configuration.md (``includeNamespaces``); snake_case
 is accepted too. Validation errors name the file and the key.
 """
 
@@ -210,7 +210,7 @@ class LogSettings(_Model):
 
 
 class Settings(BaseSettings):
-    """The whole agent configuration (DESIGN.md §3)."""
+    """The whole agent configuration (docs/configuration.md)."""
 
     model_config = SettingsConfigDict(
         env_prefix="CORAL_",

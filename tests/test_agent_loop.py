@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from cri_agent.agent import NodeAgent
+from cri_agent.agent import RECHECK_S, NodeAgent
 from cri_agent.cache import Cache
 from cri_agent.config import load_settings
 from cri_agent.errors import RuntimeUnavailable
@@ -280,3 +280,45 @@ def test_without_the_runtime_the_api_fallback_keeps_discovery_going_and_health_s
         return passed, names, health
 
     assert asyncio.run(scenario()) == (True, ["from-api"], "degraded")
+
+
+def test_a_task_exit_is_followed_by_a_second_pass_once_the_runtime_has_settled(tmp_path: Path) -> None:
+    """The CRI plugin marks a stopped sandbox NOTREADY only after handling the exit: the pass the event
+    triggers may still see it READY, and no later event comes. The agent passes again RECHECK_S later."""
+
+    async def scenario() -> tuple[int, int]:
+        runtime = ScriptedRuntime()
+        runtime.current = [pod("a")]
+        agent = make_agent(tmp_path, runtime)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await until(lambda: len(agent.known.services) == 1)
+        runtime.events_queue.put_nowait(RuntimeEvent("containerd", "/tasks/exit", "sb-a", exited=True))
+        await until(lambda: runtime.lists >= 2)
+        runtime.current = []  # what the runtime says once it has handled the exit
+        await until(lambda: not agent.known.services, within=2 * RECHECK_S + 0.5)
+        quiet = runtime.lists
+        await asyncio.sleep(2 * RECHECK_S)
+        stop.set()
+        await task
+        return quiet, runtime.lists
+
+    quiet, later = asyncio.run(scenario())
+    assert later == quiet, "one re-check, not a polling loop"
+
+
+def test_the_events_condition_is_set_as_soon_as_the_stream_is_open(tmp_path: Path) -> None:
+    async def scenario() -> tuple[bool, str]:
+        runtime = ScriptedRuntime()
+        runtime.events_queue.put_nowait(RuntimeEvent.subscribed("containerd"))
+        agent = make_agent(tmp_path, runtime)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await until(lambda: "events" in agent.conditions)
+        stop.set()
+        await task
+        condition = agent.conditions.get("events")
+        assert condition is not None
+        return condition.ok, condition.reason
+
+    assert asyncio.run(scenario()) == (True, "streaming (containerd)")

@@ -10,8 +10,8 @@ instead of four file reads and parses per pod.
 A netlink socket answers for the namespace it was created in, so the agent
 keeps one per pod netns: created by entering the netns on the calling
 thread (``setns``), opening the socket and returning to the agent's own
-netns at once (shared/HARNESS-NOTES.md §4 shows the socket stays bound to
-the pod netns). Sockets of namespaces no longer seen are closed.
+netns at once (the socket stays bound to the pod netns; tests/test_sockdiag.py
+shows it). Sockets of namespaces no longer seen are closed.
 
 Where netlink is unavailable (no CAP_NET_ADMIN-free diag, a fixture /proc
 tree in tests), callers fall back to the /proc tables.

@@ -1,10 +1,10 @@
 """A private containerd with the CRI plugin, for tests and the walkthrough.
 
 Own config, root, state, socket, runc root and CNI bridge network, all under
-one directory (see shared/HARNESS-NOTES.md §2-3): it never touches the
+one directory (docs/development.md): it never touches the
 host's ``/run/containerd/containerd.sock`` or ``/var/lib/containerd``.
 ``restrict_oom_score_adj = true`` is required on this VM (no
-CAP_SYS_RESOURCE, gotcha G1). The bridge gets a unique name and /22 in
+CAP_SYS_RESOURCE to lower it). The bridge gets a unique name and /22 in
 10.250.0.0/16, with ``ipMasq: false`` and no default route, so pod traffic
 never leaves the machine.
 
