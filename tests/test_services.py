@@ -197,6 +197,8 @@ def test_explicit_service_naming_a_container_that_is_not_there_waits_for_it() ->
         ("127.0.0.1", False),
         ("127.0.0.53", False),
         ("::1", False),
+        ("::ffff:127.0.0.1", False),  # IPv4-mapped loopback: still only reachable from inside the pod
+        ("::ffff:10.250.1.2", True),
     ],
 )
 def test_only_listeners_reachable_on_the_pod_ip_register(address: str, registered: bool) -> None:
