@@ -32,7 +32,7 @@ from cri_agent import __version__
 from cri_agent.backoff import Backoff
 from cri_agent.cache import CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
-from cri_agent.conditions import Condition, Conditions
+from cri_agent.conditions import Conditions
 from cri_agent.config import Settings
 from cri_agent.control import ControlStream
 from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
@@ -268,6 +268,8 @@ class NodeAgent:
         started = time.perf_counter()
         if self._recheck_at <= self.clock():  # this pass is the re-check (one asked for later stays)
             self._recheck_at = float("inf")
+        self.status_file.reclaim()  # CacheInUse if another agent took the cache over: this one stops
+        await self.cache.check()  # a deleted or replaced file, a write retry that is due
         try:
             pods = await self.runtime.pods()
         except CoralError as exc:
@@ -301,8 +303,6 @@ class NodeAgent:
         self.passes += 1
         self._recheck(result.recheck_at)
         self.meta["last_pass_at"] = repr(snapshot.taken_at)
-        self.status_file.reclaim()  # CacheInUse if another agent took the cache over: this one stops
-        await self.cache.check()
         await self._persist(result, touch=touch, now=snapshot.taken_at)
         for event in result.events:
             provenance = _provenance(event, result.services, previous)
@@ -445,19 +445,15 @@ class NodeAgent:
         return services
 
     async def _condition(self, name: str, *, ok: bool, reason: str) -> None:
-        """Record a named health condition (shown by `coral agent status`) on change."""
-        condition = self._set_condition(name, ok=ok, reason=reason)
-        if condition is not None:
-            await self.cache.state(lambda c: c.set_condition(condition))
-
-    def _set_condition(self, name: str, *, ok: bool, reason: str) -> Condition | None:
-        """In memory and in the status file (which works when the cache does not)."""
+        """Record a named health condition on change: in memory, in the status file (what `coral agent
+        status` shows, right even when the cache fails), then in the cache."""
         condition = self.conditions.set(name, ok=ok, reason=reason, now=self.clock())
-        if condition is not None:
-            if self.sync is not None:
-                self.sync.set_health(self.agent_health())
-            self.status_file.write(self._status())
-        return condition
+        if condition is None:
+            return
+        if self.sync is not None:
+            self.sync.set_health(self.agent_health())
+        self.status_file.write(self._status())
+        await self.cache.state(lambda c: c.set_condition(condition))
 
     async def _cache_state(self, ok: bool, reason: str) -> None:
         """From the cache keeper: the `cache` condition (the file gets it when it works again)."""

@@ -351,3 +351,16 @@ def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("0.0.0.0", 0))
         return int(probe.getsockname()[1])
+
+
+def test_an_exec_in_a_container_is_not_its_exit(start_agent: AgentFactory, pods: PodFactory) -> None:
+    """An exec probe ends a process in the container: containerd reports that exit too (another exec id)."""
+    agent = start_agent()
+    pod = pods.create_pod("probed", containers=(LISTENER,))
+    agent.wait_for(lambda: len(agent.service_by_pod(pod.uid)) == 2, timeout=10, what="both ports")
+    last = agent.last_event_id()
+    for _ in range(3):
+        pods.exec_in(pod.container_ids[0], "true")
+    time.sleep(SETTLE_S + 1.0)  # an exit taken for the container's would remove it once its grace ends
+    settle(agent, pods)
+    assert [e for e in agent.events(since_id=last) if e.pod_uid == pod.uid] == []

@@ -366,9 +366,10 @@ class CriClient:
                     yield RuntimeEvent.subscribed("containerd")
                 elif envelope.topic == _TASK_EXIT:
                     exit_event = task_pb2.TaskExit.FromString(envelope.event.value)
-                    self._exited[exit_event.container_id] = _ContainerStatus(
-                        finished_at=exit_event.exited_at.ToNanoseconds() / 1e9, exit_code=exit_event.exit_status
-                    )
+                    if exit_event.id in ("", exit_event.container_id):  # the task itself, not an exec in it
+                        self._exited[exit_event.container_id] = _ContainerStatus(
+                            finished_at=exit_event.exited_at.ToNanoseconds() / 1e9, exit_code=exit_event.exit_status
+                        )
                     yield RuntimeEvent(
                         source="containerd", topic=envelope.topic, object_id=exit_event.container_id, exited=True
                     )

@@ -79,7 +79,7 @@ class PrivateContainerd:
         self._write_config()
         self._launch()
         for tar in (self.images.pause_tar, self.images.workload_tar):
-            self._ctr("-n", "k8s.io", "images", "import", str(tar))
+            self.ctr("-n", "k8s.io", "images", "import", str(tar))
         return self
 
     def restart(self) -> None:
@@ -189,7 +189,7 @@ state = "{d}/state"
                 return False
         return True
 
-    def _ctr(self, *args: str) -> str:
+    def ctr(self, *args: str) -> str:
         result = subprocess.run(
             ["ctr", "--address", str(self.socket_path), *args], capture_output=True, text=True, check=False
         )

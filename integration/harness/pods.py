@@ -209,6 +209,11 @@ class PodFactory:
                 raise AssertionError(f"container {container_id} still runs after {timeout}s")
             time.sleep(0.05)
 
+    def exec_in(self, container_id: str, *command: str) -> None:
+        """A process run in a container and ended, as an exec probe does (``ctr task exec``)."""
+        exec_id = f"probe-{uuid.uuid4().hex[:12]}"
+        self.runtime.ctr("-n", "k8s.io", "task", "exec", "--exec-id", exec_id, container_id, *command)
+
     def stop_pod(self, pod: Pod) -> None:
         """StopPodSandbox only, as kubelet does when a pod ends (it removes the sandbox later)."""
         self.stub.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.sandbox_id), timeout=30)
