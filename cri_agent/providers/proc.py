@@ -52,6 +52,7 @@ _TABLES: tuple[tuple[str, Literal["TCP", "UDP"], bool], ...] = (
     ("udp6", "UDP", True),
 )
 _VANISHED = (FileNotFoundError, ProcessLookupError, NotADirectoryError)
+_DEAD = ("Z", "X")  # zombie, dead
 
 
 class ProcError(CoralError):
@@ -71,6 +72,7 @@ class ProcScan:
     pids_by_container: dict[ContainerID, tuple[int, ...]]
     pod_uid_by_container: dict[ContainerID, PodUID]
     comm: dict[int, str]
+    zombies: frozenset[int] = frozenset()  # exited, not yet reaped
 
 
 def parse_cgroup_path(path: str) -> CgroupRef | None:
@@ -102,6 +104,12 @@ def parse_cgroup(text: str) -> CgroupRef | None:
             return ref
         best = best or ref
     return best
+
+
+def parse_stat(text: str) -> tuple[str, str]:
+    """``/proc/<pid>/stat`` -> (comm, state letter); comm is between the first "(" and the last ")"."""
+    end = text.rfind(")")
+    return text[text.find("(") + 1 : end], text[end + 2 : end + 3]
 
 
 def _ipv4(hex_addr: str) -> str:
@@ -169,12 +177,16 @@ class ProcFS:
         by_container: dict[ContainerID, list[int]] = {}
         uid_by_container: dict[ContainerID, PodUID] = {}
         comm: dict[int, str] = {}
+        zombies: set[int] = set()
         for pid in self.pids():
             try:
                 ref = parse_cgroup(self._read(pid, "cgroup"))
                 if ref is None or ref.container_id is None:
                     continue
-                comm[pid] = self._read(pid, "comm").strip()
+                name, state = parse_stat(self._read(pid, "stat"))  # comm and state in one read
+                comm[pid] = name
+                if state in _DEAD:
+                    zombies.add(pid)
             except _VANISHED:
                 continue
             except PermissionError:
@@ -186,6 +198,7 @@ class ProcFS:
             pids_by_container={cid: tuple(sorted(p)) for cid, p in by_container.items()},
             pod_uid_by_container=uid_by_container,
             comm=comm,
+            zombies=frozenset(zombies),
         )
 
     def listening(self, pid: int) -> tuple[ListeningSocket, ...]:
@@ -237,7 +250,7 @@ class ProcFS:
                     sorted({scan.comm[p] for p in scan.pids_by_container.get(c.id, ()) if p in scan.comm})
                 ),
             )
-            if not self._died(c)
+            if not self._died(c, scan)
             else replace(c, state=ContainerState.EXITED, pid=0)  # its exit code is not known yet
             for c in pod.containers
         ]
@@ -259,18 +272,19 @@ class ProcFS:
     def _alive(self, pid: int) -> bool:
         return (self.root / str(pid)).exists()
 
-    def _died(self, container: ContainerRecord) -> bool:
+    def _died(self, container: ContainerRecord, scan: ProcScan) -> bool:
         """The runtime says running, but the container's first process is gone or a zombie: it has exited,
         and the runtime has not handled that yet (a pod being stopped, a crash)."""
         if container.state != ContainerState.RUNNING or not container.pid:
             return False
-        try:
-            stat = self._read(container.pid, "stat")
+        if container.pid in scan.comm:  # the scan read its state already
+            return container.pid in scan.zombies
+        try:  # not in a container cgroup the scan knows (gone, or an unknown layout): look at it
+            return parse_stat(self._read(container.pid, "stat"))[1] in _DEAD
         except _VANISHED:
             return True
         except PermissionError:
             return False
-        return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] in ("Z", "X")
 
     def _attribute(
         self,
