@@ -29,7 +29,7 @@ import grpc
 import grpc.aio
 
 from bench.report import memory_mib, percentile, publish
-from cri_agent._proto.coral.mesh.v1 import mesh_pb2
+from coral_base.wire.coral.mesh.v1 import mesh_pb2
 from integration.harness.colony import ColonyProcess
 
 CHANNELS = 8

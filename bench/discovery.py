@@ -36,7 +36,7 @@ from pathlib import Path
 import grpc
 
 from bench.report import memory_mib, percentile, publish
-from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from coral_base.wire.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from cri_agent.discovery.containers import SETTLE_S
 from cri_agent.providers.cri import CriClient
 from cri_agent.providers.proc import ProcFS

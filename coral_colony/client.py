@@ -16,9 +16,9 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cri_agent._proto.coral.colony.v1 import colony_pb2, colony_pb2_grpc
-from cri_agent._proto.coral.mesh.v1 import mesh_pb2
-from cri_agent.errors import CoralError
+from coral_base.errors import CoralError
+from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
+from coral_base.wire.coral.mesh.v1 import mesh_pb2
 
 DEFAULT_ADDRESS = "127.0.0.1:9000"
 _T = TypeVar("_T")

@@ -27,7 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from cri_agent.errors import ConfigError
+from coral_base.errors import ConfigError
 
 VALIDITY = datetime.timedelta(days=825)
 

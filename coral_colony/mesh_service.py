@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from coral_colony.audit import AuditEntry
 from coral_colony.registry import AgentRecord, Registry, ServiceRecord
-from cri_agent._proto.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 _T = TypeVar("_T")
 

@@ -20,13 +20,13 @@ from typing import Any, TypeVar
 import grpc
 import grpc.aio
 
+from coral_base.wire.coral.agent.v1 import agent_pb2
+from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
+from coral_base.wire.coral.mesh.v1 import mesh_pb2
 from coral_colony.audit import AuditEntry
 from coral_colony.registry import Registry
 from coral_colony.router import AgentNotConnected, Router
 from coral_colony.tokens import OperatorTokens
-from cri_agent._proto.coral.agent.v1 import agent_pb2
-from cri_agent._proto.coral.colony.v1 import colony_pb2, colony_pb2_grpc
-from cri_agent._proto.coral.mesh.v1 import mesh_pb2
 
 _T = TypeVar("_T")
 Record = Callable[[list[AuditEntry]], Awaitable[None]]

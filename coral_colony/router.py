@@ -19,8 +19,8 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from cri_agent._proto.coral.agent.v1 import agent_pb2, agent_pb2_grpc
-from cri_agent.logs import emit
+from coral_base.logs import emit
+from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger("coral_colony.router")
 

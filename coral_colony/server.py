@@ -13,6 +13,10 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from coral_base.logs import emit
+from coral_base.wire.coral.agent.v1 import agent_pb2_grpc
+from coral_base.wire.coral.colony.v1 import colony_pb2_grpc
+from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
 from coral_colony.operator_service import OperatorService
@@ -20,10 +24,6 @@ from coral_colony.registry import Registry
 from coral_colony.router import Router
 from coral_colony.tokens import OperatorTokens
 from coral_colony.web.server import StatusPage
-from cri_agent._proto.coral.agent.v1 import agent_pb2_grpc
-from cri_agent._proto.coral.colony.v1 import colony_pb2_grpc
-from cri_agent._proto.coral.mesh.v1 import mesh_pb2_grpc
-from cri_agent.logs import emit
 
 log = logging.getLogger("coral_colony.server")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from cri_agent.errors import ConfigError
+from coral_base.errors import ConfigError
 
 TOKENS_FILE = "operator-tokens.yaml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$")

@@ -28,8 +28,10 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
-from cri_agent import __version__
-from cri_agent.backoff import Backoff
+from coral_base import __version__
+from coral_base.backoff import Backoff
+from coral_base.errors import CoralError
+from coral_base.logs import emit
 from cri_agent.cache import CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
 from cri_agent.conditions import Conditions
@@ -37,9 +39,8 @@ from cri_agent.config import Settings
 from cri_agent.control import ControlStream
 from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
-from cri_agent.errors import CoralError
 from cri_agent.health import HealthChecker, aggregate
-from cri_agent.logs import emit, emit_discovery
+from cri_agent.logs import emit_discovery
 from cri_agent.model import (
     DiscoveryEvent,
     EventKind,

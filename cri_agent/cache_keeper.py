@@ -25,11 +25,11 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from cri_agent.backoff import Backoff
+from coral_base.backoff import Backoff
+from coral_base.logs import emit
 from cri_agent.cache import Cache, CacheContents, CacheWriter, TimedEvent
 from cri_agent.discovery.engine import KnownState, Reconciliation
 from cri_agent.errors import CacheError
-from cri_agent.logs import emit
 from cri_agent.model import DiscoveryEvent, EventKind
 
 log = logging.getLogger("cri_agent.cache")

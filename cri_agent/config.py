@@ -23,7 +23,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
-from cri_agent.discovery.durations import parse_duration
+from coral_base.durations import parse_duration
+from coral_base.errors import ConfigError
 from cri_agent.discovery.rules import (
     DiscoveryRules,
     ExplicitService,
@@ -33,10 +34,7 @@ from cri_agent.discovery.rules import (
     Selector,
     ServiceSpec,
 )
-from cri_agent.errors import ConfigError
-
-DEFAULT_CRI_SOCKET = Path("/run/containerd/containerd.sock")
-DEFAULT_CACHE = Path("/var/lib/coral/agent.db")
+from cri_agent.paths import DEFAULT_CACHE, DEFAULT_CRI_SOCKET
 
 
 class _Model(BaseModel):

@@ -20,9 +20,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from cri_agent._proto.coral.agent.v1 import agent_pb2, agent_pb2_grpc
-from cri_agent.backoff import Backoff
-from cri_agent.logs import emit
+from coral_base.backoff import Backoff
+from coral_base.logs import emit
+from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from cri_agent.ops.runner import OperationRunner
 from cri_agent.sync import ColonySync, colony_channel
 

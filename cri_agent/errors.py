@@ -1,21 +1,12 @@
-"""The agent's errors: one root, each error knows whether retrying can help.
+"""The node agent's own errors (the root and ConfigError are in coral_base.errors).
 
-Terminal errors (bad configuration) stop the agent with a message that says
-what to do; transient ones (runtime socket gone, restarting runtime) are
-retried with backoff by the loop that met them.
+The runtime socket gone or restarting, the socket refused, the cache that
+cannot be opened or written: each says what to do.
 """
 
 from __future__ import annotations
 
-
-class CoralError(Exception):
-    """Root of every error the agent raises on purpose."""
-
-    transient: bool = False
-
-
-class ConfigError(CoralError):
-    """The configuration is invalid; names the key, the file and the fix."""
+from coral_base.errors import CoralError
 
 
 class RuntimeUnavailable(CoralError):

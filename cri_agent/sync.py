@@ -31,9 +31,9 @@ from typing import Any
 import grpc
 import grpc.aio
 
-from cri_agent._proto.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
-from cri_agent.backoff import Backoff
-from cri_agent.logs import emit
+from coral_base.backoff import Backoff
+from coral_base.logs import emit
+from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from cri_agent.model import DiscoveryEvent, Health, Provenance, ServiceInfo, ServiceKey
 
 log = logging.getLogger("cri_agent.sync")

@@ -20,8 +20,8 @@ import grpc
 import pytest
 import yaml
 
-from cri_agent._proto.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
-from cri_agent.cli import main
+from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
+from coral_cli import main
 from integration.harness.agent import AgentProcess
 from integration.harness.colony import ColonyProcess
 from integration.harness.containerd import PrivateContainerd

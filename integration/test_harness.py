@@ -8,7 +8,7 @@ import re
 import subprocess
 from pathlib import Path
 
-from cri_agent._proto.cri.runtime.v1 import api_pb2
+from coral_base.wire.cri.runtime.v1 import api_pb2
 from integration.harness.cgroups import cgroup_mounts
 from integration.harness.containerd import PrivateContainerd
 from integration.harness.images import ImageSet

@@ -9,7 +9,7 @@ import pytest
 from testcontainers.core.container import DockerContainer
 from testcontainers.core.wait_strategies import LogMessageWaitStrategy
 
-from cri_agent import __version__
+from coral_base import __version__
 from integration.harness.docker import PrivateDocker
 
 REPO = Path(__file__).resolve().parent.parent

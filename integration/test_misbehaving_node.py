@@ -36,7 +36,7 @@ SETTLE_S = 10.0  # cri_agent.discovery.containers.SETTLE_S
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cri_agent.cli", *args], capture_output=True, text=True, timeout=30, check=False
+        [sys.executable, "-m", "coral_cli", *args], capture_output=True, text=True, timeout=30, check=False
     )
 
 

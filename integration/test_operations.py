@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cri_agent._proto.pprof import profile_pb2
+from coral_base.wire.pprof import profile_pb2
 from cri_agent.ops.pcap import PcapStream
 from integration.harness.agent import AgentProcess
 from integration.harness.colony import ColonyProcess
@@ -57,7 +57,7 @@ class Cluster:
 
     def coral(self, *args: str, operator: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
         return subprocess.run(
-            [sys.executable, "-m", "cri_agent.cli", *args],
+            [sys.executable, "-m", "coral_cli", *args],
             env=self.env(operator),
             capture_output=True,
             timeout=timeout,
@@ -355,7 +355,7 @@ def test_every_request_is_audited_with_the_operators_identity(cluster: Cluster) 
 def tap_in_background(cluster: Cluster, operator: str, *, duration: str, out: Path) -> subprocess.Popen[bytes]:
     """`coral tap web-server` as a process of its own, returned once its capture runs on the node."""
     cli = subprocess.Popen(
-        [sys.executable, "-m", "cri_agent.cli", "tap", "web-server", "--duration", duration, "-w", str(out)],
+        [sys.executable, "-m", "coral_cli", "tap", "web-server", "--duration", duration, "-w", str(out)],
         env=cluster.env(operator),
         stderr=subprocess.PIPE,
     )

@@ -1,9 +1,9 @@
-"""Generate the Python gRPC stubs in ``cri_agent/_proto`` from ``proto/``.
+"""Generate the Python gRPC stubs in ``coral_base/wire`` from ``proto/``.
 
 The generated ``*_pb2_grpc.py`` files import their ``*_pb2`` siblings by the
 ``.proto`` path relative to the include directory. To make those imports
-resolve inside the ``cri_agent._proto`` package, the ``.proto`` tree is staged
-under ``cri_agent/_proto/`` in a temporary include directory, so every import
+resolve inside the ``coral_base.wire`` package, the ``.proto`` tree is staged
+under ``coral_base/wire/`` in a temporary include directory, so every import
 the generator writes is a fully qualified package import. Nothing generated
 is ever edited by hand: ``make proto`` reruns this script, and
 ``tests/test_proto_stubs.py`` fails when the committed stubs are stale.
@@ -21,7 +21,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PROTO_ROOT = REPO / "proto"
-PACKAGE_PATH = Path("cri_agent") / "_proto"
+PACKAGE_PATH = Path("coral_base") / "wire"
 
 
 def proto_files() -> list[Path]:
@@ -30,7 +30,7 @@ def proto_files() -> list[Path]:
 
 
 def generate(out_root: Path) -> list[Path]:
-    """Write the stubs under ``out_root/cri_agent/_proto`` and return them."""
+    """Write the stubs under ``out_root/coral_base/wire`` and return them."""
     well_known = str(resources.files("grpc_tools") / "_proto")
     with tempfile.TemporaryDirectory() as staging:
         include = Path(staging)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from cri_agent.backoff import Backoff
+from coral_base.backoff import Backoff
 
 
 def test_delays_double_up_to_the_maximum_within_the_jitter() -> None:

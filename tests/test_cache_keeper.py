@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 
 import pytest
 
+from coral_base.backoff import Backoff
 from cri_agent import cache_keeper
-from cri_agent.backoff import Backoff
 from cri_agent.cache import Cache, CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
 from cri_agent.conditions import Condition

@@ -11,9 +11,9 @@ import grpc
 import grpc.aio
 import pytest
 
+from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from coral_colony.mesh_service import MeshService
 from coral_colony.registry import Registry
-from cri_agent._proto.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 
 SECRET = "s3cr3t-value"
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from coral_base.backoff import Backoff
+from coral_cli import main
 from coral_colony.identity import init_colony
-from cri_agent.backoff import Backoff
-from cri_agent.cli import main
 from cri_agent.model import Provenance, ServiceInfo
 from cri_agent.sync import ColonySync, ColonyTarget
 from integration.harness.colony import ColonyProcess, free_port

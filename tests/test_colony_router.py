@@ -12,10 +12,10 @@ import grpc
 import grpc.aio
 import pytest
 
+from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_colony.operator_service import resolve_target
 from coral_colony.registry import AgentRecord, Registry, ServiceRecord
 from coral_colony.router import AgentNotConnected, Router
-from cri_agent._proto.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 
 
 def registry(tmp_path: Path) -> Registry:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from cri_agent.backoff import Backoff
-from cri_agent.cli import main
+from coral_base.backoff import Backoff
+from coral_cli import main
 from cri_agent.model import ServiceKey
 from cri_agent.sync import ColonySync, ColonyTarget
 from integration.harness.colony import ColonyProcess

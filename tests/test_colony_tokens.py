@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from coral_base.errors import ConfigError
 from coral_colony.tokens import TOKENS_FILE, OperatorTokens
-from cri_agent.errors import ConfigError
 
 
 def test_a_token_authenticates_its_name_and_only_its_hash_is_stored(tmp_path: Path) -> None:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from coral_base.durations import parse_duration
+from coral_base.errors import ConfigError
 from cri_agent.config import flags_to_settings, load_settings
-from cri_agent.discovery.durations import parse_duration
-from cri_agent.errors import ConfigError
 
 DESIGN_EXAMPLE = """
 agent: {mode: passive, id: "node-agent-{{ NODE_NAME }}"}

@@ -17,8 +17,8 @@ import grpc
 import grpc.aio
 import pytest
 
-from cri_agent._proto.containerd.services.events.v1 import events_pb2, events_pb2_grpc
-from cri_agent._proto.cri.runtime.v1 import api_pb2
+from coral_base.wire.containerd.services.events.v1 import events_pb2, events_pb2_grpc
+from coral_base.wire.cri.runtime.v1 import api_pb2
 from cri_agent.errors import RuntimeUnavailable
 from cri_agent.providers.cri import CriClient, RuntimeEvent
 

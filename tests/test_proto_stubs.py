@@ -18,7 +18,7 @@ def test_committed_stubs_are_not_stale(tmp_path: Path) -> None:
     fresh = {p.relative_to(tmp_path): p.read_bytes() for p in generate.generate(tmp_path)}
     committed = {
         p.relative_to(REPO): p.read_bytes()
-        for p in (REPO / "cri_agent" / "_proto").rglob("*")
+        for p in (REPO / "coral_base" / "wire").rglob("*")
         if p.is_file() and "__pycache__" not in p.parts
     }
     stale = sorted(str(path) for path in fresh.keys() | committed.keys() if fresh.get(path) != committed.get(path))
@@ -28,9 +28,9 @@ def test_committed_stubs_are_not_stale(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("module", "symbol"),
     [
-        ("cri_agent._proto.cri.runtime.v1.api_pb2_grpc", "RuntimeServiceStub"),
-        ("cri_agent._proto.containerd.services.events.v1.events_pb2_grpc", "EventsStub"),
-        ("cri_agent._proto.coral.mesh.v1.mesh_pb2", "RegisterRequest"),
+        ("coral_base.wire.cri.runtime.v1.api_pb2_grpc", "RuntimeServiceStub"),
+        ("coral_base.wire.containerd.services.events.v1.events_pb2_grpc", "EventsStub"),
+        ("coral_base.wire.coral.mesh.v1.mesh_pb2", "RegisterRequest"),
     ],
 )
 def test_generated_stubs_import_from_the_package(module: str, symbol: str) -> None:
@@ -38,7 +38,7 @@ def test_generated_stubs_import_from_the_package(module: str, symbol: str) -> No
 
 
 def test_cri_messages_keep_the_upstream_wire_names() -> None:
-    from cri_agent._proto.cri.runtime.v1 import api_pb2
+    from coral_base.wire.cri.runtime.v1 import api_pb2
 
     assert api_pb2.DESCRIPTOR.services_by_name["RuntimeService"].full_name == "runtime.v1.RuntimeService"
 
@@ -57,6 +57,6 @@ def test_cri_messages_keep_the_upstream_wire_names() -> None:
     ],
 )
 def test_mesh_field_numbers_are_those_of_rfd_012(message: str, field: str, number: int) -> None:
-    from cri_agent._proto.coral.mesh.v1 import mesh_pb2
+    from coral_base.wire.coral.mesh.v1 import mesh_pb2
 
     assert mesh_pb2.DESCRIPTOR.message_types_by_name[message].fields_by_name[field].number == number

@@ -5,7 +5,7 @@ from __future__ import annotations
 import gzip
 from collections import Counter
 
-from cri_agent._proto.pprof import profile_pb2
+from coral_base.wire.pprof import profile_pb2
 from cri_agent.ops.stacks import flame_graph_svg, fold_perf_script, folded_text, pprof
 
 PERF_SCRIPT = """busy 11967/11967

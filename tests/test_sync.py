@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from cri_agent.backoff import Backoff
+from coral_base.backoff import Backoff
 from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
 from cri_agent.sync import ColonySync, ColonyTarget, event_to_wire
 from tests.colony import SECRET, Colony, logged

@@ -8,13 +8,12 @@ import os
 import signal
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cri_agent.agent import SHUTDOWN_GRACE_S, NodeAgent
-from cri_agent.config import flags_to_settings, load_settings
-from cri_agent.logs import configure
+from coral_base.logs import configure
 
-EXIT_TIMER_S = SHUTDOWN_GRACE_S + 5.0
+if TYPE_CHECKING:  # the agent and its config model load when the agent runs, not to parse flags
+    from cri_agent.agent import NodeAgent
 
 
 def register(commands: Any) -> None:
@@ -48,6 +47,9 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from cri_agent.agent import NodeAgent
+    from cri_agent.config import flags_to_settings, load_settings
+
     flags = flags_to_settings(
         mode=args.mode,
         include_namespaces=args.include_ns,
@@ -71,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(agent: NodeAgent) -> None:
+    from cri_agent.agent import SHUTDOWN_GRACE_S
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -79,7 +83,7 @@ async def _serve(agent: NodeAgent) -> None:
             os._exit(1)  # second signal: the operator insists
         stop.set()
         # Last resort: a wedged shutdown must not keep the pod Terminating.
-        timer = threading.Timer(EXIT_TIMER_S, lambda: os._exit(1))
+        timer = threading.Timer(SHUTDOWN_GRACE_S + 5.0, lambda: os._exit(1))
         timer.daemon = True
         timer.start()
 

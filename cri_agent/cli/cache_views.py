@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cri_agent.cache import Cache
-from cri_agent.cli.tables import age, print_table
-from cri_agent.config import DEFAULT_CACHE
+from coral_base.tables import age, print_table
 from cri_agent.errors import CacheError
+from cri_agent.paths import DEFAULT_CACHE
 from cri_agent.status_file import read_status
+
+if TYPE_CHECKING:  # SQLite's helpers load only for commands that read the cache
+    from cri_agent.cache import Cache
 
 
 def register(commands: Any) -> None:
@@ -41,6 +42,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def _open(path: Path) -> Cache:
     """The cache, read-only; when it is missing but its agent runs, say so (it recreates the file)."""
+    from cri_agent.cache import Cache
+
     if not path.exists():
         live = read_status(path)
         if live is not None and live.running:
@@ -118,8 +121,6 @@ def status_command(args: argparse.Namespace) -> int:
             "node_name": str(live.status.get("node_name", "")),
             "agent_pid": str(live.pid),
         }
-        with contextlib.suppress(CacheError):
-            meta = {**_open(args.cache).meta(), **meta}
         running = f"running (pid {live.pid})"
     else:
         cache = _open(args.cache)

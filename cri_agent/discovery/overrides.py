@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from cri_agent.discovery.durations import parse_duration
+from coral_base.durations import parse_duration
 from cri_agent.discovery.filters import pod_ref
 from cri_agent.discovery.rules import OverrideRule, Selector, ServiceSpec
 from cri_agent.model import PodRecord, Protocol

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Any
 
-from cri_agent._proto.coral.agent.v1 import agent_pb2
+from coral_base.wire.coral.agent.v1 import agent_pb2
 from cri_agent.model import PodRecord, PodUID
 from cri_agent.ops import namespaces, stacks
 from cri_agent.ops.capture import CaptureFailed, capture

@@ -27,11 +27,12 @@ from typing import Any, TypedDict, cast
 import grpc
 import grpc.aio
 
-from cri_agent._proto.containerd.events import task_pb2
-from cri_agent._proto.containerd.services.events.v1 import events_pb2, events_pb2_grpc
-from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from coral_base.errors import CoralError
+from coral_base.wire.containerd.events import task_pb2
+from coral_base.wire.containerd.services.events.v1 import events_pb2, events_pb2_grpc
+from coral_base.wire.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from cri_agent.discovery.containers import deciding_instances
-from cri_agent.errors import CoralError, RuntimePermissionDenied, RuntimeUnavailable
+from cri_agent.errors import RuntimePermissionDenied, RuntimeUnavailable
 from cri_agent.model import (
     ContainerID,
     ContainerRecord,

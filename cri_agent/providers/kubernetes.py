@@ -38,9 +38,9 @@ from typing import Any
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from cri_agent.backoff import Backoff
-from cri_agent.errors import ConfigError
-from cri_agent.logs import emit
+from coral_base.backoff import Backoff
+from coral_base.errors import ConfigError
+from coral_base.logs import emit
 from cri_agent.model import (
     ContainerID,
     ContainerRecord,

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from cri_agent.errors import CoralError
+from coral_base.errors import CoralError
 from cri_agent.model import (
     ContainerID,
     ContainerRecord,

@@ -14,7 +14,7 @@ import signal
 import threading
 from pathlib import Path
 
-from cri_agent._proto.cri.runtime.v1 import api_pb2
+from coral_base.wire.cri.runtime.v1 import api_pb2
 from integration.harness.containerd import PrivateContainerd
 from integration.harness.images import ensure_images
 from integration.harness.pods import ContainerSpec, PodFactory, PortSpec

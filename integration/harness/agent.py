@@ -45,7 +45,7 @@ class AgentProcess:
         return [
             sys.executable,
             "-m",
-            "cri_agent.cli",
+            "coral_cli",
             "agent",
             "node",
             "--cri-socket",

@@ -86,7 +86,7 @@ class ColonyProcess:
             [
                 sys.executable,
                 "-m",
-                "cri_agent.cli",
+                "coral_cli",
                 "colony",
                 "start",
                 "--dir",

@@ -28,7 +28,7 @@ from types import TracebackType
 
 import grpc
 
-from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from coral_base.wire.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from integration.harness.cgroups import remove_pod_cgroups
 from integration.harness.images import ImageSet
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 
-from cri_agent._proto.cri.runtime.v1 import api_pb2, api_pb2_grpc
+from coral_base.wire.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from integration.harness.cgroups import remove_pod_cgroups
 from integration.harness.containerd import PrivateContainerd
 from integration.harness.images import WORKLOAD_IMAGE

@@ -1,0 +1,5 @@
+import sys
+
+from coral_cli import main
+
+sys.exit(main())

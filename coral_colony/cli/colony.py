@@ -1,0 +1,134 @@
+"""``coral colony init|start|token``: create a colony, run it, manage operator tokens."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import socket
+import uuid
+from pathlib import Path
+from typing import Any
+
+from coral_base.durations import parse_duration
+from coral_base.logs import configure
+from coral_base.tables import age, print_table
+from coral_colony.identity import init_colony, load_colony
+from coral_colony.server import HEARTBEAT_TIMEOUT_S, STALE_TTL_S, WEB_LISTEN, serve
+from coral_colony.tokens import OperatorTokens
+
+
+def register(commands: Any) -> None:
+    colony = commands.add_parser("colony", help="create and run a colony")
+    sub = colony.add_subparsers(dest="colony_command", required=True, metavar="COMMAND")
+    init = sub.add_parser("init", help="write a CA, the server certificate, a colony id and a random secret")
+    init.add_argument("dir", type=Path)
+    init.add_argument("--colony-id", default="", help="default: colony-<random>")
+    init.add_argument(
+        "--host", action="append", help="name or IP agents dial (repeatable; default: localhost, 127.0.0.1)"
+    )
+    init.set_defaults(handler=init_command)
+    start = sub.add_parser("start", help="serve the mesh endpoint over TLS")
+    start.add_argument("--dir", type=Path, required=True, help="the directory `coral colony init` wrote")
+    start.add_argument("--listen", default="127.0.0.1:9000", help="address:port (default 127.0.0.1:9000)")
+    start.add_argument("--db", type=Path, help="registry file (default DIR/colony.db)")
+    start.add_argument(
+        "--web-listen",
+        default=WEB_LISTEN,
+        help=f"status page address (default {WEB_LISTEN}; it has no login: expose it deliberately; '' disables)",
+    )
+    start.add_argument(
+        "--heartbeat-timeout",
+        type=parse_duration,
+        default=HEARTBEAT_TIMEOUT_S,
+        help=f"silence after which an agent is unreachable and its services stale (default {HEARTBEAT_TIMEOUT_S:g}s)",
+    )
+    start.add_argument(
+        "--ttl",
+        type=parse_duration,
+        default=STALE_TTL_S,
+        help="silence after which an unreachable agent and its services are dropped (default 24h)",
+    )
+    start.add_argument(
+        "--audit-retention",
+        type=parse_duration,
+        help="delete audit entries older than this, e.g. 90d or 2160h, checked hourly (default: keep them all)",
+    )
+    start.add_argument("--log-format", choices=["text", "json"], default="text")
+    start.set_defaults(handler=start_command)
+
+    token = sub.add_parser("token", help="operator tokens: the name is the operator's audit identity")
+    token_sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
+    for name, text, handler in (
+        ("create", "create a token for NAME and print it once", token_create),
+        ("revoke", "revoke NAME's token (a running colony notices at once)", token_revoke),
+        ("list", "list token names", token_list),
+    ):
+        command = token_sub.add_parser(name, help=text)
+        command.add_argument("--dir", type=Path, required=True, help="the colony directory")
+        if name != "list":
+            command.add_argument("name")
+        if name == "create":
+            command.add_argument("--quiet", "-q", action="store_true", help="print only the token (for scripts)")
+        command.set_defaults(handler=handler)
+
+
+def init_command(args: argparse.Namespace) -> int:
+    colony_id = args.colony_id or f"colony-{uuid.uuid4().hex[:8]}"
+    hosts = args.host or ["localhost", "127.0.0.1", socket.gethostname()]
+    identity = init_colony(args.dir, colony_id=colony_id, hosts=hosts)
+    print(f"colony {identity.colony_id} initialised in {identity.directory}")
+    print(f"  agents pin the CA:        colony.caFile = {identity.ca_cert}")
+    print(f"  agents read the secret:   colony.secretFile = {identity.secret_file} (mode 0600)")
+    print(f"  certificate valid for:    {', '.join(hosts)}")
+    return 0
+
+
+def start_command(args: argparse.Namespace) -> int:
+    configure(fmt=args.log_format)
+    identity = load_colony(args.dir)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await serve(
+            identity,
+            listen=args.listen,
+            database=args.db or args.dir / "colony.db",
+            stop=stop,
+            web_listen=args.web_listen,
+            heartbeat_timeout=args.heartbeat_timeout,
+            ttl=args.ttl,
+            audit_retention=args.audit_retention,
+        )
+
+    asyncio.run(run())
+    return 0
+
+
+def token_create(args: argparse.Namespace) -> int:
+    load_colony(args.dir)  # a colony directory, not a typo
+    token = OperatorTokens(args.dir).create(args.name)
+    if args.quiet:
+        print(token)
+        return 0
+    print(f"operator token for {args.name} (shown once; the colony keeps only its hash):")
+    print(token)
+    print()
+    print("use it with:")
+    print(f"  export CORAL_COLONY_CA={(args.dir / 'ca.crt').resolve()}")
+    print("  export CORAL_TOKEN=<the token above>   # or CORAL_TOKEN_FILE=<a 0600 file holding it>")
+    return 0
+
+
+def token_revoke(args: argparse.Namespace) -> int:
+    OperatorTokens(args.dir).revoke(args.name)
+    print(f"revoked the token of {args.name}")
+    return 0
+
+
+def token_list(args: argparse.Namespace) -> int:
+    print_table(["NAME", "CREATED"], [[t.name, age(t.created) + " ago"] for t in OperatorTokens(args.dir).list()])
+    return 0

@@ -1,0 +1,164 @@
+"""``coral tap|profile|sample``: run a control operation on the pod behind a service.
+
+The colony routes the request to the node agent that owns the target and
+streams the output back. Ctrl-C cancels the operation on the node (the
+capture or profiler process is killed there). Exit codes: 0 done, 1 the
+operation or the colony failed, 2 refused (the message names the limit),
+130 cancelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import IO, Any
+
+from coral_base.durations import parse_duration
+from coral_base.tables import print_table
+from coral_base.wire.coral.colony.v1 import colony_pb2
+from coral_colony.cli.queries import connection_flags, open_client
+
+
+def register(commands: Any) -> None:
+    tap = commands.add_parser("tap", help="capture packets in a pod's network namespace (pcap)")
+    _target(tap, default_duration="30s")
+    tap.add_argument("--filter", default="", help="BPF filter, e.g. 'tcp port 80'")
+    tap.add_argument(
+        "--max-bytes", type=int, default=0, help="stop at this many pcap bytes (default: the node's ceiling)"
+    )
+    tap.add_argument("--max-packets", type=int, default=0, help="stop after this many packets")
+    tap.add_argument("-w", dest="write", required=True, help="pcap file to write, or - for stdout (| tshark -r -)")
+    tap.set_defaults(handler=tap_command)
+
+    profile = commands.add_parser("profile", help="sample CPU stacks of a pod's processes")
+    _target(profile, default_duration="10s")
+    profile.add_argument("--frequency", type=int, default=49, help="samples per second (19-99 Hz; default 49)")
+    profile.add_argument("-o", dest="output", type=Path, required=True, help="pprof file (profile.pb.gz)")
+    profile.add_argument("--folded", type=Path, help="also write folded stacks here")
+    profile.add_argument("--svg", type=Path, help="also write a flame graph here")
+    profile.set_defaults(handler=profile_command)
+
+    sample = commands.add_parser("sample", help="a short capture reduced to a flow table on the node (no payload)")
+    _target(sample, default_duration="10s")
+    sample.add_argument("--filter", default="", help="BPF filter")
+    sample.add_argument("--top", type=int, default=20, help="talkers to print (default 20)")
+    sample.set_defaults(handler=sample_command)
+
+
+def _target(parser: argparse.ArgumentParser, *, default_duration: str) -> None:
+    parser.add_argument("target", help="a service name (coral services), a service key, or namespace/pod")
+    parser.add_argument("--duration", type=parse_duration, default=parse_duration(default_duration))
+    parser.add_argument("--node", default="", help="for a namespace/pod the colony does not list: the node it runs on")
+    connection_flags(parser)
+
+
+def _finish(action: str, target: Any, result: Any, summary: str) -> int:
+    where = f"{target.namespace}/{target.pod_name}" + (f" ({target.service_name})" if target.service_name else "")
+    if result is None:
+        print(f"error: {action} on {where}: the colony ended the stream without a result", file=sys.stderr)
+        return 1
+    if result.outcome == "ok":
+        print(f"{action} {where} on {result.node_name}: {summary}", file=sys.stderr)
+        return 0
+    print(f"error: {action} {where}: {result.outcome}: {result.error}", file=sys.stderr)
+    return 2 if result.outcome == "refused" else 1
+
+
+def _run(args: argparse.Namespace, request: Any, sinks: dict[str, IO[bytes]]) -> tuple[Any, Any]:
+    target: Any = colony_pb2.OperationOutput().target
+    result: Any = None
+    with open_client(args) as client:
+        stream = client.run_operation(request)
+        try:
+            for output in stream:
+                kind = output.WhichOneof("body")
+                if kind == "target":
+                    target = output.target
+                elif kind == "chunk" and output.chunk.kind in sinks:
+                    sinks[output.chunk.kind].write(output.chunk.data)
+                    sinks[output.chunk.kind].flush()
+                elif kind == "result":
+                    result = output.result
+        finally:
+            stream.close()  # on Ctrl-C: cancels the call, and the colony cancels the operation
+    return target, result
+
+
+def tap_command(args: argparse.Namespace) -> int:
+    request = colony_pb2.RunOperationRequest(
+        action="tap",
+        target=args.target,
+        node=args.node,
+        duration_s=args.duration,
+        filter=args.filter,
+        max_bytes=args.max_bytes,
+        max_packets=args.max_packets,
+    )
+    with ExitStack() as files:
+        sink = sys.stdout.buffer if args.write == "-" else files.enter_context(Path(args.write).open("wb"))
+        target, result = _run(args, request, {"pcap": sink})
+    summary = ""
+    if result is not None:
+        summary = (
+            f"{result.packets} packets, {result.bytes} bytes in {result.duration_s:.1f}s "
+            f"(stopped by {result.stopped_by or 'the end of the stream'}; {result.dropped} dropped by the kernel)"
+            + (f" -> {args.write}" if args.write != "-" else "")
+        )
+    return _finish("tap", target, result, summary)
+
+
+def profile_command(args: argparse.Namespace) -> int:
+    request = colony_pb2.RunOperationRequest(
+        action="profile", target=args.target, node=args.node, duration_s=args.duration, frequency_hz=args.frequency
+    )
+    with ExitStack() as files:
+        sinks: dict[str, IO[bytes]] = {"pprof": files.enter_context(args.output.open("wb"))}
+        if args.folded:
+            sinks["folded"] = files.enter_context(args.folded.open("wb"))
+        if args.svg:
+            sinks["svg"] = files.enter_context(args.svg.open("wb"))
+        target, result = _run(args, request, sinks)
+    summary = ""
+    if result is not None:
+        written = ", ".join(str(p) for p in (args.output, args.folded, args.svg) if p)
+        summary = f"{result.samples} samples in {result.duration_s:.1f}s with {result.engine} -> {written}"
+    return _finish("profile", target, result, summary)
+
+
+def sample_command(args: argparse.Namespace) -> int:
+    request = colony_pb2.RunOperationRequest(
+        action="sample", target=args.target, node=args.node, duration_s=args.duration, filter=args.filter
+    )
+    target, result = _run(args, request, {})
+    if result is not None and result.outcome == "ok":
+        print_table(
+            ["PROTO", "SOURCE", "DESTINATION", "PACKETS", "BYTES", "FIRST", "LAST"],
+            [
+                [
+                    f.protocol,
+                    _endpoint(f.src, f.src_port),
+                    _endpoint(f.dst, f.dst_port),
+                    str(f.packets),
+                    str(f.bytes),
+                    _clock(f.first_seen_unix_ms),
+                    _clock(f.last_seen_unix_ms),
+                ]
+                for f in list(result.flows)[: args.top]
+            ],
+        )
+    summary = ""
+    if result is not None:
+        summary = f"{len(result.flows)} flow(s), {result.packets} packets in {result.duration_s:.1f}s"
+    return _finish("sample", target, result, summary)
+
+
+def _clock(unix_ms: int) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(unix_ms / 1000)) + f".{unix_ms % 1000:03d}"
+
+
+def _endpoint(address: str, port: int) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"{host}:{port}" if port else host

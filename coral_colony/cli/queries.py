@@ -1,0 +1,210 @@
+"""``coral agents|services|audit``: ask the colony (operator token required).
+
+Exit codes: 0 done, 1 the colony is unreachable or slow (retrying may
+help), 2 refused or misconfigured (a wrong token or CA: retrying will not).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from coral_base.durations import parse_duration
+from coral_base.errors import ConfigError
+from coral_base.tables import age, print_table
+from coral_base.wire.coral.mesh.v1 import mesh_pb2
+from coral_colony.audit import KINDS
+from coral_colony.client import ColonyClient, OperatorTarget
+
+_PROVENANCE = {
+    "explicit": mesh_pb2.SERVICE_PROVENANCE_EXPLICIT,
+    "discovered": mesh_pb2.SERVICE_PROVENANCE_DISCOVERED,
+    "overridden": mesh_pb2.SERVICE_PROVENANCE_OVERRIDDEN,
+}
+_PROVENANCE_NAMES = {value: name for name, value in _PROVENANCE.items()}
+
+
+def register(commands: Any) -> None:
+    agents = commands.add_parser("agents", help="agents registered with the colony")
+    connection_flags(agents)
+    agents.add_argument("--node", default="", help="only this node")
+    agents.add_argument("--output", "-o", choices=["table", "wide", "json"], default="table")
+    agents.set_defaults(handler=agents_command)
+
+    services = commands.add_parser("services", help="services in the colony, grouped by node agent")
+    connection_flags(services)
+    services.add_argument("--node", default="", help="only this node")
+    services.add_argument("--namespace", "-n", default="", help="only this namespace")
+    services.add_argument("--provenance", choices=sorted(_PROVENANCE), help="only this provenance")
+    services.add_argument("--name", default="", help="only services whose name contains this")
+    services.add_argument("--output", "-o", choices=["table", "wide", "json"], default="table")
+    services.set_defaults(handler=services_command)
+
+    audit = commands.add_parser("audit", help="the colony's audit log")
+    connection_flags(audit)
+    audit.add_argument("--since", default="", help="a duration back (10m, 2h) or a time (2026-11-25T10:00:00)")
+    audit.add_argument("--node", default="", help="only this node")
+    audit.add_argument("--kind", choices=KINDS, default="")
+    audit.add_argument("--limit", type=int, default=1000, help="at most this many, the newest (default 1000)")
+    audit.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    audit.set_defaults(handler=audit_command)
+
+
+def connection_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("colony connection (flags win over the environment)")
+    group.add_argument("--colony", help="host:port of the colony (env CORAL_COLONY, default 127.0.0.1:9000)")
+    group.add_argument("--ca", type=Path, help="the colony's ca.crt (env CORAL_COLONY_CA)")
+    group.add_argument("--token", help="operator token (env CORAL_TOKEN; prefer --token-file)")
+    group.add_argument("--token-file", type=Path, help="file holding the operator token (env CORAL_TOKEN_FILE)")
+
+
+def open_client(args: argparse.Namespace) -> ColonyClient:
+    target = OperatorTarget.resolve(address=args.colony, ca_file=args.ca, token=args.token, token_file=args.token_file)
+    return ColonyClient(target)
+
+
+def _dict(message: Any) -> dict[str, Any]:
+    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+
+
+def _ms(value: int) -> float:
+    return value / 1000
+
+
+def agents_command(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        agents = list(client.agents(node=args.node).agents)
+    if args.output == "json":
+        print(json.dumps([_dict(a) for a in agents], indent=2))
+        return 0
+    headers = ["NODE", "AGENT", "KIND", "STATE", "HEALTH", "SERVICES", "LAST HEARTBEAT", "AGE"]
+    if args.output == "wide":
+        headers += ["VERSION", "NODE LABELS"]
+    rows = []
+    for a in agents:
+        row = [
+            a.node_name or "-",
+            a.agent_id,
+            a.kind,
+            a.state,
+            a.health or "unknown",
+            str(a.services),
+            age(_ms(a.last_heartbeat_unix_ms)) + " ago",
+            age(_ms(a.first_seen_unix_ms)),
+        ]
+        if args.output == "wide":
+            row += [a.version or "-", ",".join(f"{k}={v}" for k, v in sorted(a.node_labels.items())) or "-"]
+        rows.append(row)
+    print_table(headers, rows)
+    return 0
+
+
+def services_command(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        groups = list(
+            client.services(
+                node=args.node,
+                namespace=args.namespace,
+                provenance=_PROVENANCE.get(args.provenance or "", mesh_pb2.SERVICE_PROVENANCE_UNKNOWN),
+                name=args.name,
+            ).groups
+        )
+    if args.output == "json":
+        print(json.dumps([_dict(g) for g in groups], indent=2))
+        return 0
+    wide = args.output == "wide"
+    headers = ["NAMESPACE", "POD", "NAME", "PORT", "TYPE", "PROVENANCE", "HEALTH", "AGE"]
+    if wide:
+        headers += ["HEALTH SINCE", "LATENCY", "LAST ERROR", "CONTAINER", "POD IP", "WORKLOAD", "OVERRIDDEN", "KEY"]
+    for index, group in enumerate(groups):
+        agent = group.agent
+        if index:
+            print()
+        state = agent.state + ("" if agent.state == "healthy" else ": services are stale")
+        print(
+            f"NODE {agent.node_name or '-'}  agent {agent.agent_id} ({agent.kind}, {state}, "
+            f"health {agent.health or 'unknown'}): {len(group.services)} service(s)"
+        )
+        rows = []
+        for s in group.services:
+            info = s.info
+            row = [
+                info.namespace or "-",
+                info.pod_name or "-",
+                info.component_name + (" (stale)" if s.stale else ""),
+                f"{info.port}/{info.protocol or 'TCP'}" if info.port else "-",
+                info.service_type or "-",
+                _PROVENANCE_NAMES.get(info.provenance, "unknown"),
+                info.health.state or "unknown",
+                age(_ms(s.first_seen_unix_ms)),
+            ]
+            if wide:
+                row += [
+                    age(_ms(info.health.since_unix_ms)),
+                    f"{info.health.latency_ms:.1f}ms" if info.health.latency_ms else "-",
+                    info.health.last_error or "-",
+                    info.container_name or "-",
+                    info.pod_ip or "-",
+                    info.workload or "-",
+                    ",".join(info.overridden_fields) or "-",
+                    info.service_key,
+                ]
+            rows.append(row)
+        if rows:
+            print_table(headers, rows, indent="  ")
+    if not groups:
+        print("no agent matches")
+    return 0
+
+
+def parse_since(value: str, *, now: float) -> float:
+    """``10m`` (back from now) or an ISO time (local unless it names a zone) -> unix seconds."""
+    if not value:
+        return 0.0
+    try:
+        return now - parse_duration(value)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"--since {value!r}: give a duration back (10m, 2h) or a time (2026-11-25T10:00:00)"
+        ) from None
+    return moment.timestamp()
+
+
+def audit_command(args: argparse.Namespace) -> int:
+    since = parse_since(args.since, now=time.time())
+    with open_client(args) as client:
+        entries = list(
+            client.audit(since_unix_ms=int(since * 1000), node=args.node, kind=args.kind, limit=args.limit).entries
+        )
+    if args.output == "json":
+        print(json.dumps([_dict(e) for e in entries], indent=2))
+        return 0
+    print_table(
+        ["ID", "TIME", "KIND", "ACTION", "ACTOR", "NODE", "NAMESPACE", "SERVICE", "PROVENANCE", "DETAIL"],
+        [
+            [
+                str(e.id),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_ms(e.time_unix_ms))),
+                e.kind,
+                e.action,
+                e.actor or "-",
+                e.node_name or "-",
+                e.namespace or "-",
+                e.service_name or (e.pod_name and f"pod {e.pod_name}") or "-",
+                e.provenance or "-",
+                e.detail or "-",
+            ]
+            for e in entries
+        ],
+    )
+    return 0
