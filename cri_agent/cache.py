@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from cri_agent import cache_reader
 from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState, PodDecision, Reconciliation
 from cri_agent.errors import CacheError
@@ -112,12 +113,7 @@ class Cache:
         self._fds: dict[str, int] = {}
         try:
             if read_only:
-                if not path.exists():
-                    raise CacheError(
-                        f"cache {path} does not exist: start `coral agent node` first "
-                        "or pass --cache with the agent's cache path"
-                    )
-                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0)
+                conn = cache_reader.open_read_only(path)
             else:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 conn = sqlite3.connect(str(path), timeout=5.0)
@@ -438,7 +434,7 @@ class Cache:
         _table(self.db, "meta").upsert_all([{"key": key, "value": value} for key, value in values.items()], pk="key")
 
     def meta(self) -> dict[str, str]:
-        return {row["key"]: row["value"] for row in _table(self.db, "meta").rows}
+        return cache_reader.meta(self.db.conn)
 
     def close(self) -> None:
         self.db.conn.close()
@@ -473,7 +469,7 @@ class Cache:
         return [_stored_event(row) for row in rows]
 
     def conditions(self) -> list[dict[str, Any]]:
-        return list(_table(self.db, "conditions").rows_where(order_by="name"))
+        return cache_reader.conditions(self.db.conn)
 
 
 class CacheWriter:

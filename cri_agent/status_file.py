@@ -22,9 +22,8 @@ import fcntl
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from cri_agent.errors import CacheError
 
@@ -40,8 +39,7 @@ def status_path(cache: Path) -> Path:
     return cache.with_name(cache.name + ".status")
 
 
-@dataclass(frozen=True, slots=True)
-class LiveStatus:
+class LiveStatus(NamedTuple):  # not a dataclass: `coral agent status` would load dataclasses' imports for it
     """What a reader finds next to a cache."""
 
     running: bool  # an agent holds the lock now

@@ -3,17 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
-import signal
-import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-from coral_base.logs import configure
-
-if TYPE_CHECKING:  # the agent and its config model load when the agent runs, not to parse flags
-    from cri_agent.agent import NodeAgent
+from typing import Any
 
 
 def register(commands: Any) -> None:
@@ -47,7 +38,8 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from cri_agent.agent import NodeAgent
+    # The agent, its config model and the event loop load when the agent runs, not to parse flags.
+    from cri_agent.cli.foreground import run_in_foreground
     from cri_agent.config import flags_to_settings, load_settings
 
     flags = flags_to_settings(
@@ -66,27 +58,5 @@ def run(args: argparse.Namespace) -> int:
         observe_only=args.observe_only,
         kubeconfig=args.kubeconfig,
     )
-    settings = load_settings(args.config, override_file=args.override_file, flags=flags)
-    configure(fmt=settings.log.format, level=settings.log.level)
-    asyncio.run(_serve(NodeAgent(settings)))
+    run_in_foreground(load_settings(args.config, override_file=args.override_file, flags=flags))
     return 0
-
-
-async def _serve(agent: NodeAgent) -> None:
-    from cri_agent.agent import SHUTDOWN_GRACE_S
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def _on_signal() -> None:
-        if stop.is_set():
-            os._exit(1)  # second signal: the operator insists
-        stop.set()
-        # Last resort: a wedged shutdown must not keep the pod Terminating.
-        timer = threading.Timer(SHUTDOWN_GRACE_S + 5.0, lambda: os._exit(1))
-        timer.daemon = True
-        timer.start()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _on_signal)
-    await agent.run(stop)
