@@ -33,18 +33,18 @@ class ColonyCallError(CoralError):
 
 
 @dataclass(frozen=True, slots=True)
-class OperatorTarget:
+class OperatorEndpoint:
     address: str
     ca_file: Path | None
     token: str
 
     def __repr__(self) -> str:
-        return f"OperatorTarget(address={self.address!r}, ca_file={self.ca_file!r})"
+        return f"OperatorEndpoint(address={self.address!r}, ca_file={self.ca_file!r})"
 
     @classmethod
     def resolve(
         cls, *, address: str | None, ca_file: Path | None, token: str | None, token_file: Path | None
-    ) -> OperatorTarget:
+    ) -> OperatorEndpoint:
         env = os.environ
         ca = ca_file or (Path(env["CORAL_COLONY_CA"]) if env.get("CORAL_COLONY_CA") else None)
         if ca is None:
@@ -64,19 +64,19 @@ class OperatorTarget:
 
 
 class ColonyClient:
-    def __init__(self, target: OperatorTarget, *, timeout: float = 10.0) -> None:
-        self.target = target
+    def __init__(self, endpoint: OperatorEndpoint, *, timeout: float = 10.0) -> None:
+        self.endpoint = endpoint
         self.timeout = timeout
-        assert target.ca_file is not None
+        assert endpoint.ca_file is not None
         try:
-            ca = target.ca_file.read_bytes()
+            ca = endpoint.ca_file.read_bytes()
         except OSError as exc:
             raise ColonyCallError(
-                f"cannot read the colony CA {target.ca_file}: {exc.strerror}", transient=False
+                f"cannot read the colony CA {endpoint.ca_file}: {exc.strerror}", transient=False
             ) from None
-        self._channel = grpc.secure_channel(target.address, grpc.ssl_channel_credentials(root_certificates=ca))
+        self._channel = grpc.secure_channel(endpoint.address, grpc.ssl_channel_credentials(root_certificates=ca))
         self._stub = colony_pb2_grpc.ColonyStub(self._channel)
-        self._metadata = (("authorization", f"Bearer {target.token}"),) if target.token else ()
+        self._metadata = (("authorization", f"Bearer {endpoint.token}"),) if endpoint.token else ()
 
     def __enter__(self) -> ColonyClient:
         return self
@@ -93,14 +93,14 @@ class ColonyClient:
     def _explain(self, exc: grpc.RpcError) -> ColonyCallError:
         code: grpc.StatusCode = exc.code()
         details: str = exc.details() or ""
-        address = self.target.address
+        address = self.endpoint.address
         if code == grpc.StatusCode.UNAUTHENTICATED:
             return ColonyCallError(f"the colony at {address} refused: {details}", transient=False)
         if code == grpc.StatusCode.UNAVAILABLE:
             lowered = details.lower()
             if any(word in lowered for word in ("handshake", "certificate", "ssl", "tls")):
                 return ColonyCallError(
-                    f"TLS handshake with the colony at {address} failed: is {self.target.ca_file} the colony's "
+                    f"TLS handshake with the colony at {address} failed: is {self.endpoint.ca_file} the colony's "
                     f"ca.crt and {address.rsplit(':', 1)[0]} a name its certificate carries "
                     f"(coral colony init --host)? ({details})",
                     transient=False,

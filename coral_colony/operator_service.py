@@ -29,7 +29,7 @@ from coral_colony.router import AgentNotConnected, Router
 from coral_colony.tokens import OperatorTokens
 
 _T = TypeVar("_T")
-Record = Callable[[list[AuditEntry]], Awaitable[None]]
+AppendAudit = Callable[[list[AuditEntry]], Awaitable[None]]
 
 _PROVENANCE_NAMES = {
     mesh_pb2.SERVICE_PROVENANCE_EXPLICIT: "explicit",
@@ -108,7 +108,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         tokens: OperatorTokens,
         *,
         colony_id: str,
-        record: Record,
+        record: AppendAudit,
         router: Router,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -206,7 +206,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             )
         try:
             target, agent_id, node = await self._read(
-                lambda: resolve_target(self.reader, request.target, node=request.node)
+                lambda: resolve_pod(self.reader, request.target, node=request.node)
             )
         except LookupError as exc:
             await self._audit_operation(
@@ -294,7 +294,7 @@ def _refusal(error: str, *, outcome: str = "refused") -> Any:
     return agent_pb2.Result(outcome=outcome, error=error)
 
 
-def resolve_target(reader: Registry, target: str, *, node: str = "") -> tuple[Any, str, str]:
+def resolve_pod(reader: Registry, target: str, *, node: str = "") -> tuple[Any, str, str]:
     """A service key, ``namespace/pod`` or a service name -> (target, owning agent, node).
 
     With ``node``, a ``namespace/pod`` the registry does not list (its namespace

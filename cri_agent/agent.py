@@ -58,7 +58,7 @@ from cri_agent.ops.runner import OperationRunner, PodView
 from cri_agent.providers.cri import SUBSCRIBED, CriClient, RuntimeEvent, RuntimeVersion
 from cri_agent.providers.proc import ProcError, ProcFS
 from cri_agent.status_file import StatusFile
-from cri_agent.sync import ColonySync, ColonyTarget, OnState, event_to_wire
+from cri_agent.sync import ColonyEndpoint, ColonySync, OnState, event_to_wire
 
 if TYPE_CHECKING:  # the Kubernetes client costs ~35 MiB: imported only when the API is used
     from cri_agent.providers.kubernetes import KubeSource
@@ -494,7 +494,7 @@ def _colony_sync(settings: Settings, *, on_state: OnState) -> ColonySync | None:
     if not colony.address:
         return None
     return ColonySync(
-        ColonyTarget(
+        ColonyEndpoint(
             address=colony.address,
             colony_id=colony.colony_id,
             secret=colony.resolved_secret(),

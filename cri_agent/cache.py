@@ -35,10 +35,10 @@ from cri_agent.model import (
     DiscoveryEvent,
     Health,
     PodUID,
-    Protocol,
     Provenance,
     ServiceInfo,
     ServiceKey,
+    Transport,
 )
 
 SCHEMA_VERSION = 1
@@ -634,7 +634,7 @@ def _service_row(service: ServiceInfo, *, first_seen: float, last_seen: float) -
 
 
 def _service_from_row(row: Mapping[str, Any]) -> ServiceInfo:
-    protocol: Protocol | None = row["protocol"] if row["protocol"] in ("TCP", "UDP") else None
+    protocol: Transport | None = row["protocol"] if row["protocol"] in ("TCP", "UDP") else None
     return ServiceInfo(
         key=ServiceKey(row["key"]),
         name=row["name"],

@@ -43,10 +43,10 @@ class ControlStream:
             token = await self.sync.session()
             outbox: asyncio.Queue[Any] = asyncio.Queue()
             outbox.put_nowait(
-                agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_id=self.sync.target.agent_id, session_token=token))
+                agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_id=self.sync.endpoint.agent_id, session_token=token))
             )
             try:
-                async with colony_channel(self.sync.target) as channel:
+                async with colony_channel(self.sync.endpoint) as channel:
                     call = agent_pb2_grpc.AgentControlStub(channel).Connect(_drain(outbox))
                     async for message in call:
                         if not self.connected:

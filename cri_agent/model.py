@@ -19,7 +19,7 @@ ContainerID = NewType("ContainerID", str)
 SandboxID = NewType("SandboxID", str)
 ServiceKey = NewType("ServiceKey", str)
 
-Protocol = Literal["TCP", "UDP"]
+Transport = Literal["TCP", "UDP"]  # a port's transport protocol (not typing.Protocol)
 
 
 class Provenance(StrEnum):
@@ -52,7 +52,7 @@ class DeclaredPort:
     """A port from the container annotation ``io.kubernetes.container.ports``."""
 
     port: int
-    protocol: Protocol = "TCP"
+    protocol: Transport = "TCP"
     name: str = ""
 
 
@@ -61,7 +61,7 @@ class ListeningSocket:
     """A socket in LISTEN state (TCP) or unconnected bound (UDP) in a pod netns."""
 
     port: int
-    protocol: Protocol
+    protocol: Transport
     address: str  # "0.0.0.0", "::", "127.0.0.1", ...
     inode: int = 0
 
@@ -144,7 +144,7 @@ class ServiceInfo:
     pod_uid: PodUID
     container: str
     port: int | None
-    protocol: Protocol | None
+    protocol: Transport | None
     service_type: str
     provenance: Provenance
     health_endpoint: str = ""

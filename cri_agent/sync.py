@@ -50,7 +50,7 @@ MAX_QUEUED_EVENTS = 10_000
 
 
 @dataclass(frozen=True, slots=True)
-class ColonyTarget:
+class ColonyEndpoint:
     address: str  # host:port
     colony_id: str
     secret: str
@@ -63,7 +63,7 @@ class ColonyTarget:
     ca_pem: bytes | None = None  # the colony CA to pin; None only for an explicitly insecure lab setup
 
     def __repr__(self) -> str:  # never show the secret, even in a traceback
-        return f"ColonyTarget(address={self.address!r}, colony_id={self.colony_id!r}, agent_id={self.agent_id!r})"
+        return f"ColonyEndpoint(address={self.address!r}, colony_id={self.colony_id!r}, agent_id={self.agent_id!r})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,19 +119,19 @@ def event_to_wire(event: DiscoveryEvent, *, at: float, provenance: Provenance | 
     )
 
 
-def colony_channel(target: ColonyTarget) -> grpc.aio.Channel:
+def colony_channel(endpoint: ColonyEndpoint) -> grpc.aio.Channel:
     """A channel to the colony: TLS pinned to its CA (insecure only when configured so)."""
-    if target.ca_pem is None:
-        return grpc.aio.insecure_channel(target.address)
-    credentials = grpc.ssl_channel_credentials(root_certificates=target.ca_pem)
-    return grpc.aio.secure_channel(target.address, credentials)
+    if endpoint.ca_pem is None:
+        return grpc.aio.insecure_channel(endpoint.address)
+    credentials = grpc.ssl_channel_credentials(root_certificates=endpoint.ca_pem)
+    return grpc.aio.secure_channel(endpoint.address, credentials)
 
 
 class ColonySync:
     def __init__(
-        self, target: ColonyTarget, *, backoff: Backoff | None = None, on_state: OnState | None = None
+        self, endpoint: ColonyEndpoint, *, backoff: Backoff | None = None, on_state: OnState | None = None
     ) -> None:
-        self.target = target
+        self.endpoint = endpoint
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
         self.on_state = on_state
         self._events: deque[bytes] = deque()
@@ -150,7 +150,7 @@ class ColonySync:
     # -- input from the agent --------------------------------------------------------
 
     def set_services(self, services: Mapping[ServiceKey, ServiceInfo], health: Mapping[ServiceKey, Health]) -> None:
-        labels = self.target.node_labels
+        labels = self.endpoint.node_labels
         self._desired = {
             key: to_wire(service, health.get(key), labels).SerializeToString(deterministic=True)
             for key, service in services.items()
@@ -159,8 +159,8 @@ class ColonySync:
 
     def set_node_labels(self, labels: Mapping[str, str]) -> None:
         """New node labels (from the API) travel with every service: register in full again."""
-        if dict(labels) != dict(self.target.node_labels):
-            self.target = replace(self.target, node_labels=dict(labels))
+        if dict(labels) != dict(self.endpoint.node_labels):
+            self.endpoint = replace(self.endpoint, node_labels=dict(labels))
             self._acked = None
             self._changed.set()
 
@@ -206,7 +206,7 @@ class ColonySync:
             await asyncio.sleep(self.backoff.next())
 
     def _channel(self) -> grpc.aio.Channel:
-        return colony_channel(self.target)
+        return colony_channel(self.endpoint)
 
     async def session(self) -> str:
         """The current registration's session token, once there is one."""
@@ -215,15 +215,15 @@ class ColonySync:
 
     def _reason(self, exc: grpc.aio.AioRpcError) -> str:
         details = exc.details() or ""
-        if self.target.ca_pem is not None and any(
+        if self.endpoint.ca_pem is not None and any(
             word in details.lower() for word in ("handshake", "certificate", "ssl", "tls")
         ):
             return (
-                f"TLS handshake with the colony at {self.target.address} failed: is colony.caFile the "
+                f"TLS handshake with the colony at {self.endpoint.address} failed: is colony.caFile the "
                 f"colony's ca.crt and the address one its certificate names? ({details})"
             )
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
-            return f"the colony at {self.target.address} is unreachable; retrying ({details})"
+            return f"the colony at {self.endpoint.address} is unreachable; retrying ({details})"
         return f"{exc.code().name}: {details}"
 
     async def _serve(self, stub: Any) -> None:
@@ -237,7 +237,7 @@ class ColonySync:
             else:
                 self._changed.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), self.target.heartbeat_interval_s)
+                    await asyncio.wait_for(self._changed.wait(), self.endpoint.heartbeat_interval_s)
                 if not self._changed.is_set():
                     await self._heartbeat(stub)
 
@@ -253,15 +253,15 @@ class ColonySync:
     async def _register(self, stub: Any) -> None:
         snapshot = dict(self._desired)
         request = mesh_pb2.RegisterRequest(
-            agent_id=self.target.agent_id,
-            colony_id=self.target.colony_id,
-            colony_secret=self.target.secret,
-            version=self.target.version,
-            node_name=self.target.node_name,
-            node_labels=dict(self.target.node_labels),
+            agent_id=self.endpoint.agent_id,
+            colony_id=self.endpoint.colony_id,
+            colony_secret=self.endpoint.secret,
+            version=self.endpoint.version,
+            node_name=self.endpoint.node_name,
+            node_labels=dict(self.endpoint.node_labels),
             services=[mesh_pb2.ServiceInfo.FromString(data) for data in snapshot.values()],
         )
-        response = await stub.Register(request, timeout=self.target.timeout_s)
+        response = await stub.Register(request, timeout=self.endpoint.timeout_s)
         self._requeue(self._pending)
         self._session, self._sequence, self._pending = response.session_token, 0, None
         self._registered.set()
@@ -273,7 +273,7 @@ class ColonySync:
         emit(log, "colony.registered", services=len(snapshot), refused=refused)
         await self._state(
             True,
-            f"registered with colony {self.target.colony_id} at {self.target.address}"
+            f"registered with colony {self.endpoint.colony_id} at {self.endpoint.address}"
             + (f"; {refused} service(s) refused: another agent owns them" if refused else ""),
         )
 
@@ -292,14 +292,14 @@ class ColonySync:
         delta = self._pending
         response = await stub.UpdateServices(
             mesh_pb2.UpdateServicesRequest(
-                agent_id=self.target.agent_id,
+                agent_id=self.endpoint.agent_id,
                 session_token=self._session,
                 sequence=delta.sequence,
                 upserts=[mesh_pb2.ServiceInfo.FromString(data) for data in delta.upserts],
                 removed_keys=list(delta.removed),
                 events=[mesh_pb2.DiscoveryEvent.FromString(data) for data in delta.events],
             ),
-            timeout=self.target.timeout_s,
+            timeout=self.endpoint.timeout_s,
         )
         if response.resync_required:
             self._acked = None  # register the full set again; the events wait for the new session
@@ -314,12 +314,12 @@ class ColonySync:
         health = self.health
         response = await stub.Heartbeat(
             mesh_pb2.HeartbeatRequest(
-                agent_id=self.target.agent_id,
+                agent_id=self.endpoint.agent_id,
                 session_token=self._session,
                 health=health,
                 sequence=self._sequence,
             ),
-            timeout=self.target.timeout_s,
+            timeout=self.endpoint.timeout_s,
         )
         self._health_sent = health
         if response.resync_required:

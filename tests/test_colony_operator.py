@@ -14,7 +14,7 @@ from coral_base.backoff import Backoff
 from coral_cli import main
 from coral_colony.identity import init_colony
 from cri_agent.model import Provenance, ServiceInfo
-from cri_agent.sync import ColonySync, ColonyTarget
+from cri_agent.sync import ColonyEndpoint, ColonySync
 from integration.harness.colony import ColonyProcess, free_port
 from tests.test_sync import svc
 
@@ -24,7 +24,7 @@ def publish(colony: ColonyProcess, agent_id: str, node: str, services: list[Serv
 
     async def scenario() -> None:
         sync = ColonySync(
-            ColonyTarget(
+            ColonyEndpoint(
                 address=colony.address,
                 colony_id=colony.colony_id,
                 secret=colony.secret_file.read_text().strip(),

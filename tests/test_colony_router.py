@@ -13,7 +13,7 @@ import grpc.aio
 import pytest
 
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
-from coral_colony.operator_service import resolve_target
+from coral_colony.operator_service import resolve_pod
 from coral_colony.registry import AgentRecord, Registry, ServiceRecord
 from coral_colony.router import AgentNotConnected, Router
 
@@ -32,15 +32,15 @@ def registry(tmp_path: Path) -> Registry:
 
 def test_targets_resolve_by_name_key_or_pod_and_ambiguity_is_explained(tmp_path: Path) -> None:
     reg = registry(tmp_path)
-    target, agent, node = resolve_target(reg, "db")
+    target, agent, node = resolve_pod(reg, "db")
     assert (target.pod_name, target.service_key, agent, node) == ("db-0", "shop/u3/db/5432", "a", "node-a")
-    assert resolve_target(reg, "shop/u1/web/80")[0].pod_name == "web-0"
-    assert resolve_target(reg, "shop/web-1")[0].pod_uid == "u2"
+    assert resolve_pod(reg, "shop/u1/web/80")[0].pod_name == "web-0"
+    assert resolve_pod(reg, "shop/web-1")[0].pod_uid == "u2"
     with pytest.raises(LookupError, match=r"matches 2 pods .*name one as namespace/pod"):
-        resolve_target(reg, "web")
+        resolve_pod(reg, "web")
     with pytest.raises(LookupError, match="no service or pod 'nope'"):
-        resolve_target(reg, "nope")
-    unlisted, agent, _ = resolve_target(reg, "kube-system/proxy", node="node-a")
+        resolve_pod(reg, "nope")
+    unlisted, agent, _ = resolve_pod(reg, "kube-system/proxy", node="node-a")
     assert (unlisted.namespace, unlisted.pod_name, agent) == ("kube-system", "proxy", "a")
 
 

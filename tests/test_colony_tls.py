@@ -15,7 +15,7 @@ import pytest
 from coral_base.backoff import Backoff
 from coral_cli import main
 from cri_agent.model import ServiceKey
-from cri_agent.sync import ColonySync, ColonyTarget
+from cri_agent.sync import ColonyEndpoint, ColonySync
 from integration.harness.colony import ColonyProcess
 from tests.colony import logged
 from tests.test_sync import svc
@@ -61,7 +61,7 @@ class CountingBackoff(Backoff):
 
 def sync_with(directory: Path, port: int, *, ca: Path, secret: str | None = None) -> ColonySync:
     return ColonySync(
-        ColonyTarget(
+        ColonyEndpoint(
             address=f"127.0.0.1:{port}",
             colony_id="prod",
             secret=secret or (directory / "colony-secret").read_text().strip(),

@@ -13,7 +13,7 @@ import pytest
 
 from coral_base.backoff import Backoff
 from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
-from cri_agent.sync import ColonySync, ColonyTarget, event_to_wire
+from cri_agent.sync import ColonyEndpoint, ColonySync, event_to_wire
 from tests.colony import SECRET, Colony, logged
 
 
@@ -34,8 +34,8 @@ def svc(n: int, ip: str = "10.250.0.2") -> ServiceInfo:
     )
 
 
-def target(port: int) -> ColonyTarget:
-    return ColonyTarget(
+def target(port: int) -> ColonyEndpoint:
+    return ColonyEndpoint(
         address=f"127.0.0.1:{port}",
         colony_id="c1",
         secret=SECRET,
@@ -144,7 +144,7 @@ def test_the_secret_never_reaches_a_log_line(tmp_path: Path, caplog: pytest.LogC
         await asyncio.sleep(0.3)
         await colony.start()
         await until(lambda: sync.in_sync and sync.connected)
-        return repr(sync.target)
+        return repr(sync.endpoint)
 
     shown = run(tmp_path, scenario)
     assert SECRET not in logged(caplog) + shown and "colony.registered" in logged(caplog)
@@ -192,7 +192,7 @@ def test_events_of_a_refused_delta_wait_for_the_next_session(tmp_path: Path) -> 
 
 def test_a_change_of_the_agents_health_is_sent_at_once(tmp_path: Path) -> None:
     async def scenario(colony: Colony, sync: ColonySync) -> str:
-        sync.target = replace(sync.target, heartbeat_interval_s=30.0)  # only a change can explain a fast update
+        sync.endpoint = replace(sync.endpoint, heartbeat_interval_s=30.0)  # only a change can explain a fast update
         sync.set_services({svc(1).key: svc(1)}, {})
         sync.set_health("healthy")
         await until(lambda: sync.in_sync)

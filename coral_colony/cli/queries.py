@@ -20,7 +20,7 @@ from coral_base.errors import ConfigError
 from coral_base.tables import age, print_table
 from coral_base.wire.coral.mesh.v1 import mesh_pb2
 from coral_colony.audit import KINDS
-from coral_colony.client import ColonyClient, OperatorTarget
+from coral_colony.client import ColonyClient, OperatorEndpoint
 
 _PROVENANCE = {
     "explicit": mesh_pb2.SERVICE_PROVENANCE_EXPLICIT,
@@ -65,7 +65,9 @@ def connection_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def open_client(args: argparse.Namespace) -> ColonyClient:
-    target = OperatorTarget.resolve(address=args.colony, ca_file=args.ca, token=args.token, token_file=args.token_file)
+    target = OperatorEndpoint.resolve(
+        address=args.colony, ca_file=args.ca, token=args.token, token_file=args.token_file
+    )
     return ColonyClient(target)
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from coral_base.durations import parse_duration
 from cri_agent.discovery.filters import pod_ref
 from cri_agent.discovery.rules import OverrideRule, Selector, ServiceSpec
-from cri_agent.model import PodRecord, Protocol
+from cri_agent.model import PodRecord, Transport
 
 NAME = "coral.io/name"
 TYPE = "coral.io/type"
@@ -30,7 +30,7 @@ _PORT_NUMBER = re.compile(r"[0-9]{1,5}")  # ASCII only: str.isdigit() also accep
 MIN_HEALTH_INTERVAL_S = 1.0
 MAX_HEALTH_INTERVAL_S = 3600.0
 
-PortRef = tuple[int, Protocol]
+PortRef = tuple[int, Transport]
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +69,7 @@ def parse_ports(raw: str) -> tuple[PortRef, ...]:
     for item in items:
         where = f'"{item.strip()}"' + (f' in "{raw}"' if len(items) > 1 else "")
         number, _, proto = (part.strip() for part in item.partition("/"))
-        protocol: Protocol
+        protocol: Transport
         if proto.lower() in ("", "tcp"):
             protocol = "TCP"
         elif proto.lower() == "udp":

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from cri_agent.model import Protocol
+from cri_agent.model import Transport
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +70,7 @@ class ExplicitService:
 
     name: str
     port: int | None = None
-    protocol: Protocol = "TCP"
+    protocol: Transport = "TCP"
     type: str = ""
     namespace: str = ""
     selector: Selector | None = None

@@ -32,10 +32,10 @@ from cri_agent.model import (
     ContainerState,
     PodRecord,
     PodUID,
-    Protocol,
     Provenance,
     ServiceInfo,
     ServiceKey,
+    Transport,
 )
 
 # Process names (comm, at most 15 chars) that say what a port speaks.
@@ -106,12 +106,12 @@ _T = TypeVar("_T")
 class _Entry:
     container: ContainerRecord
     port: int | None
-    protocol: Protocol | None
+    protocol: Transport | None
     port_name: str = ""
 
 
 def service_key(
-    namespace: str, pod_uid: str, container: str, port: int | None, protocol: Protocol | None
+    namespace: str, pod_uid: str, container: str, port: int | None, protocol: Transport | None
 ) -> ServiceKey:
     """``namespace/pod-uid/container/port``; ``…/53-udp`` for UDP, ``…/-`` when portless."""
     suffix = "-" if port is None else (f"{port}-udp" if protocol == "UDP" else str(port))
@@ -179,7 +179,7 @@ def _restricted(entries: list[_Entry], ports: Sequence[PortRef], default: Contai
     return [by_port.get((port, protocol)) or _Entry(default, port, protocol) for port, protocol in ports]
 
 
-def _well_known(port: int, protocol: Protocol | None) -> str | None:
+def _well_known(port: int, protocol: Transport | None) -> str | None:
     return (WELL_KNOWN_UDP_PORTS if protocol == "UDP" else WELL_KNOWN_PORTS).get(port)
 
 

@@ -39,11 +39,11 @@ class PodView:
 
 
 Lookup = Callable[[PodUID, str, str], PodView | None]  # uid, namespace, name -> the pod
-Record = Callable[[Mapping[str, Any]], Awaitable[None]]  # writes an operations row
+RecordOperation = Callable[[Mapping[str, Any]], Awaitable[None]]  # writes an operations row
 
 
 class OperationRunner:
-    def __init__(self, guardrails: Guardrails, *, node_name: str, lookup: Lookup, record: Record) -> None:
+    def __init__(self, guardrails: Guardrails, *, node_name: str, lookup: Lookup, record: RecordOperation) -> None:
         self.guardrails = guardrails
         self.node_name = node_name
         self.lookup = lookup
