@@ -49,16 +49,13 @@ from cri_agent.model import (
     NodeSnapshot,
     PodRecord,
     PodUID,
-    Provenance,
-    ServiceInfo,
-    ServiceKey,
 )
 from cri_agent.ops.guardrails import Guardrails
 from cri_agent.ops.runner import OperationRunner, PodView
 from cri_agent.providers.cri import SUBSCRIBED, CriClient, RuntimeEvent, RuntimeVersion
 from cri_agent.providers.proc import ProcError, ProcFS
 from cri_agent.status_file import StatusFile
-from cri_agent.sync import ColonyEndpoint, ColonySync, OnState, event_to_wire
+from cri_agent.sync import ColonyEndpoint, ColonySync, OnState
 
 if TYPE_CHECKING:  # the Kubernetes client costs ~35 MiB: imported only when the API is used
     from cri_agent.providers.kubernetes import KubeSource
@@ -295,7 +292,6 @@ class NodeAgent:
             await self._condition("proc", ok=True, reason="readable")
         snapshot = NodeSnapshot(node_name=self.node_name, pods=tuple(pods), taken_at=self.clock())
         result = reconcile(self.known, snapshot, self.rules)
-        previous = self.known.services
         self.known = KnownState(services=result.services, pods=result.pods)
         self.pods = {pod.uid: pod for pod in pods}
         self.health.set_services(result.services)
@@ -306,13 +302,9 @@ class NodeAgent:
         self.meta["last_pass_at"] = repr(snapshot.taken_at)
         await self._persist(result, touch=touch, now=snapshot.taken_at)
         for event in result.events:
-            provenance = _provenance(event, result.services, previous)
-            emit_discovery(log, event, provenance=provenance.value if provenance else "")
+            emit_discovery(log, event)
         if self.sync is not None:
-            self.sync.add_events(
-                event_to_wire(e, at=snapshot.taken_at, provenance=_provenance(e, result.services, previous))
-                for e in result.events
-            )
+            self.sync.add_events(result.events, at=snapshot.taken_at)
         if result.events or touch:
             emit(
                 log,
@@ -427,7 +419,7 @@ class NodeAgent:
             event = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=reason)
             await self.cache.record_events([event])
             if self.sync is not None:
-                self.sync.add_events([event_to_wire(event, at=self.clock(), provenance=None)])
+                self.sync.add_events([event], at=self.clock())
         await self._condition("kubernetes", ok=ok, reason=reason)
 
     async def _colony_state(self, connected: bool, reason: str) -> None:
@@ -463,13 +455,6 @@ class NodeAgent:
     @property
     def healthy(self) -> bool:
         return all(c.ok for c in self.conditions)
-
-
-def _provenance(
-    event: DiscoveryEvent, now: Mapping[ServiceKey, ServiceInfo], before: Mapping[ServiceKey, ServiceInfo]
-) -> Provenance | None:
-    service = (now.get(event.key) or before.get(event.key)) if event.key else None
-    return service.provenance if service else None
 
 
 def _kube_source(

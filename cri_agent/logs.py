@@ -17,14 +17,14 @@ _SUBJECT = {
 }
 
 
-def emit_discovery(logger: logging.Logger, event: DiscoveryEvent, *, provenance: str = "") -> None:
+def emit_discovery(logger: logging.Logger, event: DiscoveryEvent) -> None:
     fields: dict[str, Any] = {"namespace": event.namespace, "pod": event.pod_name}
     if event.key:
         fields["key"] = event.key
     if event.service:
         fields["service"] = event.service
-    if provenance:
-        fields["provenance"] = provenance
+    if event.provenance:
+        fields["provenance"] = event.provenance.value
     if event.reason:
         fields["reason"] = event.reason
     if event.fields:

@@ -189,6 +189,7 @@ class DiscoveryEvent:
     service: str = ""  # the service's name when the event is about a service
     reason: str = ""
     fields: tuple[str, ...] = ()  # changed fields (updated) or offending keys (error)
+    provenance: Provenance | None = None  # the service's (the new one's when updated, the old one's when removed)
 
 
 class HealthState(StrEnum):

@@ -104,7 +104,7 @@ def to_wire(service: ServiceInfo, health: Health | None, node_labels: Mapping[st
     return info
 
 
-def event_to_wire(event: DiscoveryEvent, *, at: float, provenance: Provenance | None) -> Any:
+def event_to_wire(event: DiscoveryEvent, *, at: float) -> Any:
     return mesh_pb2.DiscoveryEvent(
         time_unix_ms=int(at * 1000),
         kind=event.kind.value,
@@ -113,7 +113,7 @@ def event_to_wire(event: DiscoveryEvent, *, at: float, provenance: Provenance | 
         pod_uid=event.pod_uid or "",
         service_key=event.key or "",
         service_name=event.service,
-        provenance=_PROVENANCE[provenance] if provenance else mesh_pb2.SERVICE_PROVENANCE_UNKNOWN,
+        provenance=_PROVENANCE[event.provenance] if event.provenance else mesh_pb2.SERVICE_PROVENANCE_UNKNOWN,
         reason=event.reason,
         fields=list(event.fields),
     )
@@ -164,15 +164,15 @@ class ColonySync:
             self._acked = None
             self._changed.set()
 
-    def add_events(self, events: Iterable[Any]) -> None:
-        """Queue mesh.v1 DiscoveryEvents for the colony's audit log (oldest dropped past the bound)."""
+    def add_events(self, events: Iterable[DiscoveryEvent], *, at: float) -> None:
+        """Queue discovery events for the colony's audit log (oldest dropped past the bound)."""
         for event in events:
             if len(self._events) >= MAX_QUEUED_EVENTS:
                 self._events.popleft()
                 self.events_dropped += 1
                 if self.events_dropped == 1:
                     emit(log, "colony.events_dropped", level=logging.WARNING, bound=MAX_QUEUED_EVENTS)
-            self._events.append(event.SerializeToString(deterministic=True))
+            self._events.append(event_to_wire(event, at=at).SerializeToString(deterministic=True))
         self._changed.set()
 
     def set_health(self, health: str) -> None:

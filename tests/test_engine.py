@@ -224,3 +224,14 @@ def test_explicit_service_with_a_selector_follows_its_pod() -> None:
     assert [(s.key, s.name, s.provenance) for s in result.services.values()] == [
         ("shop/u/app/8080", "ledger", Provenance.EXPLICIT)
     ]
+
+
+def test_service_events_carry_the_provenance_of_the_service_they_describe() -> None:
+    first = run([pod("web-0")])
+    annotated = run([pod("web-0", annotations={"coral.io/name": "web-api"})], state(first))
+    gone = run([], state(annotated))
+    assert [(e.kind, e.provenance) for e in (*first.events, *annotated.events, *gone.events)] == [
+        (EventKind.ADDED, Provenance.DISCOVERED),
+        (EventKind.UPDATED, Provenance.OVERRIDDEN),
+        (EventKind.REMOVED, Provenance.OVERRIDDEN),
+    ]

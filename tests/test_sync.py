@@ -13,7 +13,7 @@ import pytest
 
 from coral_base.backoff import Backoff
 from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
-from cri_agent.sync import ColonyEndpoint, ColonySync, event_to_wire
+from cri_agent.sync import ColonyEndpoint, ColonySync
 from tests.colony import SECRET, Colony, logged
 
 
@@ -150,9 +150,16 @@ def test_the_secret_never_reaches_a_log_line(tmp_path: Path, caplog: pytest.LogC
     assert SECRET not in logged(caplog) + shown and "colony.registered" in logged(caplog)
 
 
-def added(n: int) -> Any:
-    event = DiscoveryEvent(EventKind.ADDED, "shop", f"web-{n}", PodUID(f"uid-{n}"), svc(n).key, f"web-{n}")
-    return event_to_wire(event, at=100.0 + n, provenance=Provenance.DISCOVERED)
+def added(n: int) -> DiscoveryEvent:
+    return DiscoveryEvent(
+        EventKind.ADDED,
+        "shop",
+        f"web-{n}",
+        PodUID(f"uid-{n}"),
+        svc(n).key,
+        f"web-{n}",
+        provenance=Provenance.DISCOVERED,
+    )
 
 
 def audited(colony: Colony) -> list[str]:
@@ -163,11 +170,11 @@ def audited(colony: Colony) -> list[str]:
 def test_discovery_events_reach_the_audit_log_once_even_across_an_outage(tmp_path: Path) -> None:
     async def scenario(colony: Colony, sync: ColonySync) -> list[str]:
         sync.set_services({svc(1).key: svc(1)}, {})
-        sync.add_events([added(1)])
+        sync.add_events([added(1)], at=100.0)
         await until(lambda: sync.in_sync and audited(colony) == ["web-1"])
         await colony.stop()
         sync.set_services({s.key: s for s in (svc(1), svc(2))}, {})
-        sync.add_events([added(2), added(3)])
+        sync.add_events([added(2), added(3)], at=100.0)
         await asyncio.sleep(0.3)
         await colony.start()
         await until(lambda: sync.in_sync and sync.connected)
@@ -183,7 +190,7 @@ def test_events_of_a_refused_delta_wait_for_the_next_session(tmp_path: Path) -> 
         await colony.stop()
         colony.path.unlink()  # the colony forgets the session: the delta carrying the events is refused
         await colony.start()
-        sync.add_events([added(4)])
+        sync.add_events([added(4)], at=100.0)
         await until(lambda: sync.in_sync and audited(colony) == ["web-4"])
         return audited(colony)
 

@@ -181,4 +181,5 @@ def _service_event(
         service=service.name,
         reason=reason,
         fields=fields,
+        provenance=service.provenance,
     )
