@@ -53,6 +53,7 @@ from cri_agent.model import (
 from cri_agent.ops.guardrails import Guardrails
 from cri_agent.ops.runner import OperationRunner, PodView
 from cri_agent.providers.cri import SUBSCRIBED, CriClient, RuntimeEvent, RuntimeVersion
+from cri_agent.providers.kube_report import ApiStatus, KubeReport
 from cri_agent.providers.proc import ProcError, ProcFS
 from cri_agent.status_file import StatusFile
 from cri_agent.sync import ColonyEndpoint, ColonySync, OnState
@@ -407,15 +408,16 @@ class NodeAgent:
         emit(log, "runtime.connected", runtime=reason)
         await self._condition("runtime", ok=True, reason=reason)
 
-    def _kube_problem(self, reason: str, ok: bool) -> None:
-        """From the API watches (on the loop): the `kubernetes` condition, and one error event per new problem."""
-        task = asyncio.ensure_future(self._kube_condition(reason, ok))
+    def _kube_problem(self, report: KubeReport) -> None:
+        """From the API watches (on the loop): the `kubernetes` condition, and one error event per new refusal."""
+        task = asyncio.ensure_future(self._kube_condition(report))
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _kube_condition(self, reason: str, ok: bool) -> None:
+    async def _kube_condition(self, report: KubeReport) -> None:
+        ok, reason = report.status == ApiStatus.OK, report.reason
         known = self.conditions.get("kubernetes")
-        if not ok and (known is None or (known.ok, known.reason) != (False, reason)) and "forbids" in reason:
+        if report.status == ApiStatus.FORBIDDEN and (known is None or (known.ok, known.reason) != (False, reason)):
             event = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=reason)
             await self.cache.record_events([event])
             if self.sync is not None:
@@ -458,7 +460,7 @@ class NodeAgent:
 
 
 def _kube_source(
-    settings: Settings, *, on_change: Callable[[], None], on_problem: Callable[[str, bool], None]
+    settings: Settings, *, on_change: Callable[[], None], on_problem: Callable[[KubeReport], None]
 ) -> KubeSource | None:
     k8s = settings.discovery.kubernetes
     if not k8s.api_enabled():

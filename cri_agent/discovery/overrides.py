@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from coral_base.durations import parse_duration
+from coral_base.durations import NotADuration, NotPositive, parse_duration
 from cri_agent.discovery.filters import pod_ref
 from cri_agent.discovery.rules import OverrideRule, Selector, ServiceSpec
 from cri_agent.model import PodRecord, Transport
@@ -87,9 +87,9 @@ def parse_health_interval(raw: str) -> float:
     """``"5s"``, ``"500ms"``, ``"1m"`` or plain seconds ``"5"`` -> seconds, within 1s..1h."""
     try:
         seconds = parse_duration(raw)
-    except ValueError as exc:
-        if "positive" in str(exc):  # "0s": a duration, just not a usable interval
-            raise ValueError(f'"{raw}" is outside 1s..1h') from None
+    except NotPositive:  # "0s": a duration, just not a usable interval
+        raise ValueError(f'"{raw}" is outside 1s..1h') from None
+    except NotADuration:
         raise ValueError(f'"{raw}" is not a duration (e.g. 5s, 500ms, 1m, or seconds)') from None
     if not MIN_HEALTH_INTERVAL_S <= seconds <= MAX_HEALTH_INTERVAL_S:
         raise ValueError(f'"{raw}" is outside 1s..1h')

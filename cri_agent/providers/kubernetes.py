@@ -50,13 +50,14 @@ from cri_agent.model import (
     PodUID,
     SandboxID,
 )
+from cri_agent.providers.kube_report import ApiStatus, KubeReport
 
 log = logging.getLogger("cri_agent.providers.kubernetes")
 
 WATCH_TIMEOUT_S = 240  # server-side watch timeout; the watch resumes from its resourceVersion
 RESTART_GRACE_S = 60.0  # a watch that worked this recently treats 403 as an API server still starting
 OWNER_TIMEOUT_S = 10.0
-Problem = Callable[[str, bool], None]  # (reason, ok) from a watch thread: the agent's `kubernetes` condition
+Problem = Callable[[KubeReport], None]  # from a watch thread: the agent's `kubernetes` condition
 OwnerKey = tuple[str, str, str]  # (kind, namespace, name) of a ReplicaSet or Job
 PARENTS = {"ReplicaSet": "Deployment", "Job": "CronJob"}  # owners looked up, and the kind of their own owner
 
@@ -92,7 +93,7 @@ class KubeSource:
         node_name: str,
         forbidden_retry_s: float = 300.0,
         on_change: Callable[[], None] = lambda: None,
-        on_problem: Problem = lambda reason, ok: None,
+        on_problem: Problem = lambda report: None,
     ) -> None:
         self.api = api
         self.node_name = node_name
@@ -344,16 +345,18 @@ class KubeSource:
         if self._forbidden.get(name) != need:  # once per missing permission, whichever object was denied
             self._forbidden[name] = need
             emit(log, "kubernetes.forbidden", level=logging.WARNING, watch=name, reason=reason)
-            loop.call_soon_threadsafe(self.on_problem, reason, False)
+            report = KubeReport(ApiStatus.FORBIDDEN, reason, watch=name, permission=need)
+            loop.call_soon_threadsafe(self.on_problem, report)
 
     def _fail(self, name: str, reason: str, loop: asyncio.AbstractEventLoop) -> None:
         self._failed.add(name)
-        loop.call_soon_threadsafe(self.on_problem, f"watch {name}: {reason}", False)
+        loop.call_soon_threadsafe(self.on_problem, KubeReport(ApiStatus.FAILED, f"watch {name}: {reason}", watch=name))
 
     def _ok(self, name: str, loop: asyncio.AbstractEventLoop) -> None:
         self._forbidden.pop(name, None)
         if not self._forbidden:
-            loop.call_soon_threadsafe(self.on_problem, "watching pods of this node and its node", True)
+            report = KubeReport(ApiStatus.OK, "watching pods of this node and its node")
+            loop.call_soon_threadsafe(self.on_problem, report)
 
     # -- the fallback record -----------------------------------------------------------------------
 
