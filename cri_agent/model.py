@@ -98,6 +98,20 @@ class ContainerRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PodProblem:
+    """Something wrong in one pod's metadata: which key, why, and in which container when it is one's."""
+
+    key: str  # the annotation or label, e.g. "coral.io/port", "io.kubernetes.container.ports"
+    reason: str
+    container: str = ""
+
+    def render(self, pod: str) -> str:
+        """``namespace/pod: [container c: ]key: reason``: the text events, logs and the cache keep."""
+        where = f"container {self.container}: " if self.container else ""
+        return f"{pod}: {where}{self.key}: {self.reason}"
+
+
+@dataclass(frozen=True, slots=True)
 class PodRecord:
     """A READY pod sandbox as the runtime (or the API fallback) sees it."""
 
@@ -119,7 +133,7 @@ class PodRecord:
     host_network: bool = False
     # Problems a provider met reading this pod (e.g. malformed
     # io.kubernetes.container.ports JSON): reported as error events.
-    provider_errors: tuple[str, ...] = ()
+    provider_problems: tuple[PodProblem, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from cri_agent.model import (
     ContainerState,
     DeclaredPort,
     ListeningSocket,
+    PodProblem,
     PodRecord,
     PodUID,
     SandboxID,
@@ -44,7 +45,7 @@ def pod(
     containers: Sequence[ContainerRecord] | None = None,
     ip: str = "10.250.1.2",
     owner: str = "",
-    provider_errors: Sequence[str] = (),
+    provider_problems: Sequence[PodProblem] = (),
 ) -> PodRecord:
     return PodRecord(
         uid=PodUID(uid or f"uid-{namespace}-{name}"),
@@ -56,7 +57,7 @@ def pod(
         ip=ip,
         containers=tuple(containers if containers is not None else [container(ports=[DeclaredPort(8080)])]),
         owner=owner,
-        provider_errors=tuple(provider_errors),
+        provider_problems=tuple(provider_problems),
     )
 
 

@@ -6,7 +6,7 @@ from dataclasses import replace
 
 from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
 from cri_agent.discovery.rules import DiscoveryRules, ExplicitService, FilterRules, Selector
-from cri_agent.model import DeclaredPort, EventKind, NodeSnapshot, PodRecord, PodUID, Provenance
+from cri_agent.model import DeclaredPort, EventKind, NodeSnapshot, PodProblem, PodRecord, PodUID, Provenance
 from tests.builders import container, pod
 
 RULES = DiscoveryRules(filters=FilterRules(exclude_namespaces=frozenset({"kube-system"})), node_name="node-a")
@@ -112,7 +112,8 @@ def test_a_fixed_annotation_can_break_again_and_is_reported_again() -> None:
 
 
 def test_provider_errors_become_error_events() -> None:
-    result = run([pod(provider_errors=["container app: io.kubernetes.container.ports: malformed JSON (x)"])])
+    problem = PodProblem("io.kubernetes.container.ports", "malformed JSON (x)", container="app")
+    result = run([pod(provider_problems=[problem])])
     assert [(e.reason, e.fields) for e in result.events if e.kind == EventKind.ERROR] == [
         (
             "shop/web-0: container app: io.kubernetes.container.ports: malformed JSON (x)",

@@ -52,9 +52,9 @@ def test_opt_out_wins_even_without_any_rule() -> None:
 
 def test_malformed_enabled_annotation_is_an_error_and_counts_as_unset() -> None:
     decision = evaluate(pod(annotations={"coral.io/enabled": "maybe"}), FilterRules())
-    assert (decision.included, decision.errors) == (
+    assert (decision.included, [e.render("shop/web-0") for e in decision.errors]) == (
         True,
-        ('shop/web-0: coral.io/enabled: "maybe" is not true or false; ignored',),
+        ['shop/web-0: coral.io/enabled: "maybe" is not true or false; ignored'],
     )
 
 

@@ -51,7 +51,7 @@ def test_port_annotation_values(raw: str, ports: tuple[tuple[int, str], ...]) ->
 )
 def test_malformed_annotation_is_one_error_naming_pod_key_and_reason(key: str, value: str, reason: str) -> None:
     _, errors = from_annotations(pod(annotations={key: value}))
-    assert errors == (f"shop/web-0: {key}: {reason}; ignored",)
+    assert [e.render("shop/web-0") for e in errors] == [f"shop/web-0: {key}: {reason}; ignored"]
 
 
 @pytest.mark.parametrize(
@@ -76,7 +76,7 @@ def test_every_malformed_annotation_is_reported_separately() -> None:
     _, errors = from_annotations(
         pod(annotations={"coral.io/port": "x", "coral.io/type": "!", "coral.io/health-interval": "soon"})
     )
-    assert [e.split(": ")[1] for e in errors] == ["coral.io/type", "coral.io/port", "coral.io/health-interval"]
+    assert [e.key for e in errors] == ["coral.io/type", "coral.io/port", "coral.io/health-interval"]
 
 
 def test_other_annotations_still_apply_next_to_a_malformed_one() -> None:

@@ -14,7 +14,6 @@ a restart), so events describe only real changes:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -43,7 +42,7 @@ class PodDecision:
     name: str
     included: bool
     reason: str  # stable human string
-    errors: tuple[str, ...] = ()  # stable error strings, sorted
+    errors: tuple[str, ...] = ()  # the rendered problems (PodProblem.render), sorted: what the cache keeps
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,18 +82,19 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
 
     for pod in snapshot.pods:
         verdict = evaluate(pod, rules.filters)
-        errors = set(verdict.errors) | {f"{pod_ref(pod)}: {e}" for e in pod.provider_errors}
+        problems = [*verdict.errors, *pod.provider_problems]
         if verdict.included:
-            derived, service_errors = derive_services(
+            derived, service_problems = derive_services(
                 pod, rules, node_name=node_name, now=now, previous=known_by_pod.get(pod.uid, ())
             )
-            errors.update(service_errors)
+            problems += service_problems
             services.update((s.key, s) for s in derived)
             instances = deciding_instances(pod.containers)
             completed.update((pod.uid, c.name) for c in instances if phase(c, now=now) == Phase.COMPLETED)
             if (settles := settles_at(instances, now=now)) is not None:
                 recheck_at = settles if recheck_at is None else min(recheck_at, settles)
         reason = verdict.reason if verdict.included or verdict.opt_out else f"filtered out: {verdict.reason}"
+        errors = {problem.render(pod_ref(pod)): problem for problem in problems}  # rendered once, here
         decision = PodDecision(
             uid=pod.uid,
             namespace=pod.namespace,
@@ -107,8 +107,8 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
         previous = known.pods.get(pod.uid)
         if not verdict.included and (previous is None or previous.reason != decision.reason):
             events.append(_pod_event(EventKind.SKIPPED, decision, reason=verdict.reason))
-        for error in sorted(errors - set(previous.errors if previous else ())):
-            events.append(_pod_event(EventKind.ERROR, decision, reason=error, fields=(_error_key(error),)))
+        for error in sorted(set(errors) - set(previous.errors if previous else ())):
+            events.append(_pod_event(EventKind.ERROR, decision, reason=error, fields=(errors[error].key,)))
 
     included = [pod for pod in snapshot.pods if pods[pod.uid].included]
     for explicit in rules.services:
@@ -139,15 +139,6 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
         removed=tuple(removed),
         recheck_at=recheck_at,
     )
-
-
-_ANNOTATION_KEY = re.compile(r"[a-z0-9-]+(\.[a-z0-9-]+)+(/[A-Za-z0-9._-]+)?")
-
-
-def _error_key(error: str) -> str:
-    """The offending key of ``namespace/pod: [container c: ]key: reason``."""
-    parts = error.split(": ")[1:-1]
-    return next((p for p in parts if _ANNOTATION_KEY.fullmatch(p)), parts[0] if parts else "")
 
 
 def _removal_reason(old: ServiceInfo, pods: Mapping[PodUID, PodDecision], completed: set[tuple[PodUID, str]]) -> str:

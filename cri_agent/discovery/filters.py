@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from cri_agent.discovery.rules import FilterRules
-from cri_agent.model import PodRecord
+from cri_agent.model import PodProblem, PodRecord
 
 ENABLED = "coral.io/enabled"
 _TRUE = frozenset({"true", "yes", "1", "on"})
@@ -34,7 +34,7 @@ class FilterDecision:
     included: bool
     reason: str  # stable, human-readable; compared across passes
     opt_out: bool = False
-    errors: tuple[str, ...] = ()
+    errors: tuple[PodProblem, ...] = ()
 
 
 def pod_ref(pod: PodRecord) -> str:
@@ -55,13 +55,13 @@ def _pairs(labels: Mapping[str, str]) -> str:
 
 
 def evaluate(pod: PodRecord, rules: FilterRules) -> FilterDecision:
-    errors: tuple[str, ...] = ()
+    errors: tuple[PodProblem, ...] = ()
     enabled: bool | None = None
     if ENABLED in pod.annotations:
         raw = pod.annotations[ENABLED]
         enabled = parse_bool(raw)
         if enabled is None:
-            errors = (f'{pod_ref(pod)}: {ENABLED}: "{raw}" is not true or false; ignored',)
+            errors = (PodProblem(ENABLED, f'"{raw}" is not true or false; ignored'),)
 
     def excluded(reason: str, *, opt_out: bool = False) -> FilterDecision:
         return FilterDecision(included=False, reason=reason, opt_out=opt_out, errors=errors)

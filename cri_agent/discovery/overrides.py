@@ -14,9 +14,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from coral_base.durations import NotADuration, NotPositive, parse_duration
-from cri_agent.discovery.filters import pod_ref
 from cri_agent.discovery.rules import OverrideRule, Selector, ServiceSpec
-from cri_agent.model import PodRecord, Transport
+from cri_agent.model import PodProblem, PodRecord, Transport
 
 NAME = "coral.io/name"
 TYPE = "coral.io/type"
@@ -101,13 +100,13 @@ def _annotation(pod: PodRecord, key: str) -> str | None:
     return None if value is None else value.strip()
 
 
-def from_annotations(pod: PodRecord) -> tuple[Metadata, tuple[str, ...]]:
-    """The pod's ``coral.io/*`` annotations, and one error per malformed one."""
-    errors: list[str] = []
+def from_annotations(pod: PodRecord) -> tuple[Metadata, tuple[PodProblem, ...]]:
+    """The pod's ``coral.io/*`` annotations, and one problem per malformed one."""
+    errors: list[PodProblem] = []
     values: dict[str, object] = {}
 
     def error(key: str, reason: str) -> None:
-        errors.append(f"{pod_ref(pod)}: {key}: {reason}; ignored")
+        errors.append(PodProblem(key, f"{reason}; ignored"))
 
     if (name := _annotation(pod, NAME)) is not None:
         if _NAME.match(name):

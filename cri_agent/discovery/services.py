@@ -30,6 +30,7 @@ from cri_agent.discovery.rules import DiscoveryRules, ExplicitService
 from cri_agent.model import (
     ContainerRecord,
     ContainerState,
+    PodProblem,
     PodRecord,
     PodUID,
     Provenance,
@@ -253,7 +254,7 @@ def derive_services(
     node_name: str,
     now: float = 0.0,
     previous: Sequence[ServiceInfo] = (),
-) -> tuple[tuple[ServiceInfo, ...], tuple[str, ...]]:
+) -> tuple[tuple[ServiceInfo, ...], tuple[PodProblem, ...]]:
     """The services of one included pod, and the pod's annotation errors.
 
     ``previous``: the pod's services after the last pass; a container that is restarting or has

@@ -38,6 +38,7 @@ from cri_agent.model import (
     ContainerRecord,
     ContainerState,
     DeclaredPort,
+    PodProblem,
     PodRecord,
     PodUID,
     SandboxID,
@@ -237,7 +238,7 @@ class CriClient:
                 details = await self._sandbox_details(sandbox.id)
             if details is None:
                 return None  # went away between list and status
-            records, errors = [], []
+            records: list[tuple[ContainerRecord, str]] = []
             for container in by_sandbox.get(sandbox.id, []):
                 if container.state == api_pb2.CONTAINER_UNKNOWN:
                     continue
@@ -245,8 +246,8 @@ class CriClient:
                     record, error = await self._container_record(container)
                 records.append((record, error))
             deciding = deciding_instances(record for record, _ in records)
-            errors = [f"container {r.name}: {error}" for r, error in records if error and r in deciding]
-            return _pod_record(sandbox, details, deciding, errors)
+            problems = [PodProblem(CONTAINER_PORTS, error, r.name) for r, error in records if error and r in deciding]
+            return _pod_record(sandbox, details, deciding, problems)
 
         found = await asyncio.gather(*(pod_of(sandbox) for sandbox in sandboxes))
         return [pod for pod in found if pod is not None]
@@ -410,7 +411,7 @@ class _NotFound(CoralError):
 
 
 def parse_declared_ports(raw: str) -> tuple[tuple[DeclaredPort, ...], str]:
-    """kubelet's ``io.kubernetes.container.ports`` JSON -> ports, error ("" if none)."""
+    """kubelet's ``io.kubernetes.container.ports`` JSON -> ports, and what is wrong with it ("" if nothing)."""
     if not raw:
         return (), ""
     try:
@@ -428,11 +429,11 @@ def parse_declared_ports(raw: str) -> tuple[tuple[DeclaredPort, ...], str]:
             ports.append(DeclaredPort(port=port, protocol=cast(Any, protocol), name=str(entry.get("name") or "")))
         return tuple(ports), ""
     except (ValueError, TypeError, KeyError) as exc:
-        return (), f"{CONTAINER_PORTS}: malformed JSON ({exc})"
+        return (), f"malformed JSON ({exc})"
 
 
 def _pod_record(
-    sandbox: Any, details: _SandboxDetails, containers: list[ContainerRecord], errors: list[str]
+    sandbox: Any, details: _SandboxDetails, containers: list[ContainerRecord], problems: list[PodProblem]
 ) -> PodRecord:
     labels = sandbox.labels
     return PodRecord(
@@ -448,7 +449,7 @@ def _pod_record(
         created_at_ns=sandbox.created_at,
         containers=tuple(containers),
         host_network=details.host_network,
-        provider_errors=tuple(errors),
+        provider_problems=tuple(problems),
     )
 
 
