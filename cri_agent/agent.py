@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from coral_base import __version__
 from coral_base.backoff import Backoff
 from coral_base.errors import CoralError
+from coral_base.lifecycle import Stage, StopPolicy, run_stages
 from coral_base.logs import emit
 from cri_agent.cache import CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
@@ -158,40 +159,31 @@ class NodeAgent:
             cri_socket=str(self.settings.discovery.cri.socket),
         )
         self.health.set_services(self.known.services)
-        tasks: list[asyncio.Task[None]] = [
-            asyncio.create_task(self._discovery(), name="discovery"),
-            asyncio.create_task(self.health.run(), name="health"),
-        ]
-        if self.settings.discovery.cri.events:
-            tasks.append(asyncio.create_task(self._events(), name="runtime-events"))
-        if self.kube is not None:
-            tasks.append(asyncio.create_task(self.kube.run(), name="kubernetes"))
         if self.sync is not None:
             self.sync.set_services(self.known.services, self.health.health)
-            tasks.append(asyncio.create_task(self.sync.run(), name="colony-sync"))
-            control = ControlStream(self.sync, self.operations)
-            tasks.append(asyncio.create_task(control.run(), name="control"))
-        stopped = asyncio.create_task(stop.wait())
         try:
-            done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopped and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            await run_stages(self._stages(), stop, on_stopping=self._stopping_now, grace_s=SHUTDOWN_GRACE_S)
         finally:
-            stopped.cancel()
-            await self._shutdown(tasks)
+            await self.runtime.close()
+            await self.cache.writer.close()
+            emit(log, "agent.stopped", node=self.node_name, passes=self.passes)
 
-    async def _shutdown(self, tasks: list[asyncio.Task[None]]) -> None:
+    def _stages(self) -> list[Stage]:
+        """What runs, in start order; stopped in reverse: events, sync and probes first, then the pass
+        under way finishes (it may be writing the cache)."""
+        stages = [Stage("discovery", self._discovery, StopPolicy.FINISH), Stage("health", self.health.run)]
+        if self.settings.discovery.cri.events:
+            stages.append(Stage("runtime-events", self._events))
+        if self.kube is not None:
+            stages.append(Stage("kubernetes", self.kube.run))
+        if self.sync is not None:
+            stages.append(Stage("colony-sync", self.sync.run))
+            stages.append(Stage("control", ControlStream(self.sync, self.operations).run))
+        return stages
+
+    def _stopping_now(self) -> None:
         self._stopping = True
         self._wake.set()
-        for task in reversed(tasks):  # events and probes first, then let the current pass finish
-            if task.get_name() in ("runtime-events", "health", "colony-sync", "control", "kubernetes"):
-                task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError):
-                await asyncio.wait_for(task, SHUTDOWN_GRACE_S)
-        await self.runtime.close()
-        await self.cache.writer.close()
-        emit(log, "agent.stopped", node=self.node_name, passes=self.passes)
 
     # -- runtime events -> wake-ups --------------------------------------------
 
