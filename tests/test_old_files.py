@@ -1,0 +1,107 @@
+"""Files written by an older release open with today's code: an agent cache and a colony registry that the
+code of main at a8a58de wrote (tests/fixtures/*-a8a58de.db), copied, opened for writing, and read back."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+from coral_colony.registry import Registry
+from cri_agent.cache import Cache, CacheContents, CacheWriter
+from cri_agent.cache_keeper import CacheKeeper
+from cri_agent.discovery.engine import reconcile
+from cri_agent.discovery.rules import DiscoveryRules
+from cri_agent.model import (
+    ContainerID,
+    ContainerRecord,
+    ContainerState,
+    DeclaredPort,
+    NodeSnapshot,
+    PodRecord,
+    PodUID,
+    Provenance,
+    SandboxID,
+)
+from cri_agent.status_file import read_status
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def fixture_pod(name: str, annotations: dict[str, str] | None = None) -> PodRecord:
+    """A pod as the fixtures' writer described it."""
+    web = ContainerRecord(
+        id=ContainerID(f"{name:0<64}"[:64]),
+        name="web",
+        state=ContainerState.RUNNING,
+        declared_ports=(DeclaredPort(8080, "TCP", "http"),),
+        process_names=("httpd",),
+    )
+    return PodRecord(
+        uid=PodUID(f"uid-{name}"),
+        name=name,
+        namespace="shop",
+        sandbox_id=SandboxID(f"sb-{name}"),
+        labels={"app": name},
+        annotations=annotations or {},
+        ip="10.250.0.7",
+        owner=f"Deployment/{name}",
+        containers=(web,),
+    )
+
+
+def copy(name: str, tmp_path: Path) -> Path:
+    target = tmp_path / name
+    shutil.copyfile(FIXTURES / name, target)
+    return target
+
+
+def test_an_agent_cache_written_by_the_previous_release_restores_its_state_without_churn(tmp_path: Path) -> None:
+    cache = Cache(copy("agent-a8a58de.db", tmp_path))
+    known = cache.load_known()
+    assert sorted((s.name, s.port, s.provenance, s.workload) for s in known.services.values()) == [
+        ("checkout", 8080, Provenance.DISCOVERED, "Deployment/checkout"),
+        ("payments-api", 8080, Provenance.OVERRIDDEN, "Deployment/payments"),
+    ]
+    assert [e.kind for e in cache.events()] == ["error", "added", "added", "added", "removed"]
+    assert [o["operator"] for o in cache.operations()] == ["alice"]
+    assert {c["name"]: c["ok"] for c in cache.conditions()} == {"runtime": 1}
+    # The same pods again (as the old code saw them): nothing to say, as after any restart.
+    pods = (fixture_pod("checkout"), fixture_pod("payments", {"coral.io/name": "payments-api"}))
+    result = reconcile(known, NodeSnapshot("node-a", pods, taken_at=2000.0), DiscoveryRules(node_name="node-a"))
+    assert result.events == ()
+    cache.close()
+
+
+def test_an_agent_started_on_an_old_cache_takes_it_over(tmp_path: Path) -> None:
+    path = copy("agent-a8a58de.db", tmp_path)
+
+    async def scenario() -> int:
+        states: list[bool] = []
+
+        async def state(ok: bool, reason: str) -> None:
+            states.append(ok)
+
+        keeper = CacheKeeper(
+            CacheWriter(path),
+            node_name="node-a",
+            contents=lambda: CacheContents({}, {}, [], [], {}),
+            on_state=state,
+        )
+        known = await keeper.open()
+        await keeper.writer.close()
+        assert states == [True]
+        return len(known.services)
+
+    assert asyncio.run(scenario()) == 2
+    assert read_status(path) is None  # the old release kept no status file
+
+
+def test_a_colony_registry_written_by_the_previous_release_opens_and_lists_its_agent(tmp_path: Path) -> None:
+    registry = Registry(copy("colony-a8a58de.db", tmp_path))
+    [agent] = registry.agents()
+    assert (agent["agent_id"], agent["state"], agent["health"]) == ("node-agent-node-a", "healthy", "healthy")
+    services = registry.services()
+    assert sorted(s["component_name"] for s in services) == ["checkout", "payments-api"]
+    assert {s["workload"] for s in services} == {"Deployment/checkout", "Deployment/payments"}
+    registry.close()
