@@ -25,6 +25,7 @@ from typing import Any, Literal, cast
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from coral_base.sql_params import in_chunks
 from coral_colony.audit import AuditEntry, AuditKind, AuditLog
 
 AgentKind = Literal["node-agent", "single-service"]
@@ -400,9 +401,7 @@ class Registry:
         mine = [k for k in keys if k in owners and owners[k][0] == agent_id]
         theirs = tuple(k for k in keys if k in owners and owners[k][0] != agent_id)
         rows: list[dict[str, Any]] = []
-        for start in range(0, len(mine), 500):
-            chunk = mine[start : start + 500]
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in in_chunks(mine):
             rows += _rows(self.db.execute(f"SELECT * FROM services WHERE key IN ({marks})", chunk))
             self.db.execute(f"DELETE FROM services WHERE key IN ({marks})", chunk)
         self.audit.append(
@@ -438,9 +437,7 @@ class Registry:
 
     def _owners(self, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
         owners: dict[str, tuple[str, float]] = {}
-        for start in range(0, len(keys), 500):
-            chunk = list(keys[start : start + 500])
-            marks = ",".join("?" * len(chunk))
+        for marks, chunk in in_chunks(keys):
             for key, owner, first in self.db.execute(
                 f"SELECT key, agent_id, first_seen FROM services WHERE key IN ({marks})", chunk
             ):

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, cast
 import sqlite_utils
 from sqlite_utils.db import Table
 
+from coral_base.sql_params import in_chunks
 from cri_agent import cache_reader
 from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState, PodDecision, Reconciliation
@@ -330,7 +331,8 @@ class Cache:
             current = list(contents.services)
             stored = [row[0] for row in db.execute("SELECT key FROM services")]
             gone = [key for key in stored if key not in contents.services]
-            for_each_chunk(gone, lambda marks, chunk: db.execute(f"DELETE FROM services WHERE key IN ({marks})", chunk))
+            for marks, chunk in in_chunks(gone):
+                db.execute(f"DELETE FROM services WHERE key IN ({marks})", chunk)
             first_seen = _first_seen(db, "services", "key", current)
             _table(db, "services").upsert_all(
                 (
@@ -592,20 +594,10 @@ def _table(db: sqlite_utils.Database, name: str) -> Table:
     return cast(Table, db[name])
 
 
-def for_each_chunk(keys: Sequence[str], run: Callable[[str, list[str]], Any], size: int = 500) -> None:
-    """``run(marks, chunk)`` per chunk of at most ``size`` keys: SQLite caps the parameters of one statement."""
-    for start in range(0, len(keys), size):
-        chunk = list(keys[start : start + size])
-        run(",".join("?" * len(chunk)), chunk)
-
-
 def _first_seen(db: sqlite_utils.Database, table: str, pk: str, keys: Iterable[str]) -> dict[str, float]:
     found: dict[str, float] = {}
-
-    def select(marks: str, chunk: list[str]) -> None:
+    for marks, chunk in in_chunks(list(keys)):
         found.update(db.execute(f"SELECT {pk}, first_seen FROM {table} WHERE {pk} IN ({marks})", chunk).fetchall())
-
-    for_each_chunk(list(keys), select)
     return found
 
 
