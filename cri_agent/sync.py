@@ -33,16 +33,11 @@ import grpc.aio
 
 from coral_base.backoff import Backoff
 from coral_base.logs import emit
-from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
-from cri_agent.model import DiscoveryEvent, Health, Provenance, ServiceInfo, ServiceKey
+from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
+from cri_agent import mesh_codec
+from cri_agent.model import DiscoveryEvent, Health, ServiceInfo, ServiceKey
 
 log = logging.getLogger("cri_agent.sync")
-
-_PROVENANCE = {
-    Provenance.EXPLICIT: mesh_pb2.SERVICE_PROVENANCE_EXPLICIT,
-    Provenance.DISCOVERED: mesh_pb2.SERVICE_PROVENANCE_DISCOVERED,
-    Provenance.OVERRIDDEN: mesh_pb2.SERVICE_PROVENANCE_OVERRIDDEN,
-}
 
 Wire = dict[ServiceKey, bytes]  # key -> serialized ServiceInfo, compared to find changes
 OnState = Callable[[bool, str], Awaitable[None]]  # (connected, reason): the agent's `colony` condition
@@ -73,50 +68,6 @@ class _Delta:
     removed: tuple[ServiceKey, ...]
     snapshot: Wire  # desired state this delta brings the colony to
     events: tuple[bytes, ...] = ()
-
-
-def to_wire(service: ServiceInfo, health: Health | None, node_labels: Mapping[str, str]) -> Any:
-    info = mesh_pb2.ServiceInfo(
-        component_name=service.name,
-        port=service.port or 0,
-        health_endpoint=service.health_endpoint,
-        service_type=service.service_type,
-        labels=dict(service.labels),
-        provenance=_PROVENANCE[service.provenance],
-        node_name=service.node_name,
-        node_labels=dict(node_labels),
-        service_key=service.key,
-        namespace=service.namespace,
-        pod_name=service.pod_name,
-        pod_uid=service.pod_uid,
-        container_name=service.container,
-        protocol=service.protocol or "",
-        pod_ip=service.pod_ip,
-        health_interval_ms=int(service.health_interval_s * 1000),
-        overridden_fields=list(service.overridden_fields),
-        workload=service.workload,
-    )
-    if health is not None:
-        info.health.state = health.state.value
-        info.health.last_error = health.last_error
-        info.health.latency_ms = health.latency_ms or 0.0
-        info.health.since_unix_ms = int(health.since * 1000)
-    return info
-
-
-def event_to_wire(event: DiscoveryEvent, *, at: float) -> Any:
-    return mesh_pb2.DiscoveryEvent(
-        time_unix_ms=int(at * 1000),
-        kind=event.kind.value,
-        namespace=event.namespace,
-        pod_name=event.pod_name,
-        pod_uid=event.pod_uid or "",
-        service_key=event.key or "",
-        service_name=event.service,
-        provenance=_PROVENANCE[event.provenance] if event.provenance else mesh_pb2.SERVICE_PROVENANCE_UNKNOWN,
-        reason=event.reason,
-        fields=list(event.fields),
-    )
 
 
 def colony_channel(endpoint: ColonyEndpoint) -> grpc.aio.Channel:
@@ -152,7 +103,7 @@ class ColonySync:
     def set_services(self, services: Mapping[ServiceKey, ServiceInfo], health: Mapping[ServiceKey, Health]) -> None:
         labels = self.endpoint.node_labels
         self._desired = {
-            key: to_wire(service, health.get(key), labels).SerializeToString(deterministic=True)
+            key: mesh_codec.service(service, health.get(key), labels).SerializeToString(deterministic=True)
             for key, service in services.items()
         }
         self._changed.set()
@@ -172,7 +123,7 @@ class ColonySync:
                 self.events_dropped += 1
                 if self.events_dropped == 1:
                     emit(log, "colony.events_dropped", level=logging.WARNING, bound=MAX_QUEUED_EVENTS)
-            self._events.append(event_to_wire(event, at=at).SerializeToString(deterministic=True))
+            self._events.append(mesh_codec.event(event, at=at).SerializeToString(deterministic=True))
         self._changed.set()
 
     def set_health(self, health: str) -> None:
@@ -252,16 +203,17 @@ class ColonySync:
 
     async def _register(self, stub: Any) -> None:
         snapshot = dict(self._desired)
-        request = mesh_pb2.RegisterRequest(
-            agent_id=self.endpoint.agent_id,
-            colony_id=self.endpoint.colony_id,
-            colony_secret=self.endpoint.secret,
-            version=self.endpoint.version,
-            node_name=self.endpoint.node_name,
-            node_labels=dict(self.endpoint.node_labels),
-            services=[mesh_pb2.ServiceInfo.FromString(data) for data in snapshot.values()],
+        endpoint = self.endpoint
+        request = mesh_codec.register_request(
+            agent_id=endpoint.agent_id,
+            colony_id=endpoint.colony_id,
+            secret=endpoint.secret,
+            version=endpoint.version,
+            node_name=endpoint.node_name,
+            node_labels=endpoint.node_labels,
+            services=snapshot.values(),
         )
-        response = await stub.Register(request, timeout=self.endpoint.timeout_s)
+        response = await stub.Register(request, timeout=endpoint.timeout_s)
         self._requeue(self._pending)
         self._session, self._sequence, self._pending = response.session_token, 0, None
         self._registered.set()
@@ -291,13 +243,13 @@ class ColonySync:
             self._events.clear()
         delta = self._pending
         response = await stub.UpdateServices(
-            mesh_pb2.UpdateServicesRequest(
+            mesh_codec.update_request(
                 agent_id=self.endpoint.agent_id,
-                session_token=self._session,
+                session=self._session,
                 sequence=delta.sequence,
-                upserts=[mesh_pb2.ServiceInfo.FromString(data) for data in delta.upserts],
-                removed_keys=list(delta.removed),
-                events=[mesh_pb2.DiscoveryEvent.FromString(data) for data in delta.events],
+                upserts=delta.upserts,
+                removed=delta.removed,
+                events=delta.events,
             ),
             timeout=self.endpoint.timeout_s,
         )
@@ -313,11 +265,8 @@ class ColonySync:
     async def _heartbeat(self, stub: Any) -> None:
         health = self.health
         response = await stub.Heartbeat(
-            mesh_pb2.HeartbeatRequest(
-                agent_id=self.endpoint.agent_id,
-                session_token=self._session,
-                health=health,
-                sequence=self._sequence,
+            mesh_codec.heartbeat_request(
+                agent_id=self.endpoint.agent_id, session=self._session, health=health, sequence=self._sequence
             ),
             timeout=self.endpoint.timeout_s,
         )
