@@ -22,12 +22,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, cast
-
-import sqlite_utils
-from sqlite_utils.db import Table
+from typing import Any, TypeVar
 
 from coral_base.sql_params import in_chunks
+from coral_base.sqlite_tables import Database
 from cri_agent import cache_reader
 from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState, PodDecision, Reconciliation
@@ -120,9 +118,10 @@ class Cache:
                 conn = sqlite3.connect(str(path), timeout=5.0)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-            self.db = sqlite_utils.Database(conn)
+            self.db = Database(conn)
             if not read_only:
-                self._create_schema()
+                with conn:  # one transaction, committed
+                    self._create_schema()
                 # The file as opened: a later unlink or rename over the path shows in its link count or inode.
                 self._hold_descriptors()
         except (sqlite3.Error, OSError) as exc:
@@ -133,14 +132,10 @@ class Cache:
 
     def _create_schema(self) -> None:
         db = self.db
-        _table(db, "meta").create({"key": str, "value": str}, pk="key", if_not_exists=True)
-        _table(db, "meta").upsert({"key": "schema_version", "value": str(SCHEMA_VERSION)}, pk="key")
-        _table(db, "services").create(SERVICE_COLUMNS, pk="key", if_not_exists=True)
-        existing = _table(db, "services").columns_dict
-        for name, type_ in SERVICE_COLUMNS.items():  # a cache an older agent wrote: its rows read as ""
-            if name not in existing:
-                _table(db, "services").add_column(name, type_)
-        _table(db, "pods").create(
+        db.table("meta").create({"key": str, "value": str}, pk="key")
+        db.table("meta").upsert_all([{"key": "schema_version", "value": str(SCHEMA_VERSION)}], pk="key")
+        db.table("services").create(SERVICE_COLUMNS, pk="key")
+        db.table("pods").create(
             {
                 "uid": str,
                 "namespace": str,
@@ -152,9 +147,8 @@ class Cache:
                 "last_seen": float,
             },
             pk="uid",
-            if_not_exists=True,
         )
-        _table(db, "discovery_events").create(
+        db.table("discovery_events").create(
             {
                 "id": int,
                 "at": float,
@@ -169,11 +163,10 @@ class Cache:
                 "node_name": str,
             },
             pk="id",
-            if_not_exists=True,
         )
-        _table(db, "discovery_events").create_index(["at"], if_not_exists=True)
-        _table(db, "discovery_events").create_index(["kind"], if_not_exists=True)
-        _table(db, "operations").create(
+        db.table("discovery_events").create_index(["at"])
+        db.table("discovery_events").create_index(["kind"])
+        db.table("operations").create(
             {
                 "id": int,
                 "started_at": float,
@@ -192,9 +185,8 @@ class Cache:
                 "error": str,
             },
             pk="id",
-            if_not_exists=True,
         )
-        _table(db, "health").create(
+        db.table("health").create(
             {
                 "key": str,
                 "state": str,  # healthy / unhealthy / unknown
@@ -204,18 +196,16 @@ class Cache:
                 "last_error": str,
             },
             pk="key",
-            if_not_exists=True,
         )
-        _table(db, "conditions").create(
+        db.table("conditions").create(
             {"name": str, "ok": int, "reason": str, "since": float, "updated": float},
             pk="name",
-            if_not_exists=True,
         )
 
     # -- agent side ---------------------------------------------------------
 
     def load_known(self) -> KnownState:
-        services = {ServiceKey(row["key"]): _service_from_row(row) for row in _table(self.db, "services").rows}
+        services = {ServiceKey(row["key"]): _service_from_row(row) for row in self.db.table("services").rows_where()}
         pods = {
             PodUID(row["uid"]): PodDecision(
                 uid=PodUID(row["uid"]),
@@ -225,7 +215,7 @@ class Cache:
                 reason=row["reason"],
                 errors=tuple(json.loads(row["errors"] or "[]")),
             )
-            for row in _table(self.db, "pods").rows
+            for row in self.db.table("pods").rows_where()
         }
         return KnownState(services=services, pods=pods)
 
@@ -250,7 +240,7 @@ class Cache:
                 db.execute("DELETE FROM services WHERE key = ?", [key])
             if reconciliation.upserted:
                 first_seen = _first_seen(db, "services", "key", [s.key for s in reconciliation.upserted])
-                _table(db, "services").upsert_all(
+                db.table("services").upsert_all(
                     (
                         _service_row(s, first_seen=first_seen.get(s.key, now), last_seen=now)
                         for s in reconciliation.upserted
@@ -262,7 +252,7 @@ class Cache:
             self._apply_pods(reconciliation.pods, now=now, touch=touch)
             self._insert_events(reconciliation.events, node_name=node_name, now=now)
             self._trim_events(now=now, rows=retention_rows, days=retention_days)
-            _table(db, "meta").upsert({"key": "last_pass_at", "value": repr(now)}, pk="key")
+            db.table("meta").upsert_all([{"key": "last_pass_at", "value": repr(now)}], pk="key")
 
     def _apply_pods(self, pods: Mapping[PodUID, PodDecision], *, now: float, touch: bool) -> None:
         db = self.db
@@ -295,14 +285,14 @@ class Cache:
                 }
             )
         if changed:
-            _table(db, "pods").upsert_all(changed, pk="uid")
+            db.table("pods").upsert_all(changed, pk="uid")
 
     def _insert_events(self, events: Sequence[DiscoveryEvent], *, node_name: str, now: float) -> None:
         self._insert_timed([TimedEvent(now, event) for event in events], node_name=node_name)
 
     def _insert_timed(self, events: Sequence[TimedEvent], *, node_name: str) -> None:
         if events:
-            _table(self.db, "discovery_events").insert_all(
+            self.db.table("discovery_events").insert_all(
                 _event_row(timed.event, node_name=node_name, at=timed.at) for timed in events
             )
 
@@ -334,7 +324,7 @@ class Cache:
             for marks, chunk in in_chunks(gone):
                 db.execute(f"DELETE FROM services WHERE key IN ({marks})", chunk)
             first_seen = _first_seen(db, "services", "key", current)
-            _table(db, "services").upsert_all(
+            db.table("services").upsert_all(
                 (
                     _service_row(s, first_seen=first_seen.get(s.key, now), last_seen=now)
                     for s in contents.services.values()
@@ -349,7 +339,7 @@ class Cache:
             self._upsert_meta(contents.meta)
             self._insert_timed(events, node_name=node_name)
             if operations:
-                _table(db, "operations").insert_all([dict(row) for row in operations])
+                db.table("operations").insert_all(operations)
 
     def _hold_descriptors(self) -> None:
         for suffix in ("", "-wal", "-shm"):
@@ -392,10 +382,10 @@ class Cache:
     def record_operation(self, row: Mapping[str, Any]) -> None:
         """One control operation, refused or not (append-only)."""
         with self.db.conn:
-            _table(self.db, "operations").insert(dict(row))
+            self.db.table("operations").insert_all([row])
 
     def operations(self) -> list[dict[str, Any]]:
-        return list(_table(self.db, "operations").rows_where(order_by="id"))
+        return list(self.db.table("operations").rows_where(order_by="id"))
 
     def record_health(self, results: Sequence[Health]) -> None:
         """Latest probe results; rows of services no longer registered are dropped."""
@@ -417,23 +407,21 @@ class Cache:
             self._upsert_condition(condition)
 
     def _upsert_condition(self, condition: Condition) -> None:
-        _table(self.db, "conditions").upsert(
-            {
-                "name": condition.name,
-                "ok": int(condition.ok),
-                "reason": condition.reason,
-                "since": condition.since,
-                "updated": condition.updated,
-            },
-            pk="name",
-        )
+        row = {
+            "name": condition.name,
+            "ok": int(condition.ok),
+            "reason": condition.reason,
+            "since": condition.since,
+            "updated": condition.updated,
+        }
+        self.db.table("conditions").upsert_all([row], pk="name")
 
     def set_meta(self, values: Mapping[str, str]) -> None:
         with self.db.conn:
             self._upsert_meta(values)
 
     def _upsert_meta(self, values: Mapping[str, str]) -> None:
-        _table(self.db, "meta").upsert_all([{"key": key, "value": value} for key, value in values.items()], pk="key")
+        self.db.table("meta").upsert_all([{"key": key, "value": value} for key, value in values.items()], pk="key")
 
     def meta(self) -> dict[str, str]:
         return cache_reader.meta(self.db.conn)
@@ -448,8 +436,7 @@ class Cache:
 
     def services(self) -> list[ServiceInfo]:
         return [
-            _service_from_row(row)
-            for row in _table(self.db, "services").rows_where(order_by="namespace, pod_name, name")
+            _service_from_row(row) for row in self.db.table("services").rows_where(order_by="namespace, pod_name, name")
         ]
 
     def service_rows(self) -> list[dict[str, Any]]:
@@ -467,7 +454,7 @@ class Cache:
         if kind:
             where += " AND kind = ?"
             params.append(kind)
-        rows = _table(self.db, "discovery_events").rows_where(where, params, order_by="id", limit=limit)
+        rows = self.db.table("discovery_events").rows_where(where, params, order_by="id", limit=limit)
         return [_stored_event(row) for row in rows]
 
     def conditions(self) -> list[dict[str, Any]]:
@@ -590,11 +577,7 @@ def _immutable(fd: int) -> bool:
     return bool(flags[0] & (_FS_IMMUTABLE_FL | _FS_APPEND_FL))
 
 
-def _table(db: sqlite_utils.Database, name: str) -> Table:
-    return cast(Table, db[name])
-
-
-def _first_seen(db: sqlite_utils.Database, table: str, pk: str, keys: Iterable[str]) -> dict[str, float]:
+def _first_seen(db: Database, table: str, pk: str, keys: Iterable[str]) -> dict[str, float]:
     found: dict[str, float] = {}
     for marks, chunk in in_chunks(list(keys)):
         found.update(db.execute(f"SELECT {pk}, first_seen FROM {table} WHERE {pk} IN ({marks})", chunk).fetchall())
