@@ -52,8 +52,13 @@ class AuditEntry:
 class AuditLog:
     """Writes go through the registry's connection, inside its transactions."""
 
-    def __init__(self, db: sqlite_utils.Database) -> None:
+    def __init__(self, db: sqlite_utils.Database, *, create: bool = True) -> None:
         self.db = db
+        if create:
+            self._create(db)
+
+    @staticmethod
+    def _create(db: sqlite_utils.Database) -> None:
         table = cast(Table, db["audit"])
         table.create(
             {"id": int, **{name: type_ for name, type_ in _COLUMNS.items()}},

@@ -112,9 +112,18 @@ class Applied:
 
 
 class Registry:
-    """Synchronous registry over one SQLite file (the server serialises calls)."""
+    """Synchronous registry over one SQLite file (the server serialises calls).
 
-    def __init__(self, path: Path) -> None:
+    One writer creates and migrates the tables; ``read_only`` readers (the operator API, the status
+    page) open the file as it is and run no DDL.
+    """
+
+    def __init__(self, path: Path, *, read_only: bool = False) -> None:
+        if read_only:
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
+            self.db = sqlite_utils.Database(conn)
+            self.audit = AuditLog(self.db, create=False)
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False)
         conn.execute("PRAGMA journal_mode=WAL")

@@ -48,7 +48,7 @@ async def serve(
     mesh = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret())
     router = Router(mesh.valid_session)
     operators = OperatorService(
-        Registry(database),
+        Registry(database, read_only=True),
         OperatorTokens(identity.directory),
         colony_id=identity.colony_id,
         record=mesh.record,

@@ -108,3 +108,15 @@ def test_first_seen_survives_reregistration(registry: Registry) -> None:
     registry.register(node("a"), [svc("ns/1/app/80", pod_ip="10.0.0.2")], session="s2", now=5.0)
     [row] = registry.services()
     assert (row["first_seen"], row["last_seen"], row["pod_ip"]) == (1.0, 5.0, "10.0.0.2")
+
+
+def test_a_reader_sees_what_the_writer_wrote_and_can_change_nothing(registry: Registry, tmp_path: Path) -> None:
+    registry.register(node("a"), [svc("ns/1/app/80")], session="s1", now=1.0)
+    reader = Registry(tmp_path / "colony.db", read_only=True)
+    schema = reader.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    assert [r["agent_id"] for r in reader.agents()] == ["a"]
+    assert "agent.registered" in [e["action"] for e in reader.audit.query(kind="registration")]
+    with pytest.raises(sqlite3.OperationalError, match="readonly"):
+        reader.db.execute("DELETE FROM services")
+    assert reader.db.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == schema
+    reader.close()

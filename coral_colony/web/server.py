@@ -21,7 +21,7 @@ class StatusPage:
     def __init__(self, database: Path, *, colony_id: str, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         self.colony_id = colony_id
-        self._registry = Registry(database)
+        self._registry = Registry(database, read_only=True)  # the server's writer created the file
         self._lock = threading.Lock()
         page = self
 
