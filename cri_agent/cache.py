@@ -238,21 +238,21 @@ class Cache:
         with db.conn:
             for key in reconciliation.removed:
                 db.execute("DELETE FROM services WHERE key = ?", [key])
-            if reconciliation.upserted:
-                first_seen = _first_seen(db, "services", "key", [s.key for s in reconciliation.upserted])
-                db.table("services").upsert_all(
-                    (
-                        _service_row(s, first_seen=first_seen.get(s.key, now), last_seen=now)
-                        for s in reconciliation.upserted
-                    ),
-                    pk="key",
-                )
+            self._upsert_services(reconciliation.upserted, now=now)
             if touch and reconciliation.services:
                 db.execute("UPDATE services SET last_seen = ?", [now])
             self._apply_pods(reconciliation.pods, now=now, touch=touch)
             self._insert_events(reconciliation.events, node_name=node_name, now=now)
             self._trim_events(now=now, rows=retention_rows, days=retention_days)
             db.table("meta").upsert_all([{"key": "last_pass_at", "value": repr(now)}], pk="key")
+
+    def _upsert_services(self, services: Sequence[ServiceInfo], *, now: float) -> None:
+        """Insert or update ``services`` as seen ``now``, each keeping the ``first_seen`` the file has."""
+        if not services:
+            return
+        first_seen = _first_seen(self.db, "services", "key", [s.key for s in services])
+        rows = (_service_row(s, first_seen=first_seen.get(s.key, now), last_seen=now) for s in services)
+        self.db.table("services").upsert_all(rows, pk="key")
 
     def _apply_pods(self, pods: Mapping[PodUID, PodDecision], *, now: float, touch: bool) -> None:
         db = self.db
@@ -318,19 +318,11 @@ class Cache:
         """
         db = self.db
         with db.conn:
-            current = list(contents.services)
             stored = [row[0] for row in db.execute("SELECT key FROM services")]
             gone = [key for key in stored if key not in contents.services]
             for marks, chunk in in_chunks(gone):
                 db.execute(f"DELETE FROM services WHERE key IN ({marks})", chunk)
-            first_seen = _first_seen(db, "services", "key", current)
-            db.table("services").upsert_all(
-                (
-                    _service_row(s, first_seen=first_seen.get(s.key, now), last_seen=now)
-                    for s in contents.services.values()
-                ),
-                pk="key",
-            )
+            self._upsert_services(list(contents.services.values()), now=now)
             self._apply_pods(contents.pods, now=now, touch=True)
             db.execute("DELETE FROM health")
             self._upsert_health(contents.health)
@@ -342,7 +334,7 @@ class Cache:
                 db.table("operations").insert_all(operations)
 
     def _hold_descriptors(self) -> None:
-        for suffix in ("", "-wal", "-shm"):
+        for suffix in _FILES:
             if suffix not in self._fds:
                 with contextlib.suppress(FileNotFoundError):  # SQLite creates -wal and -shm on first use
                     self._fds[suffix] = os.open(
@@ -352,13 +344,7 @@ class Cache:
     def hazard(self) -> str:
         """Why touching this connection could crash the process (see CacheWriter), "" when it cannot."""
         self._hold_descriptors()
-        with contextlib.suppress(OSError):
-            if os.statvfs(self.path.parent).f_flag & os.ST_RDONLY:
-                return f"the file system of {self.path.parent} is read-only"
-        for suffix, fd in self._fds.items():
-            if _immutable(fd):
-                return f"{self.path.name}{suffix} is immutable or append-only (chattr +i/+a)"
-        return ""
+        return _hazard(self.path, self._fds)
 
     def lost(self) -> str:
         """Why the path no longer names the file this cache opened ("deleted", "replaced"), else ""."""
@@ -504,13 +490,12 @@ class CacheWriter:
         """Close whatever is open and open the path again; CacheError if that fails."""
 
         def _reopen() -> None:
-            if self._cache is not None and (hazard := self._cache.hazard()):
-                raise CacheError(f"cache {self.path} refuses writes: {hazard}")
+            if self._cache is not None:
+                self._refuse(self._cache.hazard())
             self._discard()
-            if hazard := write_hazard(self.path):  # no connection is open now: the files may be opened
-                raise CacheError(f"cache {self.path} refuses writes: {hazard}")
+            self._refuse(write_hazard(self.path))  # no connection is open now: the files may be opened
             if not self.path.exists():  # a -wal or -shm left behind belongs to the deleted file
-                for suffix in ("-wal", "-shm"):
+                for suffix in _FILES[1:]:
                     with contextlib.suppress(FileNotFoundError):
                         self.path.with_name(self.path.name + suffix).unlink()
             self._cache = Cache(self.path)
@@ -521,8 +506,7 @@ class CacheWriter:
         def _call() -> _T:
             if self._cache is None:
                 raise CacheError(f"cache {self.path} is not open")
-            if hazard := self._cache.hazard():
-                raise CacheError(f"cache {self.path} refuses writes: {hazard}")
+            self._refuse(self._cache.hazard())
             try:
                 return fn(self._cache)
             except (sqlite3.Error, OSError) as exc:
@@ -530,6 +514,10 @@ class CacheWriter:
                 raise CacheError(f"cache {self.path} write failed: {exc}") from exc
 
         return await self._run(_call)
+
+    def _refuse(self, hazard: str) -> None:
+        if hazard:
+            raise CacheError(f"cache {self.path} refuses writes: {hazard}")
 
     def _discard(self) -> None:
         if self._cache is not None and not self._cache.hazard():
@@ -545,26 +533,34 @@ class CacheWriter:
         self._executor.shutdown(wait=True)
 
 
+_FILES = ("", "-wal", "-shm")  # the database and what SQLite keeps beside it in WAL mode
 _FS_IOC_GETFLAGS = 0x80086601  # _IOR('f', 1, long)
 _FS_IMMUTABLE_FL = 0x10
 _FS_APPEND_FL = 0x20
 
 
 def write_hazard(path: Path) -> str:
-    """``Cache.hazard`` for a cache that no connection of this process has open."""
+    """``Cache.hazard`` for a cache that no connection of this process has open (so its files may be
+    opened and closed here)."""
+    fds: dict[str, int] = {}
+    try:
+        for suffix in _FILES:
+            with contextlib.suppress(OSError):  # absent (SQLite creates it) or unreadable (SQLite says so)
+                fds[suffix] = os.open(path.with_name(path.name + suffix), os.O_RDONLY | os.O_CLOEXEC)
+        return _hazard(path, fds)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+
+
+def _hazard(path: Path, fds: Mapping[str, int]) -> str:
+    """A read-only file system, or a file of the cache (descriptors by suffix) immutable or append-only."""
     with contextlib.suppress(OSError):
         if os.statvfs(path.parent).f_flag & os.ST_RDONLY:
             return f"the file system of {path.parent} is read-only"
-    for file in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
-        try:
-            fd = os.open(file, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue  # absent (SQLite creates it) or unreadable (SQLite reports that itself)
-        try:
-            if _immutable(fd):
-                return f"{file.name} is immutable or append-only (chattr +i/+a)"
-        finally:
-            os.close(fd)
+    for suffix, fd in fds.items():
+        if _immutable(fd):
+            return f"{path.name}{suffix} is immutable or append-only (chattr +i/+a)"
     return ""
 
 

@@ -117,8 +117,7 @@ class CacheKeeper:
             if lost:
                 self._lost = lost
                 await self._fail(f"cache {self.path} was {lost} while the agent ran")
-        if self.failure and self.clock() >= self.retry_at:
-            await self._recover()
+        await self._recover_if_due()
 
     async def _write(
         self,
@@ -127,8 +126,7 @@ class CacheKeeper:
         events: Sequence[TimedEvent] = (),
         operations: Sequence[Mapping[str, Any]] = (),
     ) -> None:
-        if self.failure and self.clock() >= self.retry_at:
-            await self._recover()
+        await self._recover_if_due()
         if not self.failure:
             try:
                 await self.writer.call(write)
@@ -154,6 +152,10 @@ class CacheKeeper:
             self._since, self._cause = now, reason
             emit(log, "cache.unwritable", level=logging.ERROR, cache=self.path, reason=reason)
             await self.on_state(False, f"{reason}; discovery goes on from memory and writes are retried")
+
+    async def _recover_if_due(self) -> None:
+        if self.failure and self.clock() >= self.retry_at:
+            await self._recover()
 
     async def _recover(self) -> None:
         now = self.clock()
