@@ -12,11 +12,19 @@ from pathlib import Path
 from typing import Any
 
 from cri_agent.errors import CacheError
+from cri_agent.status_file import read_status
 
 
 def open_read_only(path: Path) -> sqlite3.Connection:
-    """A read-only connection; a missing file is an error that says what to do."""
+    """A read-only connection; a missing file is an error that says what to do (and, when its agent runs,
+    that the agent recreates it)."""
     if not path.exists():
+        live = read_status(path)
+        if live is not None and live.running:
+            raise CacheError(
+                f"cache {path} is missing, but its agent (pid {live.pid}) runs: it recreates the file "
+                "from memory within one discovery pass; try again in a moment"
+            )
         raise CacheError(
             f"cache {path} does not exist: start `coral agent node` first or pass --cache with the agent's cache path"
         )

@@ -9,13 +9,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coral_base.tables import age, print_table
-from cri_agent.errors import CacheError
 from cri_agent.paths import DEFAULT_CACHE
 from cri_agent.status_file import read_status
 
 if TYPE_CHECKING:  # SQLite loads only for commands that read the cache: `status` of a running agent does not
-    import sqlite3
-
     from cri_agent.cache import Cache
 
 
@@ -43,25 +40,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 
 def _open(path: Path) -> Cache:
-    """The cache, read-only (see ``_missing_or``)."""
     from cri_agent.cache import Cache
 
-    _missing_or(path).close()
     return Cache(path, read_only=True)
-
-
-def _missing_or(path: Path) -> sqlite3.Connection:
-    """A plain read-only connection; when the file is missing but its agent runs, say so (it recreates it)."""
-    from cri_agent import cache_reader
-
-    if not path.exists():
-        live = read_status(path)
-        if live is not None and live.running:
-            raise CacheError(
-                f"cache {path} is missing, but its agent (pid {live.pid}) runs: it recreates the file "
-                "from memory within one discovery pass; try again in a moment"
-            )
-    return cache_reader.open_read_only(path)
 
 
 def services_command(args: argparse.Namespace) -> int:
@@ -135,7 +116,7 @@ def status_command(args: argparse.Namespace) -> int:
     else:
         from cri_agent import cache_reader
 
-        conn = _missing_or(args.cache)
+        conn = cache_reader.open_read_only(args.cache)
         conditions = [{**c, "ok": bool(c["ok"])} for c in cache_reader.conditions(conn)]
         meta = cache_reader.meta(conn)
         running = "not running (last recorded conditions)"
