@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import pytest
 
+from cri_agent.discovery.containers import lifecycle
 from cri_agent.discovery.rules import DiscoveryRules, ExplicitService, HealthSpec, OverrideRule, Selector, ServiceSpec
 from cri_agent.discovery.services import derive_services, service_key, static_service, workload_name
 from cri_agent.model import ContainerState, DeclaredPort, PodRecord, Provenance, ServiceInfo
@@ -15,7 +16,7 @@ RULES = DiscoveryRules(node_name="node-a")
 
 
 def services(target: PodRecord, rules: DiscoveryRules = RULES) -> tuple[ServiceInfo, ...]:
-    return derive_services(target, rules, node_name="node-a")[0]
+    return derive_services(target, rules, node_name="node-a", life=lifecycle(target.containers, now=0.0))[0]
 
 
 @pytest.mark.parametrize(
@@ -160,9 +161,8 @@ def test_precedence_is_explicit_over_override_over_annotation_over_discovered(
 
 
 def test_malformed_annotation_is_reported_and_the_rest_still_applies() -> None:
-    found, errors = derive_services(
-        pod(annotations={"coral.io/port": "x", "coral.io/name": "api"}), RULES, node_name="node-a"
-    )
+    target = pod(annotations={"coral.io/port": "x", "coral.io/name": "api"})
+    found, errors = derive_services(target, RULES, node_name="node-a", life=lifecycle(target.containers, now=0.0))
     assert ([s.name for s in found], len(errors)) == (["api"], 1)
 
 

@@ -24,7 +24,8 @@ What the deciding instance contributes is its ``Phase``:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from enum import StrEnum
 
 from cri_agent.model import ContainerRecord, ContainerState
@@ -50,6 +51,24 @@ class Phase(StrEnum):
     def contributes(self) -> bool:
         """Its declared and listening ports are services."""
         return self in (Phase.ACTIVE, Phase.SETTLING, Phase.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Lifecycle:
+    """A pod's containers at one instant: the deciding instance of each name, and its phase."""
+
+    instances: tuple[ContainerRecord, ...]
+    phases: Mapping[str, Phase]  # by container name
+    settles_at: float | None  # when a phase changes by age alone (None: none will)
+
+
+def lifecycle(containers: Iterable[ContainerRecord], *, now: float) -> Lifecycle:
+    instances = deciding_instances(containers)
+    return Lifecycle(
+        instances=tuple(instances),
+        phases={c.name: phase(c, now=now) for c in instances},
+        settles_at=settles_at(instances, now=now),
+    )
 
 
 def deciding_instances(containers: Iterable[ContainerRecord]) -> list[ContainerRecord]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from cri_agent.discovery.containers import Phase, deciding_instances, phase, settles_at
+from cri_agent.discovery.containers import Phase, lifecycle
 from cri_agent.discovery.filters import evaluate, pod_ref
 from cri_agent.discovery.overrides import matches
 from cri_agent.discovery.rules import DiscoveryRules
@@ -84,15 +84,15 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
         verdict = evaluate(pod, rules.filters)
         problems = [*verdict.errors, *pod.provider_problems]
         if verdict.included:
+            life = lifecycle(pod.containers, now=now)
             derived, service_problems = derive_services(
-                pod, rules, node_name=node_name, now=now, previous=known_by_pod.get(pod.uid, ())
+                pod, rules, node_name=node_name, life=life, previous=known_by_pod.get(pod.uid, ())
             )
             problems += service_problems
             services.update((s.key, s) for s in derived)
-            instances = deciding_instances(pod.containers)
-            completed.update((pod.uid, c.name) for c in instances if phase(c, now=now) == Phase.COMPLETED)
-            if (settles := settles_at(instances, now=now)) is not None:
-                recheck_at = settles if recheck_at is None else min(recheck_at, settles)
+            completed.update((pod.uid, name) for name, p in life.phases.items() if p == Phase.COMPLETED)
+            if life.settles_at is not None:
+                recheck_at = life.settles_at if recheck_at is None else min(recheck_at, life.settles_at)
         reason = verdict.reason if verdict.included or verdict.opt_out else f"filtered out: {verdict.reason}"
         errors = {problem.render(pod_ref(pod)): problem for problem in problems}  # rendered once, here
         decision = PodDecision(

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
-from cri_agent.discovery.containers import Phase, deciding_instances, phase
+from cri_agent.discovery.containers import Lifecycle, Phase
 from cri_agent.discovery.overrides import (
     Metadata,
     PortRef,
@@ -252,18 +252,18 @@ def derive_services(
     rules: DiscoveryRules,
     *,
     node_name: str,
-    now: float = 0.0,
+    life: Lifecycle,
     previous: Sequence[ServiceInfo] = (),
 ) -> tuple[tuple[ServiceInfo, ...], tuple[PodProblem, ...]]:
     """The services of one included pod, and the pod's annotation errors.
 
-    ``previous``: the pod's services after the last pass; a container that is restarting or has
-    just exited keeps its own (see containers.py), with their types when it has no process now.
+    ``life``: the pod's containers now (containers.py). ``previous``: the pod's services after the
+    last pass; a container that is restarting or has just exited keeps its own, with their types
+    when it has no process now.
     """
     annotations, errors = from_annotations(pod)
-    instances = deciding_instances(pod.containers)
-    phases = {c.name: phase(c, now=now) for c in instances}
-    containers = [c for c in instances if phases[c.name] != Phase.COMPLETED]
+    phases = life.phases
+    containers = [c for c in life.instances if phases[c.name] != Phase.COMPLETED]
     contributing = [c for c in containers if phases[c.name].contributes]
     held = [s for s in previous if s.container in phases and phases[s.container].holds]
     if not contributing and not held:
