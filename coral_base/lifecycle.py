@@ -41,15 +41,19 @@ async def run_stages(
 ) -> None:
     tasks = [asyncio.create_task(stage.run(), name=stage.name) for stage in stages]
     stopped = asyncio.create_task(stop.wait(), name="stop")
+    ended: set[asyncio.Task[None]] = set()
     try:
         done, _ = await asyncio.wait([stopped, *tasks], return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopped and not task.cancelled() and (failure := task.exception()) is not None:
+        ended = {task for task in tasks if task in done}
+        for task in ended:
+            if not task.cancelled() and (failure := task.exception()) is not None:
                 raise failure
     finally:
         stopped.cancel()
         on_stopping()
         for stage, task in reversed(list(zip(stages, tasks, strict=True))):
+            if task in ended:
+                continue  # it ended the run (its failure is the one raised)
             if stage.stop == StopPolicy.CANCEL:
                 task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -57,7 +61,5 @@ async def run_stages(
                     await asyncio.wait_for(task, grace_s)
                 except TimeoutError:
                     emit(log, "stage.overran", level=logging.WARNING, stage=stage.name, grace_s=grace_s)
-                except Exception as exc:
-                    if task.done() and not task.cancelled() and task.exception() is exc:
-                        continue  # the failure that ended the run, raised above
+                except Exception as exc:  # already stopping: report it, and stop the others
                     emit(log, "stage.failed", level=logging.ERROR, stage=stage.name, error=repr(exc))

@@ -77,3 +77,31 @@ def test_a_stage_that_overruns_its_bound_is_cancelled(caplog: pytest.LogCaptureF
 
     asyncio.run(scenario())
     assert "stage.overran" in caplog.text
+
+
+def test_a_stage_that_fails_while_stopping_is_reported_and_the_others_still_stop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stopped: list[str] = []
+
+    async def scenario() -> None:
+        told = asyncio.Event()
+
+        async def fails_on_stop() -> None:
+            await told.wait()
+            raise RuntimeError("the last write failed")
+
+        async def forever() -> None:
+            try:
+                await asyncio.Event().wait()
+            finally:
+                stopped.append("health")
+
+        stop = asyncio.Event()
+        stop.set()
+        stages = [Stage("discovery", fails_on_stop, StopPolicy.FINISH), Stage("health", forever)]
+        await run_stages(stages, stop, on_stopping=told.set, grace_s=1.0)
+
+    asyncio.run(scenario())
+    [failed] = [r for r in caplog.records if r.getMessage() == "stage.failed"]
+    assert stopped == ["health"] and "the last write failed" in failed.__dict__["coral_fields"]["error"]
