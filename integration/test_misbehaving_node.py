@@ -22,7 +22,7 @@ import yaml
 
 from cri_agent.discovery.containers import SETTLE_S
 from integration.harness.agent import AgentProcess
-from integration.harness.colony import ColonyProcess
+from integration.harness.colony import ColonyProcess, free_port
 from integration.harness.containerd import PrivateContainerd
 from integration.harness.pods import ContainerSpec, PodFactory, PortSpec
 
@@ -332,7 +332,7 @@ def test_a_host_network_pod_owns_only_its_own_listener(start_agent: AgentFactory
         host_listener.bind(("0.0.0.0", 0))
         host_listener.listen()
         host_port = host_listener.getsockname()[1]
-        pod_port = _free_port()
+        pod_port = free_port()
         pod = pods.create_pod(
             "host-net",
             host_network=True,
@@ -345,12 +345,6 @@ def test_a_host_network_pod_owns_only_its_own_listener(start_agent: AgentFactory
         ports = {s.port for s in agent.service_by_pod(pod.uid)}
     assert host_port not in ports and ports == {pod_port}
     assert [s.container for s in services] == ["daemon"]
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("0.0.0.0", 0))
-        return int(probe.getsockname()[1])
 
 
 def test_an_exec_in_a_container_is_not_its_exit(start_agent: AgentFactory, pods: PodFactory) -> None:
