@@ -29,13 +29,12 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
 import grpc
 
-from bench.report import memory_mib, percentile, publish
+from bench.report import memory_mib, percentile, publish, timed
 from coral_base.wire.cri.runtime.v1 import api_pb2, api_pb2_grpc
 from cri_agent.discovery.containers import SETTLE_S
 from cri_agent.providers.cri import CriClient
@@ -58,15 +57,6 @@ def web(name: str, namespace: str = "bench") -> dict[str, object]:
             ContainerSpec("web", ("httpd", "-f", "-p", "8080", "-h", "/www"), ports=(PortSpec(8080, name="http"),)),
         ),
     }
-
-
-def timed(fn: Callable[[], object], repeat: int) -> list[float]:
-    samples = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - start) * 1000)
-    return samples
 
 
 def measure_snapshot(socket: Path, repeat: int) -> dict[str, float]:

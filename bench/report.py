@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 HEADER = "# Benchmarks\n\nEvery figure here comes from a command under `bench/`, run on a CI-size machine.\n"
+
+
+def timed(fn: Callable[[], object], repeat: int) -> list[float]:
+    """Milliseconds of each of ``repeat`` calls."""
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - start) * 1000)
+    return samples
 
 
 def percentile(samples: list[float], q: float) -> float:

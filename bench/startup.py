@@ -20,19 +20,14 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-import time
 from pathlib import Path
 
-from bench.report import percentile, publish
+from bench.report import percentile, publish, timed
 
 
-def timed(command: list[str], runs: int) -> list[float]:
-    samples = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        subprocess.run(command, capture_output=True, check=False)
-        samples.append((time.perf_counter() - started) * 1000)
-    return samples
+def started(command: list[str], runs: int) -> list[float]:
+    """Milliseconds from spawning ``command`` to its exit, ``runs`` times."""
+    return timed(lambda: subprocess.run(command, capture_output=True, check=False), runs)
 
 
 def coral_script() -> str:
@@ -64,16 +59,16 @@ def run(runs: int) -> str:
         running.acquire({"pid": os.getpid(), "agent_id": "node-agent-bench", "node_name": "bench", "conditions": []})
         stopped = stopped_agent_cache(work)
         rows = [
-            ("`python -c pass` (the interpreter alone)", timed([sys.executable, "-c", "pass"], runs), ""),
-            ("`coral --help`", timed([coral, "--help"], runs), "< 150 ms"),
+            ("`python -c pass` (the interpreter alone)", started([sys.executable, "-c", "pass"], runs), ""),
+            ("`coral --help`", started([coral, "--help"], runs), "< 150 ms"),
             (
                 "`coral agent status`, agent running (status file)",
-                timed([coral, "agent", "status", "--cache", str(work / "running.db")], runs),
+                started([coral, "agent", "status", "--cache", str(work / "running.db")], runs),
                 "< 150 ms",
             ),
             (
                 "`coral agent status`, agent stopped (reads the cache)",
-                timed([coral, "agent", "status", "--cache", str(stopped)], runs),
+                started([coral, "agent", "status", "--cache", str(stopped)], runs),
                 "",
             ),
         ]
