@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bench.report import publish
+from coral_base.vocabulary import Action
 from cri_agent.ops.capture import capture
 from cri_agent.ops.guardrails import Permit
 from cri_agent.ops.profile import profile
@@ -142,7 +143,7 @@ def capture_run(flood: Path, seconds: float, rate: float) -> dict[str, float]:
         )
         time.sleep(1.0)  # the flood is at full rate
         permit = Permit(
-            action="tap", pod_uid="bench", duration_s=seconds, max_bytes=1 << 40, max_packets=1 << 40,
+            action=Action.TAP, pod_uid="bench", duration_s=seconds, max_bytes=1 << 40, max_packets=1 << 40,
             frequency_hz=0, nice=10,
         )  # fmt: skip
         forwarded = 0
@@ -170,7 +171,7 @@ def throughput(busy: Path, seconds: float, *, frequency: int | None) -> float:
     if frequency is not None:
         time.sleep(0.2)
         permit = Permit(
-            action="profile", pod_uid="bench", duration_s=seconds - 0.5, max_bytes=0, max_packets=0,
+            action=Action.PROFILE, pod_uid="bench", duration_s=seconds - 0.5, max_bytes=0, max_packets=0,
             frequency_hz=frequency, nice=10,
         )  # fmt: skip
         result = asyncio.run(profile([process.pid], permit))

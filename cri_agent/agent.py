@@ -33,6 +33,7 @@ from coral_base.backoff import Backoff
 from coral_base.errors import CoralError
 from coral_base.lifecycle import Stage, StopPolicy, run_stages
 from coral_base.logs import emit
+from coral_base.vocabulary import AgentHealth
 from cri_agent.cache import CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
 from cri_agent.conditions import Conditions
@@ -419,16 +420,16 @@ class NodeAgent:
     async def _colony_state(self, connected: bool, reason: str) -> None:
         await self._condition("colony", ok=connected, reason=reason)
 
-    def agent_health(self, services: str | None = None) -> str:
+    def agent_health(self, services: AgentHealth | None = None) -> AgentHealth:
         """What heartbeats say: unhealthy without the runtime (discovery is blind) unless the API
         fallback sees the node's pods, degraded when another condition fails or some services are
         unhealthy, else the services' aggregate."""
         services = services or aggregate(self.health.health)
         if not self.conditions.ok("runtime", default=True):
-            return "degraded" if self.kube is not None and self.kube.pods_synced else "unhealthy"
+            return AgentHealth.DEGRADED if self.kube is not None and self.kube.pods_synced else AgentHealth.UNHEALTHY
         local = all(c.ok for c in self.conditions if c.name != "colony")
-        if not local and services == "healthy":
-            return "degraded"
+        if not local and services is AgentHealth.HEALTHY:
+            return AgentHealth.DEGRADED
         return services
 
     async def _condition(self, name: str, *, ok: bool, reason: str) -> None:

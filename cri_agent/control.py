@@ -15,19 +15,21 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 import grpc.aio
 
 from coral_base.backoff import Backoff
 from coral_base.logs import emit
+from coral_base.vocabulary import Outcome
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
+from cri_agent import colony_codec
+from cri_agent.operation import OperationRequest, OperationResult
 from cri_agent.ops.runner import OperationRunner
 from cri_agent.sync import ColonySync, colony_channel
 
 log = logging.getLogger("cri_agent.control")
-_END = object()
+_END = agent_pb2.AgentMessage()  # a marker: the outbox's end, never sent
 
 
 class ControlStream:
@@ -41,10 +43,8 @@ class ControlStream:
     async def run(self) -> None:
         while True:
             token = await self.sync.session()
-            outbox: asyncio.Queue[Any] = asyncio.Queue()
-            outbox.put_nowait(
-                agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_id=self.sync.endpoint.agent_id, session_token=token))
-            )
+            outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+            outbox.put_nowait(colony_codec.hello(agent_id=self.sync.endpoint.agent_id, session=token))
             try:
                 async with colony_channel(self.sync.endpoint) as channel:
                     call = agent_pb2_grpc.AgentControlStub(channel).Connect(_drain(outbox))
@@ -64,10 +64,9 @@ class ControlStream:
                 await self._cancel_all()
             await asyncio.sleep(self.backoff.next())
 
-    def _dispatch(self, message: Any, outbox: asyncio.Queue[Any]) -> None:
-        kind = message.WhichOneof("body")
-        if kind == "request":
-            request = message.request
+    def _dispatch(self, message: agent_pb2.ColonyMessage, outbox: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
+        request = colony_codec.colony_message(message)
+        if isinstance(request, OperationRequest):
             emit(
                 log,
                 "operation.requested",
@@ -79,21 +78,23 @@ class ControlStream:
             task = asyncio.create_task(self._serve(request, outbox), name=f"op-{request.request_id}")
             self._tasks[request.request_id] = task
             task.add_done_callback(lambda _: self._tasks.pop(request.request_id, None))
-        elif kind == "cancel" and (running := self._tasks.get(message.cancel.request_id)) is not None:
+        elif isinstance(request, str) and (running := self._tasks.get(request)) is not None:
             running.cancel()
 
-    async def _serve(self, request: Any, outbox: asyncio.Queue[Any]) -> None:
-        result: Any = None
+    async def _serve(self, request: OperationRequest, outbox: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
+        result: OperationResult | None = None
         async with contextlib.aclosing(self.runner.run(request)) as messages:
             async for message in messages:
-                outbox.put_nowait(message)
-                if message.WhichOneof("body") == "result":
-                    result = message.result
+                if isinstance(message, OperationResult):
+                    result = message
+                    outbox.put_nowait(colony_codec.result(message))
+                else:
+                    outbox.put_nowait(colony_codec.artifact(message))
         if result is not None:
             emit(
                 log,
                 "operation.finished",
-                level=logging.INFO if result.outcome == "ok" else logging.WARNING,
+                level=logging.INFO if result.outcome is Outcome.OK else logging.WARNING,
                 action=request.action,
                 operator=request.operator,
                 outcome=result.outcome,
@@ -111,6 +112,6 @@ class ControlStream:
                 await task
 
 
-async def _drain(outbox: asyncio.Queue[Any]) -> AsyncIterator[Any]:
+async def _drain(outbox: asyncio.Queue[agent_pb2.AgentMessage]) -> AsyncIterator[agent_pb2.AgentMessage]:
     while (message := await outbox.get()) is not _END:
         yield message

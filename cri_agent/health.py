@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from coral_base.vocabulary import AgentHealth
 from cri_agent.model import Health, HealthState, ServiceInfo, ServiceKey
 
 MAX_RESPONSE_LINE = 1024
@@ -85,13 +86,13 @@ def probeable(service: ServiceInfo) -> bool:
     return bool(service.pod_ip and service.port and service.protocol == "TCP")
 
 
-def aggregate(health: Mapping[ServiceKey, Health]) -> str:
+def aggregate(health: Mapping[ServiceKey, Health]) -> AgentHealth:
     """healthy (no unhealthy service), degraded (some), unhealthy (all probed ones)."""
     probed = [h for h in health.values() if h.state != HealthState.UNKNOWN]
     failing = [h for h in probed if h.state == HealthState.UNHEALTHY]
     if not failing:
-        return "healthy"
-    return "unhealthy" if len(failing) == len(probed) else "degraded"
+        return AgentHealth.HEALTHY
+    return AgentHealth.UNHEALTHY if len(failing) == len(probed) else AgentHealth.DEGRADED
 
 
 Report = Callable[[list[Health], list[Health]], Awaitable[None]]

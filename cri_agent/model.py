@@ -14,30 +14,16 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, NewType
 
+from coral_base.vocabulary import EventKind as EventKind
+from coral_base.vocabulary import HealthState as HealthState
+from coral_base.vocabulary import Provenance as Provenance
+
 PodUID = NewType("PodUID", str)
 ContainerID = NewType("ContainerID", str)
 SandboxID = NewType("SandboxID", str)
 ServiceKey = NewType("ServiceKey", str)
 
 Transport = Literal["TCP", "UDP"]  # a port's transport protocol (not typing.Protocol)
-
-
-class Provenance(StrEnum):
-    """Why a service exists in the form it has (RFD 012)."""
-
-    EXPLICIT = "explicit"  # declared in the agent's config
-    DISCOVERED = "discovered"  # discovered, defaults only
-    OVERRIDDEN = "overridden"  # discovered, then >= 1 field set by annotation/override
-
-
-class EventKind(StrEnum):
-    """The discovery event vocabulary, shared by logs and the cache."""
-
-    ADDED = "added"
-    UPDATED = "updated"
-    REMOVED = "removed"
-    SKIPPED = "skipped"
-    ERROR = "error"
 
 
 class ContainerState(StrEnum):
@@ -204,12 +190,6 @@ class DiscoveryEvent:
     reason: str = ""
     fields: tuple[str, ...] = ()  # changed fields (updated) or offending keys (error)
     provenance: Provenance | None = None  # the service's (the new one's when updated, the old one's when removed)
-
-
-class HealthState(StrEnum):
-    HEALTHY = "healthy"
-    UNHEALTHY = "unhealthy"
-    UNKNOWN = "unknown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,8 +33,9 @@ import grpc.aio
 
 from coral_base.backoff import Backoff
 from coral_base.logs import emit
+from coral_base.vocabulary import AgentHealth
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
-from cri_agent import mesh_codec
+from cri_agent import colony_codec
 from cri_agent.model import DiscoveryEvent, Health, ServiceInfo, ServiceKey
 
 log = logging.getLogger("cri_agent.sync")
@@ -88,14 +89,14 @@ class ColonySync:
         self._events: deque[bytes] = deque()
         self._registered = asyncio.Event()
         self.events_dropped = 0
-        self._health_sent = ""
+        self._health_sent: AgentHealth | None = None
         self._desired: Wire = {}
         self._acked: Wire | None = None  # None: not registered in this session
         self._session = ""
         self._sequence = 0
         self._pending: _Delta | None = None
         self._changed = asyncio.Event()
-        self.health = "unknown"
+        self.health = AgentHealth.UNKNOWN
         self.connected = False
 
     # -- input from the agent --------------------------------------------------------
@@ -103,7 +104,7 @@ class ColonySync:
     def set_services(self, services: Mapping[ServiceKey, ServiceInfo], health: Mapping[ServiceKey, Health]) -> None:
         labels = self.endpoint.node_labels
         self._desired = {
-            key: mesh_codec.service(service, health.get(key), labels).SerializeToString(deterministic=True)
+            key: colony_codec.service(service, health.get(key), labels).SerializeToString(deterministic=True)
             for key, service in services.items()
         }
         self._changed.set()
@@ -123,10 +124,10 @@ class ColonySync:
                 self.events_dropped += 1
                 if self.events_dropped == 1:
                     emit(log, "colony.events_dropped", level=logging.WARNING, bound=MAX_QUEUED_EVENTS)
-            self._events.append(mesh_codec.event(event, at=at).SerializeToString(deterministic=True))
+            self._events.append(colony_codec.event(event, at=at).SerializeToString(deterministic=True))
         self._changed.set()
 
-    def set_health(self, health: str) -> None:
+    def set_health(self, health: AgentHealth) -> None:
         """The agent's aggregate; a change is sent in a heartbeat at once."""
         if health != self.health:
             self.health = health
@@ -204,7 +205,7 @@ class ColonySync:
     async def _register(self, stub: Any) -> None:
         snapshot = dict(self._desired)
         endpoint = self.endpoint
-        request = mesh_codec.register_request(
+        request = colony_codec.register_request(
             agent_id=endpoint.agent_id,
             colony_id=endpoint.colony_id,
             secret=endpoint.secret,
@@ -218,7 +219,7 @@ class ColonySync:
         self._session, self._sequence, self._pending = response.session_token, 0, None
         self._registered.set()
         self._acked = snapshot
-        self._health_sent = ""  # the new session starts at "unknown": send ours
+        self._health_sent = None  # the new session starts at "unknown": send ours
         self.connected = True
         self.backoff.reset()
         refused = len(response.refused_keys)
@@ -243,7 +244,7 @@ class ColonySync:
             self._events.clear()
         delta = self._pending
         response = await stub.UpdateServices(
-            mesh_codec.update_request(
+            colony_codec.update_request(
                 agent_id=self.endpoint.agent_id,
                 session=self._session,
                 sequence=delta.sequence,
@@ -265,7 +266,7 @@ class ColonySync:
     async def _heartbeat(self, stub: Any) -> None:
         health = self.health
         response = await stub.Heartbeat(
-            mesh_codec.heartbeat_request(
+            colony_codec.heartbeat_request(
                 agent_id=self.endpoint.agent_id, session=self._session, health=health, sequence=self._sequence
             ),
             timeout=self.endpoint.timeout_s,

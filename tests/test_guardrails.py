@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+from coral_base.vocabulary import Action
 from cri_agent.config import OpsSettings
 from cri_agent.ops.guardrails import Guardrails, Refused, Request
 
@@ -18,7 +19,9 @@ class Clock:
 
 
 def request(action: str = "tap", *, pod: str = "p1", operator: str = "alice", **changes: object) -> Request:
-    return Request(action=action, operator=operator, pod_uid=pod, namespace="shop", **changes)  # type: ignore[arg-type]
+    """A request as the codec decodes it: a known word becomes its Action, an unknown one stays a str."""
+    word: Action | str = Action(action) if action in set(Action) else action
+    return Request(action=word, operator=operator, pod_uid=pod, namespace="shop", **changes)  # type: ignore[arg-type]
 
 
 def admit(guard: Guardrails, req: Request, *, known: bool = True, included: bool = True) -> object:

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from coral_base.backoff import Backoff
+from coral_base.vocabulary import AgentHealth
 from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
 from cri_agent.sync import ColonyEndpoint, ColonySync
 from tests.colony import SECRET, Colony, logged
@@ -201,9 +202,9 @@ def test_a_change_of_the_agents_health_is_sent_at_once(tmp_path: Path) -> None:
     async def scenario(colony: Colony, sync: ColonySync) -> str:
         sync.endpoint = replace(sync.endpoint, heartbeat_interval_s=30.0)  # only a change can explain a fast update
         sync.set_services({svc(1).key: svc(1)}, {})
-        sync.set_health("healthy")
+        sync.set_health(AgentHealth.HEALTHY)
         await until(lambda: sync.in_sync)
-        sync.set_health("degraded")
+        sync.set_health(AgentHealth.DEGRADED)
         assert colony.registry is not None
         registry = colony.registry
         await until(lambda: registry.agents()[0]["health"] == "degraded", within=2.0)

@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from coral_base.vocabulary import StopReason
 from cri_agent.ops.child import bounded
 from cri_agent.ops.guardrails import Permit
 from cri_agent.ops.pcap import PcapStream, Record
@@ -51,7 +52,7 @@ class CaptureStats:
     bytes: int = 0
     dropped: int = 0
     duration_s: float = 0.0
-    stopped_by: str = ""
+    stopped_by: StopReason | None = None  # None while it runs
     linktype: int = 0
 
 
@@ -86,15 +87,15 @@ async def capture(
     started = time.monotonic()
     deadline = started + permit.duration_s
     try:
-        while not stats.stopped_by:
+        while stats.stopped_by is None:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                stats.stopped_by = "duration"
+                stats.stopped_by = StopReason.DURATION
                 break
             try:
                 data = await asyncio.wait_for(process.stdout.read(READ_SIZE), remaining)
             except TimeoutError:
-                stats.stopped_by = "duration"
+                stats.stopped_by = StopReason.DURATION
                 break
             if not data:
                 break
@@ -108,14 +109,14 @@ async def capture(
                 records = list(stream.feed(data))
             for record in records:
                 if stats.bytes + len(out) + len(record.raw) > permit.max_bytes:
-                    stats.stopped_by = "max-bytes"
+                    stats.stopped_by = StopReason.MAX_BYTES
                     break
                 out += record.raw
                 stats.packets += 1
                 if on_record is not None:
                     on_record(record, stream.linktype)
                 if stats.packets >= permit.max_packets:
-                    stats.stopped_by = "max-packets"
+                    stats.stopped_by = StopReason.MAX_PACKETS
                     break
             stats.bytes += len(out)
             if out and emit is not None:

@@ -16,10 +16,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from coral_base.vocabulary import Action
 from cri_agent.config import OpsSettings
 
-ACTIONS = ("tap", "profile", "sample")
-WRITES_PAYLOAD = ("tap", "profile")  # what observe-only mode refuses
+WRITES_PAYLOAD = (Action.TAP, Action.PROFILE)  # what observe-only mode refuses
 
 
 class Refused(Exception):
@@ -28,7 +28,7 @@ class Refused(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    action: str
+    action: Action | str  # a str is a word this agent does not know
     operator: str
     pod_uid: str
     namespace: str
@@ -42,7 +42,7 @@ class Request:
 class Permit:
     """What the operation may use: the request's values, defaulted and checked."""
 
-    action: str
+    action: Action
     pod_uid: str
     duration_s: float
     max_bytes: int
@@ -55,13 +55,13 @@ class Guardrails:
     def __init__(self, settings: OpsSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.clock = clock
-        self._running: dict[str, str] = {}  # pod uid -> action
+        self._running: dict[str, Action] = {}  # pod uid -> action
         self._recent: dict[str, deque[float]] = {}
 
     def admit(self, request: Request, *, pod_known: bool, namespace_included: bool) -> Permit:
         s = self.settings
-        if request.action not in ACTIONS:
-            raise Refused(f"unknown action {request.action!r} (one of {', '.join(ACTIONS)})")
+        if not isinstance(request.action, Action):
+            raise Refused(f"unknown action {request.action!r} (one of {', '.join(Action)})")
         if s.observe_only and request.action in WRITES_PAYLOAD:
             raise Refused(f"observe-only mode: {request.action} is refused on this node (sample is allowed)")
         if not pod_known:

@@ -13,6 +13,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from cri_agent.operation import Flow, FlowKey
+
 GLOBAL_HEADER_LEN = 24
 RECORD_HEADER_LEN = 16
 LINKTYPE_ETHERNET = 1
@@ -34,9 +36,6 @@ class Record:
     orig_len: int
     data: bytes  # the captured bytes (at most the snap length)
     raw: bytes  # record header + data, as written
-
-
-FlowKey = tuple[str, str, int, str, int]  # protocol, src, src port, dst, dst port
 
 
 class PcapStream:
@@ -120,15 +119,6 @@ def flow_key(linktype: int, frame: bytes) -> FlowKey | None:
         sport, dport = struct.unpack_from("!HH", transport, 0)
         return name, src, sport, dst, dport
     return name, src, 0, dst, 0
-
-
-@dataclass(slots=True)
-class Flow:
-    key: FlowKey
-    packets: int = 0
-    bytes: int = 0
-    first_seen: float = 0.0
-    last_seen: float = 0.0
 
 
 class FlowTable:

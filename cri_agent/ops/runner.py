@@ -1,7 +1,7 @@
 """Runs one control request on this node: guardrails, the operation, the record.
 
-Input is an ``agent.v1`` OperationRequest, output is the Chunks and the
-final Result to send back. Every request, refused or not, becomes a row of
+Input is an ``OperationRequest`` (decoded from ``agent.v1`` by the codec),
+output is the artifacts and the final result to send back. Every request, refused or not, becomes a row of
 the cache's ``operations`` table (the colony audits it too).
 """
 
@@ -16,10 +16,11 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from dataclasses import dataclass
 from typing import Any
 
-from coral_base.wire.coral.agent.v1 import agent_pb2
+from coral_base.vocabulary import Action, ArtifactKind, Outcome, StopReason
 from cri_agent.model import PodRecord, PodUID
+from cri_agent.operation import Artifact, OperationRequest, OperationResult
 from cri_agent.ops import namespaces, stacks
-from cri_agent.ops.capture import CaptureFailed, capture
+from cri_agent.ops.capture import CaptureFailed, CaptureStats, capture
 from cri_agent.ops.guardrails import Guardrails, Permit, Refused, Request
 from cri_agent.ops.profile import ProfileFailed, profile
 from cri_agent.ops.sample import sample
@@ -49,11 +50,11 @@ class OperationRunner:
         self.lookup = lookup
         self.record = record
 
-    async def run(self, request: Any) -> AsyncGenerator[Any, None]:
-        """Yield ``agent.v1`` AgentMessages: chunks, then exactly one result (also when cancelled)."""
+    async def run(self, request: OperationRequest) -> AsyncGenerator[Artifact | OperationResult, None]:
+        """Yield artifacts, then exactly one result (also when cancelled)."""
         started = time.time()
         target = request.target
-        result = agent_pb2.Result(request_id=request.request_id, node_name=self.node_name)
+        result = OperationResult(request_id=request.request_id, node_name=self.node_name)
         permit: Permit | None = None
         try:
             pod = self.lookup(PodUID(target.pod_uid), target.namespace, target.pod_name)
@@ -72,31 +73,35 @@ class OperationRunner:
                 namespace_included=pod is not None and pod.included,
             )
             assert pod is not None
-            async for chunk in self._execute(request, pod.record, permit, result):
-                yield agent_pb2.AgentMessage(chunk=chunk)
-            result.outcome = "ok"
+            async for artifact in self._execute(request, pod.record, permit, result):
+                yield artifact
+            result.outcome = Outcome.OK
         except Refused as exc:
-            result.outcome, result.error = "refused", str(exc)
+            result.outcome, result.error = Outcome.REFUSED, str(exc)
         except (CaptureFailed, ProfileFailed, namespaces.PodUnreachable) as exc:
-            result.outcome, result.error = "failed", str(exc)
+            result.outcome, result.error = Outcome.FAILED, str(exc)
         finally:
             if permit is not None:
                 self.guardrails.release(permit)
-            if not result.outcome:  # closed or cancelled while running
-                result.outcome, result.error = "cancelled", "the operator cancelled"
+            if result.outcome is None:  # closed or cancelled while running
+                result.outcome, result.error = Outcome.CANCELLED, "the operator cancelled"
             if not result.duration_s:
                 result.duration_s = time.time() - started
             await self._remember(request, result, started)
-        yield agent_pb2.AgentMessage(result=result)
+        yield result
 
-    def _execute(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
-        if request.action == "tap":
+    def _execute(
+        self, request: OperationRequest, pod: PodRecord, permit: Permit, result: OperationResult
+    ) -> AsyncIterator[Artifact]:
+        if permit.action is Action.TAP:
             return self._tap(request, pod, permit, result)
-        if request.action == "sample":
+        if permit.action is Action.SAMPLE:
             return self._sample(request, pod, permit, result)
         return self._profile(request, pod, permit, result)
 
-    async def _tap(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
+    async def _tap(
+        self, request: OperationRequest, pod: PodRecord, permit: Permit, result: OperationResult
+    ) -> AsyncIterator[Artifact]:
         netns = namespaces.netns_path(pod)
         result.engine = ENGINE_CAPTURE
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -104,7 +109,7 @@ class OperationRunner:
         task.add_done_callback(lambda _: queue.put_nowait(None))
         try:
             while (data := await queue.get()) is not None:
-                yield agent_pb2.Chunk(request_id=request.request_id, kind="pcap", data=data)
+                yield Artifact(request.request_id, ArtifactKind.PCAP, data)
             _fill(result, task.result())
         finally:
             if not task.done():
@@ -112,46 +117,37 @@ class OperationRunner:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
 
-    async def _sample(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
+    async def _sample(
+        self, request: OperationRequest, pod: PodRecord, permit: Permit, result: OperationResult
+    ) -> AsyncIterator[Artifact]:
         result.engine = ENGINE_CAPTURE
-        stats, flows = await sample(namespaces.netns_path(pod), permit, bpf_filter=request.filter)
+        stats, result.flows = await sample(namespaces.netns_path(pod), permit, bpf_filter=request.filter)
         _fill(result, stats)
-        for flow in flows:
-            protocol, src, sport, dst, dport = flow.key
-            result.flows.add(
-                protocol=protocol,
-                src=src,
-                src_port=sport,
-                dst=dst,
-                dst_port=dport,
-                packets=flow.packets,
-                bytes=flow.bytes,
-                first_seen_unix_ms=int(flow.first_seen * 1000),
-                last_seen_unix_ms=int(flow.last_seen * 1000),
-            )
         return
         yield  # an async generator that yields no chunk: the flows travel in the result
 
-    async def _profile(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
+    async def _profile(
+        self, request: OperationRequest, pod: PodRecord, permit: Permit, result: OperationResult
+    ) -> AsyncIterator[Artifact]:
         profiled = await profile(namespaces.container_pids(pod), permit)
         result.samples, result.duration_s, result.engine = profiled.samples, profiled.duration_s, profiled.engine
-        result.stopped_by = "duration"
+        result.stopped_by = StopReason.DURATION
         title = f"{pod.namespace}/{pod.name}: {profiled.samples} samples at {permit.frequency_hz} Hz"
         outputs = {
-            "pprof": stacks.pprof(
+            ArtifactKind.PPROF: stacks.pprof(
                 profiled.folded,
                 frequency_hz=permit.frequency_hz,
                 duration_s=profiled.duration_s,
                 time_ns=time.time_ns(),
             ),
-            "folded": stacks.folded_text(profiled.folded).encode(),
-            "svg": stacks.flame_graph_svg(profiled.folded, title=title).encode(),
+            ArtifactKind.FOLDED: stacks.folded_text(profiled.folded).encode(),
+            ArtifactKind.SVG: stacks.flame_graph_svg(profiled.folded, title=title).encode(),
         }
         for kind, data in outputs.items():
             for start in range(0, len(data), CHUNK_SIZE):
-                yield agent_pb2.Chunk(request_id=request.request_id, kind=kind, data=data[start : start + CHUNK_SIZE])
+                yield Artifact(request.request_id, kind, data[start : start + CHUNK_SIZE])
 
-    async def _remember(self, request: Any, result: Any, started: float) -> None:
+    async def _remember(self, request: OperationRequest, result: OperationResult, started: float) -> None:
         target = request.target
         parameters = {
             "duration_s": request.duration_s,
@@ -174,12 +170,12 @@ class OperationRunner:
                 "duration_s": round(result.duration_s, 3),
                 "bytes": result.bytes,
                 "packets": result.packets,
-                "outcome": result.outcome,
+                "outcome": result.outcome.value if result.outcome else "",
                 "error": result.error,
             }
         )
 
 
-def _fill(result: Any, stats: Any) -> None:
+def _fill(result: OperationResult, stats: CaptureStats) -> None:
     result.bytes, result.packets, result.dropped = stats.bytes, stats.packets, stats.dropped
     result.duration_s, result.stopped_by = stats.duration_s, stats.stopped_by

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cri_agent.operation import Flow
 from cri_agent.ops.capture import CaptureStats, capture
 from cri_agent.ops.guardrails import Permit
-from cri_agent.ops.pcap import Flow, FlowTable, Record
+from cri_agent.ops.pcap import FlowTable, Record
 
 HEADER_SNAPLEN = 128
 

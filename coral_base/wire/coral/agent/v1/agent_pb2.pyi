@@ -11,9 +11,11 @@ per request.
 """
 
 from collections import abc as _abc
+from coral_base.wire.coral.mesh.v1 import mesh_pb2 as _mesh_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,7 +25,97 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _OperationAction:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OperationActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OperationAction.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPERATION_ACTION_UNSPECIFIED: _OperationAction.ValueType  # 0
+    OPERATION_ACTION_TAP: _OperationAction.ValueType  # 1
+    OPERATION_ACTION_PROFILE: _OperationAction.ValueType  # 2
+    OPERATION_ACTION_SAMPLE: _OperationAction.ValueType  # 3
+
+class OperationAction(_OperationAction, metaclass=_OperationActionEnumTypeWrapper):
+    """Closed sets that earlier versions sent as strings (still sent, for older
+    peers). A reader takes the enum, and the string when the enum is UNSPECIFIED.
+    """
+
+OPERATION_ACTION_UNSPECIFIED: OperationAction.ValueType  # 0
+OPERATION_ACTION_TAP: OperationAction.ValueType  # 1
+OPERATION_ACTION_PROFILE: OperationAction.ValueType  # 2
+OPERATION_ACTION_SAMPLE: OperationAction.ValueType  # 3
+Global___OperationAction: _TypeAlias = OperationAction  # noqa: Y015
+
+class _OperationOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OperationOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OperationOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPERATION_OUTCOME_UNSPECIFIED: _OperationOutcome.ValueType  # 0
+    OPERATION_OUTCOME_OK: _OperationOutcome.ValueType  # 1
+    OPERATION_OUTCOME_REFUSED: _OperationOutcome.ValueType  # 2
+    OPERATION_OUTCOME_FAILED: _OperationOutcome.ValueType  # 3
+    OPERATION_OUTCOME_CANCELLED: _OperationOutcome.ValueType  # 4
+
+class OperationOutcome(_OperationOutcome, metaclass=_OperationOutcomeEnumTypeWrapper): ...
+
+OPERATION_OUTCOME_UNSPECIFIED: OperationOutcome.ValueType  # 0
+OPERATION_OUTCOME_OK: OperationOutcome.ValueType  # 1
+OPERATION_OUTCOME_REFUSED: OperationOutcome.ValueType  # 2
+OPERATION_OUTCOME_FAILED: OperationOutcome.ValueType  # 3
+OPERATION_OUTCOME_CANCELLED: OperationOutcome.ValueType  # 4
+Global___OperationOutcome: _TypeAlias = OperationOutcome  # noqa: Y015
+
+class _StopReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StopReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StopReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STOP_REASON_UNSPECIFIED: _StopReason.ValueType  # 0
+    STOP_REASON_DURATION: _StopReason.ValueType  # 1
+    STOP_REASON_MAX_BYTES: _StopReason.ValueType  # 2
+    STOP_REASON_MAX_PACKETS: _StopReason.ValueType  # 3
+    STOP_REASON_CANCEL: _StopReason.ValueType  # 4
+
+class StopReason(_StopReason, metaclass=_StopReasonEnumTypeWrapper): ...
+
+STOP_REASON_UNSPECIFIED: StopReason.ValueType  # 0
+STOP_REASON_DURATION: StopReason.ValueType  # 1
+STOP_REASON_MAX_BYTES: StopReason.ValueType  # 2
+STOP_REASON_MAX_PACKETS: StopReason.ValueType  # 3
+STOP_REASON_CANCEL: StopReason.ValueType  # 4
+Global___StopReason: _TypeAlias = StopReason  # noqa: Y015
+
+class _ArtifactKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ArtifactKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ArtifactKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ARTIFACT_KIND_UNSPECIFIED: _ArtifactKind.ValueType  # 0
+    ARTIFACT_KIND_PCAP: _ArtifactKind.ValueType  # 1
+    ARTIFACT_KIND_PPROF: _ArtifactKind.ValueType  # 2
+    ARTIFACT_KIND_FOLDED: _ArtifactKind.ValueType  # 3
+    ARTIFACT_KIND_SVG: _ArtifactKind.ValueType  # 4
+
+class ArtifactKind(_ArtifactKind, metaclass=_ArtifactKindEnumTypeWrapper): ...
+
+ARTIFACT_KIND_UNSPECIFIED: ArtifactKind.ValueType  # 0
+ARTIFACT_KIND_PCAP: ArtifactKind.ValueType  # 1
+ARTIFACT_KIND_PPROF: ArtifactKind.ValueType  # 2
+ARTIFACT_KIND_FOLDED: ArtifactKind.ValueType  # 3
+ARTIFACT_KIND_SVG: ArtifactKind.ValueType  # 4
+Global___ArtifactKind: _TypeAlias = ArtifactKind  # noqa: Y015
 
 @_typing.final
 class Target(_message.Message):
@@ -35,13 +127,20 @@ class Target(_message.Message):
     SERVICE_KEY_FIELD_NUMBER: _builtins.int
     SERVICE_NAME_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
+    SERVICE_PROVENANCE_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     pod_name: _builtins.str
     pod_uid: _builtins.str
     service_key: _builtins.str
     """empty when the operator named a pod"""
     service_name: _builtins.str
-    provenance: _builtins.str
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def provenance(self) -> _builtins.str: ...
+    @provenance.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def provenance(self, value: _builtins.str) -> None: ...
+    service_provenance: _mesh_pb2.ServiceProvenance.ValueType
     def __init__(
         self,
         *,
@@ -51,10 +150,11 @@ class Target(_message.Message):
         service_key: _builtins.str = ...,
         service_name: _builtins.str = ...,
         provenance: _builtins.str = ...,
+        service_provenance: _mesh_pb2.ServiceProvenance.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "provenance", b"provenance", "service_key", b"service_key", "service_name", b"service_name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "provenance", b"provenance", "service_key", b"service_key", "service_name", b"service_name", "service_provenance", b"service_provenance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -73,11 +173,20 @@ class OperationRequest(_message.Message):
     MAX_BYTES_FIELD_NUMBER: _builtins.int
     MAX_PACKETS_FIELD_NUMBER: _builtins.int
     FREQUENCY_HZ_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     operator: _builtins.str
     """the token name: the audit identity"""
-    action: _builtins.str
-    """tap / profile / sample"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def action(self) -> _builtins.str:
+        """operation as a word, for older agents"""
+
+    @action.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def action(self, value: _builtins.str) -> None:
+        """operation as a word, for older agents"""
+
     duration_s: _builtins.float
     """0: the agent's default"""
     filter: _builtins.str
@@ -88,6 +197,7 @@ class OperationRequest(_message.Message):
     """0: the agent's ceiling"""
     frequency_hz: _builtins.int
     """profile; 0: 49"""
+    operation: Global___OperationAction.ValueType
     @_builtins.property
     def target(self) -> Global___Target: ...
     def __init__(
@@ -102,10 +212,11 @@ class OperationRequest(_message.Message):
         max_bytes: _builtins.int = ...,
         max_packets: _builtins.int = ...,
         frequency_hz: _builtins.int = ...,
+        operation: Global___OperationAction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "duration_s", b"duration_s", "filter", b"filter", "frequency_hz", b"frequency_hz", "max_bytes", b"max_bytes", "max_packets", b"max_packets", "operator", b"operator", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "duration_s", b"duration_s", "filter", b"filter", "frequency_hz", b"frequency_hz", "max_bytes", b"max_bytes", "max_packets", b"max_packets", "operation", b"operation", "operator", b"operator", "request_id", b"request_id", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -188,20 +299,31 @@ class Chunk(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     DATA_FIELD_NUMBER: _builtins.int
+    ARTIFACT_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    kind: _builtins.str
-    """pcap / pprof / folded / svg"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self) -> _builtins.str:
+        """artifact as a word, for older colonies"""
+
+    @kind.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self, value: _builtins.str) -> None:
+        """artifact as a word, for older colonies"""
+
     data: _builtins.bytes
+    artifact: Global___ArtifactKind.ValueType
     def __init__(
         self,
         *,
         request_id: _builtins.str = ...,
         kind: _builtins.str = ...,
         data: _builtins.bytes = ...,
+        artifact: Global___ArtifactKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "kind", b"kind", "request_id", b"request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["artifact", b"artifact", "data", b"data", "kind", b"kind", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -267,9 +389,19 @@ class Result(_message.Message):
     ENGINE_FIELD_NUMBER: _builtins.int
     NODE_NAME_FIELD_NUMBER: _builtins.int
     STOPPED_BY_FIELD_NUMBER: _builtins.int
+    OPERATION_OUTCOME_FIELD_NUMBER: _builtins.int
+    STOP_REASON_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    outcome: _builtins.str
-    """ok / refused / failed / cancelled"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def outcome(self) -> _builtins.str:
+        """operation_outcome as a word, for older colonies"""
+
+    @outcome.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def outcome(self, value: _builtins.str) -> None:
+        """operation_outcome as a word, for older colonies"""
+
     error: _builtins.str
     """why, naming the limit for a refusal"""
     duration_s: _builtins.float
@@ -282,8 +414,18 @@ class Result(_message.Message):
     engine: _builtins.str
     """tcpdump / perf / ebpf, and why"""
     node_name: _builtins.str
-    stopped_by: _builtins.str
-    """duration / max-bytes / max-packets / cancel"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def stopped_by(self) -> _builtins.str:
+        """stop_reason as a word, for older colonies"""
+
+    @stopped_by.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def stopped_by(self, value: _builtins.str) -> None:
+        """stop_reason as a word, for older colonies"""
+
+    operation_outcome: Global___OperationOutcome.ValueType
+    stop_reason: Global___StopReason.ValueType
     @_builtins.property
     def flows(self) -> _containers.RepeatedCompositeFieldContainer[Global___Flow]:
         """sample"""
@@ -303,10 +445,12 @@ class Result(_message.Message):
         engine: _builtins.str = ...,
         node_name: _builtins.str = ...,
         stopped_by: _builtins.str = ...,
+        operation_outcome: Global___OperationOutcome.ValueType = ...,
+        stop_reason: Global___StopReason.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "dropped", b"dropped", "duration_s", b"duration_s", "engine", b"engine", "error", b"error", "flows", b"flows", "node_name", b"node_name", "outcome", b"outcome", "packets", b"packets", "request_id", b"request_id", "samples", b"samples", "stopped_by", b"stopped_by"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes", b"bytes", "dropped", b"dropped", "duration_s", b"duration_s", "engine", b"engine", "error", b"error", "flows", b"flows", "node_name", b"node_name", "operation_outcome", b"operation_outcome", "outcome", b"outcome", "packets", b"packets", "request_id", b"request_id", "samples", b"samples", "stop_reason", b"stop_reason", "stopped_by", b"stopped_by"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -14,6 +14,7 @@ from coral_base.wire.coral.mesh.v1 import mesh_pb2 as _mesh_pb2
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -23,7 +24,80 @@ if sys.version_info >= (3, 11):
 else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
+if sys.version_info >= (3, 13):
+    from warnings import deprecated as _deprecated
+else:
+    from typing_extensions import deprecated as _deprecated
+
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _AgentKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_KIND_UNSPECIFIED: _AgentKind.ValueType  # 0
+    AGENT_KIND_NODE_AGENT: _AgentKind.ValueType  # 1
+    AGENT_KIND_SINGLE_SERVICE: _AgentKind.ValueType  # 2
+
+class AgentKind(_AgentKind, metaclass=_AgentKindEnumTypeWrapper):
+    """Closed sets that earlier versions sent as strings (still sent, for older
+    peers). A reader takes the enum, and the string when the enum is UNSPECIFIED.
+    """
+
+AGENT_KIND_UNSPECIFIED: AgentKind.ValueType  # 0
+AGENT_KIND_NODE_AGENT: AgentKind.ValueType  # 1
+AGENT_KIND_SINGLE_SERVICE: AgentKind.ValueType  # 2
+Global___AgentKind: _TypeAlias = AgentKind  # noqa: Y015
+
+class _AgentState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_STATE_UNSPECIFIED: _AgentState.ValueType  # 0
+    AGENT_STATE_HEALTHY: _AgentState.ValueType  # 1
+    """heartbeats arrive"""
+    AGENT_STATE_UNREACHABLE: _AgentState.ValueType  # 2
+    """three heartbeats missed"""
+
+class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper): ...
+
+AGENT_STATE_UNSPECIFIED: AgentState.ValueType  # 0
+AGENT_STATE_HEALTHY: AgentState.ValueType  # 1
+"""heartbeats arrive"""
+AGENT_STATE_UNREACHABLE: AgentState.ValueType  # 2
+"""three heartbeats missed"""
+Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
+
+class _AuditKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AuditKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AuditKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AUDIT_KIND_UNSPECIFIED: _AuditKind.ValueType  # 0
+    AUDIT_KIND_REGISTRATION: _AuditKind.ValueType  # 1
+    AUDIT_KIND_DEREGISTRATION: _AuditKind.ValueType  # 2
+    AUDIT_KIND_DISCOVERY: _AuditKind.ValueType  # 3
+    AUDIT_KIND_AGENT: _AuditKind.ValueType  # 4
+    AUDIT_KIND_AUTH: _AuditKind.ValueType  # 5
+    AUDIT_KIND_OPERATION: _AuditKind.ValueType  # 6
+    AUDIT_KIND_RETENTION: _AuditKind.ValueType  # 7
+
+class AuditKind(_AuditKind, metaclass=_AuditKindEnumTypeWrapper): ...
+
+AUDIT_KIND_UNSPECIFIED: AuditKind.ValueType  # 0
+AUDIT_KIND_REGISTRATION: AuditKind.ValueType  # 1
+AUDIT_KIND_DEREGISTRATION: AuditKind.ValueType  # 2
+AUDIT_KIND_DISCOVERY: AuditKind.ValueType  # 3
+AUDIT_KIND_AGENT: AuditKind.ValueType  # 4
+AUDIT_KIND_AUTH: AuditKind.ValueType  # 5
+AUDIT_KIND_OPERATION: AuditKind.ValueType  # 6
+AUDIT_KIND_RETENTION: AuditKind.ValueType  # 7
+Global___AuditKind: _TypeAlias = AuditKind  # noqa: Y015
 
 @_typing.final
 class RunOperationRequest(_message.Message):
@@ -37,8 +111,17 @@ class RunOperationRequest(_message.Message):
     MAX_PACKETS_FIELD_NUMBER: _builtins.int
     FREQUENCY_HZ_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
-    action: _builtins.str
-    """tap / profile / sample"""
+    OPERATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def action(self) -> _builtins.str:
+        """operation as a word, for older colonies"""
+
+    @action.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def action(self, value: _builtins.str) -> None:
+        """operation as a word, for older colonies"""
+
     target: _builtins.str
     """a service name or key, or namespace/pod"""
     duration_s: _builtins.float
@@ -48,6 +131,7 @@ class RunOperationRequest(_message.Message):
     frequency_hz: _builtins.int
     node: _builtins.str
     """route a namespace/pod the registry does not list to this node's agent"""
+    operation: _agent_pb2.OperationAction.ValueType
     def __init__(
         self,
         *,
@@ -59,10 +143,11 @@ class RunOperationRequest(_message.Message):
         max_packets: _builtins.int = ...,
         frequency_hz: _builtins.int = ...,
         node: _builtins.str = ...,
+        operation: _agent_pb2.OperationAction.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "duration_s", b"duration_s", "filter", b"filter", "frequency_hz", b"frequency_hz", "max_bytes", b"max_bytes", "max_packets", b"max_packets", "node", b"node", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "duration_s", b"duration_s", "filter", b"filter", "frequency_hz", b"frequency_hz", "max_bytes", b"max_bytes", "max_packets", b"max_packets", "node", b"node", "operation", b"operation", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -192,18 +277,49 @@ class Agent(_message.Message):
     LAST_HEARTBEAT_UNIX_MS_FIELD_NUMBER: _builtins.int
     SERVICES_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    AGENT_KIND_FIELD_NUMBER: _builtins.int
+    AGENT_STATE_FIELD_NUMBER: _builtins.int
+    AGENT_HEALTH_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
-    kind: _builtins.str
-    """node-agent / single-service"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self) -> _builtins.str:
+        """agent_kind as a word"""
+
+    @kind.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self, value: _builtins.str) -> None:
+        """agent_kind as a word"""
+
     node_name: _builtins.str
     version: _builtins.str
-    state: _builtins.str
-    """healthy / unreachable"""
-    health: _builtins.str
-    """the agent's own aggregate: healthy / degraded / unhealthy / unknown"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def state(self) -> _builtins.str:
+        """agent_state as a word"""
+
+    @state.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def state(self, value: _builtins.str) -> None:
+        """agent_state as a word"""
+
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def health(self) -> _builtins.str:
+        """agent_health as a word"""
+
+    @health.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def health(self, value: _builtins.str) -> None:
+        """agent_health as a word"""
+
     first_seen_unix_ms: _builtins.int
     last_heartbeat_unix_ms: _builtins.int
     services: _builtins.int
+    agent_kind: Global___AgentKind.ValueType
+    agent_state: Global___AgentState.ValueType
+    agent_health: _mesh_pb2.AgentHealth.ValueType
+    """the agent's own aggregate"""
     @_builtins.property
     def node_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -222,10 +338,13 @@ class Agent(_message.Message):
         last_heartbeat_unix_ms: _builtins.int = ...,
         services: _builtins.int = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        agent_kind: Global___AgentKind.ValueType = ...,
+        agent_state: Global___AgentState.ValueType = ...,
+        agent_health: _mesh_pb2.AgentHealth.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "first_seen_unix_ms", b"first_seen_unix_ms", "health", b"health", "kind", b"kind", "labels", b"labels", "last_heartbeat_unix_ms", b"last_heartbeat_unix_ms", "node_labels", b"node_labels", "node_name", b"node_name", "services", b"services", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_health", b"agent_health", "agent_id", b"agent_id", "agent_kind", b"agent_kind", "agent_state", b"agent_state", "first_seen_unix_ms", b"first_seen_unix_ms", "health", b"health", "kind", b"kind", "labels", b"labels", "last_heartbeat_unix_ms", b"last_heartbeat_unix_ms", "node_labels", b"node_labels", "node_name", b"node_name", "services", b"services", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -397,10 +516,20 @@ class AuditEntry(_message.Message):
     SERVICE_KEY_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     DETAIL_FIELD_NUMBER: _builtins.int
+    AUDIT_KIND_FIELD_NUMBER: _builtins.int
+    SERVICE_PROVENANCE_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     time_unix_ms: _builtins.int
-    kind: _builtins.str
-    """registration / deregistration / discovery / agent / auth / operation"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self) -> _builtins.str:
+        """audit_kind as a word"""
+
+    @kind.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self, value: _builtins.str) -> None:
+        """audit_kind as a word"""
+
     action: _builtins.str
     """e.g. service.registered, added, agent.unreachable"""
     actor: _builtins.str
@@ -411,8 +540,19 @@ class AuditEntry(_message.Message):
     pod_name: _builtins.str
     service_name: _builtins.str
     service_key: _builtins.str
-    provenance: _builtins.str
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def provenance(self) -> _builtins.str:
+        """service_provenance as a word"""
+
+    @provenance.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def provenance(self, value: _builtins.str) -> None:
+        """service_provenance as a word"""
+
     detail: _builtins.str
+    audit_kind: Global___AuditKind.ValueType
+    service_provenance: _mesh_pb2.ServiceProvenance.ValueType
     def __init__(
         self,
         *,
@@ -429,10 +569,12 @@ class AuditEntry(_message.Message):
         service_key: _builtins.str = ...,
         provenance: _builtins.str = ...,
         detail: _builtins.str = ...,
+        audit_kind: Global___AuditKind.ValueType = ...,
+        service_provenance: _mesh_pb2.ServiceProvenance.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "agent_id", b"agent_id", "detail", b"detail", "id", b"id", "kind", b"kind", "namespace", b"namespace", "node_name", b"node_name", "pod_name", b"pod_name", "provenance", b"provenance", "service_key", b"service_key", "service_name", b"service_name", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "agent_id", b"agent_id", "audit_kind", b"audit_kind", "detail", b"detail", "id", b"id", "kind", b"kind", "namespace", b"namespace", "node_name", b"node_name", "pod_name", b"pod_name", "provenance", b"provenance", "service_key", b"service_key", "service_name", b"service_name", "service_provenance", b"service_provenance", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -446,11 +588,23 @@ class QueryAuditRequest(_message.Message):
     NODE_FIELD_NUMBER: _builtins.int
     KIND_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
+    AUDIT_KIND_FIELD_NUMBER: _builtins.int
     since_unix_ms: _builtins.int
     node: _builtins.str
-    kind: _builtins.str
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self) -> _builtins.str:
+        """audit_kind as a word"""
+
+    @kind.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self, value: _builtins.str) -> None:
+        """audit_kind as a word"""
+
     limit: _builtins.int
     """0: 1000"""
+    audit_kind: Global___AuditKind.ValueType
+    """UNSPECIFIED (and kind empty): every kind"""
     def __init__(
         self,
         *,
@@ -458,10 +612,11 @@ class QueryAuditRequest(_message.Message):
         node: _builtins.str = ...,
         kind: _builtins.str = ...,
         limit: _builtins.int = ...,
+        audit_kind: Global___AuditKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "limit", b"limit", "node", b"node", "since_unix_ms", b"since_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_kind", b"audit_kind", "kind", b"kind", "limit", b"limit", "node", b"node", "since_unix_ms", b"since_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -57,6 +57,75 @@ SERVICE_PROVENANCE_OVERRIDDEN: ServiceProvenance.ValueType  # 3
 """discovered, then changed by an annotation or override"""
 Global___ServiceProvenance: _TypeAlias = ServiceProvenance  # noqa: Y015
 
+class _HealthState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _HealthStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_HealthState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    HEALTH_STATE_UNSPECIFIED: _HealthState.ValueType  # 0
+    HEALTH_STATE_HEALTHY: _HealthState.ValueType  # 1
+    HEALTH_STATE_UNHEALTHY: _HealthState.ValueType  # 2
+    HEALTH_STATE_UNKNOWN: _HealthState.ValueType  # 3
+    """not probed yet, or no health endpoint"""
+
+class HealthState(_HealthState, metaclass=_HealthStateEnumTypeWrapper):
+    """The closed sets below replace strings that earlier versions sent (and
+    still send, for peers that read only those). A reader takes the enum and
+    falls back to the string when the enum is UNSPECIFIED: the sender is older.
+    """
+
+HEALTH_STATE_UNSPECIFIED: HealthState.ValueType  # 0
+HEALTH_STATE_HEALTHY: HealthState.ValueType  # 1
+HEALTH_STATE_UNHEALTHY: HealthState.ValueType  # 2
+HEALTH_STATE_UNKNOWN: HealthState.ValueType  # 3
+"""not probed yet, or no health endpoint"""
+Global___HealthState: _TypeAlias = HealthState  # noqa: Y015
+
+class _AgentHealth:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentHealthEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentHealth.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_HEALTH_UNSPECIFIED: _AgentHealth.ValueType  # 0
+    AGENT_HEALTH_HEALTHY: _AgentHealth.ValueType  # 1
+    AGENT_HEALTH_DEGRADED: _AgentHealth.ValueType  # 2
+    AGENT_HEALTH_UNHEALTHY: _AgentHealth.ValueType  # 3
+    AGENT_HEALTH_UNKNOWN: _AgentHealth.ValueType  # 4
+
+class AgentHealth(_AgentHealth, metaclass=_AgentHealthEnumTypeWrapper): ...
+
+AGENT_HEALTH_UNSPECIFIED: AgentHealth.ValueType  # 0
+AGENT_HEALTH_HEALTHY: AgentHealth.ValueType  # 1
+AGENT_HEALTH_DEGRADED: AgentHealth.ValueType  # 2
+AGENT_HEALTH_UNHEALTHY: AgentHealth.ValueType  # 3
+AGENT_HEALTH_UNKNOWN: AgentHealth.ValueType  # 4
+Global___AgentHealth: _TypeAlias = AgentHealth  # noqa: Y015
+
+class _DiscoveryEventKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _DiscoveryEventKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DiscoveryEventKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    DISCOVERY_EVENT_KIND_UNSPECIFIED: _DiscoveryEventKind.ValueType  # 0
+    DISCOVERY_EVENT_KIND_ADDED: _DiscoveryEventKind.ValueType  # 1
+    DISCOVERY_EVENT_KIND_UPDATED: _DiscoveryEventKind.ValueType  # 2
+    DISCOVERY_EVENT_KIND_REMOVED: _DiscoveryEventKind.ValueType  # 3
+    DISCOVERY_EVENT_KIND_SKIPPED: _DiscoveryEventKind.ValueType  # 4
+    DISCOVERY_EVENT_KIND_ERROR: _DiscoveryEventKind.ValueType  # 5
+
+class DiscoveryEventKind(_DiscoveryEventKind, metaclass=_DiscoveryEventKindEnumTypeWrapper): ...
+
+DISCOVERY_EVENT_KIND_UNSPECIFIED: DiscoveryEventKind.ValueType  # 0
+DISCOVERY_EVENT_KIND_ADDED: DiscoveryEventKind.ValueType  # 1
+DISCOVERY_EVENT_KIND_UPDATED: DiscoveryEventKind.ValueType  # 2
+DISCOVERY_EVENT_KIND_REMOVED: DiscoveryEventKind.ValueType  # 3
+DISCOVERY_EVENT_KIND_SKIPPED: DiscoveryEventKind.ValueType  # 4
+DISCOVERY_EVENT_KIND_ERROR: DiscoveryEventKind.ValueType  # 5
+Global___DiscoveryEventKind: _TypeAlias = DiscoveryEventKind  # noqa: Y015
+
 @_typing.final
 class ServiceInfo(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -191,12 +260,22 @@ class ServiceHealth(_message.Message):
     LAST_ERROR_FIELD_NUMBER: _builtins.int
     LATENCY_MS_FIELD_NUMBER: _builtins.int
     SINCE_UNIX_MS_FIELD_NUMBER: _builtins.int
-    state: _builtins.str
-    """"healthy", "unhealthy" or "unknown" """
+    HEALTH_STATE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def state(self) -> _builtins.str:
+        """health_state as a word, for older colonies"""
+
+    @state.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def state(self, value: _builtins.str) -> None:
+        """health_state as a word, for older colonies"""
+
     last_error: _builtins.str
     latency_ms: _builtins.float
     since_unix_ms: _builtins.int
     """when the state last changed"""
+    health_state: Global___HealthState.ValueType
     def __init__(
         self,
         *,
@@ -204,10 +283,11 @@ class ServiceHealth(_message.Message):
         last_error: _builtins.str = ...,
         latency_ms: _builtins.float = ...,
         since_unix_ms: _builtins.int = ...,
+        health_state: Global___HealthState.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_error", b"last_error", "latency_ms", b"latency_ms", "since_unix_ms", b"since_unix_ms", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["health_state", b"health_state", "last_error", b"last_error", "latency_ms", b"latency_ms", "since_unix_ms", b"since_unix_ms", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -395,9 +475,18 @@ class DiscoveryEvent(_message.Message):
     PROVENANCE_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
     FIELDS_FIELD_NUMBER: _builtins.int
+    EVENT_KIND_FIELD_NUMBER: _builtins.int
     time_unix_ms: _builtins.int
-    kind: _builtins.str
-    """added / updated / removed / skipped / error"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self) -> _builtins.str:
+        """event_kind as a word, for older colonies"""
+
+    @kind.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def kind(self, value: _builtins.str) -> None:
+        """event_kind as a word, for older colonies"""
+
     namespace: _builtins.str
     pod_name: _builtins.str
     pod_uid: _builtins.str
@@ -405,6 +494,7 @@ class DiscoveryEvent(_message.Message):
     service_name: _builtins.str
     provenance: Global___ServiceProvenance.ValueType
     reason: _builtins.str
+    event_kind: Global___DiscoveryEventKind.ValueType
     @_builtins.property
     def fields(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     def __init__(
@@ -420,10 +510,11 @@ class DiscoveryEvent(_message.Message):
         provenance: Global___ServiceProvenance.ValueType = ...,
         reason: _builtins.str = ...,
         fields: _abc.Iterable[_builtins.str] | None = ...,
+        event_kind: Global___DiscoveryEventKind.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fields", b"fields", "kind", b"kind", "namespace", b"namespace", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "provenance", b"provenance", "reason", b"reason", "service_key", b"service_key", "service_name", b"service_name", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event_kind", b"event_kind", "fields", b"fields", "kind", b"kind", "namespace", b"namespace", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "provenance", b"provenance", "reason", b"reason", "service_key", b"service_key", "service_name", b"service_name", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -463,12 +554,23 @@ class HeartbeatRequest(_message.Message):
     SESSION_TOKEN_FIELD_NUMBER: _builtins.int
     HEALTH_FIELD_NUMBER: _builtins.int
     SEQUENCE_FIELD_NUMBER: _builtins.int
+    AGENT_HEALTH_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     session_token: _builtins.str
-    health: _builtins.str
-    """the agent's aggregate: healthy / degraded / unhealthy"""
+    @_builtins.property
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def health(self) -> _builtins.str:
+        """agent_health as a word, for older colonies"""
+
+    @health.setter
+    @_deprecated("""This field has been marked as deprecated using proto field options.""")
+    def health(self, value: _builtins.str) -> None:
+        """agent_health as a word, for older colonies"""
+
     sequence: _builtins.int
     """last delta sent"""
+    agent_health: Global___AgentHealth.ValueType
+    """the agent's aggregate"""
     def __init__(
         self,
         *,
@@ -476,10 +578,11 @@ class HeartbeatRequest(_message.Message):
         session_token: _builtins.str = ...,
         health: _builtins.str = ...,
         sequence: _builtins.int = ...,
+        agent_health: Global___AgentHealth.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "health", b"health", "sequence", b"sequence", "session_token", b"session_token"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_health", b"agent_health", "agent_id", b"agent_id", "health", b"health", "sequence", b"sequence", "session_token", b"session_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

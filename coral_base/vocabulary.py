@@ -1,0 +1,105 @@
+"""The closed sets both programs speak: one enum each, one meaning per word.
+
+The values are the words users see (logs, the CLI, the status page) and
+auditors read (SQLite columns), so they never change once shipped. Where a
+set crosses the wire it is also a protobuf enum; each program's codec maps
+between the two, and only there (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Provenance(StrEnum):
+    """Why a service exists in the form it has (RFD 012)."""
+
+    EXPLICIT = "explicit"  # declared in the agent's config
+    DISCOVERED = "discovered"  # discovered, defaults only
+    OVERRIDDEN = "overridden"  # discovered, then >= 1 field set by annotation/override
+
+
+class EventKind(StrEnum):
+    """What a discovery pass decided about one pod or service."""
+
+    ADDED = "added"
+    UPDATED = "updated"
+    REMOVED = "removed"
+    SKIPPED = "skipped"
+    ERROR = "error"
+
+
+class HealthState(StrEnum):
+    """A service's health: the verdict of the agent's probes on the pod IP."""
+
+    HEALTHY = "healthy"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+
+
+class AgentHealth(StrEnum):
+    """An agent's own aggregate: its conditions and its services' health, in one word."""
+
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNHEALTHY = "unhealthy"
+    UNKNOWN = "unknown"
+
+
+class AgentState(StrEnum):
+    """The colony's view of an agent: are its heartbeats arriving?"""
+
+    HEALTHY = "healthy"
+    UNREACHABLE = "unreachable"
+
+
+class AgentKind(StrEnum):
+    NODE_AGENT = "node-agent"  # discovers a node's pods
+    SINGLE_SERVICE = "single-service"  # RFD 011's agent beside one service
+
+
+class Action(StrEnum):
+    """An operation an operator can run on a pod."""
+
+    TAP = "tap"  # packet capture: keeps payload
+    PROFILE = "profile"  # CPU profile of the pod's processes: reads their memory
+    SAMPLE = "sample"  # flow counts: no payload
+
+
+class Outcome(StrEnum):
+    """How an operation ended."""
+
+    OK = "ok"
+    REFUSED = "refused"  # a guardrail said no, before anything ran
+    FAILED = "failed"  # it ran and broke
+    CANCELLED = "cancelled"  # the operator or the stream went away
+
+
+class StopReason(StrEnum):
+    """What ended an operation that ran."""
+
+    DURATION = "duration"
+    MAX_BYTES = "max-bytes"
+    MAX_PACKETS = "max-packets"
+    CANCEL = "cancel"
+
+
+class ArtifactKind(StrEnum):
+    """The kind of bytes an operation streams back."""
+
+    PCAP = "pcap"
+    PPROF = "pprof"
+    FOLDED = "folded"
+    SVG = "svg"
+
+
+class AuditKind(StrEnum):
+    """The families of the colony's audit log."""
+
+    REGISTRATION = "registration"
+    DEREGISTRATION = "deregistration"
+    DISCOVERY = "discovery"
+    AGENT = "agent"
+    AUTH = "auth"
+    OPERATION = "operation"
+    RETENTION = "retention"  # entries past the retention period were deleted
