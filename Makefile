@@ -42,7 +42,7 @@ image-inputs: .cache/docker/bookworm-rootfs.tar
 
 .cache/docker/bookworm-rootfs.tar:
 	rm -rf .cache/docker/rootfs && mkdir -p .cache/docker
-	debootstrap --variant=minbase --include=$(DOCKER_ROOT_PACKAGES) bookworm .cache/docker/rootfs http://deb.debian.org/debian
+	debootstrap --variant=minbase --include=$(DOCKER_ROOT_PACKAGES) bookworm .cache/docker/rootfs
 	tar -C .cache/docker/rootfs -cf $@ . && rm -rf .cache/docker/rootfs
 
 proto:
