@@ -322,6 +322,16 @@ def test_observe_only_refuses_tap_and_profile_but_allows_sample(
         assert (tap.returncode, profile.returncode, sample.returncode) == (2, 2, 0)
         assert "observe-only mode: tap is refused on this node" in tap.stderr.decode()
         assert "observe-only mode: profile is refused on this node" in profile.stderr.decode()
+        # A filter that tests payload bytes would make sample's counts a payload oracle: refused on the node.
+        oracle = cluster.coral(
+            "sample", "default/watched", "--duration", "0.5s", "--filter", "tcp[20:4] = 0x47455420", operator="lee"
+        )
+        assert oracle.returncode == 2, oracle.stderr.decode()
+        assert "a sample filter may use only host, net, port and protocol primitives" in oracle.stderr.decode()
+        headers = cluster.coral(
+            "sample", "default/watched", "--duration", "0.5s", "--filter", "tcp and port 8080", operator="lee"
+        )
+        assert headers.returncode == 0, headers.stderr.decode()
         pods.delete_pod(watched)
     finally:
         assert agent.stop() == 0

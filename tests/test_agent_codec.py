@@ -77,7 +77,11 @@ def test_heartbeats_and_events_carry_the_enum_and_the_word() -> None:
     event = colony_codec.event(
         DiscoveryEvent(EventKind.SKIPPED, "kube-system", "dns", PodUID("u"), reason="namespace excluded"), at=2.0
     )
-    assert (event.event_kind, event.kind, event.time_unix_ms) == (mesh_pb2.DISCOVERY_EVENT_KIND_SKIPPED, "skipped", 2000)
+    assert (event.event_kind, event.kind, event.time_unix_ms) == (
+        mesh_pb2.DISCOVERY_EVENT_KIND_SKIPPED,
+        "skipped",
+        2000,
+    )
     assert event.provenance == mesh_pb2.SERVICE_PROVENANCE_UNKNOWN
 
 

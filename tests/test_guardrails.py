@@ -40,6 +40,17 @@ def admit(guard: Guardrails, req: Request, *, known: bool = True, included: bool
         (OpsSettings(max_bytes=10), request(max_bytes=11), True, True, "ops.maxBytes=10"),
         (OpsSettings(max_packets=10), request(max_packets=11), True, True, "ops.maxPackets=10"),
         (OpsSettings(), request("profile", frequency_hz=200), True, True, "ops.maxFrequencyHz=99"),
+        (OpsSettings(), request(duration_s=float("nan")), True, True, "duration nans is not a positive number"),
+        (OpsSettings(), request(duration_s=float("inf")), True, True, "duration infs is not a positive number"),
+        (OpsSettings(), request(duration_s=-1.0), True, True, "duration -1s is not a positive number"),
+        (OpsSettings(), request(filter="port 80 or " * 200), True, True, "characters, over the limit of 1024"),
+        (
+            OpsSettings(observe_only=True),
+            request("sample", filter="tcp[20:4] = 0x47455420"),
+            True,
+            True,
+            "observe-only mode: a sample filter may use only host, net, port and protocol primitives",
+        ),
     ],
 )
 def test_refusals_name_the_limit(
@@ -85,3 +96,30 @@ def test_the_rate_limit_is_per_operator_over_a_sliding_minute() -> None:
     admit(guard, request(pod="c", operator="bob"))
     clock.now += 60.5
     admit(guard, request(pod="d"))
+
+
+@pytest.mark.parametrize(
+    "header_filter",
+    [
+        "host 10.0.0.1 and port 80",
+        "tcp and (src net 10.0.0.0/8 or not dst port 443)",
+        "ip6 and host fe80::1",
+        "net 10.0.0.0 mask 255.0.0.0 || portrange 8000-8080",
+        "host db.shop.svc and ip proto 6",
+    ],
+)
+def test_observe_only_sample_takes_header_primitives(header_filter: str) -> None:
+    admit(Guardrails(OpsSettings(observe_only=True)), request("sample", filter=header_filter))
+
+
+@pytest.mark.parametrize(
+    "payload_filter",
+    ["len > 100", "greater 100", "ether[0] & 1 != 0", "udp port 53 and udp[8] = 1", "tcp[tcpflags] & tcp-syn != 0"],
+)
+def test_observe_only_sample_refuses_anything_that_reads_past_the_headers(payload_filter: str) -> None:
+    with pytest.raises(Refused, match="observe-only mode: a sample filter"):
+        admit(Guardrails(OpsSettings(observe_only=True)), request("sample", filter=payload_filter))
+
+
+def test_outside_observe_only_a_filter_is_only_capped_in_length() -> None:
+    admit(Guardrails(OpsSettings()), request("tap", filter="tcp[20:4] = 0x47455420"))

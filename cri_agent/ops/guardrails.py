@@ -3,14 +3,16 @@
 Checked in this order, and the first that fails is the refusal, naming the
 limit: unknown action; observe-only mode (tap and profile refused, sample
 allowed: it keeps no payload); the pod is on this node and its namespace
-is one the filters include; duration within the hard cap; byte, packet and
-frequency ceilings; one operation per pod; at most ``max_concurrent`` on
+is one the filters include; a finite, non-negative duration within the hard
+cap; byte, packet and frequency ceilings; the BPF filter's length, and in
+observe-only mode its words (``bpf_filter``); one operation per pod; at most ``max_concurrent`` on
 the node; the operator's rate (a sliding minute). An admitted operation
 holds its slots until ``release``.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 
 from coral_base.vocabulary import Action
 from cri_agent.config import OpsSettings
+from cri_agent.ops import bpf_filter
 
 WRITES_PAYLOAD = (Action.TAP, Action.PROFILE)  # what observe-only mode refuses
 
@@ -36,6 +39,7 @@ class Request:
     max_bytes: int = 0
     max_packets: int = 0
     frequency_hz: int = 0
+    filter: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +72,8 @@ class Guardrails:
             raise Refused("no such pod on this node (it may have just gone)")
         if not namespace_included:
             raise Refused(f"namespace {request.namespace} is excluded by this agent's filters")
+        if not math.isfinite(request.duration_s) or request.duration_s < 0:
+            raise Refused(f"duration {request.duration_s:g}s is not a positive number of seconds (0: the default)")
         duration = request.duration_s or s.default_duration
         if duration > s.max_duration:
             raise Refused(f"duration {duration:g}s is over the hard cap ops.maxDuration={s.max_duration:g}s")
@@ -78,6 +84,8 @@ class Guardrails:
         frequency = request.frequency_hz or min(49, s.max_frequency_hz)
         if frequency > s.max_frequency_hz:
             raise Refused(f"frequency {frequency} Hz is over the ceiling ops.maxFrequencyHz={s.max_frequency_hz}")
+        if (why := bpf_filter.problem(request.filter, header_only=s.observe_only)) is not None:
+            raise Refused(why)
         if request.pod_uid in self._running:
             raise Refused(f"one operation per pod: a {self._running[request.pod_uid]} is already running on this pod")
         if len(self._running) >= s.max_concurrent:

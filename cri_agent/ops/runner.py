@@ -68,6 +68,7 @@ class OperationRunner:
                     max_bytes=request.max_bytes,
                     max_packets=request.max_packets,
                     frequency_hz=request.frequency_hz,
+                    filter=request.filter,
                 ),
                 pod_known=pod is not None,
                 namespace_included=pod is not None and pod.included,
