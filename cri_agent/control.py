@@ -30,6 +30,7 @@ from cri_agent.sync import ColonySync, colony_channel
 
 log = logging.getLogger("cri_agent.control")
 _END = agent_pb2.AgentMessage()  # a marker: the outbox's end, never sent
+OUTBOX = 32  # messages waiting for the stream: beyond it, operations wait (and their capture slows)
 
 
 class ControlStream:
@@ -43,7 +44,7 @@ class ControlStream:
     async def run(self) -> None:
         while True:
             token = await self.sync.session()
-            outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+            outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue(OUTBOX)
             outbox.put_nowait(colony_codec.hello(agent_id=self.sync.endpoint.agent_id, session=token))
             try:
                 async with colony_channel(self.sync.endpoint) as channel:
@@ -60,8 +61,10 @@ class ControlStream:
                     )
             finally:
                 self.connected = False
-                outbox.put_nowait(_END)
                 await self._cancel_all()
+                while not outbox.empty():  # nobody will send these: the stream is gone
+                    outbox.get_nowait()
+                outbox.put_nowait(_END)
             await asyncio.sleep(self.backoff.next())
 
     def _dispatch(self, message: agent_pb2.ColonyMessage, outbox: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
@@ -87,9 +90,9 @@ class ControlStream:
             async for message in messages:
                 if isinstance(message, OperationResult):
                     result = message
-                    outbox.put_nowait(colony_codec.result(message))
+                    await outbox.put(colony_codec.result(message))
                 else:
-                    outbox.put_nowait(colony_codec.artifact(message))
+                    await outbox.put(colony_codec.artifact(message))
         if result is not None:
             emit(
                 log,

@@ -9,6 +9,7 @@ import pytest
 from cri_agent.ops.pcap import (
     LINKTYPE_ETHERNET,
     LINKTYPE_LINUX_SLL2,
+    OTHER,
     FlowTable,
     PcapError,
     PcapStream,
@@ -74,3 +75,21 @@ def test_flows_count_packets_and_wire_bytes_not_payload() -> None:
         (("tcp", "10.0.0.1", 40000, "10.0.0.2", 80), 2, 1500, 1.0, 2.0),
         (("tcp", "10.0.0.2", 80, "10.0.0.1", 40000), 1, 60, 1.5, 1.5),
     ]
+
+
+def test_a_scan_cannot_grow_the_flow_table_past_its_ceiling() -> None:
+    """A new 5-tuple a packet (a port scan) lands in one OTHER flow once the ceiling is reached."""
+    table = FlowTable(LINKTYPE_LINUX_SLL2, max_flows=100)
+    stream = PcapStream()
+    frames = b"".join(
+        record(sll2(ipv4_tcp("10.0.0.1", "10.0.0.2", 40000, port)), ts=1.0 + port / 1000, orig=100)
+        for port in range(1, 1001)
+    )
+    for r in stream.feed(header(LINKTYPE_LINUX_SLL2) + frames):
+        table.add(r)
+    top = table.top(limit=1000)
+    assert len(top) == 101
+    other = top[-1]
+    assert (other.key, other.packets, other.bytes) == (OTHER, 900, 90_000)
+    assert sum(f.packets for f in top) == 1000  # every packet counted once
+    assert len(table.top(limit=5)) == 6  # the biggest five, and the rest that had no row

@@ -121,11 +121,21 @@ def flow_key(linktype: int, frame: bytes) -> FlowKey | None:
     return name, src, 0, dst, 0
 
 
-class FlowTable:
-    """Packets and bytes (on the wire) per 5-tuple; nothing of the payload is kept."""
+MAX_FLOWS = 10_000  # ~4 MiB at ~400 B a flow; a packet ceiling of 1,000,000 distinct flows would be ~385 MiB
+OTHER: FlowKey = ("other", "*", 0, "*", 0)  # the flows past the ceiling, counted together
 
-    def __init__(self, linktype: int) -> None:
+
+class FlowTable:
+    """Packets and bytes (on the wire) per 5-tuple; nothing of the payload is kept.
+
+    At most ``max_flows`` 5-tuples are kept apart; the packets of any further
+    one are counted in a single ``OTHER`` flow, so memory stays bounded
+    whatever the pod sends (a scan is a new 5-tuple a packet).
+    """
+
+    def __init__(self, linktype: int, *, max_flows: int = MAX_FLOWS) -> None:
         self.linktype = linktype
+        self.max_flows = max_flows
         self._flows: dict[FlowKey, Flow] = {}
         self.unparsed = 0
 
@@ -135,6 +145,9 @@ class FlowTable:
             self.unparsed += 1
             return
         flow = self._flows.get(key)
+        if flow is None and len(self._flows) >= self.max_flows:
+            flow = self._flows.get(OTHER)
+            key = OTHER
         if flow is None:
             flow = self._flows[key] = Flow(key, first_seen=record.ts)
         flow.packets += 1
@@ -142,4 +155,7 @@ class FlowTable:
         flow.last_seen = record.ts
 
     def top(self, limit: int = 100) -> list[Flow]:
-        return sorted(self._flows.values(), key=lambda f: (-f.bytes, f.key))[:limit]
+        """The ``limit`` biggest flows by bytes, and the ``OTHER`` flow when there is one."""
+        other = self._flows.get(OTHER)
+        flows = sorted((f for f in self._flows.values() if f.key != OTHER), key=lambda f: (-f.bytes, f.key))
+        return flows[:limit] + ([other] if other is not None else [])

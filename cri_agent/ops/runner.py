@@ -28,6 +28,7 @@ from cri_agent.ops.sample import sample
 log = logging.getLogger("cri_agent.ops")
 
 CHUNK_SIZE = 1024 * 1024  # well under gRPC's 4 MiB message limit
+CAPTURE_BACKLOG = 16  # capture reads (64 KiB each) waiting for the stream: a stalled operator slows the capture
 ENGINE_CAPTURE = "dumpcap in the pod's network namespace (nsenter --net)"
 
 
@@ -81,6 +82,9 @@ class OperationRunner:
             result.outcome, result.error = Outcome.REFUSED, str(exc)
         except (CaptureFailed, ProfileFailed, namespaces.PodUnreachable) as exc:
             result.outcome, result.error = Outcome.FAILED, str(exc)
+        except Exception as exc:  # a bug must still end in a result and a truthful operations row
+            log.exception("operation %s failed unexpectedly", request.request_id)
+            result.outcome, result.error = Outcome.FAILED, f"internal error: {type(exc).__name__}: {exc}"
         finally:
             if permit is not None:
                 self.guardrails.release(permit)
@@ -105,9 +109,9 @@ class OperationRunner:
     ) -> AsyncIterator[Artifact]:
         netns = namespaces.netns_path(pod)
         result.engine = ENGINE_CAPTURE
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(CAPTURE_BACKLOG)
         task = asyncio.create_task(capture(netns, permit, bpf_filter=request.filter, emit=queue.put))
-        task.add_done_callback(lambda _: queue.put_nowait(None))
+        task.add_done_callback(lambda _: _end(queue))
         try:
             while (data := await queue.get()) is not None:
                 yield Artifact(request.request_id, ArtifactKind.PCAP, data)
@@ -175,6 +179,14 @@ class OperationRunner:
                 "error": result.error,
             }
         )
+
+
+def _end(queue: asyncio.Queue[bytes | None]) -> None:
+    """Tell the reader the capture ended; the capture is done, so a full queue can only drain."""
+    if queue.full():
+        asyncio.get_running_loop().call_soon(_end, queue)
+    else:
+        queue.put_nowait(None)
 
 
 def _fill(result: OperationResult, stats: CaptureStats) -> None:
