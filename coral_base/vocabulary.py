@@ -103,3 +103,12 @@ class AuditKind(StrEnum):
     AUTH = "auth"
     OPERATION = "operation"
     RETENTION = "retention"  # entries past the retention period were deleted
+
+
+class Scope(StrEnum):
+    """What a colony token may do. Operator tools (the CLI, an MCP server) check the same words."""
+
+    READ = "read"  # agents, services, whoami
+    AUDIT = "audit"  # the audit log
+    OPERATE = "operate"  # tap, profile, sample
+    ENROLL = "enroll"  # a bootstrap token: enrolls node agents, nothing else

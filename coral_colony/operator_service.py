@@ -125,8 +125,8 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
 
     async def _operator(self, context: Any, method: str) -> str:
         token = operator_token(context.invocation_metadata())
-        name = await self._read(lambda: self.tokens.authenticate(token))
-        if name is None:
+        principal = await self._read(lambda: self.tokens.authenticate(token))
+        if principal is None:
             peer = context.peer() or "unknown peer"
             why = "no token" if not token else "unknown token"
             await self.record(
@@ -137,8 +137,8 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
                 ]
             )
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, NO_TOKEN if not token else BAD_TOKEN)
-        assert name is not None
-        return name
+        assert principal is not None
+        return principal.name
 
     async def WhoAmI(self, request: Any, context: Any) -> Any:
         name = await self._operator(context, "WhoAmI")

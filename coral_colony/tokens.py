@@ -1,58 +1,130 @@
-"""Named operator tokens: who may call the colony's operator API.
+"""Named colony tokens with scopes: who may call the colony, and for what.
 
-``coral colony token create NAME`` prints a random token once and stores
-only its SHA-256 in ``DIR/operator-tokens.yaml`` (mode 0600). The NAME is
-the operator's identity in the audit log. A running colony re-reads the
-file when it changes, so creating or revoking a token needs no restart.
+``coral colony token create NAME --scope read,operate --namespace shop``
+prints a random token once and stores only its SHA-256 in
+``DIR/operator-tokens.yaml`` (mode 0600, in a 0700 directory). The NAME is
+the caller's identity in the audit log. Each token carries scopes
+(``coral_base.vocabulary.Scope``): ``read`` (agents, services), ``audit``,
+``operate`` (tap, profile, sample), each limited to some namespaces when
+``--namespace`` is given; or ``enroll`` alone for a bootstrap token, which
+expires. A token written before scopes existed keeps what it could do then:
+``read``, ``audit`` and ``operate`` everywhere.
+
+A running colony re-reads the file when it changes, so creating or revoking
+a token needs no restart. Files are created with ``O_EXCL|O_NOFOLLOW``: a
+symlink planted in the directory is refused, never followed.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 import threading
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from coral_base.errors import ConfigError
+from coral_base.private_files import read_private, write_private
+from coral_base.vocabulary import Scope
 
 TOKENS_FILE = "operator-tokens.yaml"
+OPERATOR_SCOPES = frozenset({Scope.READ, Scope.AUDIT, Scope.OPERATE})
+LEGACY_SCOPES = OPERATOR_SCOPES  # what a token without scopes could do before scopes existed
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$")
+_NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes namespace name
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: its name, what it may do, and where."""
+
+    name: str
+    scopes: frozenset[Scope]
+    namespaces: frozenset[str] = frozenset()  # empty: every namespace
+    expires: float = 0.0  # 0: never
+
+    def refusal(self, scope: Scope, *, namespace: str | None = None) -> str | None:
+        """Why this caller may not use ``scope`` (in ``namespace``), or None when it may."""
+        if scope not in self.scopes:
+            has = ", ".join(sorted(self.scopes)) or "none"
+            return f"token {self.name!r} lacks the {scope} scope (it has: {has})"
+        if namespace is not None and self.namespaces and namespace not in self.namespaces:
+            allowed = ", ".join(sorted(self.namespaces))
+            return f"token {self.name!r} is limited to namespace(s) {allowed}: {namespace or '(none)'} is outside them"
+        return None
 
 
 @dataclass(frozen=True, slots=True)
 class TokenInfo:
     name: str
     created: float
+    scopes: frozenset[Scope]
+    namespaces: frozenset[str]
+    expires: float
 
 
 def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def parse_scopes(words: Iterable[str]) -> frozenset[Scope]:
+    """``read,operate`` (comma- or space-separated) as scopes; an unknown word names the known ones."""
+    scopes: set[Scope] = set()
+    for word in (w.strip() for text in words for w in text.replace(",", " ").split()):
+        try:
+            scopes.add(Scope(word))
+        except ValueError:
+            raise ConfigError(f"unknown scope {word!r}: one of {', '.join(Scope)}") from None
+    return frozenset(scopes)
+
+
 class OperatorTokens:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.path = directory / TOKENS_FILE
+        self.clock = clock
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
-        self._by_digest: dict[str, str] = {}
+        self._by_digest: dict[str, Principal] = {}
 
     # -- administration (the `coral colony token` commands) --------------------------
 
-    def create(self, name: str) -> str:
+    def create(
+        self,
+        name: str,
+        *,
+        scopes: Iterable[Scope],
+        namespaces: Iterable[str] = (),
+        ttl_s: float = 0.0,
+    ) -> str:
         """A new token for ``name``; printed once, never stored in clear."""
+        scopes, namespaces = frozenset(scopes), frozenset(namespaces)
         if not _NAME.match(name):
             raise ConfigError(f"token name {name!r}: letters, digits and ._@- only, at most 63 characters")
+        if not scopes:
+            raise ConfigError(f"say what {name!r} may do: --scope with one or more of {', '.join(Scope)}")
+        if Scope.ENROLL in scopes and scopes != {Scope.ENROLL}:
+            raise ConfigError("an enroll (bootstrap) token can do nothing else: create a separate operator token")
+        if Scope.ENROLL in scopes and not 0 < ttl_s <= 7 * 86400:
+            raise ConfigError("a bootstrap token must expire within 7 days: --expires 24h, say")
+        if bad := sorted(n for n in namespaces if not _NAMESPACE.match(n)):
+            raise ConfigError(f"not a namespace name: {', '.join(bad)}")
         entries = self._read()
         if name in entries:
             raise ConfigError(f"a token named {name!r} exists: revoke it first (coral colony token revoke {name})")
         token = f"coral_{secrets.token_urlsafe(32)}"
-        entries[name] = {"sha256": _digest(token), "created": time.time()}
+        now = self.clock()
+        entries[name] = {
+            "sha256": _digest(token),
+            "created": now,
+            "scopes": sorted(scope.value for scope in scopes),
+            "namespaces": sorted(namespaces),
+            "expires": now + ttl_s if ttl_s else 0.0,
+        }
         self._write(entries)
         return token
 
@@ -64,47 +136,80 @@ class OperatorTokens:
         self._write(entries)
 
     def list(self) -> list[TokenInfo]:
-        return [TokenInfo(name=n, created=float(str(e.get("created", 0.0)))) for n, e in sorted(self._read().items())]
+        infos = []
+        for name, entry in sorted(self._read().items()):
+            principal = _principal(name, entry)
+            infos.append(
+                TokenInfo(
+                    name=name,
+                    created=_number(entry.get("created")),
+                    scopes=principal.scopes,
+                    namespaces=principal.namespaces,
+                    expires=principal.expires,
+                )
+            )
+        return infos
 
     # -- the server's check -------------------------------------------------------------
 
-    def authenticate(self, token: str) -> str | None:
-        """The operator name ``token`` belongs to, else None."""
+    def authenticate(self, token: str) -> Principal | None:
+        """Who ``token`` belongs to, with its scopes; None for an unknown or expired token."""
         if not token:
             return None
         with self._lock:
             self._reload()
-            return self._by_digest.get(_digest(token))
+            principal = self._by_digest.get(_digest(token))
+        if principal is None or (principal.expires and principal.expires <= self.clock()):
+            return None
+        return principal
 
     # -- the file -----------------------------------------------------------------------
 
     def _reload(self) -> None:
         try:
-            st = self.path.stat()
+            st = self.path.stat(follow_symlinks=False)
         except FileNotFoundError:
             self._stamp, self._by_digest = None, {}
             return
         stamp = (st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
-            self._by_digest = {str(e["sha256"]): name for name, e in self._read().items()}
+            self._by_digest = {str(e["sha256"]): _principal(name, e) for name, e in self._read().items()}
             self._stamp = stamp
 
     def _read(self) -> dict[str, dict[str, object]]:
         try:
-            data = yaml.safe_load(self.path.read_text()) or {}
+            text = read_private(self.path)
         except FileNotFoundError:
             return {}
+        except OSError as exc:
+            raise ConfigError(f"{self.path}: cannot be read safely ({exc.strerror}; a symlink is refused)") from None
+        try:
+            data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:
             raise ConfigError(f"{self.path}: not valid YAML ({exc})") from None
         tokens = data.get("tokens", {}) if isinstance(data, dict) else None
         if not isinstance(tokens, dict):
-            raise ConfigError(f"{self.path}: expected a `tokens:` mapping of name -> {{sha256, created}}")
+            raise ConfigError(f"{self.path}: expected a `tokens:` mapping of name -> {{sha256, created, scopes}}")
         return {str(k): dict(v) for k, v in tokens.items()}
 
     def _write(self, entries: dict[str, dict[str, object]]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            yaml.safe_dump({"tokens": entries}, f, sort_keys=True)
-        tmp.replace(self.path)
+        write_private(self.path, yaml.safe_dump({"tokens": entries}, sort_keys=True).encode())
+
+
+def _principal(name: str, entry: dict[str, object]) -> Principal:
+    words = entry.get("scopes")
+    scopes = LEGACY_SCOPES if words is None else parse_scopes(str(w) for w in _list(words))
+    return Principal(
+        name=name,
+        scopes=scopes,
+        namespaces=frozenset(str(n) for n in _list(entry.get("namespaces"))),
+        expires=_number(entry.get("expires")),
+    )
+
+
+def _list(value: object) -> list[object]:
+    return list(value) if isinstance(value, list) else []
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else 0.0

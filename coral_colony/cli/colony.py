@@ -6,16 +6,22 @@ import argparse
 import asyncio
 import signal
 import socket
+import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 from coral_base.durations import parse_duration
+from coral_base.errors import ConfigError
 from coral_base.logs import configure
 from coral_base.tables import age, print_table
+from coral_base.vocabulary import Scope
 from coral_colony.identity import init_colony, load_colony
 from coral_colony.server import HEARTBEAT_TIMEOUT_S, STALE_TTL_S, WEB_LISTEN, serve
-from coral_colony.tokens import OperatorTokens
+from coral_colony.tokens import OperatorTokens, parse_scopes
+
+DEFAULT_SCOPES = frozenset({Scope.READ, Scope.AUDIT})  # look, not touch: operate is granted explicitly
+BOOTSTRAP_TTL_S = 24 * 3600.0
 
 
 def register(commands: Any) -> None:
@@ -57,12 +63,12 @@ def register(commands: Any) -> None:
     start.add_argument("--log-format", choices=["text", "json"], default="text")
     start.set_defaults(handler=start_command)
 
-    token = sub.add_parser("token", help="operator tokens: the name is the operator's audit identity")
+    token = sub.add_parser("token", help="colony tokens: the name is the caller's audit identity")
     token_sub = token.add_subparsers(dest="token_command", required=True, metavar="COMMAND")
     for name, text, handler in (
         ("create", "create a token for NAME and print it once", token_create),
         ("revoke", "revoke NAME's token (a running colony notices at once)", token_revoke),
-        ("list", "list token names", token_list),
+        ("list", "list tokens: names, scopes, namespaces, expiry", token_list),
     ):
         command = token_sub.add_parser(name, help=text)
         command.add_argument("--dir", type=Path, required=True, help="the colony directory")
@@ -70,6 +76,25 @@ def register(commands: Any) -> None:
             command.add_argument("name")
         if name == "create":
             command.add_argument("--quiet", "-q", action="store_true", help="print only the token (for scripts)")
+            command.add_argument(
+                "--scope",
+                action="append",
+                default=[],
+                help="what the token may do: read (agents, services), audit, operate (tap, profile, sample); "
+                "comma-separated or repeated (default: read,audit)",
+            )
+            command.add_argument(
+                "--namespace",
+                action="append",
+                default=[],
+                help="limit read and operate to this namespace (repeat for several; default: every namespace)",
+            )
+            command.add_argument(
+                "--bootstrap",
+                action="store_true",
+                help="a bootstrap token: enrolls node agents and nothing else; expires (--expires, default 24h)",
+            )
+            command.add_argument("--expires", type=parse_duration, default=None, help="e.g. 24h, 7d (0: never)")
         command.set_defaults(handler=handler)
 
 
@@ -110,11 +135,20 @@ def start_command(args: argparse.Namespace) -> int:
 
 def token_create(args: argparse.Namespace) -> int:
     load_colony(args.dir)  # a colony directory, not a typo
-    token = OperatorTokens(args.dir).create(args.name)
+    if args.bootstrap:
+        if args.scope or args.namespace:
+            raise ConfigError("a bootstrap token only enrolls agents: drop --scope and --namespace")
+        scopes = frozenset({Scope.ENROLL})
+        ttl = BOOTSTRAP_TTL_S if args.expires is None else args.expires
+    else:
+        scopes = parse_scopes(args.scope) if args.scope else DEFAULT_SCOPES
+        ttl = args.expires or 0.0
+    token = OperatorTokens(args.dir).create(args.name, scopes=scopes, namespaces=args.namespace, ttl_s=ttl)
     if args.quiet:
         print(token)
         return 0
-    print(f"operator token for {args.name} (shown once; the colony keeps only its hash):")
+    where = f" in namespace(s) {', '.join(sorted(args.namespace))}" if args.namespace else ""
+    print(f"token for {args.name}, scopes {', '.join(sorted(scopes))}{where} (shown once; the colony keeps its hash):")
     print(token)
     print()
     print("use it with:")
@@ -129,6 +163,22 @@ def token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def _expiry(expires: float, *, now: float) -> str:
+    if not expires:
+        return "never"
+    return "expired" if expires <= now else "in " + age(now, now=expires)
+
+
 def token_list(args: argparse.Namespace) -> int:
-    print_table(["NAME", "CREATED"], [[t.name, age(t.created) + " ago"] for t in OperatorTokens(args.dir).list()])
+    rows = [
+        [
+            t.name,
+            ",".join(sorted(t.scopes)),
+            ",".join(sorted(t.namespaces)) or "*",
+            age(t.created) + " ago",
+            _expiry(t.expires, now=time.time()),
+        ]
+        for t in OperatorTokens(args.dir).list()
+    ]
+    print_table(["NAME", "SCOPES", "NAMESPACES", "CREATED", "EXPIRES"], rows)
     return 0

@@ -15,12 +15,13 @@ import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from coral_base.vocabulary import Scope
 from coral_colony.identity import init_colony
-from coral_colony.tokens import OperatorTokens
+from coral_colony.tokens import OPERATOR_SCOPES, OperatorTokens
 
 _T = TypeVar("_T")
 
@@ -77,8 +78,8 @@ class ColonyProcess:
             **changes,
         }
 
-    def token(self, name: str) -> str:
-        return OperatorTokens(self.directory).create(name)
+    def token(self, name: str, *, scopes: Iterable[Scope] = OPERATOR_SCOPES, namespaces: Iterable[str] = ()) -> str:
+        return OperatorTokens(self.directory).create(name, scopes=scopes, namespaces=namespaces)
 
     def start(self) -> ColonyProcess:
         log = self.log_path.open("ab")

@@ -1,0 +1,41 @@
+"""Files that hold secrets: written whole, 0600, in a 0700 directory, never through a symlink.
+
+Keys, certificates' keys, token hashes and enrollment records are written
+here. Someone who can write to the directory could otherwise plant a
+symlink where the next write lands (and have the secret written to a file
+they can read), or watch a half-written file.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data``, mode 0600, in a 0700 directory, never through a symlink.
+
+    The bytes go to a fresh temporary file (``O_EXCL|O_NOFOLLOW``: nothing
+    planted there is reused) that is renamed over ``path`` only when
+    complete, so a reader sees the old file or the new one.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_private(path: Path) -> bytes:
+    """The bytes of ``path``, refusing a symlink (``O_NOFOLLOW``)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as handle:
+        return handle.read()
