@@ -13,8 +13,8 @@ import secrets
 from pathlib import Path
 
 
-def write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data``, mode 0600, in a 0700 directory, never through a symlink.
+def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data``, mode 0600 (or ``mode``), in a 0700 directory, never through a symlink.
 
     The bytes go to a fresh temporary file (``O_EXCL|O_NOFOLLOW``: nothing
     planted there is reused) that is renamed over ``path`` only when
@@ -23,6 +23,7 @@ def write_private(path: Path, data: bytes) -> None:
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    os.fchmod(fd, mode)  # exactly ``mode``, whatever the umask
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from coral_base.errors import ConfigError
+from coral_base.private_files import write_private
 
 VALIDITY = datetime.timedelta(days=825)
 
@@ -57,12 +57,6 @@ class ColonyIdentity:
         return self.secret_file.read_text().strip()
 
 
-def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-
-
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
@@ -71,9 +65,12 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def init_colony(directory: Path, *, colony_id: str, hosts: Sequence[str]) -> ColonyIdentity:
     """Create a new colony identity; refuses to overwrite an existing one."""
-    if (directory / "colony.yaml").exists():
+    if (directory / "colony.yaml").is_symlink() or (directory / "colony.yaml").exists():
         raise ConfigError(f"{directory} already holds a colony: choose another directory or remove it first")
-    directory.mkdir(parents=True, exist_ok=True)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if directory.is_symlink() or not directory.is_dir():
+        raise ConfigError(f"{directory} is not a directory (a symlink is refused)")
+    directory.chmod(0o700)  # it holds the CA key and the secret
     now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"coral colony {colony_id} CA")])
@@ -108,14 +105,13 @@ def init_colony(directory: Path, *, colony_id: str, hosts: Sequence[str]) -> Col
         .sign(ca_key, hashes.SHA256())
     )
     identity = ColonyIdentity(directory=directory, colony_id=colony_id)
-    identity.ca_cert.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    _write_private(directory / "ca.key", _key_pem(ca_key))
-    identity.server_cert.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    _write_private(identity.server_key, _key_pem(server_key))
-    _write_private(identity.secret_file, (secrets.token_urlsafe(32) + "\n").encode())
-    (directory / "colony.yaml").write_text(
-        yaml.safe_dump({"colonyId": colony_id, "secretFile": "colony-secret", "hosts": list(hosts)})
-    )
+    write_private(identity.ca_cert, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_private(directory / "ca.key", _key_pem(ca_key))
+    write_private(identity.server_cert, server.public_bytes(serialization.Encoding.PEM), mode=0o644)
+    write_private(identity.server_key, _key_pem(server_key))
+    write_private(identity.secret_file, (secrets.token_urlsafe(32) + "\n").encode())
+    record = {"colonyId": colony_id, "secretFile": "colony-secret", "hosts": list(hosts)}
+    write_private(directory / "colony.yaml", yaml.safe_dump(record).encode(), mode=0o644)
     return identity
 
 
