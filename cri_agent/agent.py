@@ -33,7 +33,7 @@ from coral_base.backoff import Backoff
 from coral_base.errors import CoralError
 from coral_base.lifecycle import Stage, StopPolicy, run_stages
 from coral_base.logs import emit
-from cri_agent.cache import CacheContents, CacheWriter
+from cri_agent.cache.writer import CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
 from cri_agent.conditions import Conditions
 from cri_agent.config import Settings

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from coral_cli import main
-from cri_agent.cache import Cache
+from cri_agent.cache.writer import Cache
 from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState, reconcile
 from cri_agent.discovery.rules import DiscoveryRules

@@ -8,7 +8,8 @@ import shutil
 from pathlib import Path
 
 from coral_colony.registry import Registry
-from cri_agent.cache import Cache, CacheContents, CacheWriter
+from cri_agent.cache.reader import CacheReader
+from cri_agent.cache.writer import Cache, CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
 from cri_agent.discovery.engine import reconcile
 from cri_agent.discovery.rules import DiscoveryRules
@@ -57,15 +58,17 @@ def copy(name: str, tmp_path: Path) -> Path:
 
 
 def test_an_agent_cache_written_by_the_previous_release_restores_its_state_without_churn(tmp_path: Path) -> None:
-    cache = Cache(copy("agent-a8a58de.db", tmp_path))
+    path = copy("agent-a8a58de.db", tmp_path)
+    cache = Cache(path)
     known = cache.load_known()
     assert sorted((s.name, s.port, s.provenance, s.workload) for s in known.services.values()) == [
         ("checkout", 8080, Provenance.DISCOVERED, "Deployment/checkout"),
         ("payments-api", 8080, Provenance.OVERRIDDEN, "Deployment/payments"),
     ]
-    assert [e.kind for e in cache.events()] == ["error", "added", "added", "added", "removed"]
-    assert [o["operator"] for o in cache.operations()] == ["alice"]
-    assert {c["name"]: c["ok"] for c in cache.conditions()} == {"runtime": 1}
+    with CacheReader(path) as reader:
+        assert [e.kind for e in reader.events()] == ["error", "added", "added", "added", "removed"]
+        assert [o.operator for o in reader.operations()] == ["alice"]
+        assert {c.name: c.ok for c in reader.conditions()} == {"runtime": 1}
     # The same pods again (as the old code saw them): nothing to say, as after any restart.
     pods = (fixture_pod("checkout"), fixture_pod("payments", {"coral.io/name": "payments-api"}))
     result = reconcile(known, NodeSnapshot("node-a", pods, taken_at=2000.0), DiscoveryRules(node_name="node-a"))
