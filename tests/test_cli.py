@@ -9,10 +9,11 @@ import pytest
 
 from coral_cli import main
 from cri_agent.cache.writer import Cache
+from cri_agent.cli import cache_views
 from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
-from cri_agent.model import NodeSnapshot
+from cri_agent.model import EventKind, NodeSnapshot
 from tests.builders import pod
 
 
@@ -74,3 +75,7 @@ def test_a_missing_cache_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
 def test_invalid_flag_value_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["agent", "node", "--cache", str(tmp_path / "a.db"), "--include-label", "novalue"])
     assert (code, "not key=value" in capsys.readouterr().err) == (2, True)
+
+
+def test_the_events_kind_choices_are_the_event_kinds() -> None:
+    assert tuple(EventKind) == cache_views.EVENT_KINDS

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from coral_colony.registry import Registry
+from cri_agent.cache.migrations import SCHEMA_VERSION
 from cri_agent.cache.reader import CacheReader
 from cri_agent.cache.writer import Cache, CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
@@ -69,6 +70,7 @@ def test_an_agent_cache_written_by_the_previous_release_restores_its_state_witho
         assert [e.kind for e in reader.events()] == ["error", "added", "added", "added", "removed"]
         assert [o.operator for o in reader.operations()] == ["alice"]
         assert {c.name: c.ok for c in reader.conditions()} == {"runtime": 1}
+        assert reader.meta()["schema_version"] == str(SCHEMA_VERSION), "the file is migrated"
     # The same pods again (as the old code saw them): nothing to say, as after any restart.
     pods = (fixture_pod("checkout"), fixture_pod("payments", {"coral.io/name": "payments-api"}))
     result = reconcile(known, NodeSnapshot("node-a", pods, taken_at=2000.0), DiscoveryRules(node_name="node-a"))
