@@ -177,5 +177,7 @@ def test_a_reader_refuses_a_file_that_records_no_schema_version(tmp_path: Path) 
     with sqlite3.connect(path) as conn:
         conn.execute("CREATE TABLE notes (text TEXT)")
     conn.close()
-    with pytest.raises(CacheError, match="records no schema version: it is not an agent's cache"):
+    with pytest.raises(
+        CacheError, match="records no schema version: it is not an agent's cache, or one its agent is creating"
+    ):
         CacheReader(path)

@@ -58,6 +58,13 @@ def test_events_can_be_filtered_by_kind(cache_path: Path, capsys: pytest.Capture
     assert (event["pod_name"], event["fields"]) == ("bad", ["coral.io/port"])
 
 
+def test_events_limit_keeps_the_newest(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["agent", "events", "--cache", str(cache_path), "-o", "json"])
+    every = json.loads(capsys.readouterr().out)
+    main(["agent", "events", "--cache", str(cache_path), "-o", "json", "--limit", "2"])
+    assert len(every) > 2 and json.loads(capsys.readouterr().out) == every[-2:]
+
+
 def test_status_exit_code_tells_health(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     healthy = main(["agent", "status", "--cache", str(cache_path)])
     cache = Cache(cache_path)

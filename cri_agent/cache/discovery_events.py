@@ -38,14 +38,16 @@ class TimedEvent:
 def read(
     db: Database, *, since_id: int = 0, kind: EventKind | None = None, limit: int | None = None
 ) -> list[StoredEvent]:
-    """Events after ``since_id``, oldest first; only ``kind`` if given, at most ``limit``."""
+    """Events after ``since_id``, oldest first; only ``kind`` if given; the newest ``limit`` if given."""
     sql = "SELECT * FROM discovery_events WHERE id > ?"
     params: list[int | str] = [since_id]
     if kind is not None:
         sql += " AND kind = ?"
         params.append(kind.value)
-    sql += " ORDER BY id" + (f" LIMIT {int(limit)}" if limit is not None else "")
-    return [_stored(row) for row in db.execute(sql, params)]
+    if limit is not None:
+        sql = f"SELECT * FROM ({sql} ORDER BY id DESC LIMIT ?)"
+        params.append(limit)
+    return [_stored(row) for row in db.execute(sql + " ORDER BY id", params)]
 
 
 def insert(db: Database, events: Sequence[TimedEvent], *, node_name: str) -> None:

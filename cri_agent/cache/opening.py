@@ -44,7 +44,10 @@ def open_read_only(path: Path) -> Database:
                 closing.pop_all()  # the caller's now
                 return Database(conn)
             if version == 0:
-                raise CacheError(f"cache {path} records no schema version: it is not an agent's cache")
+                raise CacheError(
+                    f"cache {path} records no schema version: it is not an agent's cache, or one its agent "
+                    "is creating at this moment"
+                )
             memory = sqlite3.connect(":memory:")
             conn.backup(memory)
         copy = Database(memory)

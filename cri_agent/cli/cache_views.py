@@ -85,10 +85,9 @@ def events_command(args: argparse.Namespace) -> int:
 
     from cri_agent.model import EventKind
 
+    kind = EventKind(args.kind) if args.kind else None
     with _open(args.cache) as cache:
-        events = cache.events(since_id=args.since_id, kind=EventKind(args.kind) if args.kind else None)
-    if args.limit:
-        events = events[-args.limit :]
+        events = cache.events(since_id=args.since_id, kind=kind, limit=args.limit or None)
     if args.output == "json":
         print(json.dumps([asdict(e) for e in events], indent=2))
         return 0
