@@ -101,7 +101,7 @@ def test_a_reader_migrates_an_older_file_in_memory_and_leaves_the_file_as_it_is(
     before = digest(path)
     with CacheReader(path) as reader:
         [service] = reader.services()
-        assert (service.name, service.workload, reader.meta()["schema_version"]) == ("web", "", str(SCHEMA_VERSION))
+        assert (service.name, service.workload, reader.meta()["schema_version"]) == ("web", "", str(version))
     assert (digest(path), recorded_version(path)) == (before, str(version))
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from coral_cli import main
+from cri_agent.cache.services import SERVICE_COLUMNS
 from cri_agent.cache.writer import Cache
 from cri_agent.cli import cache_views
 from cri_agent.conditions import Condition
@@ -50,6 +51,7 @@ def test_services_json_decodes_labels_and_fields(cache_path: Path, capsys: pytes
     main(["agent", "services", "--cache", str(cache_path), "-o", "json", "-n", "shop"])
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["overridden_fields"]) for r in rows] == [("bad-api", ["name"]), ("checkout-0", [])]
+    assert set(rows[0]) == {*SERVICE_COLUMNS, "health", "health_since", "health_latency_ms", "health_error"}
 
 
 def test_events_can_be_filtered_by_kind(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

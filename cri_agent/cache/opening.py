@@ -4,7 +4,8 @@ Both read the schema version the file records first (``migrations.checked_versio
 read-only connection, and refuse a file a newer agent wrote before anything has written to it. The
 writer then migrates the file to this code's version. A reader never writes and runs no DDL on the
 file: one at an older version (no agent of this release has opened it yet) is copied into memory and
-the copy migrated, so that every reader reads one schema, the current one.
+the copy migrated, so that every reader reads one schema, the current one (its ``meta`` still says
+the version the file records).
 
 This module loads plain ``sqlite3`` and nothing heavier: ``coral agent status`` of a stopped agent
 opens the cache through it.
@@ -17,7 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from coral_base.sqlite_tables import Database
-from cri_agent.cache.migrations import SCHEMA_VERSION, checked_version, migrate
+from cri_agent.cache.migrations import SCHEMA_VERSION, VERSION_KEY, checked_version, migrate
 from cri_agent.errors import CacheError
 from cri_agent.status_file import read_status
 
@@ -52,6 +53,8 @@ def open_read_only(path: Path) -> Database:
             conn.backup(memory)
         copy = Database(memory)
         migrate(copy, path)
+        # What readers show of meta is what the file records: the copy's tables are this code's, the file's are not.
+        copy.execute("UPDATE meta SET value = ? WHERE key = ?", [str(version), VERSION_KEY])
         return copy
     except sqlite3.Error as exc:
         raise CacheError(f"cache {path} cannot be opened: {exc}") from exc
