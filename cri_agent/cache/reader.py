@@ -1,6 +1,7 @@
 """The cache read-only and typed, for ``coral agent services|events``, the tests and the harness: every
-read returns dataclasses or named tuples, and nothing here can write or run DDL on the file (the
-opening rules are in ``opening``; the import contract keeps the writer out of reach)."""
+read returns dataclasses or named tuples. The connection is read-only, or a private copy in memory of an
+older file (see ``opening``), so nothing here can write the file or run DDL on it; the import contract
+keeps the writer out of reach."""
 
 from __future__ import annotations
 

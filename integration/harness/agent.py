@@ -121,7 +121,7 @@ class AgentProcess:
             return 0
         try:
             return int(self.read(lambda c: c.meta()).get("agent_pid", 0))
-        except (sqlite3.Error, ValueError):
+        except (sqlite3.Error, ValueError, CacheError):  # CacheError: a file its agent is creating
             return 0
 
     def wait_for(self, predicate: Callable[[], _T | None], *, timeout: float, what: str, poll: float = 0.02) -> _T:
