@@ -86,6 +86,10 @@ def apply(cache: Cache, rec: Reconciliation, *, now: float = 1000.0, rows: int =
     cache.apply(rec, node_name="node-a", now=now, touch=False, retention_rows=rows, retention_days=30)
 
 
+def read(cache: Cache) -> CacheReader:
+    return CacheReader(cache.path)
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> Cache:
     return Cache(tmp_path / "agent.db")
@@ -121,10 +125,6 @@ def test_a_cache_an_older_agent_wrote_gains_the_new_columns(tmp_path: Path) -> N
     assert (old.name, old.workload) == ("web", "")
     apply(reopened, reconciliation([service(8080, workload="Deployment/web")]))
     assert {s.workload for s in reopened.load_known().services.values()} >= {"Deployment/web"}
-
-
-def read(cache: Cache) -> CacheReader:
-    return CacheReader(cache.path)
 
 
 def test_first_seen_survives_updates(cache: Cache) -> None:
