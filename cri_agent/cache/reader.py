@@ -26,7 +26,6 @@ def known_state(db: Database) -> KnownState:
 
 class CacheReader:
     def __init__(self, path: Path) -> None:
-        self.path = path
         self.db = open_read_only(path)
 
     def known(self) -> KnownState:
