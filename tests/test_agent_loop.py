@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from cri_agent.agent import RECHECK_S, NodeAgent
-from cri_agent.cache import Cache
+from cri_agent.cache.reader import CacheReader
 from cri_agent.config import load_settings
 from cri_agent.errors import RuntimeUnavailable
 from cri_agent.model import (
@@ -16,6 +16,7 @@ from cri_agent.model import (
     ContainerRecord,
     ContainerState,
     DeclaredPort,
+    EventKind,
     PodRecord,
     PodUID,
     SandboxID,
@@ -157,9 +158,9 @@ def test_an_outage_is_reported_once_retried_and_recovered_without_help(tmp_path:
         return agent
 
     agent = asyncio.run(scenario())
-    cache = Cache(tmp_path / "agent.db", read_only=True)
-    outages = [e for e in cache.events(kind="error") if "not found" in e.reason]
-    runtime_condition = {c["name"]: c["ok"] for c in cache.conditions()}["runtime"]
+    cache = CacheReader(tmp_path / "agent.db")
+    outages = [e for e in cache.events(kind=EventKind.ERROR) if "not found" in e.reason]
+    runtime_condition = {c.name: c.ok for c in cache.conditions()}["runtime"]
     assert (len(outages), runtime_condition, agent.healthy) == (1, 1, True)
 
 
@@ -175,9 +176,9 @@ def test_a_restarted_agent_emits_nothing_for_unchanged_pods(tmp_path: Path) -> N
         await task
 
     asyncio.run(one_run([pod("a"), pod("b")]))
-    first = len(Cache(tmp_path / "agent.db", read_only=True).events())
+    first = len(CacheReader(tmp_path / "agent.db").events())
     asyncio.run(one_run([pod("a"), pod("b")]))
-    assert len(Cache(tmp_path / "agent.db", read_only=True).events()) == first == 2
+    assert len(CacheReader(tmp_path / "agent.db").events()) == first == 2
 
 
 def test_stop_drains_and_persists_the_last_pass(tmp_path: Path) -> None:
@@ -191,7 +192,7 @@ def test_stop_drains_and_persists_the_last_pass(tmp_path: Path) -> None:
         await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
-    meta = Cache(tmp_path / "agent.db", read_only=True).meta()
+    meta = CacheReader(tmp_path / "agent.db").meta()
     assert float(meta["last_pass_at"]) > 0
 
 
@@ -241,10 +242,8 @@ def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp
         ("added", "b", "node-a", "discovered"),
         ("removed", "a", "node-a", "discovered"),
     ]
-    colony_condition = next(
-        c for c in Cache(tmp_path / "agent.db", read_only=True).conditions() if c["name"] == "colony"
-    )
-    assert colony_condition["ok"] and colony_condition["reason"].startswith("registered with colony c1")
+    colony_condition = next(c for c in CacheReader(tmp_path / "agent.db").conditions() if c.name == "colony")
+    assert colony_condition.ok and colony_condition.reason.startswith("registered with colony c1")
 
 
 class SyncedApi:
