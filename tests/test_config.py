@@ -89,9 +89,9 @@ def test_flags_replace_filter_lists(config_file: Path) -> None:
         kubernetes.include_labels,
         kubernetes.include_namespaces,
     ) == (
-        ["monitoring"],
+        ("monitoring",),
         {"team": "payments"},
-        ["payments", "checkout"],
+        ("payments", "checkout"),
     )
 
 
