@@ -18,11 +18,8 @@ from typing import Any
 
 from coral_base.wire.coral.agent.v1 import agent_pb2
 from cri_agent.model import PodRecord, PodUID
-from cri_agent.ops import namespaces, stacks
-from cri_agent.ops.capture import CaptureFailed, capture
+from cri_agent.ops import namespaces
 from cri_agent.ops.guardrails import Guardrails, Permit, Refused, Request
-from cri_agent.ops.profile import ProfileFailed, profile
-from cri_agent.ops.sample import sample
 
 log = logging.getLogger("cri_agent.ops")
 
@@ -51,6 +48,11 @@ class OperationRunner:
 
     async def run(self, request: Any) -> AsyncGenerator[Any, None]:
         """Yield ``agent.v1`` AgentMessages: chunks, then exactly one result (also when cancelled)."""
+        # Lazy: tap, profile and sample (pcap, perf and pprof code) load with the first request, not with
+        # every agent (most never run one); each method below imports its own the same way.
+        from cri_agent.ops.capture import CaptureFailed
+        from cri_agent.ops.profile import ProfileFailed
+
         started = time.time()
         target = request.target
         result = agent_pb2.Result(request_id=request.request_id, node_name=self.node_name)
@@ -97,6 +99,8 @@ class OperationRunner:
         return self._profile(request, pod, permit, result)
 
     async def _tap(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
+        from cri_agent.ops.capture import capture  # lazy: see run()
+
         netns = namespaces.netns_path(pod)
         result.engine = ENGINE_CAPTURE
         queue: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -113,6 +117,8 @@ class OperationRunner:
                     await task
 
     async def _sample(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
+        from cri_agent.ops.sample import sample  # lazy: see run()
+
         result.engine = ENGINE_CAPTURE
         stats, flows = await sample(namespaces.netns_path(pod), permit, bpf_filter=request.filter)
         _fill(result, stats)
@@ -133,6 +139,9 @@ class OperationRunner:
         yield  # an async generator that yields no chunk: the flows travel in the result
 
     async def _profile(self, request: Any, pod: PodRecord, permit: Permit, result: Any) -> AsyncIterator[Any]:
+        from cri_agent.ops import stacks  # lazy: see run()
+        from cri_agent.ops.profile import profile
+
         profiled = await profile(namespaces.container_pids(pod), permit)
         result.samples, result.duration_s, result.engine = profiled.samples, profiled.duration_s, profiled.engine
         result.stopped_by = "duration"
