@@ -84,7 +84,7 @@ def _append_override_file(file_data: dict[str, Any], override_file: Path) -> Non
     for key in ("overrides", "services"):
         own, more = file_data.get(key, []), extra.get(key, [])
         if not isinstance(own, list) or not isinstance(more, list):
-            raise ConfigError(f"{key} must be a list in the config file and in override file {override_file}")
+            raise ConfigError(f"override file {override_file}: `{key}` must be a list, here and in the config file")
         file_data[key] = [*own, *more]
 
 
