@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from cri_agent.config.validation import parse_label_pairs
+from cri_agent.config.values import parse_label_pairs
 
 
 def flags_to_settings(

@@ -18,8 +18,9 @@ from typing import Any
 import yaml
 
 from coral_base.errors import ConfigError
+from cri_agent.config.layers import EnvText, Layer
 from cri_agent.config.model import Settings
-from cri_agent.config.validation import EnvText, Layer, build_settings
+from cri_agent.config.validation import build_settings
 
 ENV_PREFIX = "coral_"
 ENV_NESTING = "__"
