@@ -9,28 +9,6 @@ the command-line flags as a source. No pydantic (~19 MiB): the agent stays lean.
 
 from cri_agent.config.flags import flags_to_settings
 from cri_agent.config.loading import load_settings
-from cri_agent.config.model import (
-    AgentSection,
-    CacheSettings,
-    ColonySettings,
-    CriSettings,
-    DiscoverySettings,
-    KubernetesDiscovery,
-    LogSettings,
-    OpsSettings,
-    Settings,
-)
+from cri_agent.config.model import OpsSettings, Settings
 
-__all__ = [
-    "AgentSection",
-    "CacheSettings",
-    "ColonySettings",
-    "CriSettings",
-    "DiscoverySettings",
-    "KubernetesDiscovery",
-    "LogSettings",
-    "OpsSettings",
-    "Settings",
-    "flags_to_settings",
-    "load_settings",
-]
+__all__ = ["OpsSettings", "Settings", "flags_to_settings", "load_settings"]

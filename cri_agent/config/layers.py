@@ -104,8 +104,8 @@ class Section:
         found = self._top(name)
         return found is not _ABSENT and found is not None
 
-    def items(self, name: str) -> Iterator[Section]:
-        """A list of sections (the highest layer's), one Section per entry."""
+    def items(self, name: str) -> Iterator[tuple[int, Section]]:
+        """A list of sections (the highest layer's): each entry's index and Section."""
         found = self._decoded(name, self._top(name))
         if found is _ABSENT:
             return
@@ -114,7 +114,7 @@ class Section:
             return
         for index, item in enumerate(found):
             if isinstance(item, Mapping):
-                yield Section(f"{self._key(name)}.{index}", [Layer(item)], self.problems)
+                yield index, Section(f"{self._key(name)}.{index}", [Layer(item)], self.problems)
             else:
                 self._problem(f"{name}.{index}", "Input should be a valid dictionary")
 

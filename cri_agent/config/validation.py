@@ -49,8 +49,8 @@ def build_settings(layers: Sequence[Layer]) -> tuple[Settings, list[str]]:
         Settings(
             agent=_agent(root.section("agent")),
             discovery=_discovery(root.section("discovery")),
-            overrides=tuple(_override(entry, index) for index, entry in enumerate(root.items("overrides"))),
-            services=tuple(_explicit_service(entry) for entry in root.items("services")),
+            overrides=tuple(_override(entry, index) for index, entry in root.items("overrides")),
+            services=tuple(_explicit_service(entry) for _, entry in root.items("services")),
             cache=_cache(root.section("cache")),
             colony=_colony(root.section("colony")),
             ops=_ops(root.section("ops")),
