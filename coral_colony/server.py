@@ -4,7 +4,6 @@ registry and its staleness clock, and the status page on localhost."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -13,6 +12,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from coral_base.lifecycle import Stage, run_stages
 from coral_base.logs import emit
 from coral_base.wire.coral.agent.v1 import agent_pb2_grpc
 from coral_base.wire.coral.colony.v1 import colony_pb2_grpc
@@ -20,8 +20,9 @@ from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
 from coral_colony.operator_service import OperatorService
-from coral_colony.registry import Registry
 from coral_colony.router import Router
+from coral_colony.stores.reader import RegistryReader
+from coral_colony.stores.writer import RegistryWriter, WriterThread
 from coral_colony.tokens import OperatorTokens
 from coral_colony.web.server import StatusPage
 
@@ -44,15 +45,47 @@ async def serve(
     ttl: float = STALE_TTL_S,
     audit_retention: float | None = None,  # seconds; None keeps every entry
 ) -> None:
-    registry = Registry(database)
-    mesh = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret())
+    """Runs the colony until ``stop``; owns the registry's writer (its thread and connection) and closes it last.
+
+    The writer is created first (it creates or migrates the file the readers
+    then open) and closed after the gRPC server has stopped, so no call is
+    left to write; closing waits for the changes already handed to it.
+    """
+    writer = WriterThread(RegistryWriter(database))
+    try:
+        await _serve(
+            identity,
+            writer,
+            listen=listen,
+            database=database,
+            stop=stop,
+            web_listen=web_listen,
+            heartbeat_timeout=heartbeat_timeout,
+            ttl=ttl,
+            audit_retention=audit_retention,
+        )
+    finally:
+        writer.close()
+        emit(log, "colony.stopped", colony_id=identity.colony_id)
+
+
+async def _serve(
+    identity: ColonyIdentity,
+    writer: WriterThread,
+    *,
+    listen: str,
+    database: Path,
+    stop: asyncio.Event,
+    web_listen: str,
+    heartbeat_timeout: float,
+    ttl: float,
+    audit_retention: float | None,
+) -> None:
+    mesh = MeshService(writer, colony_id=identity.colony_id, colony_secret=identity.secret())
     router = Router(mesh.valid_session)
+    reader = RegistryReader(database)
     operators = OperatorService(
-        Registry(database, read_only=True),
-        OperatorTokens(identity.directory),
-        colony_id=identity.colony_id,
-        record=mesh.record,
-        router=router,
+        reader, OperatorTokens(identity.directory), colony_id=identity.colony_id, record=writer.record, router=router
     )
     server = grpc.aio.server()
     mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
@@ -72,30 +105,31 @@ async def serve(
         web=page.address if page else "off",
         database=str(database),
     )
-    pruned_at = float("-inf")
-    try:
-        while not stop.is_set():
+
+    async def registry_clock() -> None:
+        """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log."""
+        pruned_at = float("-inf")
+        while True:
             if audit_retention is not None and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
-                prune = functools.partial(registry.prune_audit, now=time.time(), retention_s=audit_retention)
-                deleted = await mesh.run_in_writer(prune)
+                prune = functools.partial(RegistryWriter.prune_audit, now=time.time(), retention_s=audit_retention)
+                deleted = await writer.run(prune)
                 pruned_at = time.monotonic()
                 if deleted:
                     emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
-            silent, gone = await mesh.run_in_writer(
-                lambda: registry.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+            silent, gone = await writer.run(
+                lambda w: w.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
             )
             for agent_id in silent:
                 emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
             for agent_id in gone:
                 emit(log, "agent.expired", agent_id=agent_id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(5.0, heartbeat_timeout / 3))
+            await asyncio.sleep(min(5.0, heartbeat_timeout / 3))
+
+    try:
+        await run_stages([Stage("registry-clock", registry_clock)], stop, on_stopping=lambda: None, grace_s=5.0)
     finally:
         await server.stop(5.0)
         if page is not None:
             page.stop()
         operators.close()
-        operators.reader.close()
-        mesh.close()
-        registry.close()
-        emit(log, "colony.stopped", colony_id=identity.colony_id)
+        reader.close()
