@@ -8,10 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from coral_base.wire.coral.mesh.v1 import mesh_pb2
+from coral_colony import codec
 from coral_colony.model import AgentKind, AgentRecord, AuditKind, AuditQuery, ServiceFilter, ServiceRecord
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.schema import RegistryFileError
 from coral_colony.stores.writer import RegistryWriter
+from tests.test_colony_codec import filled
 
 
 def svc(key: str, **changes: object) -> ServiceRecord:
@@ -130,19 +133,10 @@ def test_first_seen_survives_reregistration(registry: RegistryWriter, reader: Re
 
 
 def test_what_an_agent_registers_reads_back_as_it_was_sent(registry: RegistryWriter, reader: RegistryReader) -> None:
-    sent = svc(
-        "ns/1/app/80",
-        port=80,
-        protocol="TCP",
-        labels={"b": "2", "a": "1"},
-        node_labels={"zone": "a"},
-        overridden_fields=("name", "port"),
-        health_state="healthy",
-        health_latency_ms=1.5,
-        health_since=3.25,
-        health_interval_ms=10_000,
-        workload="Deployment/app",
-    )
+    """Every field of mesh.v1 ServiceInfo set (a field added there is too): the registry keeps each one."""
+    [sent] = codec.registration(
+        mesh_pb2.RegisterRequest(agent_id="a", services=[filled(mesh_pb2.ServiceInfo())])
+    ).services
     registry.register(node("a"), [sent], session="s", now=1.0)
     [stored] = reader.services()
     [status] = reader.agents()
