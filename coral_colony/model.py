@@ -248,12 +248,6 @@ class SessionCall:
     health: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Registered:
-    session_token: str
-    refused_keys: tuple[str, ...] = ()
-
-
 # -- operations ------------------------------------------------------------------------------
 
 

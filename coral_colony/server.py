@@ -4,6 +4,7 @@ registry and its staleness clock, and the status page on localhost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -81,55 +82,68 @@ async def _serve(
     ttl: float,
     audit_retention: float | None,
 ) -> None:
-    mesh = MeshService(writer, colony_id=identity.colony_id, colony_secret=identity.secret())
-    router = Router(mesh.valid_session)
-    reader = RegistryReader(database)
-    operators = OperatorService(
-        reader, OperatorTokens(identity.directory), colony_id=identity.colony_id, record=writer.record, router=router
-    )
-    server = grpc.aio.server()
-    mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
-    colony_pb2_grpc.add_ColonyServicer_to_server(operators, server)
-    agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
-    credentials = grpc.ssl_server_credentials([(identity.server_key.read_bytes(), identity.server_cert.read_bytes())])
-    server.add_secure_port(listen, credentials)
-    page = StatusPage(database, colony_id=identity.colony_id, listen=web_listen) if web_listen else None
-    await server.start()
-    if page is not None:
-        page.start()
-    emit(
-        log,
-        "colony.started",
-        colony_id=identity.colony_id,
-        listen=listen,
-        web=page.address if page else "off",
-        database=str(database),
-    )
-
-    async def registry_clock() -> None:
-        """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log."""
-        pruned_at = float("-inf")
-        while True:
-            if audit_retention is not None and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
-                prune = functools.partial(RegistryWriter.prune_audit, now=time.time(), retention_s=audit_retention)
-                deleted = await writer.run(prune)
-                pruned_at = time.monotonic()
-                if deleted:
-                    emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
-            silent, gone = await writer.run(
-                lambda w: w.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
-            )
-            for agent_id in silent:
-                emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
-            for agent_id in gone:
-                emit(log, "agent.expired", agent_id=agent_id)
-            await asyncio.sleep(min(5.0, heartbeat_timeout / 3))
-
-    try:
-        await run_stages([Stage("registry-clock", registry_clock)], stop, on_stopping=lambda: None, grace_s=5.0)
-    finally:
-        await server.stop(5.0)
+    """Everything but the writer: each part closed, in reverse, however far the start got."""
+    async with contextlib.AsyncExitStack() as stack:
+        mesh = MeshService(writer, colony_id=identity.colony_id, colony_secret=identity.secret())
+        router = Router(mesh.valid_session)
+        reader = RegistryReader(database)
+        stack.callback(reader.close)
+        operators = OperatorService(
+            reader,
+            OperatorTokens(identity.directory),
+            colony_id=identity.colony_id,
+            record=writer.record,
+            router=router,
+        )
+        stack.callback(operators.close)
+        server = grpc.aio.server()
+        mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
+        colony_pb2_grpc.add_ColonyServicer_to_server(operators, server)
+        agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
+        key, cert = identity.server_key.read_bytes(), identity.server_cert.read_bytes()
+        server.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
+        await server.start()
+        stack.push_async_callback(server.stop, 5.0)
+        page = StatusPage(database, colony_id=identity.colony_id, listen=web_listen) if web_listen else None
         if page is not None:
-            page.stop()
-        operators.close()
-        reader.close()
+            page.start()
+            stack.callback(page.stop)
+        emit(
+            log,
+            "colony.started",
+            colony_id=identity.colony_id,
+            listen=listen,
+            web=page.address if page else "off",
+            database=str(database),
+        )
+        clock = functools.partial(
+            _registry_clock, writer, heartbeat_timeout=heartbeat_timeout, ttl=ttl, audit_retention=audit_retention
+        )
+        await run_stages(
+            [Stage("registry-clock", clock)],
+            stop,
+            on_stopping=lambda: None,
+            grace_s=5.0,
+        )
+
+
+async def _registry_clock(
+    writer: WriterThread, *, heartbeat_timeout: float, ttl: float, audit_retention: float | None
+) -> None:
+    """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log."""
+    pruned_at = float("-inf")
+    while True:
+        if audit_retention is not None and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+            prune = functools.partial(RegistryWriter.prune_audit, now=time.time(), retention_s=audit_retention)
+            deleted = await writer.run(prune)
+            pruned_at = time.monotonic()
+            if deleted:
+                emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
+        silent, gone = await writer.run(
+            lambda w: w.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+        )
+        for agent_id in silent:
+            emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
+        for agent_id in gone:
+            emit(log, "agent.expired", agent_id=agent_id)
+        await asyncio.sleep(min(5.0, heartbeat_timeout / 3))
