@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from coral_colony.model import AuditKind, AuditQuery
 from cri_agent.agent import RECHECK_S, NodeAgent
 from cri_agent.cache.reader import CacheReader
 from cri_agent.config import load_settings
@@ -215,21 +216,21 @@ def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         await until(lambda: len(colony.keys()) == 2, within=10)
-        first = {r["pod_name"]: r["node_name"] for r in colony.registry.services()}  # type: ignore[union-attr]
+        registry = colony.registry
+        assert registry is not None
+        first = {s.service.pod_name: s.service.node_name for s in registry.services()}
         runtime.current = [pod("b")]
         runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STOPPED_EVENT"))
         await until(lambda: len(colony.keys()) == 1, within=10)
-        second = {r["pod_name"]: r["provenance"] for r in colony.registry.services()}  # type: ignore[union-attr]
-        registry = colony.registry
-        assert registry is not None
-        await until(lambda: len(registry.audit.query(kind="discovery")) == 3, within=5)
+        second = {s.service.pod_name: s.service.provenance.value for s in registry.services()}
+        discovery = AuditQuery(kind=AuditKind.DISCOVERY)
+        await until(lambda: len(registry.audit(discovery)) == 3, within=5)
         events = [
-            (r["action"], r["pod_name"], r["node_name"], r["provenance"])
-            for r in registry.audit.query(kind="discovery")
+            (e.action, e.pod_name, e.node_name, e.provenance) for e in (r.entry for r in registry.audit(discovery))
         ]
         runtime.down = True  # discovery is blind: the agent must not claim to be healthy
         runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STOPPED_EVENT"))
-        await until(lambda: registry.agents()[0]["health"] == "unhealthy", within=5)
+        await until(lambda: registry.agents()[0].health == "unhealthy", within=5)
         stop.set()
         await task
         await colony.stop()

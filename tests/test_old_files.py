@@ -14,7 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from coral_colony.registry import Registry
+from coral_base.vocabulary import AgentHealth
+from coral_colony.stores.reader import RegistryReader
+from coral_colony.stores.schema import SCHEMA_VERSION as REGISTRY_SCHEMA_VERSION
+from coral_colony.stores.schema import version_of
+from coral_colony.stores.writer import RegistryWriter
 from cri_agent.cache.migrations import SCHEMA_VERSION
 from cri_agent.cache.reader import CacheReader
 from cri_agent.cache.writer import Cache, CacheContents, CacheWriter
@@ -143,10 +147,19 @@ def test_an_agent_started_on_an_old_cache_takes_it_over(tmp_path: Path) -> None:
 
 
 def test_a_colony_registry_written_by_the_previous_release_opens_and_lists_its_agent(tmp_path: Path) -> None:
-    registry = Registry(copy("colony-a8a58de.db", tmp_path))
-    [agent] = registry.agents()
-    assert (agent["agent_id"], agent["state"], agent["health"]) == ("node-agent-node-a", "healthy", "healthy")
+    path = copy("colony-a8a58de.db", tmp_path)
+    writer = RegistryWriter(path)  # migrates it: the old release kept no schema version
+    assert version_of(writer.conn) == REGISTRY_SCHEMA_VERSION
+    registry = RegistryReader(path)
+    [status] = registry.agents()
+    assert (status.agent.agent_id, status.state, status.health) == ("node-agent-node-a", "healthy", "healthy")
     services = registry.services()
-    assert sorted(s["component_name"] for s in services) == ["checkout", "payments-api"]
-    assert {s["workload"] for s in services} == {"Deployment/checkout", "Deployment/payments"}
+    assert sorted(s.service.component_name for s in services) == ["checkout", "payments-api"]
+    assert {s.service.workload for s in services} == {"Deployment/checkout", "Deployment/payments"}
+    assert [e.entry.action for e in registry.audit()][-1] == "agent.registered"
+    assert writer.heartbeat(
+        "node-agent-node-a", health=AgentHealth.DEGRADED, now=3000.0
+    )  # and the writer goes on with it
+    assert registry.agents()[0].health == "degraded"
     registry.close()
+    writer.close()
