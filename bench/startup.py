@@ -38,7 +38,7 @@ def coral_script() -> str:
 
 def stopped_agent_cache(directory: Path) -> Path:
     """A cache as a stopped agent leaves it: tables, conditions and meta, written by the real cache code."""
-    from cri_agent.cache import Cache
+    from cri_agent.cache.writer import Cache
     from cri_agent.conditions import Condition
 
     path = directory / "agent.db"

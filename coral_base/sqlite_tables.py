@@ -1,7 +1,8 @@
 """Tables over plain ``sqlite3``: what the stores need of a helper library, and no more.
 
-Creates a table if it is missing and adds the columns an older file lacks,
-upserts and inserts rows given as mappings, and reads rows back as dicts.
+Creates tables and indexes, adds a column, upserts and inserts rows given as
+mappings, and reads rows back as dicts. Which table or column a file lacks
+is for the caller's numbered migrations to know, not for this module to guess.
 It writes the tables ``sqlite-utils`` writes (``[name] TEXT``, ``INTEGER``,
 ``FLOAT``; ``idx_<table>_<columns>`` indexes), so a file made either way
 opens the same with both, and auditors keep using ``sqlite-utils``. The node agent uses it instead of the
@@ -40,13 +41,16 @@ class Table:
         self.name = name
 
     def create(self, columns: Mapping[str, type], *, pk: str) -> None:
-        """The table if it is missing, and any column an older file lacks (its rows read as NULL)."""
+        """The table if it is missing (an existing one is left as it is)."""
         spec = ", ".join(f"[{c}] {_TYPES[t]}" + (" PRIMARY KEY" if c == pk else "") for c, t in columns.items())
         self.db.execute(f"CREATE TABLE IF NOT EXISTS [{self.name}] ({spec})")
-        existing = {row[1] for row in self.db.execute(f"PRAGMA table_info([{self.name}])")}
-        for column, type_ in columns.items():
-            if column not in existing:
-                self.db.execute(f"ALTER TABLE [{self.name}] ADD COLUMN [{column}] {_TYPES[type_]}")
+
+    def columns(self) -> list[str]:
+        return [row[1] for row in self.db.execute(f"PRAGMA table_info([{self.name}])")]
+
+    def add_column(self, column: str, type_: type) -> None:
+        """A new column; the rows already there read it as NULL."""
+        self.db.execute(f"ALTER TABLE [{self.name}] ADD COLUMN [{column}] {_TYPES[type_]}")
 
     def create_index(self, columns: Sequence[str]) -> None:
         name = f"idx_{self.name}_{'_'.join(columns)}"

@@ -9,11 +9,23 @@ between the two, and only there (see docs/architecture.md).
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import TypeVar
+
+E = TypeVar("E", bound=StrEnum)
+
+
+def read_word(words: type[E], word: str | None, default: E) -> E:
+    """``word`` as a member of ``words``; an empty word, or one an older or newer writer used, is ``default``."""
+    try:
+        return words(word) if word else default
+    except ValueError:
+        return default
 
 
 class Provenance(StrEnum):
     """Why a service exists in the form it has (RFD 012)."""
 
+    UNKNOWN = "unknown"  # the sender said none, or a word this version does not know (the colony's reading)
     EXPLICIT = "explicit"  # declared in the agent's config
     DISCOVERED = "discovered"  # discovered, defaults only
     OVERRIDDEN = "overridden"  # discovered, then >= 1 field set by annotation/override

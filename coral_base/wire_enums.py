@@ -43,7 +43,7 @@ class WireEnum(Generic[W, V]):
 
     def decode(self, number: int, word: str = "") -> W | None:
         """The member for ``number``, else for the older peer's ``word``, else None."""
-        found = self._from_wire.get(number)
+        found = self._from_wire.get(number) if number else None  # 0: unset, an older sender
         if found is not None:
             return found
         try:

@@ -9,19 +9,21 @@ metadata over TLS and never printed.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 
 from coral_base.errors import CoralError
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
-from coral_base.wire.coral.mesh.v1 import mesh_pb2
+from coral_colony import codec
+from coral_colony.model import AuditQuery, OperationOutput, OperationRequest, ServiceFilter
 
 DEFAULT_ADDRESS = "127.0.0.1:9000"
-_T = TypeVar("_T")
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
 
 
 class ColonyCallError(CoralError):
@@ -84,7 +86,7 @@ class ColonyClient:
     def __exit__(self, *exc: object) -> None:
         self._channel.close()
 
-    def _call(self, method: Callable[..., _T], request: Any) -> _T:
+    def _call(self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request) -> _Response:
         try:
             return method(request, timeout=self.timeout, metadata=self._metadata)
         except grpc.RpcError as exc:
@@ -113,34 +115,32 @@ class ColonyClient:
             return ColonyCallError(f"the colony at {address} did not answer within {self.timeout:g}s", transient=True)
         return ColonyCallError(f"the colony at {address} failed: {code.name}: {details}", transient=False)
 
-    def whoami(self) -> Any:
-        return self._call(self._stub.WhoAmI, colony_pb2.WhoAmIRequest())
+    def whoami(self) -> str:
+        """The operator name the colony knows the token by."""
+        return codec.operator_of(self._call(self._stub.WhoAmI, codec.whoami_request()))
 
-    def agents(self, *, node: str = "") -> Any:
-        return self._call(self._stub.ListAgents, colony_pb2.ListAgentsRequest(node=node))
+    def agents(self, *, node: str = "") -> colony_pb2.ListAgentsResponse:
+        """The answer as it came: ``codec.agents_of`` reads it, ``codec.as_json`` prints it."""
+        return self._call(self._stub.ListAgents, codec.agents_request(node=node))
 
-    def services(
-        self,
-        *,
-        node: str = "",
-        namespace: str = "",
-        provenance: mesh_pb2.ServiceProvenance.ValueType = mesh_pb2.SERVICE_PROVENANCE_UNKNOWN,
-        name: str = "",
-    ) -> Any:
-        request = colony_pb2.ListServicesRequest(node=node, namespace=namespace, provenance=provenance, name=name)
-        return self._call(self._stub.ListServices, request)
+    def services(self, where: ServiceFilter) -> colony_pb2.ListServicesResponse:
+        """The answer as it came: ``codec.groups_of`` reads it, ``codec.as_json`` prints it."""
+        return self._call(self._stub.ListServices, codec.services_request(where))
 
-    def run_operation(self, request: Any) -> Generator[Any, None, None]:
+    def audit(self, query: AuditQuery) -> colony_pb2.QueryAuditResponse:
+        """The answer as it came: ``codec.audit_of`` reads it, ``codec.as_json`` prints it."""
+        return self._call(self._stub.QueryAudit, codec.audit_request(query))
+
+    def run_operation(self, request: OperationRequest) -> Generator[OperationOutput, None, None]:
         """Stream an operation's output; closing the iterator (Ctrl-C) cancels it on the node."""
-        call = self._stub.RunOperation(request, metadata=self._metadata)
+        call = self._stub.RunOperation(codec.run_operation_request(request), metadata=self._metadata)
         try:
-            yield from call
+            for message in call:
+                output = codec.operation_output(message)
+                if output is not None:
+                    yield output
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.CANCELLED:
                 raise self._explain(exc) from None
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
-
-    def audit(self, *, since_unix_ms: int = 0, node: str = "", kind: str = "", limit: int = 0) -> Any:
-        request = colony_pb2.QueryAuditRequest(since_unix_ms=since_unix_ms, node=node, kind=kind, limit=limit)
-        return self._call(self._stub.QueryAudit, request)

@@ -4,7 +4,7 @@ Every call needs ``authorization: Bearer <token>`` metadata with a token
 from ``coral colony token create NAME``; NAME is the caller's identity.
 A missing or unknown token fails UNAUTHENTICATED and is audited. Reads use
 their own registry connection and thread, so operators never queue behind
-agents' writes.
+agents' writes; what this service audits goes to the writer (``record``).
 """
 
 from __future__ import annotations
@@ -13,30 +13,37 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import grpc
 import grpc.aio
 
-from coral_base.wire.coral.agent.v1 import agent_pb2
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
-from coral_base.wire.coral.mesh.v1 import mesh_pb2
-from coral_colony.audit import AuditEntry
-from coral_colony.registry import Registry
+from coral_colony import codec
+from coral_colony.model import (
+    AgentKind,
+    AuditEntry,
+    AuditKind,
+    ForwardedOperation,
+    OperationRequest,
+    OperationResult,
+    OperationTarget,
+    Outcome,
+    Provenance,
+    ServiceFilter,
+    ServiceGroup,
+    StoredService,
+)
 from coral_colony.router import AgentNotConnected, Router
+from coral_colony.stores.reader import RegistryReader
 from coral_colony.tokens import OperatorTokens
 
 _T = TypeVar("_T")
-AppendAudit = Callable[[list[AuditEntry]], Awaitable[None]]
+_Context = grpc.aio.ServicerContext[object, object]
+AppendAudit = Callable[[Sequence[AuditEntry]], Awaitable[None]]
 
-_PROVENANCE_NAMES = {
-    mesh_pb2.SERVICE_PROVENANCE_EXPLICIT: "explicit",
-    mesh_pb2.SERVICE_PROVENANCE_DISCOVERED: "discovered",
-    mesh_pb2.SERVICE_PROVENANCE_OVERRIDDEN: "overridden",
-}
-_PROVENANCE_VALUES = {name: value for value, name in _PROVENANCE_NAMES.items()}
 NO_TOKEN = (
     "no operator token: pass --token or set CORAL_TOKEN"
     " (create one on the colony with `coral colony token create NAME`)"
@@ -44,67 +51,17 @@ NO_TOKEN = (
 BAD_TOKEN = "the colony does not know this operator token: it was revoked or belongs to another colony"
 
 
-def operator_token(metadata: Any) -> str:
+def operator_token(metadata: grpc.aio.Metadata | None) -> str:
     for key, value in metadata or ():
         if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
             return value.removeprefix("Bearer ").strip()
     return ""
 
 
-def agent_message(row: Mapping[str, Any]) -> Any:
-    return colony_pb2.Agent(
-        agent_id=row["agent_id"],
-        kind=row["kind"],
-        node_name=row["node_name"],
-        node_labels=json.loads(row["node_labels"] or "{}"),
-        version=row["version"],
-        state=row["state"],
-        health=row["health"],
-        first_seen_unix_ms=int(row["first_seen"] * 1000),
-        last_heartbeat_unix_ms=int(row["last_heartbeat"] * 1000),
-        services=int(row.get("services", 0)),
-        labels=json.loads(row["labels"] or "{}"),
-    )
-
-
-def service_message(row: Mapping[str, Any]) -> Any:
-    info = mesh_pb2.ServiceInfo(
-        component_name=row["component_name"],
-        port=row["port"],
-        health_endpoint=row["health_endpoint"],
-        service_type=row["service_type"],
-        labels=json.loads(row["labels"] or "{}"),
-        provenance=_PROVENANCE_VALUES.get(row["provenance"], mesh_pb2.SERVICE_PROVENANCE_UNKNOWN),
-        node_name=row["node_name"],
-        node_labels=json.loads(row["node_labels"] or "{}"),
-        service_key=row["key"],
-        namespace=row["namespace"],
-        pod_name=row["pod_name"],
-        pod_uid=row["pod_uid"],
-        container_name=row["container_name"],
-        protocol=row["protocol"],
-        pod_ip=row["pod_ip"],
-        overridden_fields=json.loads(row["overridden_fields"] or "[]"),
-        workload=row.get("workload") or "",
-    )
-    info.health.state = row["health_state"]
-    info.health.last_error = row["health_error"]
-    info.health.latency_ms = row.get("health_latency_ms") or 0.0
-    info.health.since_unix_ms = int((row.get("health_since") or 0.0) * 1000)
-    info.health_interval_ms = row.get("health_interval_ms") or 0
-    return colony_pb2.Service(
-        info=info,
-        agent_id=row["agent_id"],
-        stale=bool(row["stale"]),
-        first_seen_unix_ms=int(row["first_seen"] * 1000),
-        last_seen_unix_ms=int(row["last_seen"] * 1000),
-    )
-
-
 class OperatorService(colony_pb2_grpc.ColonyServicer):
     def __init__(
         self,
-        reader: Registry,
+        reader: RegistryReader,
         tokens: OperatorTokens,
         *,
         colony_id: str,
@@ -123,7 +80,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
     async def _read(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def _operator(self, context: Any, method: str) -> str:
+    async def _operator(self, context: _Context, method: str) -> str:
         token = operator_token(context.invocation_metadata())
         principal = await self._read(lambda: self.tokens.authenticate(token))
         if principal is None:
@@ -132,7 +89,10 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             await self.record(
                 [
                     AuditEntry(
-                        time=self.clock(), kind="auth", action="operator.refused", detail=f"{why} from {peer}: {method}"
+                        time=self.clock(),
+                        kind=AuditKind.AUTH,
+                        action="operator.refused",
+                        detail=f"{why} from {peer}: {method}",
                     )
                 ]
             )
@@ -140,126 +100,97 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         assert principal is not None
         return principal.name
 
-    async def WhoAmI(self, request: Any, context: Any) -> Any:
+    async def WhoAmI(self, request: colony_pb2.WhoAmIRequest, context: _Context) -> colony_pb2.WhoAmIResponse:
         name = await self._operator(context, "WhoAmI")
-        return colony_pb2.WhoAmIResponse(operator=name, colony_id=self.colony_id)
+        return codec.whoami_response(operator=name, colony_id=self.colony_id)
 
-    async def ListAgents(self, request: Any, context: Any) -> Any:
+    async def ListAgents(
+        self, request: colony_pb2.ListAgentsRequest, context: _Context
+    ) -> colony_pb2.ListAgentsResponse:
         await self._operator(context, "ListAgents")
-        rows = await self._read(lambda: self.reader.agents(node=request.node))
-        return colony_pb2.ListAgentsResponse(agents=[agent_message(r) for r in rows])
+        node = codec.agents_node(request)
+        return codec.agents_response(await self._read(lambda: self.reader.agents(node=node)))
 
-    async def ListServices(self, request: Any, context: Any) -> Any:
+    async def ListServices(
+        self, request: colony_pb2.ListServicesRequest, context: _Context
+    ) -> colony_pb2.ListServicesResponse:
         await self._operator(context, "ListServices")
-        provenance = _PROVENANCE_NAMES.get(request.provenance, "")
+        where = codec.services_filter(request)
+        agents, services = await self._read(lambda: (self.reader.agents(node=where.node), self.reader.services(where)))
+        by_agent: dict[str, list[StoredService]] = {status.agent.agent_id: [] for status in agents}
+        for stored in services:
+            if stored.agent_id in by_agent:
+                by_agent[stored.agent_id].append(stored)
+        filtered = bool(where.namespace or where.name or where.provenance)
+        groups = [
+            ServiceGroup(agent=status, services=tuple(by_agent[status.agent.agent_id]))
+            for status in agents
+            if by_agent[status.agent.agent_id] or not filtered
+        ]
+        return codec.services_response(groups)
 
-        def query() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-            services = self.reader.services(
-                node=request.node, namespace=request.namespace, provenance=provenance, name=request.name
-            )
-            return self.reader.agents(node=request.node), services
-
-        agents, services = await self._read(query)
-        groups: dict[str, Any] = {}
-        for row in agents:
-            groups[row["agent_id"]] = colony_pb2.AgentServices(agent=agent_message(row))
-        for row in services:
-            group = groups.get(row["agent_id"])
-            if group is not None:
-                group.services.append(service_message(row))
-        filtered = bool(request.namespace or request.name or provenance)
-        return colony_pb2.ListServicesResponse(
-            groups=[g for g in groups.values() if g.services or not filtered],
-        )
-
-    async def QueryAudit(self, request: Any, context: Any) -> Any:
+    async def QueryAudit(
+        self, request: colony_pb2.QueryAuditRequest, context: _Context
+    ) -> colony_pb2.QueryAuditResponse:
         await self._operator(context, "QueryAudit")
-        rows = await self._read(
-            lambda: self.reader.audit.query(
-                since=request.since_unix_ms / 1000, node=request.node, kind=request.kind, limit=request.limit
-            )
-        )
-        return colony_pb2.QueryAuditResponse(
-            entries=[
-                colony_pb2.AuditEntry(
-                    id=r["id"],
-                    time_unix_ms=int(r["time"] * 1000),
-                    **{k: r[k] for k in _AUDIT_TEXT},
-                )
-                for r in rows
-            ]
-        )
+        try:
+            query = codec.audit_query(request)
+        except codec.UnknownWord as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
+        return codec.audit_response(await self._read(lambda: self.reader.audit(query)))
 
-    async def RunOperation(self, request: Any, context: Any) -> AsyncIterator[Any]:
+    async def RunOperation(
+        self, request: colony_pb2.RunOperationRequest, context: _Context
+    ) -> AsyncIterator[colony_pb2.OperationOutput]:
         operator = await self._operator(context, "RunOperation")
         started = self.clock()
-        parameters = {
-            "duration_s": request.duration_s,
-            "filter": request.filter,
-            "max_bytes": request.max_bytes,
-            "max_packets": request.max_packets,
-            "frequency_hz": request.frequency_hz,
-        }
-        if request.action not in ACTIONS:
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, f"unknown action {request.action!r}: {', '.join(ACTIONS)}"
-            )
         try:
-            target, agent_id, node = await self._read(
-                lambda: resolve_pod(self.reader, request.target, node=request.node)
-            )
+            asked = codec.operation_request(request)
+        except codec.UnknownWord as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
+        try:
+            target, agent_id, node = await self._read(lambda: resolve_pod(self.reader, asked.target, node=asked.node))
         except LookupError as exc:
-            await self._audit_operation(
-                operator, request.action, agent_pb2.Target(), "", "", parameters, _refusal(str(exc)), started
-            )
+            refusal = OperationResult(outcome=Outcome.REFUSED, error=str(exc))
+            await self._audit_operation(operator, asked, OperationTarget(), "", "", refusal, started)
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             raise  # unreachable: abort raises
-        forwarded = agent_pb2.OperationRequest(
-            request_id=uuid.uuid4().hex,
-            operator=operator,
-            action=request.action,
-            target=target,
-            duration_s=request.duration_s,
-            filter=request.filter,
-            max_bytes=request.max_bytes,
-            max_packets=request.max_packets,
-            frequency_hz=request.frequency_hz,
-        )
-        result: Any = None
-        yield colony_pb2.OperationOutput(target=target)
+        forwarded = ForwardedOperation(request_id=uuid.uuid4().hex, operator=operator, request=asked, target=target)
+        result: OperationResult | None = None
+        yield codec.target_output(target)
         try:
             async for message in self.router.run(agent_id, forwarded):
-                if message.WhichOneof("body") == "chunk":
-                    yield colony_pb2.OperationOutput(chunk=message.chunk)
-                else:
-                    result = message.result
-                    yield colony_pb2.OperationOutput(result=result)
+                output, final = codec.relayed(message)
+                if final is not None:
+                    result = final
+                yield output
         except AgentNotConnected:
-            result = _refusal(
-                f"the agent of node {node} ({agent_id}) holds no control stream: is it running and registered?",
-                outcome="failed",
+            result = OperationResult(
+                outcome=Outcome.FAILED,
+                error=f"the agent of node {node} ({agent_id}) holds no control stream: is it running and registered?",
             )
-            yield colony_pb2.OperationOutput(result=result)
+            yield codec.result_output(result)
         finally:
             if result is None:
-                result = agent_pb2.Result(outcome="cancelled", error="the operator cancelled")
-            await self._audit_operation(operator, request.action, target, agent_id, node, parameters, result, started)
+                result = OperationResult(outcome=Outcome.CANCELLED, error="the operator cancelled")
+            await self._audit_operation(operator, asked, target, agent_id, node, result, started)
 
     async def _audit_operation(
         self,
         operator: str,
-        action: str,
-        target: Any,
+        asked: OperationRequest,
+        target: OperationTarget,
         agent_id: str,
         node: str,
-        parameters: dict[str, object],
-        result: Any,
+        result: OperationResult,
         started: float,
     ) -> None:
         detail = {
-            "outcome": result.outcome,
+            "outcome": result.outcome.value,
             "error": result.error,
-            "parameters": {k: v for k, v in parameters.items() if v},
+            "parameters": asked.parameters(),
             "duration_s": round(result.duration_s or (self.clock() - started), 3),
             "bytes": result.bytes,
             "packets": result.packets,
@@ -269,8 +200,8 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         }
         entry = AuditEntry(
             time=started,
-            kind="operation",
-            action=action,
+            kind=AuditKind.OPERATION,
+            action=asked.action.value,
             actor=operator,
             agent_id=agent_id,
             node_name=node,
@@ -287,64 +218,43 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         self._executor.shutdown(wait=True)
 
 
-ACTIONS = ("tap", "profile", "sample")
-
-
-def _refusal(error: str, *, outcome: str = "refused") -> Any:
-    return agent_pb2.Result(outcome=outcome, error=error)
-
-
-def resolve_pod(reader: Registry, target: str, *, node: str = "") -> tuple[Any, str, str]:
+def resolve_pod(reader: RegistryReader, target: str, *, node: str = "") -> tuple[OperationTarget, str, str]:
     """A service key, ``namespace/pod`` or a service name -> (target, owning agent, node).
 
     With ``node``, a ``namespace/pod`` the registry does not list (its namespace
     may be filtered out) goes to that node's agent, which decides.
     """
-    rows = reader.services(key=target) if target.count("/") >= 2 else []
+    found = reader.services(ServiceFilter(key=target)) if target.count("/") >= 2 else []
     by_service = True
-    if not rows and target.count("/") == 1:
+    if not found and target.count("/") == 1:
         namespace, pod = target.split("/")
-        rows = reader.services(namespace=namespace, pod_name=pod)
+        found = reader.services(ServiceFilter(namespace=namespace, pod_name=pod))
         by_service = False
-    if not rows and "/" not in target:
-        rows = reader.services(name_exact=target)
-    if not rows and node and target.count("/") == 1:
-        agents = [a for a in reader.agents(node=node) if a["kind"] == "node-agent"]
+    if not found and "/" not in target:
+        found = reader.services(ServiceFilter(name_exact=target))
+    if not found and node and target.count("/") == 1:
+        agents = [a for a in reader.agents(node=node) if a.agent.kind is AgentKind.NODE_AGENT]
         if not agents:
             raise LookupError(f"no node agent on node {node!r} (coral agents lists them)")
         namespace, pod = target.split("/")
-        return agent_pb2.Target(namespace=namespace, pod_name=pod), str(agents[0]["agent_id"]), node
-    if not rows:
+        return OperationTarget(namespace=namespace, pod_name=pod), agents[0].agent.agent_id, node
+    if not found:
         raise LookupError(f"no service or pod {target!r} in the colony (coral services lists them)")
-    pods = sorted({(r["namespace"], r["pod_name"]) for r in rows})
+    pods = sorted({(s.service.namespace, s.service.pod_name) for s in found})
     if len(pods) > 1:
         choices = ", ".join(f"{ns}/{pod}" for ns, pod in pods[:10])
         raise LookupError(f"{target!r} matches {len(pods)} pods ({choices}): name one as namespace/pod")
-    row = rows[0]
-    if row["stale"]:
-        raise LookupError(f"{target!r} is stale: the agent of node {row['node_name']} is unreachable")
-    chosen = agent_pb2.Target(
-        namespace=row["namespace"],
-        pod_name=row["pod_name"],
-        pod_uid=row["pod_uid"],
-        service_key=row["key"] if by_service and len(rows) == 1 else "",
-        service_name=row["component_name"] if by_service else "",
-        provenance=row["provenance"] if by_service else "",
+    chosen = found[0]
+    service = chosen.service
+    if chosen.stale:
+        raise LookupError(f"{target!r} is stale: the agent of node {service.node_name} is unreachable")
+    resolved = OperationTarget(
+        namespace=service.namespace,
+        pod_name=service.pod_name,
+        pod_uid=service.pod_uid,
+        service_key=service.key if by_service and len(found) == 1 else "",
+        service_name=service.component_name if by_service else "",
+        provenance=service.provenance if by_service else Provenance.UNKNOWN,
     )
-    owner = next((a for a in reader.agents() if a["agent_id"] == row["agent_id"]), None)
-    return chosen, str(row["agent_id"]), str(owner["node_name"] if owner else row["node_name"])
-
-
-_AUDIT_TEXT = (
-    "kind",
-    "action",
-    "actor",
-    "agent_id",
-    "node_name",
-    "namespace",
-    "pod_name",
-    "service_name",
-    "service_key",
-    "provenance",
-    "detail",
-)
+    owner = next((a for a in reader.agents() if a.agent.agent_id == chosen.agent_id), None)
+    return resolved, chosen.agent_id, owner.agent.node_name if owner else service.node_name

@@ -14,18 +14,27 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Final
 
 import grpc
 import grpc.aio
 
 from coral_base.logs import emit
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
+from coral_colony import codec
+from coral_colony.model import ForwardedOperation
 
 log = logging.getLogger("coral_colony.router")
 
 SessionCheck = Callable[[str, str], Awaitable[bool]]  # (agent_id, session_token) -> valid
-_CLOSED = object()
+_Context = grpc.aio.ServicerContext[object, object]
+
+
+class _Closed:
+    """Put in an outbox when the stream is over."""
+
+
+_CLOSED: Final = _Closed()
 
 
 class AgentNotConnected(Exception):
@@ -35,8 +44,8 @@ class AgentNotConnected(Exception):
 @dataclass(eq=False)
 class _Connection:
     agent_id: str
-    outbox: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
-    inboxes: dict[str, asyncio.Queue[Any]] = field(default_factory=dict)
+    outbox: asyncio.Queue[agent_pb2.ColonyMessage | _Closed] = field(default_factory=asyncio.Queue)
+    inboxes: dict[str, asyncio.Queue[agent_pb2.AgentMessage]] = field(default_factory=dict)
 
 
 class Router(agent_pb2_grpc.AgentControlServicer):
@@ -49,12 +58,15 @@ class Router(agent_pb2_grpc.AgentControlServicer):
 
     # -- the agents' side ------------------------------------------------------------------
 
-    async def Connect(self, request_iterator: AsyncIterator[Any], context: Any) -> AsyncIterator[Any]:
-        hello = await anext(aiter(request_iterator), None)
-        if hello is None or hello.WhichOneof("body") != "hello":
+    async def Connect(
+        self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: _Context
+    ) -> AsyncIterator[agent_pb2.ColonyMessage]:
+        first = await anext(aiter(request_iterator), None)
+        hello = codec.hello(first) if first is not None else None
+        if hello is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         assert hello is not None
-        agent_id, token = hello.hello.agent_id, hello.hello.session_token
+        agent_id, token = hello.agent_id, hello.session_token
         if not await self.check_session(agent_id, token):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"no registration session {agent_id!r} with this token: register first"
@@ -69,7 +81,7 @@ class Router(agent_pb2_grpc.AgentControlServicer):
         try:
             while True:
                 message = await connection.outbox.get()
-                if message is _CLOSED:
+                if isinstance(message, _Closed):
                     return
                 yield message
         finally:
@@ -79,16 +91,14 @@ class Router(agent_pb2_grpc.AgentControlServicer):
             self._drop(connection, f"agent {agent_id} disconnected during the operation")
             emit(log, "control.disconnected", agent_id=agent_id)
 
-    async def _read(self, connection: _Connection, messages: AsyncIterator[Any]) -> None:
+    async def _read(self, connection: _Connection, messages: AsyncIterator[agent_pb2.AgentMessage]) -> None:
         try:
             async for message in messages:
-                kind = message.WhichOneof("body")
-                if kind == "chunk":
-                    inbox = connection.inboxes.get(message.chunk.request_id)
-                elif kind == "result":
-                    inbox = connection.inboxes.pop(message.result.request_id, None)
-                else:
+                address = codec.addressed(message)
+                if address is None:
                     continue
+                request_id, final = address
+                inbox = connection.inboxes.pop(request_id, None) if final else connection.inboxes.get(request_id)
                 if inbox is not None:
                     inbox.put_nowait(message)
         except grpc.aio.AioRpcError:
@@ -98,39 +108,34 @@ class Router(agent_pb2_grpc.AgentControlServicer):
 
     def _drop(self, connection: _Connection, reason: str) -> None:
         for request_id, inbox in list(connection.inboxes.items()):
-            inbox.put_nowait(
-                agent_pb2.AgentMessage(result=agent_pb2.Result(request_id=request_id, outcome="failed", error=reason))
-            )
+            inbox.put_nowait(codec.failed(request_id, reason))
         connection.inboxes.clear()
         connection.outbox.put_nowait(_CLOSED)
 
     # -- the operators' side -----------------------------------------------------------------
 
-    async def run(self, agent_id: str, request: Any) -> AsyncIterator[Any]:
-        """Send ``request`` to the agent; yield its chunks and, last, its result.
+    async def run(self, agent_id: str, operation: ForwardedOperation) -> AsyncIterator[agent_pb2.AgentMessage]:
+        """Send ``operation`` to the agent; yield its chunks and, last, its result, as the agent sent them.
 
         Closing the generator early (the operator went away) sends Cancel.
         """
         connection = self._agents.get(agent_id)
         if connection is None:
             raise AgentNotConnected(agent_id)
-        inbox: asyncio.Queue[Any] = asyncio.Queue()
-        connection.inboxes[request.request_id] = inbox
-        connection.outbox.put_nowait(agent_pb2.ColonyMessage(request=request))
+        request_id = operation.request_id
+        inbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+        connection.inboxes[request_id] = inbox
+        connection.outbox.put_nowait(codec.request_message(operation))
         finished = False
         try:
             while True:
                 message = await inbox.get()
-                if message.WhichOneof("body") == "result":
+                if (address := codec.addressed(message)) is not None and address[1]:
                     finished = True
                     yield message
                     return
                 yield message
         finally:
             if not finished:
-                connection.inboxes.pop(request.request_id, None)
-                connection.outbox.put_nowait(
-                    agent_pb2.ColonyMessage(
-                        cancel=agent_pb2.Cancel(request_id=request.request_id, reason="the operator cancelled")
-                    )
-                )
+                connection.inboxes.pop(request_id, None)
+                connection.outbox.put_nowait(codec.cancel_message(request_id, "the operator cancelled"))

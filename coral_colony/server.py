@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import grpc.aio
 
+from coral_base.lifecycle import Stage, run_stages
 from coral_base.logs import emit
 from coral_base.wire.coral.agent.v1 import agent_pb2_grpc
 from coral_base.wire.coral.colony.v1 import colony_pb2_grpc
@@ -20,8 +21,9 @@ from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
 from coral_colony.operator_service import OperatorService
-from coral_colony.registry import Registry
 from coral_colony.router import Router
+from coral_colony.stores.reader import RegistryReader
+from coral_colony.stores.writer import RegistryWriter, WriterThread
 from coral_colony.tokens import OperatorTokens
 from coral_colony.web.server import StatusPage
 
@@ -44,58 +46,104 @@ async def serve(
     ttl: float = STALE_TTL_S,
     audit_retention: float | None = None,  # seconds; None keeps every entry
 ) -> None:
-    registry = Registry(database)
-    mesh = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret())
-    router = Router(mesh.valid_session)
-    operators = OperatorService(
-        Registry(database, read_only=True),
-        OperatorTokens(identity.directory),
-        colony_id=identity.colony_id,
-        record=mesh.record,
-        router=router,
-    )
-    server = grpc.aio.server()
-    mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
-    colony_pb2_grpc.add_ColonyServicer_to_server(operators, server)
-    agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
-    credentials = grpc.ssl_server_credentials([(identity.server_key.read_bytes(), identity.server_cert.read_bytes())])
-    server.add_secure_port(listen, credentials)
-    page = StatusPage(database, colony_id=identity.colony_id, listen=web_listen) if web_listen else None
-    await server.start()
-    if page is not None:
-        page.start()
-    emit(
-        log,
-        "colony.started",
-        colony_id=identity.colony_id,
-        listen=listen,
-        web=page.address if page else "off",
-        database=str(database),
-    )
-    pruned_at = float("-inf")
+    """Runs the colony until ``stop``; owns the registry's writer (its thread and connection) and closes it last.
+
+    The writer is created first (it creates or migrates the file the readers
+    then open) and closed after the gRPC server has stopped, so no call is
+    left to write; closing waits for the changes already handed to it.
+    """
+    writer = WriterThread(RegistryWriter(database))
     try:
-        while not stop.is_set():
-            if audit_retention is not None and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
-                prune = functools.partial(registry.prune_audit, now=time.time(), retention_s=audit_retention)
-                deleted = await mesh.run_in_writer(prune)
-                pruned_at = time.monotonic()
-                if deleted:
-                    emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
-            silent, gone = await mesh.run_in_writer(
-                lambda: registry.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
-            )
-            for agent_id in silent:
-                emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
-            for agent_id in gone:
-                emit(log, "agent.expired", agent_id=agent_id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(5.0, heartbeat_timeout / 3))
+        await _serve(
+            identity,
+            writer,
+            listen=listen,
+            database=database,
+            stop=stop,
+            web_listen=web_listen,
+            heartbeat_timeout=heartbeat_timeout,
+            ttl=ttl,
+            audit_retention=audit_retention,
+        )
     finally:
-        await server.stop(5.0)
-        if page is not None:
-            page.stop()
-        operators.close()
-        operators.reader.close()
-        mesh.close()
-        registry.close()
+        writer.close()
         emit(log, "colony.stopped", colony_id=identity.colony_id)
+
+
+async def _serve(
+    identity: ColonyIdentity,
+    writer: WriterThread,
+    *,
+    listen: str,
+    database: Path,
+    stop: asyncio.Event,
+    web_listen: str,
+    heartbeat_timeout: float,
+    ttl: float,
+    audit_retention: float | None,
+) -> None:
+    """Everything but the writer: each part closed, in reverse, however far the start got."""
+    async with contextlib.AsyncExitStack() as stack:
+        mesh = MeshService(writer, colony_id=identity.colony_id, colony_secret=identity.secret())
+        router = Router(mesh.valid_session)
+        reader = RegistryReader(database)
+        stack.callback(reader.close)
+        operators = OperatorService(
+            reader,
+            OperatorTokens(identity.directory),
+            colony_id=identity.colony_id,
+            record=writer.record,
+            router=router,
+        )
+        stack.callback(operators.close)
+        server = grpc.aio.server()
+        mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
+        colony_pb2_grpc.add_ColonyServicer_to_server(operators, server)
+        agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
+        key, cert = identity.server_key.read_bytes(), identity.server_cert.read_bytes()
+        server.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
+        await server.start()
+        stack.push_async_callback(server.stop, 5.0)
+        page = StatusPage(database, colony_id=identity.colony_id, listen=web_listen) if web_listen else None
+        if page is not None:
+            page.start()
+            stack.callback(page.stop)
+        emit(
+            log,
+            "colony.started",
+            colony_id=identity.colony_id,
+            listen=listen,
+            web=page.address if page else "off",
+            database=str(database),
+        )
+        clock = functools.partial(
+            _registry_clock, writer, heartbeat_timeout=heartbeat_timeout, ttl=ttl, audit_retention=audit_retention
+        )
+        await run_stages(
+            [Stage("registry-clock", clock)],
+            stop,
+            on_stopping=lambda: None,
+            grace_s=5.0,
+        )
+
+
+async def _registry_clock(
+    writer: WriterThread, *, heartbeat_timeout: float, ttl: float, audit_retention: float | None
+) -> None:
+    """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log."""
+    pruned_at = float("-inf")
+    while True:
+        if audit_retention is not None and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+            prune = functools.partial(RegistryWriter.prune_audit, now=time.time(), retention_s=audit_retention)
+            deleted = await writer.run(prune)
+            pruned_at = time.monotonic()
+            if deleted:
+                emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
+        silent, gone = await writer.run(
+            lambda w: w.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+        )
+        for agent_id in silent:
+            emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
+        for agent_id in gone:
+            emit(log, "agent.expired", agent_id=agent_id)
+        await asyncio.sleep(min(5.0, heartbeat_timeout / 3))

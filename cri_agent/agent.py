@@ -34,7 +34,7 @@ from coral_base.errors import CoralError
 from coral_base.lifecycle import Stage, StopPolicy, run_stages
 from coral_base.logs import emit
 from coral_base.vocabulary import AgentHealth
-from cri_agent.cache import CacheContents, CacheWriter
+from cri_agent.cache.writer import CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
 from cri_agent.conditions import Conditions
 from cri_agent.config import Settings

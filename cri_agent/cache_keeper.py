@@ -27,7 +27,8 @@ from typing import Any
 
 from coral_base.backoff import Backoff
 from coral_base.logs import emit
-from cri_agent.cache import Cache, CacheContents, CacheWriter, TimedEvent
+from cri_agent.cache.discovery_events import TimedEvent
+from cri_agent.cache.writer import Cache, CacheContents, CacheWriter
 from cri_agent.discovery.engine import KnownState, Reconciliation
 from cri_agent.errors import CacheError
 from cri_agent.model import DiscoveryEvent, EventKind

@@ -84,7 +84,7 @@ def test_the_shipped_configs_are_valid_agent_configs(tmp_path: Path) -> None:
         settings = load_settings(path)
         assert settings.colony.address == "coral-colony.coral-system.svc:9000"
         assert settings.discovery.kubernetes.api == "on"
-    assert load_settings(tmp_path / "chart.yaml").discovery.kubernetes.include_namespaces == ["shop"]
+    assert load_settings(tmp_path / "chart.yaml").discovery.kubernetes.include_namespaces == ("shop",)
 
 
 def test_an_unknown_mode_is_refused_by_the_chart() -> None:

@@ -161,7 +161,7 @@ def test_a_cache_that_refuses_writes_is_reported_and_discovery_health_and_sync_g
         [recovery] = [e for e in agent.events(since_id=last, kind="error") if e.fields == ("cache",)]
         assert "refused writes" in recovery.reason and "held in memory are written now" in recovery.reason
         assert added[0].at < recovery.at
-        assert agent.read(lambda c: {r["name"]: r["ok"] for r in c.conditions()})["cache"] == 1
+        assert agent.read(lambda c: {r.name: r.ok for r in c.conditions()})["cache"] == 1
 
 
 # -- 2. one writer ----------------------------------------------------------------------------------------------

@@ -292,7 +292,7 @@ def test_ctrl_c_cancels_on_the_node_and_the_capture_process_is_gone(cluster: Clu
     cluster.colony.wait_for(lambda: cluster.operations("judy"), timeout=5, what="the audit entry")
     assert cluster.operations("judy")[0]["outcome"] == "cancelled"
     rows = cluster.agent.read(lambda c: c.operations())
-    assert any(r["operator"] == "judy" and r["outcome"] == "cancelled" for r in rows)
+    assert any(r.operator == "judy" and r.outcome == "cancelled" for r in rows)
 
 
 def test_an_agent_that_dies_mid_operation_gives_a_clear_error_not_a_hang(cluster: Cluster, tmp_path: Path) -> None:
@@ -358,7 +358,7 @@ def test_every_request_is_audited_with_the_operators_identity(cluster: Cluster) 
         ("lee", "sample", "ok"),
         ("mia", "tap", "refused"),
     } <= audited
-    agent_rows = {(r["operator"], r["action"], r["outcome"]) for r in cluster.agent.read(lambda c: c.operations())}
+    agent_rows = {(r.operator, r.action, r.outcome) for r in cluster.agent.read(lambda c: c.operations())}
     assert {("alice", "tap", "ok"), ("gina", "sample", "refused"), ("ivan", "tap", "refused")} <= agent_rows
 
 

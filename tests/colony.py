@@ -10,7 +10,8 @@ import pytest
 
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.mesh_service import MeshService
-from coral_colony.registry import Registry
+from coral_colony.stores.reader import RegistryReader
+from coral_colony.stores.writer import RegistryWriter, WriterThread
 
 SECRET = "colony-secret-do-not-log"
 
@@ -29,22 +30,24 @@ class Colony:
             probe.bind(("127.0.0.1", 0))
             self.port = probe.getsockname()[1]
         self.server: grpc.aio.Server | None = None
-        self.registry: Registry | None = None
+        self.writer: WriterThread | None = None
+        self.registry: RegistryReader | None = None  # what the test reads, as the operator API does
 
     async def start(self) -> None:
-        self.registry = Registry(self.path)
-        self.service = MeshService(self.registry, colony_id="c1", colony_secret=SECRET)
+        self.writer = WriterThread(RegistryWriter(self.path))  # owned here, as serve() owns it
+        self.registry = RegistryReader(self.path)
+        self.service = MeshService(self.writer, colony_id="c1", colony_secret=SECRET)
         self.server = grpc.aio.server()
         mesh_pb2_grpc.add_MeshServicer_to_server(self.service, self.server)
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self.server.start()
 
     async def stop(self) -> None:
-        assert self.server is not None and self.registry is not None
+        assert self.server is not None and self.writer is not None and self.registry is not None
         await self.server.stop(None)
-        self.service.close()
+        self.writer.close()
         self.registry.close()
 
     def keys(self) -> dict[str, str]:
         assert self.registry is not None
-        return {r["key"]: r["pod_ip"] for r in self.registry.services()}
+        return {s.service.key: s.service.pod_ip for s in self.registry.services()}

@@ -7,8 +7,9 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from coral_colony.model import AuditKind, AuditQuery
 from cri_agent.agent import RECHECK_S, NodeAgent
-from cri_agent.cache import Cache
+from cri_agent.cache.reader import CacheReader
 from cri_agent.config import load_settings
 from cri_agent.errors import RuntimeUnavailable
 from cri_agent.model import (
@@ -16,6 +17,7 @@ from cri_agent.model import (
     ContainerRecord,
     ContainerState,
     DeclaredPort,
+    EventKind,
     PodRecord,
     PodUID,
     SandboxID,
@@ -157,9 +159,9 @@ def test_an_outage_is_reported_once_retried_and_recovered_without_help(tmp_path:
         return agent
 
     agent = asyncio.run(scenario())
-    cache = Cache(tmp_path / "agent.db", read_only=True)
-    outages = [e for e in cache.events(kind="error") if "not found" in e.reason]
-    runtime_condition = {c["name"]: c["ok"] for c in cache.conditions()}["runtime"]
+    cache = CacheReader(tmp_path / "agent.db")
+    outages = [e for e in cache.events(kind=EventKind.ERROR) if "not found" in e.reason]
+    runtime_condition = {c.name: c.ok for c in cache.conditions()}["runtime"]
     assert (len(outages), runtime_condition, agent.healthy) == (1, 1, True)
 
 
@@ -175,9 +177,9 @@ def test_a_restarted_agent_emits_nothing_for_unchanged_pods(tmp_path: Path) -> N
         await task
 
     asyncio.run(one_run([pod("a"), pod("b")]))
-    first = len(Cache(tmp_path / "agent.db", read_only=True).events())
+    first = len(CacheReader(tmp_path / "agent.db").events())
     asyncio.run(one_run([pod("a"), pod("b")]))
-    assert len(Cache(tmp_path / "agent.db", read_only=True).events()) == first == 2
+    assert len(CacheReader(tmp_path / "agent.db").events()) == first == 2
 
 
 def test_stop_drains_and_persists_the_last_pass(tmp_path: Path) -> None:
@@ -191,7 +193,7 @@ def test_stop_drains_and_persists_the_last_pass(tmp_path: Path) -> None:
         await asyncio.wait_for(task, 5)
 
     asyncio.run(scenario())
-    meta = Cache(tmp_path / "agent.db", read_only=True).meta()
+    meta = CacheReader(tmp_path / "agent.db").meta()
     assert float(meta["last_pass_at"]) > 0
 
 
@@ -214,21 +216,21 @@ def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
         await until(lambda: len(colony.keys()) == 2, within=10)
-        first = {r["pod_name"]: r["node_name"] for r in colony.registry.services()}  # type: ignore[union-attr]
+        registry = colony.registry
+        assert registry is not None
+        first = {s.service.pod_name: s.service.node_name for s in registry.services()}
         runtime.current = [pod("b")]
         runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STOPPED_EVENT"))
         await until(lambda: len(colony.keys()) == 1, within=10)
-        second = {r["pod_name"]: r["provenance"] for r in colony.registry.services()}  # type: ignore[union-attr]
-        registry = colony.registry
-        assert registry is not None
-        await until(lambda: len(registry.audit.query(kind="discovery")) == 3, within=5)
+        second = {s.service.pod_name: s.service.provenance.value for s in registry.services()}
+        discovery = AuditQuery(kind=AuditKind.DISCOVERY)
+        await until(lambda: len(registry.audit(discovery)) == 3, within=5)
         events = [
-            (r["action"], r["pod_name"], r["node_name"], r["provenance"])
-            for r in registry.audit.query(kind="discovery")
+            (e.action, e.pod_name, e.node_name, e.provenance) for e in (r.entry for r in registry.audit(discovery))
         ]
         runtime.down = True  # discovery is blind: the agent must not claim to be healthy
         runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STOPPED_EVENT"))
-        await until(lambda: registry.agents()[0]["health"] == "unhealthy", within=5)
+        await until(lambda: registry.agents()[0].health == "unhealthy", within=5)
         stop.set()
         await task
         await colony.stop()
@@ -241,10 +243,8 @@ def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp
         ("added", "b", "node-a", "discovered"),
         ("removed", "a", "node-a", "discovered"),
     ]
-    colony_condition = next(
-        c for c in Cache(tmp_path / "agent.db", read_only=True).conditions() if c["name"] == "colony"
-    )
-    assert colony_condition["ok"] and colony_condition["reason"].startswith("registered with colony c1")
+    colony_condition = next(c for c in CacheReader(tmp_path / "agent.db").conditions() if c.name == "colony")
+    assert colony_condition.ok and colony_condition.reason.startswith("registered with colony c1")
 
 
 class SyncedApi:

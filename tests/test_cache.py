@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from cri_agent.cache import Cache
+from cri_agent.cache.reader import CacheReader
+from cri_agent.cache.writer import Cache
 from cri_agent.conditions import Condition, Conditions
 from cri_agent.discovery.engine import KnownState, PodDecision, Reconciliation
 from cri_agent.errors import CacheError
@@ -85,6 +86,10 @@ def apply(cache: Cache, rec: Reconciliation, *, now: float = 1000.0, rows: int =
     cache.apply(rec, node_name="node-a", now=now, touch=False, retention_rows=rows, retention_days=30)
 
 
+def read(cache: Cache) -> CacheReader:
+    return CacheReader(cache.path)
+
+
 @pytest.fixture
 def cache(tmp_path: Path) -> Cache:
     return Cache(tmp_path / "agent.db")
@@ -108,6 +113,7 @@ def test_a_cache_an_older_agent_wrote_gains_the_new_columns(tmp_path: Path) -> N
     Cache(path).close()
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE services DROP COLUMN workload")
+        db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")  # what agents before it recorded
         db.execute(
             "INSERT INTO services (key, name, namespace, pod_name, pod_uid, container, port, protocol, service_type,"
             " provenance, overridden_fields, health_endpoint, health_interval_s, pod_ip, node_name, labels, first_seen,"
@@ -124,8 +130,8 @@ def test_a_cache_an_older_agent_wrote_gains_the_new_columns(tmp_path: Path) -> N
 def test_first_seen_survives_updates(cache: Cache) -> None:
     apply(cache, reconciliation([service()]), now=1000.0)
     apply(cache, reconciliation([service(pod_ip="10.250.1.9")]), now=2000.0)
-    [row] = cache.service_rows()
-    assert (row["first_seen"], row["last_seen"], row["pod_ip"]) == (1000.0, 2000.0, "10.250.1.9")
+    [row] = read(cache).service_rows()
+    assert (row.first_seen, row.last_seen, row.service.pod_ip) == (1000.0, 2000.0, "10.250.1.9")
 
 
 def test_removed_services_leave_the_table(cache: Cache) -> None:
@@ -134,19 +140,19 @@ def test_removed_services_leave_the_table(cache: Cache) -> None:
         cache,
         Reconciliation(services={}, pods={}, events=(), upserted=(), removed=(service().key,)),
     )
-    assert (cache.services(), cache.load_known().pods) == ([], {})
+    assert (read(cache).services(), cache.load_known().pods) == ([], {})
 
 
 def test_event_retention_keeps_the_newest_rows(cache: Cache) -> None:
     apply(cache, reconciliation([service()], events=150), rows=100)
-    events = cache.events()
+    events = read(cache).events()
     assert (len(events), events[-1].reason) == (100, "#149")
 
 
 def test_events_older_than_the_retention_days_are_dropped(cache: Cache) -> None:
     apply(cache, reconciliation([service()], events=3), now=1000.0)
     apply(cache, reconciliation([service()], events=1), now=1000.0 + 31 * 86400)
-    assert [e.at for e in cache.events()] == [1000.0 + 31 * 86400]
+    assert [e.at for e in read(cache).events()] == [1000.0 + 31 * 86400]
 
 
 def test_the_file_is_in_wal_mode_for_concurrent_readers(cache: Cache, tmp_path: Path) -> None:
@@ -165,13 +171,13 @@ def test_conditions_keep_since_while_unchanged(cache: Cache) -> None:
     for condition in filter(None, changes):
         cache.set_condition(condition)
     cache.set_condition(conditions.set("runtime", ok=True, reason="up", now=30.0) or Condition("", True, "", 0, 0))
-    [row] = cache.conditions()
-    assert (row["ok"], row["since"], row["updated"]) == (1, 30.0, 30.0)
+    [row] = read(cache).conditions()
+    assert (row.ok, row.since, row.updated) == (1, 30.0, 30.0)
 
 
 def test_read_only_open_of_a_missing_cache_says_what_to_do(tmp_path: Path) -> None:
     with pytest.raises(CacheError, match="start `coral agent node` first"):
-        Cache(tmp_path / "absent.db", read_only=True)
+        CacheReader(tmp_path / "absent.db")
 
 
 def test_unwritable_cache_directory_is_a_clear_error(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ import pytest
 
 from coral_base.backoff import Backoff
 from cri_agent import cache_keeper
-from cri_agent.cache import Cache, CacheContents, CacheWriter
+from cri_agent.cache.reader import CacheReader
+from cri_agent.cache.writer import Cache, CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
 from cri_agent.conditions import Condition
 from cri_agent.errors import CacheError
@@ -69,8 +70,8 @@ class Harness:
     async def _state(self, ok: bool, reason: str) -> None:
         self.states.append((ok, reason))
 
-    def read(self) -> Cache:
-        return Cache(self.writer.path, read_only=True)
+    def read(self) -> CacheReader:
+        return CacheReader(self.writer.path)
 
 
 def run(scenario: Callable[[Harness], Any], tmp_path: Path) -> Any:

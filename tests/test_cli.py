@@ -8,11 +8,13 @@ from pathlib import Path
 import pytest
 
 from coral_cli import main
-from cri_agent.cache import Cache
+from cri_agent.cache.services import SERVICE_COLUMNS
+from cri_agent.cache.writer import Cache
+from cri_agent.cli import cache_views
 from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
-from cri_agent.model import NodeSnapshot
+from cri_agent.model import EventKind, NodeSnapshot
 from tests.builders import pod
 
 
@@ -49,12 +51,20 @@ def test_services_json_decodes_labels_and_fields(cache_path: Path, capsys: pytes
     main(["agent", "services", "--cache", str(cache_path), "-o", "json", "-n", "shop"])
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["overridden_fields"]) for r in rows] == [("bad-api", ["name"]), ("checkout-0", [])]
+    assert set(rows[0]) == {*SERVICE_COLUMNS, "health", "health_since", "health_latency_ms", "health_error"}
 
 
 def test_events_can_be_filtered_by_kind(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     main(["agent", "events", "--cache", str(cache_path), "--kind", "error", "-o", "json"])
     [event] = json.loads(capsys.readouterr().out)
     assert (event["pod_name"], event["fields"]) == ("bad", ["coral.io/port"])
+
+
+def test_events_limit_keeps_the_newest(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["agent", "events", "--cache", str(cache_path), "-o", "json"])
+    every = json.loads(capsys.readouterr().out)
+    main(["agent", "events", "--cache", str(cache_path), "-o", "json", "--limit", "2"])
+    assert len(every) > 2 and json.loads(capsys.readouterr().out) == every[-2:]
 
 
 def test_status_exit_code_tells_health(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -74,3 +84,7 @@ def test_a_missing_cache_is_a_clear_error(tmp_path: Path, capsys: pytest.Capture
 def test_invalid_flag_value_is_a_config_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["agent", "node", "--cache", str(tmp_path / "a.db"), "--include-label", "novalue"])
     assert (code, "not key=value" in capsys.readouterr().err) == (2, True)
+
+
+def test_the_events_kind_choices_are_the_event_kinds() -> None:
+    assert tuple(EventKind) == cache_views.EVENT_KINDS

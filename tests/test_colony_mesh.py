@@ -13,7 +13,8 @@ import pytest
 
 from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from coral_colony.mesh_service import MeshService
-from coral_colony.registry import Registry
+from coral_colony.stores.reader import RegistryReader
+from coral_colony.stores.writer import RegistryWriter, WriterThread
 
 SECRET = "s3cr3t-value"
 
@@ -39,10 +40,11 @@ def node_request(agent_id: str, *keys: str, secret: str = SECRET) -> Any:
     )
 
 
-def with_colony(tmp_path: Path, scenario: Callable[[Any, Registry], Awaitable[Any]]) -> Any:
+def with_colony(tmp_path: Path, scenario: Callable[[Any, RegistryReader], Awaitable[Any]]) -> Any:
     async def run() -> Any:
-        registry = Registry(tmp_path / "colony.db")
-        service = MeshService(registry, colony_id="colony-1", colony_secret=SECRET)
+        writer = WriterThread(RegistryWriter(tmp_path / "colony.db"))
+        registry = RegistryReader(tmp_path / "colony.db")
+        service = MeshService(writer, colony_id="colony-1", colony_secret=SECRET)
         server = grpc.aio.server()
         mesh_pb2_grpc.add_MeshServicer_to_server(service, server)
         port = server.add_insecure_port("127.0.0.1:0")
@@ -52,18 +54,25 @@ def with_colony(tmp_path: Path, scenario: Callable[[Any, Registry], Awaitable[An
                 return await scenario(mesh_pb2_grpc.MeshStub(channel), registry)
         finally:
             await server.stop(None)
-            service.close()
+            registry.close()
+            writer.close()
 
     return asyncio.run(run())
 
 
 def test_a_node_agent_registers_its_services_with_node_and_provenance(tmp_path: Path) -> None:
-    async def scenario(stub: Any, registry: Registry) -> Any:
+    async def scenario(stub: Any, registry: RegistryReader) -> Any:
         response = await stub.Register(node_request("a", "ns/1/web/8080"))
         return response.accepted, bool(response.session_token), registry.services(), registry.agents()
 
     accepted, has_token, services, agents = with_colony(tmp_path, scenario)
-    assert (accepted, has_token, services[0]["provenance"], services[0]["node_name"], agents[0]["kind"]) == (
+    assert (
+        accepted,
+        has_token,
+        services[0].service.provenance,
+        services[0].service.node_name,
+        agents[0].agent.kind,
+    ) == (
         True,
         True,
         "overridden",
@@ -73,7 +82,7 @@ def test_a_node_agent_registers_its_services_with_node_and_provenance(tmp_path: 
 
 
 def test_a_wrong_secret_is_refused_with_a_message_that_says_what_to_check(tmp_path: Path) -> None:
-    async def scenario(stub: Any, registry: Registry) -> Any:
+    async def scenario(stub: Any, registry: RegistryReader) -> Any:
         with pytest.raises(grpc.aio.AioRpcError) as raised:
             await stub.Register(node_request("a", "ns/1/web/8080", secret="guess"))
         return raised.value
@@ -84,7 +93,7 @@ def test_a_wrong_secret_is_refused_with_a_message_that_says_what_to_check(tmp_pa
 
 
 def test_a_single_service_registration_without_node_fields_still_works(tmp_path: Path) -> None:
-    async def scenario(stub: Any, registry: Registry) -> Any:
+    async def scenario(stub: Any, registry: RegistryReader) -> Any:
         await stub.Register(
             mesh_pb2.RegisterRequest(
                 agent_id="laptop", component_name="api", colony_id="colony-1", colony_secret=SECRET
@@ -93,11 +102,11 @@ def test_a_single_service_registration_without_node_fields_still_works(tmp_path:
         return registry.services(), registry.agents()
 
     services, agents = with_colony(tmp_path, scenario)
-    assert ([s["key"] for s in services], agents[0]["kind"]) == (["laptop/api"], "single-service")
+    assert ([s.service.key for s in services], agents[0].agent.kind) == (["laptop/api"], "single-service")
 
 
 def test_deltas_need_the_session_and_replays_change_nothing(tmp_path: Path) -> None:
-    async def scenario(stub: Any, registry: Registry) -> Any:
+    async def scenario(stub: Any, registry: RegistryReader) -> Any:
         token = (await stub.Register(node_request("a", "ns/1/web/8080"))).session_token
         delta = mesh_pb2.UpdateServicesRequest(
             agent_id="a",
@@ -114,14 +123,14 @@ def test_deltas_need_the_session_and_replays_change_nothing(tmp_path: Path) -> N
             first.applied_sequence,
             replay.applied_sequence,
             raised.value.code(),
-            [s["key"] for s in registry.services()],
+            [s.service.key for s in registry.services()],
         )
 
     assert with_colony(tmp_path, scenario) == (1, 1, grpc.StatusCode.UNAUTHENTICATED, ["ns/2/api/80"])
 
 
 def test_a_colony_that_lost_its_registry_asks_agents_to_register_again(tmp_path: Path) -> None:
-    async def scenario(stub: Any, registry: Registry) -> Any:
+    async def scenario(stub: Any, registry: RegistryReader) -> Any:
         heartbeat = await stub.Heartbeat(mesh_pb2.HeartbeatRequest(agent_id="a", session_token="old", health="healthy"))
         delta = await stub.UpdateServices(mesh_pb2.UpdateServicesRequest(agent_id="a", session_token="old", sequence=7))
         return heartbeat.resync_required, delta.resync_required
@@ -130,9 +139,9 @@ def test_a_colony_that_lost_its_registry_asks_agents_to_register_again(tmp_path:
 
 
 def test_agent_b_cannot_take_over_agent_a_services_through_the_service(tmp_path: Path) -> None:
-    async def scenario(stub: Any, registry: Registry) -> Any:
+    async def scenario(stub: Any, registry: RegistryReader) -> Any:
         await stub.Register(node_request("a", "ns/1/web/8080"))
         response = await stub.Register(node_request("b", "ns/1/web/8080"))
-        return list(response.refused_keys), [(s["key"], s["agent_id"]) for s in registry.services()]
+        return list(response.refused_keys), [(s.service.key, s.agent_id) for s in registry.services()]
 
     assert with_colony(tmp_path, scenario) == (["ns/1/web/8080"], [("ns/1/web/8080", "a")])

@@ -13,21 +13,41 @@ import grpc.aio
 import pytest
 
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
+from coral_colony.model import (
+    Action,
+    AgentKind,
+    AgentRecord,
+    ForwardedOperation,
+    OperationRequest,
+    OperationTarget,
+    ServiceRecord,
+)
 from coral_colony.operator_service import resolve_pod
-from coral_colony.registry import AgentRecord, Registry, ServiceRecord
 from coral_colony.router import AgentNotConnected, Router
+from coral_colony.stores.reader import RegistryReader
+from coral_colony.stores.writer import RegistryWriter
 
 
-def registry(tmp_path: Path) -> Registry:
-    reg = Registry(tmp_path / "colony.db")
-    agent = AgentRecord(agent_id="a", kind="node-agent", node_name="node-a")
+def registry(tmp_path: Path) -> RegistryReader:
+    writer = RegistryWriter(tmp_path / "colony.db")
+    agent = AgentRecord(agent_id="a", kind=AgentKind.NODE_AGENT, node_name="node-a")
     services = [
         ServiceRecord(key="shop/u1/web/80", component_name="web", namespace="shop", pod_name="web-0", pod_uid="u1"),
         ServiceRecord(key="shop/u2/web/80", component_name="web", namespace="shop", pod_name="web-1", pod_uid="u2"),
         ServiceRecord(key="shop/u3/db/5432", component_name="db", namespace="shop", pod_name="db-0", pod_uid="u3"),
     ]
-    reg.register(agent, services, session="s", now=1.0)
-    return reg
+    writer.register(agent, services, session="s", now=1.0)
+    writer.close()
+    return RegistryReader(tmp_path / "colony.db")
+
+
+def operation(request_id: str, action: Action) -> ForwardedOperation:
+    return ForwardedOperation(
+        request_id=request_id,
+        operator="alice",
+        request=OperationRequest(action=action, target="shop/web-0"),
+        target=OperationTarget(namespace="shop", pod_name="web-0"),
+    )
 
 
 def test_targets_resolve_by_name_key_or_pod_and_ambiguity_is_explained(tmp_path: Path) -> None:
@@ -60,7 +80,7 @@ async def _allow(agent_id: str, token: str) -> bool:
 
 
 def test_a_request_is_relayed_and_an_agent_that_drops_fails_it_at_once() -> None:
-    async def scenario() -> tuple[list[str], Any, Any, str]:
+    async def scenario() -> tuple[list[str | None], Any, Any, str]:
         router = Router(_allow)
         server, port = await _serve(router)
         outbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -88,14 +108,11 @@ def test_a_request_is_relayed_and_an_agent_that_drops_fails_it_at_once() -> None
             agent = asyncio.create_task(fake_agent())
             while not router.connected("a"):  # noqa: ASYNC110 - polling the router's own state
                 await asyncio.sleep(0.01)
-            kinds = [
-                m.WhichOneof("body")
-                async for m in router.run("a", agent_pb2.OperationRequest(request_id="1", action="tap"))
-            ]
-            first = [m async for m in router.run("a", agent_pb2.OperationRequest(request_id="2", action="profile"))][-1]
+            kinds: list[str | None] = [m.WhichOneof("body") async for m in router.run("a", operation("1", Action.TAP))]
+            first = [m async for m in router.run("a", operation("2", Action.PROFILE))][-1]
             await agent
         with pytest.raises(AgentNotConnected):
-            await anext(router.run("a", agent_pb2.OperationRequest(request_id="3", action="tap")))
+            await anext(router.run("a", operation("3", Action.TAP)))
         await server.stop(None)
         return kinds, first.result.outcome, first.result.error, ""
 

@@ -89,9 +89,9 @@ def test_flags_replace_filter_lists(config_file: Path) -> None:
         kubernetes.include_labels,
         kubernetes.include_namespaces,
     ) == (
-        ["monitoring"],
+        ("monitoring",),
         {"team": "payments"},
-        ["payments", "checkout"],
+        ("payments", "checkout"),
     )
 
 
@@ -159,3 +159,62 @@ def test_a_colony_address_without_a_secret_says_where_to_put_one() -> None:
     settings = load_settings(None, flags={"colony": {"address": "colony:9000"}})
     with pytest.raises(ConfigError, match=r"CORAL_COLONY__SECRET or colony\.secretFile"):
         settings.colony.resolved_secret()
+
+
+def test_the_documented_error_message_is_given_word_for_word(tmp_path: Path) -> None:
+    path = tmp_path / "agent-config.yaml"
+    path.write_text("discovery: {kubernetes: {resyncInterval: soon}}")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert str(raised.value) == (
+        f"invalid configuration in {path} (or CORAL_* environment): discovery.kubernetes.resyncInterval: "
+        "Value error, 'soon' is not a duration (e.g. 500ms, 30s, 5m, 1h)"
+    )
+
+
+def test_every_problem_is_named_at_once_unknown_keys_with_the_known_ones(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("ops: {nice: 20, bogus: 1}\nlog: {level: INFO}\nservices: [{port: 80}]")
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert str(raised.value).split(": ", 1)[1].split("; ") == [
+        "services.0.name: Field required",
+        "ops.nice: Input should be less than or equal to 19",
+        "ops.bogus: unknown key (expected one of: observeOnly, defaultDuration, maxDuration, maxConcurrent, "
+        "ratePerMinute, maxBytes, maxPackets, maxFrequencyHz, nice)",
+        "log.level: Input should be 'debug', 'info', 'warning' or 'error'",
+    ]
+
+
+def test_environment_values_are_typed_by_the_key_they_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORAL_DISCOVERY__CRI__EVENTS", "off")
+    monkeypatch.setenv("coral_discovery__kubernetes__include_namespaces", '["a", "b"]')
+    monkeypatch.setenv("CORAL_OPS", '{"maxConcurrent": 3}')
+    monkeypatch.setenv("CORAL_OPS__NICE", "5")
+    monkeypatch.setenv("CORAL_TOKEN", "an operator command's variable, not the agent's")
+    settings = load_settings(None)
+    assert (
+        settings.discovery.cri.events,
+        settings.discovery.kubernetes.include_namespaces,
+        (settings.ops.max_concurrent, settings.ops.nice),
+    ) == (False, ("a", "b"), (3, 5))
+
+
+def test_a_list_from_the_environment_that_is_not_json_names_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CORAL_DISCOVERY__KUBERNETES__EXCLUDENAMESPACES", "kube-system")
+    with pytest.raises(ConfigError, match=r"discovery\.kubernetes\.excludeNamespaces: 'kube-system' .* not JSON"):
+        load_settings(None)
+
+
+def test_a_flag_beats_the_file_however_the_file_spells_the_key(config_file: Path) -> None:
+    config_file.write_text("discovery: {kubernetes: {resync_interval: 1m, include_labels: {a: b}}}")
+    flags = flags_to_settings(resync_interval="5s", include_labels=["team=web"])
+    kubernetes = load_settings(config_file, flags=flags).discovery.kubernetes
+    assert (kubernetes.resync_interval, dict(kubernetes.include_labels)) == (5.0, {"team": "web"})
+
+
+def test_a_malformed_pod_label_is_refused_when_the_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("overrides: [{selector: {podLabel: payments}, service: {type: http}}]")
+    with pytest.raises(ConfigError, match=r"overrides\.0\.selector\.podLabel: 'payments' is not key=value"):
+        load_settings(path)

@@ -13,6 +13,7 @@ import pytest
 
 from coral_base.backoff import Backoff
 from coral_base.vocabulary import AgentHealth
+from coral_colony.model import AuditKind, AuditQuery
 from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
 from cri_agent.sync import ColonyEndpoint, ColonySync
 from tests.colony import SECRET, Colony, logged
@@ -127,8 +128,8 @@ def test_health_travels_with_the_services(tmp_path: Path) -> None:
         await until(lambda: sync.in_sync and len(colony.keys()) == 1)
         assert colony.registry is not None
         return [
-            (r["health_state"], r["health_error"], r["health_latency_ms"], r["health_since"], r["health_interval_ms"])
-            for r in colony.registry.services()
+            (s.health_state, s.health_error, s.health_latency_ms, s.health_since, s.health_interval_ms)
+            for s in (stored.service for stored in colony.registry.services())
         ]
 
     assert run(tmp_path, scenario) == [("unhealthy", "HTTP 503 Service Unavailable", 12.5, 1.5, 10_000)]
@@ -165,7 +166,7 @@ def added(n: int) -> DiscoveryEvent:
 
 def audited(colony: Colony) -> list[str]:
     assert colony.registry is not None
-    return [r["service_name"] for r in colony.registry.audit.query(kind="discovery")]
+    return [r.entry.service_name for r in colony.registry.audit(AuditQuery(kind=AuditKind.DISCOVERY))]
 
 
 def test_discovery_events_reach_the_audit_log_once_even_across_an_outage(tmp_path: Path) -> None:
@@ -207,7 +208,7 @@ def test_a_change_of_the_agents_health_is_sent_at_once(tmp_path: Path) -> None:
         sync.set_health(AgentHealth.DEGRADED)
         assert colony.registry is not None
         registry = colony.registry
-        await until(lambda: registry.agents()[0]["health"] == "degraded", within=2.0)
-        return str(registry.agents()[0]["health"])
+        await until(lambda: registry.agents()[0].health == "degraded", within=2.0)
+        return registry.agents()[0].health
 
     assert run(tmp_path, scenario) == "degraded"

@@ -18,8 +18,8 @@ from typing import IO, Any
 
 from coral_base.durations import parse_duration
 from coral_base.tables import print_table
-from coral_base.wire.coral.colony.v1 import colony_pb2
 from coral_colony.cli.queries import connection_flags, open_client
+from coral_colony.model import Action, Chunk, OperationRequest, OperationResult, OperationTarget, Outcome
 
 
 def register(commands: Any) -> None:
@@ -55,41 +55,42 @@ def _target(parser: argparse.ArgumentParser, *, default_duration: str) -> None:
     connection_flags(parser)
 
 
-def _finish(action: str, target: Any, result: Any, summary: str) -> int:
+def _finish(action: Action, target: OperationTarget, result: OperationResult | None, summary: str) -> int:
     where = f"{target.namespace}/{target.pod_name}" + (f" ({target.service_name})" if target.service_name else "")
     if result is None:
         print(f"error: {action} on {where}: the colony ended the stream without a result", file=sys.stderr)
         return 1
-    if result.outcome == "ok":
+    if result.outcome is Outcome.OK:
         print(f"{action} {where} on {result.node_name}: {summary}", file=sys.stderr)
         return 0
     print(f"error: {action} {where}: {result.outcome}: {result.error}", file=sys.stderr)
-    return 2 if result.outcome == "refused" else 1
+    return 2 if result.outcome is Outcome.REFUSED else 1
 
 
-def _run(args: argparse.Namespace, request: Any, sinks: dict[str, IO[bytes]]) -> tuple[Any, Any]:
-    target: Any = colony_pb2.OperationOutput().target
-    result: Any = None
+def _run(
+    args: argparse.Namespace, request: OperationRequest, sinks: dict[str, IO[bytes]]
+) -> tuple[OperationTarget, OperationResult | None]:
+    target = OperationTarget()
+    result: OperationResult | None = None
     with open_client(args) as client:
         stream = client.run_operation(request)
         try:
             for output in stream:
-                kind = output.WhichOneof("body")
-                if kind == "target":
-                    target = output.target
-                elif kind == "chunk" and output.chunk.kind in sinks:
-                    sinks[output.chunk.kind].write(output.chunk.data)
-                    sinks[output.chunk.kind].flush()
-                elif kind == "result":
-                    result = output.result
+                if isinstance(output, OperationTarget):
+                    target = output
+                elif isinstance(output, Chunk) and output.kind in sinks:
+                    sinks[output.kind].write(output.data)
+                    sinks[output.kind].flush()
+                elif isinstance(output, OperationResult):
+                    result = output
         finally:
             stream.close()  # on Ctrl-C: cancels the call, and the colony cancels the operation
     return target, result
 
 
 def tap_command(args: argparse.Namespace) -> int:
-    request = colony_pb2.RunOperationRequest(
-        action="tap",
+    request = OperationRequest(
+        action=Action.TAP,
         target=args.target,
         node=args.node,
         duration_s=args.duration,
@@ -107,12 +108,12 @@ def tap_command(args: argparse.Namespace) -> int:
             f"(stopped by {result.stopped_by or 'the end of the stream'}; {result.dropped} dropped by the kernel)"
             + (f" -> {args.write}" if args.write != "-" else "")
         )
-    return _finish("tap", target, result, summary)
+    return _finish(Action.TAP, target, result, summary)
 
 
 def profile_command(args: argparse.Namespace) -> int:
-    request = colony_pb2.RunOperationRequest(
-        action="profile", target=args.target, node=args.node, duration_s=args.duration, frequency_hz=args.frequency
+    request = OperationRequest(
+        action=Action.PROFILE, target=args.target, node=args.node, duration_s=args.duration, frequency_hz=args.frequency
     )
     with ExitStack() as files:
         sinks: dict[str, IO[bytes]] = {"pprof": files.enter_context(args.output.open("wb"))}
@@ -125,15 +126,15 @@ def profile_command(args: argparse.Namespace) -> int:
     if result is not None:
         written = ", ".join(str(p) for p in (args.output, args.folded, args.svg) if p)
         summary = f"{result.samples} samples in {result.duration_s:.1f}s with {result.engine} -> {written}"
-    return _finish("profile", target, result, summary)
+    return _finish(Action.PROFILE, target, result, summary)
 
 
 def sample_command(args: argparse.Namespace) -> int:
-    request = colony_pb2.RunOperationRequest(
-        action="sample", target=args.target, node=args.node, duration_s=args.duration, filter=args.filter
+    request = OperationRequest(
+        action=Action.SAMPLE, target=args.target, node=args.node, duration_s=args.duration, filter=args.filter
     )
     target, result = _run(args, request, {})
-    if result is not None and result.outcome == "ok":
+    if result is not None and result.outcome is Outcome.OK:
         print_table(
             ["PROTO", "SOURCE", "DESTINATION", "PACKETS", "BYTES", "FIRST", "LAST"],
             [
@@ -152,7 +153,7 @@ def sample_command(args: argparse.Namespace) -> int:
     summary = ""
     if result is not None:
         summary = f"{len(result.flows)} flow(s), {result.packets} packets in {result.duration_s:.1f}s"
-    return _finish("sample", target, result, summary)
+    return _finish(Action.SAMPLE, target, result, summary)
 
 
 def _clock(unix_ms: int) -> str:

@@ -13,21 +13,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-
 from coral_base.durations import parse_duration
 from coral_base.errors import ConfigError
 from coral_base.tables import age, print_table
-from coral_base.wire.coral.mesh.v1 import mesh_pb2
-from coral_colony.audit import KINDS
+from coral_colony import codec
 from coral_colony.client import ColonyClient, OperatorEndpoint
-
-_PROVENANCE = {
-    "explicit": mesh_pb2.SERVICE_PROVENANCE_EXPLICIT,
-    "discovered": mesh_pb2.SERVICE_PROVENANCE_DISCOVERED,
-    "overridden": mesh_pb2.SERVICE_PROVENANCE_OVERRIDDEN,
-}
-_PROVENANCE_NAMES = {value: name for name, value in _PROVENANCE.items()}
+from coral_colony.model import PROVENANCES, AgentState, AuditKind, AuditQuery, Provenance, ServiceFilter
 
 
 def register(commands: Any) -> None:
@@ -41,7 +32,7 @@ def register(commands: Any) -> None:
     connection_flags(services)
     services.add_argument("--node", default="", help="only this node")
     services.add_argument("--namespace", "-n", default="", help="only this namespace")
-    services.add_argument("--provenance", choices=sorted(_PROVENANCE), help="only this provenance")
+    services.add_argument("--provenance", choices=sorted(p.value for p in PROVENANCES), help="only this provenance")
     services.add_argument("--name", default="", help="only services whose name contains this")
     services.add_argument("--output", "-o", choices=["table", "wide", "json"], default="table")
     services.set_defaults(handler=services_command)
@@ -50,7 +41,7 @@ def register(commands: Any) -> None:
     connection_flags(audit)
     audit.add_argument("--since", default="", help="a duration back (10m, 2h) or a time (2026-11-25T10:00:00)")
     audit.add_argument("--node", default="", help="only this node")
-    audit.add_argument("--kind", choices=KINDS, default="")
+    audit.add_argument("--kind", choices=[k.value for k in AuditKind], default="")
     audit.add_argument("--limit", type=int, default=1000, help="at most this many, the newest (default 1000)")
     audit.add_argument("--output", "-o", choices=["table", "json"], default="table")
     audit.set_defaults(handler=audit_command)
@@ -71,34 +62,27 @@ def open_client(args: argparse.Namespace) -> ColonyClient:
     return ColonyClient(target)
 
 
-def _dict(message: Any) -> dict[str, Any]:
-    return MessageToDict(message, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-
-
-def _ms(value: int) -> float:
-    return value / 1000
-
-
 def agents_command(args: argparse.Namespace) -> int:
     with open_client(args) as client:
-        agents = list(client.agents(node=args.node).agents)
+        response = client.agents(node=args.node)
     if args.output == "json":
-        print(json.dumps([_dict(a) for a in agents], indent=2))
+        print(json.dumps(codec.as_json(response), indent=2))
         return 0
     headers = ["NODE", "AGENT", "KIND", "STATE", "HEALTH", "SERVICES", "LAST HEARTBEAT", "AGE"]
     if args.output == "wide":
         headers += ["VERSION", "NODE LABELS"]
     rows = []
-    for a in agents:
+    for status in codec.agents_of(response):
+        a = status.agent
         row = [
             a.node_name or "-",
             a.agent_id,
-            a.kind,
-            a.state,
-            a.health or "unknown",
-            str(a.services),
-            age(_ms(a.last_heartbeat_unix_ms)) + " ago",
-            age(_ms(a.first_seen_unix_ms)),
+            a.kind.value,
+            status.state.value,
+            status.health or "unknown",
+            str(status.services),
+            age(status.last_heartbeat) + " ago",
+            age(status.first_seen),
         ]
         if args.output == "wide":
             row += [a.version or "-", ",".join(f"{k}={v}" for k, v in sorted(a.node_labels.items())) or "-"]
@@ -108,54 +92,54 @@ def agents_command(args: argparse.Namespace) -> int:
 
 
 def services_command(args: argparse.Namespace) -> int:
+    where = ServiceFilter(
+        node=args.node,
+        namespace=args.namespace,
+        provenance=Provenance(args.provenance) if args.provenance else None,
+        name=args.name,
+    )
     with open_client(args) as client:
-        groups = list(
-            client.services(
-                node=args.node,
-                namespace=args.namespace,
-                provenance=_PROVENANCE.get(args.provenance or "", mesh_pb2.SERVICE_PROVENANCE_UNKNOWN),
-                name=args.name,
-            ).groups
-        )
+        response = client.services(where)
     if args.output == "json":
-        print(json.dumps([_dict(g) for g in groups], indent=2))
+        print(json.dumps(codec.as_json(response), indent=2))
         return 0
+    groups = codec.groups_of(response)
     wide = args.output == "wide"
     headers = ["NAMESPACE", "POD", "NAME", "PORT", "TYPE", "PROVENANCE", "HEALTH", "AGE"]
     if wide:
         headers += ["HEALTH SINCE", "LATENCY", "LAST ERROR", "CONTAINER", "POD IP", "WORKLOAD", "OVERRIDDEN", "KEY"]
     for index, group in enumerate(groups):
-        agent = group.agent
+        status, agent = group.agent, group.agent.agent
         if index:
             print()
-        state = agent.state + ("" if agent.state == "healthy" else ": services are stale")
+        state = status.state.value + ("" if status.state is AgentState.HEALTHY else ": services are stale")
         print(
-            f"NODE {agent.node_name or '-'}  agent {agent.agent_id} ({agent.kind}, {state}, "
-            f"health {agent.health or 'unknown'}): {len(group.services)} service(s)"
+            f"NODE {agent.node_name or '-'}  agent {agent.agent_id} ({agent.kind.value}, {state}, "
+            f"health {status.health or 'unknown'}): {len(group.services)} service(s)"
         )
         rows = []
-        for s in group.services:
-            info = s.info
+        for stored in group.services:
+            info = stored.service
             row = [
                 info.namespace or "-",
                 info.pod_name or "-",
-                info.component_name + (" (stale)" if s.stale else ""),
+                info.component_name + (" (stale)" if stored.stale else ""),
                 f"{info.port}/{info.protocol or 'TCP'}" if info.port else "-",
                 info.service_type or "-",
-                _PROVENANCE_NAMES.get(info.provenance, "unknown"),
-                info.health.state or "unknown",
-                age(_ms(s.first_seen_unix_ms)),
+                info.provenance.value,
+                info.health_state or "unknown",
+                age(stored.first_seen),
             ]
             if wide:
                 row += [
-                    age(_ms(info.health.since_unix_ms)),
-                    f"{info.health.latency_ms:.1f}ms" if info.health.latency_ms else "-",
-                    info.health.last_error or "-",
+                    age(info.health_since),
+                    f"{info.health_latency_ms:.1f}ms" if info.health_latency_ms else "-",
+                    info.health_error or "-",
                     info.container_name or "-",
                     info.pod_ip or "-",
                     info.workload or "-",
                     ",".join(info.overridden_fields) or "-",
-                    info.service_key,
+                    info.key,
                 ]
             rows.append(row)
         if rows:
@@ -185,19 +169,19 @@ def parse_since(value: str, *, now: float) -> float:
 def audit_command(args: argparse.Namespace) -> int:
     since = parse_since(args.since, now=time.time())
     with open_client(args) as client:
-        entries = list(
-            client.audit(since_unix_ms=int(since * 1000), node=args.node, kind=args.kind, limit=args.limit).entries
-        )
+        kind = AuditKind(args.kind) if args.kind else None
+        response = client.audit(AuditQuery(since=since, node=args.node, kind=kind, limit=args.limit))
     if args.output == "json":
-        print(json.dumps([_dict(e) for e in entries], indent=2))
+        print(json.dumps(codec.as_json(response), indent=2))
         return 0
-    print_table(
-        ["ID", "TIME", "KIND", "ACTION", "ACTOR", "NODE", "NAMESPACE", "SERVICE", "PROVENANCE", "DETAIL"],
-        [
+    rows = []
+    for logged in codec.audit_of(response):
+        e = logged.entry
+        rows.append(
             [
-                str(e.id),
-                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_ms(e.time_unix_ms))),
-                e.kind,
+                str(logged.id),
+                time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e.time)),
+                e.kind.value,
                 e.action,
                 e.actor or "-",
                 e.node_name or "-",
@@ -206,7 +190,6 @@ def audit_command(args: argparse.Namespace) -> int:
                 e.provenance or "-",
                 e.detail or "-",
             ]
-            for e in entries
-        ],
-    )
+        )
+    print_table(["ID", "TIME", "KIND", "ACTION", "ACTOR", "NODE", "NAMESPACE", "SERVICE", "PROVENANCE", "DETAIL"], rows)
     return 0

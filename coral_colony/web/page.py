@@ -1,7 +1,7 @@
 """Renders the status page: one section per node agent, its services in a table.
 
-A pure function of registry rows and the filters, so it is tested without
-a server. Every value is HTML-escaped: pod names, labels and errors come
+A pure function of the registry's records and the filters, so it is tested
+without a server. Every value is HTML-escaped: pod names, labels and errors come
 from workloads, which the colony does not trust.
 """
 
@@ -11,16 +11,15 @@ import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
-from typing import Any
 
-PROVENANCES = ("explicit", "discovered", "overridden")
+from coral_colony.model import PROVENANCES, AgentState, AgentStatus, Provenance, ServiceFilter, StoredService
 
 
 @dataclass(frozen=True, slots=True)
 class Filters:
     node: str = ""
     namespace: str = ""
-    provenance: str = ""
+    provenance: Provenance | None = None
     name: str = ""
 
     @classmethod
@@ -32,13 +31,16 @@ class Filters:
         return cls(
             node=first("node"),
             namespace=first("namespace"),
-            provenance=provenance if provenance in PROVENANCES else "",
+            provenance=Provenance(provenance) if provenance in PROVENANCES else None,
             name=first("name"),
         )
 
     @property
     def active(self) -> bool:
         return bool(self.namespace or self.provenance or self.name)
+
+    def services(self) -> ServiceFilter:
+        return ServiceFilter(node=self.node, namespace=self.namespace, provenance=self.provenance, name=self.name)
 
 
 _STYLE = """
@@ -81,22 +83,22 @@ def _select(name: str, options: Sequence[str], current: str, *, blank: str) -> s
 def render(
     *,
     colony_id: str,
-    agents: Sequence[Mapping[str, Any]],
-    services: Sequence[Mapping[str, Any]],
+    agents: Sequence[AgentStatus],
+    services: Sequence[StoredService],
     nodes: Sequence[str],
     filters: Filters,
     now: float,
 ) -> str:
     """The whole page. ``agents`` and ``services`` are already filtered by node."""
-    by_agent: dict[str, list[Mapping[str, Any]]] = {}
-    for row in services:
-        by_agent.setdefault(row["agent_id"], []).append(row)
+    by_agent: dict[str, list[StoredService]] = {}
+    for stored in services:
+        by_agent.setdefault(stored.agent_id, []).append(stored)
     sections = [
-        _section(agent, by_agent.get(agent["agent_id"], []))
-        for agent in agents
-        if by_agent.get(agent["agent_id"]) or not filters.active
+        _section(status, by_agent.get(status.agent.agent_id, []))
+        for status in agents
+        if by_agent.get(status.agent.agent_id) or not filters.active
     ]
-    unreachable = sum(1 for a in agents if a["state"] == "unreachable")
+    unreachable = sum(1 for a in agents if a.state is AgentState.UNREACHABLE)
     summary = (
         f"{len(agents)} agent(s), {unreachable} unreachable · {len(services)} service(s) shown · rendered {_time(now)}"
     )
@@ -104,7 +106,7 @@ def render(
         '<form method="get" action="/">'
         + _select("node", nodes, filters.node, blank="all nodes")
         + f'<input name="namespace" placeholder="namespace" value="{escape(filters.namespace)}" aria-label="namespace">'
-        + _select("provenance", PROVENANCES, filters.provenance, blank="any provenance")
+        + _select("provenance", [p.value for p in PROVENANCES], filters.provenance or "", blank="any provenance")
         + f'<input name="name" placeholder="service name contains" value="{escape(filters.name)}" aria-label="name">'
         + '<button type="submit">Filter</button> <a href="/">reset</a></form>'
     )
@@ -118,15 +120,16 @@ def render(
     )
 
 
-def _section(agent: Mapping[str, Any], services: Sequence[Mapping[str, Any]]) -> str:
-    state = str(agent["state"])
-    health = str(agent["health"] or "unknown")
-    node = agent["node_name"] or "(no node)"
+def _section(status: AgentStatus, services: Sequence[StoredService]) -> str:
+    agent = status.agent
+    state = status.state.value
+    health = status.health or "unknown"
+    node = agent.node_name or "(no node)"
     header = (
         f'<div class="agent"><h2>{escape(node)}</h2>'
         f"{_badge('state', state)} {_badge('health', health, 'agent ' + health)}"
-        f'<span class="meta">agent {escape(agent["agent_id"])} · {escape(agent["kind"])} '
-        f"{escape(agent['version'])} · last heartbeat {_time(agent['last_heartbeat'])}</span></div>"
+        f'<span class="meta">agent {escape(agent.agent_id)} · {escape(agent.kind.value)} '
+        f"{escape(agent.version)} · last heartbeat {_time(status.last_heartbeat)}</span></div>"
     )
     if not services:
         return (
@@ -141,18 +144,19 @@ def _section(agent: Mapping[str, Any], services: Sequence[Mapping[str, Any]]) ->
     return f'<section class="{escape(state)}" data-node="{escape(node)}">{header}{table}</section>'
 
 
-def _row(service: Mapping[str, Any]) -> str:
-    stale = bool(service["stale"])
-    port = f"{service['port']}/{service['protocol'].lower()}" if service["port"] else "-"
-    health = str(service["health_state"] or "unknown")
-    title = f' title="{escape(service["health_error"])}"' if service["health_error"] else ""
+def _row(stored: StoredService) -> str:
+    service = stored.service
+    stale = stored.stale
+    port = f"{service.port}/{service.protocol.lower()}" if service.port else "-"
+    health = service.health_state or "unknown"
+    title = f' title="{escape(service.health_error)}"' if service.health_error else ""
     stale_badge = " " + _badge("stale", "stale", "stale") if stale else ""
     return (
-        f'<tr class="{"stale-row" if stale else ""}" data-key="{escape(service["key"])}">'
-        f"<td>{escape(service['component_name'])}{stale_badge}</td>"
-        f"<td>{escape(service['namespace'])}</td><td>{escape(service['pod_name'])}</td>"
-        f"<td>{escape(service.get('workload') or '-')}</td>"
-        f"<td>{escape(port)}</td><td>{escape(service['service_type'])}</td>"
-        f"<td>{_badge('prov', str(service['provenance']))}</td>"
-        f"<td{title}>{_badge('health', health)}</td><td>{escape(service['pod_ip'])}</td></tr>"
+        f'<tr class="{"stale-row" if stale else ""}" data-key="{escape(service.key)}">'
+        f"<td>{escape(service.component_name)}{stale_badge}</td>"
+        f"<td>{escape(service.namespace)}</td><td>{escape(service.pod_name)}</td>"
+        f"<td>{escape(service.workload or '-')}</td>"
+        f"<td>{escape(port)}</td><td>{escape(service.service_type)}</td>"
+        f"<td>{_badge('prov', service.provenance.value)}</td>"
+        f"<td{title}>{_badge('health', health)}</td><td>{escape(service.pod_ip)}</td></tr>"
     )

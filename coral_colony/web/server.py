@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-from coral_colony.registry import Registry
+from coral_colony.stores.reader import RegistryReader
 from coral_colony.web.page import Filters, render
 
 
@@ -21,7 +21,7 @@ class StatusPage:
     def __init__(self, database: Path, *, colony_id: str, listen: str) -> None:
         host, _, port = listen.rpartition(":")
         self.colony_id = colony_id
-        self._registry = Registry(database, read_only=True)  # the server's writer created the file
+        self._registry = RegistryReader(database)  # the server's writer created and migrated the file
         self._lock = threading.Lock()
         page = self
 
@@ -60,10 +60,8 @@ class StatusPage:
     def html(self, filters: Filters) -> str:
         with self._lock:
             agents = self._registry.agents(node=filters.node)
-            services = self._registry.services(
-                node=filters.node, namespace=filters.namespace, provenance=filters.provenance, name=filters.name
-            )
-            nodes = sorted({str(a["node_name"]) for a in self._registry.agents() if a["node_name"]})
+            services = self._registry.services(filters.services())
+            nodes = sorted({a.agent.node_name for a in self._registry.agents() if a.agent.node_name})
         return render(
             colony_id=self.colony_id, agents=agents, services=services, nodes=nodes, filters=filters, now=time.time()
         )

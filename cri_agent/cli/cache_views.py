@@ -13,7 +13,12 @@ from cri_agent.paths import DEFAULT_CACHE
 from cri_agent.status_file import read_status
 
 if TYPE_CHECKING:  # SQLite loads only for commands that read the cache: `status` of a running agent does not
-    from cri_agent.cache import Cache
+    from cri_agent.cache.reader import CacheReader
+    from cri_agent.cache.services import ServiceRow
+
+
+# EventKind's values (a test checks): cri_agent.model loads dataclasses, which `coral --help` need not.
+EVENT_KINDS = ("added", "updated", "removed", "skipped", "error")
 
 
 def register(commands: Any) -> None:
@@ -24,7 +29,7 @@ def register(commands: Any) -> None:
 
     events = commands.add_parser("events", help="discovery events in the agent's cache")
     _common(events)
-    events.add_argument("--kind", choices=["added", "updated", "removed", "skipped", "error"])
+    events.add_argument("--kind", choices=EVENT_KINDS)
     events.add_argument("--since-id", type=int, default=0, help="only events after this id")
     events.add_argument("--limit", type=int, help="at most this many (the newest)")
     events.set_defaults(handler=events_command)
@@ -39,49 +44,52 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", "-o", choices=["table", "json"], default="table")
 
 
-def _open(path: Path) -> Cache:
-    from cri_agent.cache import Cache
+def _open(path: Path) -> CacheReader:
+    from cri_agent.cache.reader import CacheReader
 
-    return Cache(path, read_only=True)
+    return CacheReader(path)
 
 
 def services_command(args: argparse.Namespace) -> int:
-    cache = _open(args.cache)
-    rows = [r for r in cache.service_rows() if not args.namespace or r["namespace"] == args.namespace]
+    with _open(args.cache) as cache:
+        rows = [r for r in cache.service_rows() if not args.namespace or r.service.namespace == args.namespace]
     if args.output == "json":
-        for row in rows:
-            row["labels"] = json.loads(row["labels"] or "{}")
-            row["overridden_fields"] = json.loads(row["overridden_fields"] or "[]")
-        print(json.dumps(rows, indent=2))
+        print(json.dumps([_service_dict(r) for r in rows], indent=2))
         return 0
     print_table(
         ["NAMESPACE", "POD", "CONTAINER", "NAME", "PORT", "TYPE", "PROVENANCE", "HEALTH", "POD IP", "AGE"],
-        [
-            [
-                r["namespace"],
-                r["pod_name"],
-                r["container"],
-                r["name"],
-                f"{r['port']}/{r['protocol']}" if r["port"] else "-",
-                r["service_type"],
-                r["provenance"],
-                r["health"],
-                r["pod_ip"] or "-",
-                age(r["first_seen"]),
-            ]
-            for r in rows
-        ],
+        [_service_line(row) for row in rows],
     )
     return 0
 
 
+def _service_line(row: ServiceRow) -> list[str]:
+    s = row.service
+    port = f"{s.port}/{s.protocol}" if s.port else "-"
+    return [
+        s.namespace,
+        s.pod_name,
+        s.container,
+        s.name,
+        port,
+        s.service_type,
+        s.provenance,
+        row.health,
+        s.pod_ip or "-",
+        age(row.first_seen),
+    ]
+
+
 def events_command(args: argparse.Namespace) -> int:
-    cache = _open(args.cache)
-    events = cache.events(since_id=args.since_id, kind=args.kind)
-    if args.limit:
-        events = events[-args.limit :]
+    from dataclasses import asdict
+
+    from cri_agent.model import EventKind
+
+    kind = EventKind(args.kind) if args.kind else None
+    with _open(args.cache) as cache:
+        events = cache.events(since_id=args.since_id, kind=kind, limit=args.limit or None)
     if args.output == "json":
-        print(json.dumps([_event_dict(e) for e in events], indent=2))
+        print(json.dumps([asdict(e) for e in events], indent=2))
         return 0
     print_table(
         ["ID", "TIME", "KIND", "NAMESPACE", "POD", "SERVICE", "REASON"],
@@ -114,11 +122,15 @@ def status_command(args: argparse.Namespace) -> int:
         }
         running = f"running (pid {live.pid})"
     else:
-        from cri_agent import cache_reader
+        from cri_agent.cache import agent_state
+        from cri_agent.cache.opening import open_read_only
 
-        conn = cache_reader.open_read_only(args.cache)
-        conditions = [{**c, "ok": bool(c["ok"])} for c in cache_reader.conditions(conn)]
-        meta = cache_reader.meta(conn)
+        db = open_read_only(args.cache)
+        try:
+            conditions = [c._asdict() for c in agent_state.conditions(db)]
+            meta = agent_state.meta(db)
+        finally:
+            db.conn.close()
         running = "not running (last recorded conditions)"
     healthy = all(c["ok"] for c in conditions)
     if args.output == "json":
@@ -140,5 +152,16 @@ def status_command(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
-def _event_dict(event: Any) -> dict[str, Any]:
-    return {slot: getattr(event, slot) for slot in event.__slots__}
+def _service_dict(row: ServiceRow) -> dict[str, Any]:
+    """A row of ``services`` with its health, as JSON: labels and overridden fields decoded."""
+    from dataclasses import asdict
+
+    return {
+        **asdict(row.service),
+        "first_seen": row.first_seen,
+        "last_seen": row.last_seen,
+        "health": row.health,
+        "health_since": row.health_since,
+        "health_latency_ms": row.health_latency_ms,
+        "health_error": row.health_error,
+    }

@@ -14,16 +14,16 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from coral_base.vocabulary import Action, ArtifactKind, Outcome, StopReason
 from cri_agent.model import PodRecord, PodUID
 from cri_agent.operation import Artifact, OperationRequest, OperationResult
-from cri_agent.ops import namespaces, stacks
-from cri_agent.ops.capture import CaptureFailed, CaptureStats, capture
+from cri_agent.ops import namespaces
 from cri_agent.ops.guardrails import Guardrails, Permit, Refused, Request
-from cri_agent.ops.profile import ProfileFailed, profile
-from cri_agent.ops.sample import sample
+
+if TYPE_CHECKING:
+    from cri_agent.ops.capture import CaptureStats
 
 log = logging.getLogger("cri_agent.ops")
 
@@ -53,6 +53,11 @@ class OperationRunner:
 
     async def run(self, request: OperationRequest) -> AsyncGenerator[Artifact | OperationResult, None]:
         """Yield artifacts, then exactly one result (also when cancelled)."""
+        # Lazy: tap, profile and sample (pcap, perf and pprof code) load with the first request, not with
+        # every agent (most never run one); each method below imports its own the same way.
+        from cri_agent.ops.capture import CaptureFailed
+        from cri_agent.ops.profile import ProfileFailed
+
         started = time.time()
         target = request.target
         result = OperationResult(request_id=request.request_id, node_name=self.node_name)
@@ -107,6 +112,8 @@ class OperationRunner:
     async def _tap(
         self, request: OperationRequest, pod: PodRecord, permit: Permit, result: OperationResult
     ) -> AsyncIterator[Artifact]:
+        from cri_agent.ops.capture import capture  # lazy: see run()
+
         netns = namespaces.netns_path(pod)
         result.engine = ENGINE_CAPTURE
         queue: asyncio.Queue[bytes | None] = asyncio.Queue(CAPTURE_BACKLOG)
@@ -125,6 +132,8 @@ class OperationRunner:
     async def _sample(
         self, request: OperationRequest, pod: PodRecord, permit: Permit, result: OperationResult
     ) -> AsyncIterator[Artifact]:
+        from cri_agent.ops.sample import sample  # lazy: see run()
+
         result.engine = ENGINE_CAPTURE
         stats, result.flows = await sample(namespaces.netns_path(pod), permit, bpf_filter=request.filter)
         _fill(result, stats)
@@ -134,6 +143,9 @@ class OperationRunner:
     async def _profile(
         self, request: OperationRequest, pod: PodRecord, permit: Permit, result: OperationResult
     ) -> AsyncIterator[Artifact]:
+        from cri_agent.ops import stacks  # lazy: see run()
+        from cri_agent.ops.profile import profile
+
         profiled = await profile(namespaces.container_pids(pod), permit)
         result.samples, result.duration_s, result.engine = profiled.samples, profiled.duration_s, profiled.engine
         result.stopped_by = StopReason.DURATION

@@ -16,9 +16,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from cri_agent.cache import Cache, StoredEvent
+from cri_agent.cache.discovery_events import StoredEvent
+from cri_agent.cache.reader import CacheReader
 from cri_agent.errors import CacheError
-from cri_agent.model import ServiceInfo
+from cri_agent.model import EventKind, ServiceInfo
 
 _T = TypeVar("_T")
 
@@ -98,32 +99,29 @@ class AgentProcess:
 
     # -- observing the cache ----------------------------------------------------
 
-    def read(self, fn: Callable[[Cache], _T]) -> _T:
-        cache = Cache(self.cache_path, read_only=True)
-        try:
+    def read(self, fn: Callable[[CacheReader], _T]) -> _T:
+        with CacheReader(self.cache_path) as cache:
             return fn(cache)
-        finally:
-            cache.close()
 
     def services(self) -> list[ServiceInfo]:
         return self.read(lambda c: c.services())
 
     def events(self, *, since_id: int = 0, kind: str | None = None) -> list[StoredEvent]:
-        return self.read(lambda c: c.events(since_id=since_id, kind=kind))
+        return self.read(lambda c: c.events(since_id=since_id, kind=EventKind(kind) if kind else None))
 
     def last_event_id(self) -> int:
         events = self.events()
         return events[-1].id if events else 0
 
     def conditions(self) -> dict[str, tuple[bool, str, float]]:
-        return self.read(lambda c: {r["name"]: (bool(r["ok"]), r["reason"], r["updated"]) for r in c.conditions()})
+        return self.read(lambda c: {r.name: (r.ok, r.reason, r.updated) for r in c.conditions()})
 
     def _cache_meta_pid(self) -> int:
         if not self.cache_path.exists():
             return 0
         try:
             return int(self.read(lambda c: c.meta()).get("agent_pid", 0))
-        except (sqlite3.Error, ValueError):
+        except (sqlite3.Error, ValueError, CacheError):  # CacheError: a file its agent is creating
             return 0
 
     def wait_for(self, predicate: Callable[[], _T | None], *, timeout: float, what: str, poll: float = 0.02) -> _T:
@@ -146,7 +144,7 @@ class AgentProcess:
     def health(self, key: str) -> str:
         """The service's latest health state in the cache (``unknown`` until probed)."""
         rows = self.read(lambda c: c.service_rows())
-        return next((str(r["health"]) for r in rows if r["key"] == key), "absent")
+        return next((str(r.health) for r in rows if r.service.key == key), "absent")
 
     def service_by_pod(self, pod_uid: str) -> list[ServiceInfo]:
         return [s for s in self.services() if s.pod_uid == pod_uid]

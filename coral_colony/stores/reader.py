@@ -1,0 +1,35 @@
+"""Typed read-only access to the registry: what the operator API and the status page read.
+
+A reader opens the file read-only and runs no DDL (the writer created and
+migrated it), so readers never contend with the writer for the schema and
+cannot change a row, whatever they execute. Each reader has its own
+connection: readers never queue behind agents' writes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from coral_colony.model import AgentStatus, AuditQuery, LoggedEntry, ServiceFilter, StoredService
+from coral_colony.stores import agents, audit, services
+from coral_colony.stores.schema import open_for_reading
+
+
+class RegistryReader:
+    def __init__(self, path: Path) -> None:
+        self.conn = open_for_reading(path)
+
+    def agents(self, *, node: str = "") -> list[AgentStatus]:
+        """Agents with their service count, by node."""
+        return agents.select(self.conn, node=node)
+
+    def services(self, where: ServiceFilter | None = None) -> list[StoredService]:
+        """Services matching every filter given (all without one), by node, agent, namespace, name."""
+        return services.select(self.conn, where or ServiceFilter())
+
+    def audit(self, query: AuditQuery | None = None) -> list[LoggedEntry]:
+        """The newest entries matching, oldest first."""
+        return audit.select(self.conn, query or AuditQuery())
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,0 +1,207 @@
+"""The registry file's schema: numbered migrations, and the two ways to open the file.
+
+The file records its schema version in ``PRAGMA user_version`` (0 for a
+file written before versions were kept, up to a8a58de). The writer applies
+each migration above the file's version in its own transaction, together
+with the new version, so a file is at one version or the next, never in
+between. Readers (the operator API, the status page) run no DDL: they open
+the file read-only and refuse one the writer has not migrated yet.
+
+Adding a column: append a ``Migration`` (the next number) that adds it, and
+add it to the table module's column list (``stores/services.py``...);
+``tests/test_colony_schema.py`` checks that the two agree. A migration never
+changes once released: ``_baseline`` keeps its own column lists for that
+reason. Tables and columns are never renamed: auditors read them
+(docs/colony.md).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+import sqlite_utils
+from sqlite_utils.db import Table
+
+from coral_base.errors import CoralError
+
+
+class RegistryFileError(CoralError):
+    """The registry file cannot be read by this colony as it is."""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    why: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _baseline(conn: sqlite3.Connection) -> None:
+    """Creates the tables, or completes a file an unversioned colony wrote (every step is idempotent).
+
+    sqlite-utils writes the tables as the unversioned releases did, so that
+    a new file and an old one read the same to an auditor's tools.
+    """
+    db = sqlite_utils.Database(conn)
+
+    def table(name: str, columns: dict[str, type], pk: str) -> Table:
+        created = cast(Table, db[name])
+        created.create(columns, pk=pk, if_not_exists=True)
+        existing = created.columns_dict
+        for column, type_ in columns.items():  # a file an older colony wrote: its rows read as NULL
+            if column not in existing:
+                created.add_column(column, type_)
+        return created
+
+    table(
+        "agents",
+        {
+            "agent_id": str,
+            "kind": str,
+            "node_name": str,
+            "node_labels": str,
+            "version": str,
+            "labels": str,
+            "first_seen": float,
+            "last_heartbeat": float,
+            "state": str,
+            "health": str,
+            "session": str,
+            "last_sequence": int,
+        },
+        "agent_id",
+    )
+    services = table(
+        "services",
+        {
+            "key": str,
+            "agent_id": str,
+            "component_name": str,
+            "port": int,
+            "protocol": str,
+            "health_endpoint": str,
+            "service_type": str,
+            "provenance": str,
+            "namespace": str,
+            "pod_name": str,
+            "pod_uid": str,
+            "container_name": str,
+            "pod_ip": str,
+            "node_name": str,
+            "labels": str,
+            "node_labels": str,
+            "overridden_fields": str,
+            "workload": str,
+            "health_state": str,
+            "health_error": str,
+            "health_latency_ms": float,
+            "health_since": float,
+            "health_interval_ms": int,
+            "stale": int,
+            "first_seen": float,
+            "last_seen": float,
+        },
+        "key",
+    )
+    services.create_index(["agent_id"], if_not_exists=True)
+    services.create_index(["node_name", "namespace"], if_not_exists=True)
+    audit = table(
+        "audit",
+        {
+            "id": int,
+            "time": float,
+            "kind": str,
+            "action": str,
+            "actor": str,
+            "agent_id": str,
+            "node_name": str,
+            "namespace": str,
+            "pod_name": str,
+            "service_name": str,
+            "service_key": str,
+            "provenance": str,
+            "detail": str,
+        },
+        "id",
+    )
+    audit.create_index(["time"], if_not_exists=True)
+    audit.create_index(["node_name", "time"], if_not_exists=True)
+    conn.execute("CREATE TABLE IF NOT EXISTS audit_retention (id INTEGER PRIMARY KEY CHECK (id = 1), before REAL)")
+    conn.execute("INSERT OR IGNORE INTO audit_retention (id, before) VALUES (1, 0)")
+    conn.execute("DROP TRIGGER IF EXISTS audit_no_delete")  # an older colony refused every DELETE
+    conn.execute(
+        "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END"
+    )
+    conn.execute(
+        "CREATE TRIGGER IF NOT EXISTS audit_delete_expired_only BEFORE DELETE ON audit "
+        "WHEN OLD.time >= (SELECT before FROM audit_retention WHERE id = 1) "
+        "BEGIN SELECT RAISE(ABORT, 'the audit log is append-only: only entries past the retention period "
+        "can be deleted'); END"
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "agents, services and the append-only audit log with its retention cut-off", _baseline),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def version_of(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(conn: sqlite3.Connection) -> int:
+    """Applies the migrations the file lacks, each with its version in one transaction; the version reached."""
+    current = version_of(conn)
+    if current > SCHEMA_VERSION:
+        raise RegistryFileError(
+            f"the registry is at schema version {current}, newer than this colony's {SCHEMA_VERSION}: "
+            "run the colony release that wrote it"
+        )
+    for migration in MIGRATIONS:
+        if migration.version <= current:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            migration.apply(conn)
+            conn.execute(f"PRAGMA user_version = {int(migration.version)}")
+        except BaseException:
+            conn.rollback()
+            raise
+        conn.commit()
+        current = migration.version
+    return current
+
+
+def open_for_writing(path: Path) -> sqlite3.Connection:
+    """The writer's connection, the file created or migrated to ``SCHEMA_VERSION``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    try:
+        migrate(conn)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def open_for_reading(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a file the writer has migrated: nothing here can change it."""
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5.0, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    version = version_of(conn)
+    if version < SCHEMA_VERSION:
+        conn.close()
+        raise RegistryFileError(
+            f"the registry {path} is at schema version {version}, this colony reads {SCHEMA_VERSION}: "
+            "the colony's writer migrates it when it starts"
+        )
+    return conn
