@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agents": ("coral_colony.cli.queries", "agents registered with the colony"),
     "services": ("coral_colony.cli.queries", "services in the colony, grouped by node agent"),
     "audit": ("coral_colony.cli.queries", "the colony's audit log"),
+    "whoami": ("coral_colony.cli.queries", "who the colony knows your token as: name, scopes, namespaces"),
     "tap": ("coral_colony.cli.operations", "capture packets in a pod's network namespace (pcap)"),
     "profile": ("coral_colony.cli.operations", "sample CPU stacks of a pod's processes"),
     "sample": ("coral_colony.cli.operations", "a short capture reduced to a flow table on the node (no payload)"),

@@ -19,7 +19,7 @@ import grpc
 from coral_base.errors import CoralError
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_colony import codec
-from coral_colony.model import AuditQuery, OperationOutput, OperationRequest, ServiceFilter
+from coral_colony.model import AuditQuery, OperationOutput, OperationRequest, Principal, ServiceFilter
 
 DEFAULT_ADDRESS = "127.0.0.1:9000"
 _Request = TypeVar("_Request")
@@ -96,7 +96,7 @@ class ColonyClient:
         code: grpc.StatusCode = exc.code()
         details: str = exc.details() or ""
         address = self.endpoint.address
-        if code == grpc.StatusCode.UNAUTHENTICATED:
+        if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             return ColonyCallError(f"the colony at {address} refused: {details}", transient=False)
         if code == grpc.StatusCode.UNAVAILABLE:
             lowered = details.lower()
@@ -115,9 +115,9 @@ class ColonyClient:
             return ColonyCallError(f"the colony at {address} did not answer within {self.timeout:g}s", transient=True)
         return ColonyCallError(f"the colony at {address} failed: {code.name}: {details}", transient=False)
 
-    def whoami(self) -> str:
-        """The operator name the colony knows the token by."""
-        return codec.operator_of(self._call(self._stub.WhoAmI, codec.whoami_request()))
+    def whoami(self) -> Principal:
+        """Who the colony knows the token as: its name, scopes and namespaces."""
+        return codec.principal_of(self._call(self._stub.WhoAmI, codec.whoami_request()))
 
     def agents(self, *, node: str = "") -> colony_pb2.ListAgentsResponse:
         """The answer as it came: ``codec.agents_of`` reads it, ``codec.as_json`` prints it."""

@@ -47,8 +47,10 @@ from coral_colony.model import (
     OperationResult,
     OperationTarget,
     Outcome,
+    Principal,
     Provenance,
     Registration,
+    Scope,
     ServiceFilter,
     ServiceGroup,
     ServiceRecord,
@@ -72,6 +74,7 @@ ACTION = WireEnum(Action, agent_pb2.OperationAction, "OPERATION_ACTION_")
 OUTCOME = WireEnum(Outcome, agent_pb2.OperationOutcome, "OPERATION_OUTCOME_")
 STOP_REASON = WireEnum(StopReason, agent_pb2.StopReason, "STOP_REASON_")
 ARTIFACT_KIND = WireEnum(ArtifactKind, agent_pb2.ArtifactKind, "ARTIFACT_KIND_")
+SCOPE = WireEnum(Scope, colony_pb2.Scope, "SCOPE_")
 
 
 class UnknownWord(ValueError):
@@ -352,12 +355,23 @@ def whoami_request() -> colony_pb2.WhoAmIRequest:
     return colony_pb2.WhoAmIRequest()
 
 
-def whoami_response(*, operator: str, colony_id: str) -> colony_pb2.WhoAmIResponse:
-    return colony_pb2.WhoAmIResponse(operator=operator, colony_id=colony_id)
+def whoami_response(principal: Principal, *, colony_id: str) -> colony_pb2.WhoAmIResponse:
+    return colony_pb2.WhoAmIResponse(
+        operator=principal.name,
+        colony_id=colony_id,
+        scopes=[SCOPE.encode(scope) for scope in sorted(principal.scopes)],
+        namespaces=sorted(principal.namespaces),
+        expires_unix_ms=_unix_ms(principal.expires),
+    )
 
 
-def operator_of(response: colony_pb2.WhoAmIResponse) -> str:
-    return response.operator
+def principal_of(response: colony_pb2.WhoAmIResponse) -> Principal:
+    return Principal(
+        name=response.operator,
+        scopes=frozenset(s for number in response.scopes if (s := SCOPE.decode(number)) is not None),
+        namespaces=frozenset(response.namespaces),
+        expires=_seconds(response.expires_unix_ms),
+    )
 
 
 def agents_request(*, node: str) -> colony_pb2.ListAgentsRequest:

@@ -22,6 +22,7 @@ from coral_base.vocabulary import EventKind as EventKind
 from coral_base.vocabulary import HealthState as HealthState
 from coral_base.vocabulary import Outcome as Outcome
 from coral_base.vocabulary import Provenance as Provenance
+from coral_base.vocabulary import Scope as Scope
 from coral_base.vocabulary import StopReason as StopReason
 
 PROVENANCES: tuple[Provenance, ...] = (Provenance.EXPLICIT, Provenance.DISCOVERED, Provenance.OVERRIDDEN)  # known ones
@@ -278,3 +279,26 @@ class OperationResult:
 
 
 OperationOutput = OperationTarget | Chunk | OperationResult
+
+
+# -- callers ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller: its name, what it may do, and where."""
+
+    name: str
+    scopes: frozenset[Scope]
+    namespaces: frozenset[str] = frozenset()  # empty: every namespace
+    expires: float = 0.0  # 0: never
+
+    def refusal(self, scope: Scope, *, namespace: str | None = None) -> str | None:
+        """Why this caller may not use ``scope`` (in ``namespace``), or None when it may."""
+        if scope not in self.scopes:
+            has = ", ".join(sorted(self.scopes)) or "none"
+            return f"token {self.name!r} lacks the {scope} scope (it has: {has})"
+        if namespace is not None and self.namespaces and namespace not in self.namespaces:
+            allowed = ", ".join(sorted(self.namespaces))
+            return f"token {self.name!r} is limited to namespace(s) {allowed}: {namespace or '(none)'} is outside them"
+        return None

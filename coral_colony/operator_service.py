@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import TypeVar
 
 import grpc
@@ -23,6 +24,7 @@ import grpc.aio
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_colony import codec
 from coral_colony.model import (
+    DEFAULT_AUDIT_LIMIT,
     AgentKind,
     AuditEntry,
     AuditKind,
@@ -31,14 +33,16 @@ from coral_colony.model import (
     OperationResult,
     OperationTarget,
     Outcome,
+    Principal,
     Provenance,
+    Scope,
     ServiceFilter,
     ServiceGroup,
     StoredService,
 )
 from coral_colony.router import AgentNotConnected, Router
 from coral_colony.stores.reader import RegistryReader
-from coral_colony.tokens import OperatorTokens
+from coral_colony.tokens import OPERATOR_SCOPES, OperatorTokens
 
 _T = TypeVar("_T")
 _Context = grpc.aio.ServicerContext[object, object]
@@ -49,6 +53,7 @@ NO_TOKEN = (
     " (create one on the colony with `coral colony token create NAME`)"
 )
 BAD_TOKEN = "the colony does not know this operator token: it was revoked or belongs to another colony"
+MAX_AUDIT_LIMIT = 10_000  # entries one QueryAudit returns at most (a 2^32 limit read the whole log into memory)
 
 
 def operator_token(metadata: grpc.aio.Metadata | None) -> str:
@@ -80,48 +85,59 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
     async def _read(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
 
-    async def _operator(self, context: _Context, method: str) -> str:
+    async def _operator(self, context: _Context, method: str, scope: Scope | None) -> Principal:
+        """The caller, when its token is valid and holds ``scope`` (None: any operator scope)."""
         token = operator_token(context.invocation_metadata())
         principal = await self._read(lambda: self.tokens.authenticate(token))
         if principal is None:
             peer = context.peer() or "unknown peer"
-            why = "no token" if not token else "unknown token"
-            await self.record(
-                [
-                    AuditEntry(
-                        time=self.clock(),
-                        kind=AuditKind.AUTH,
-                        action="operator.refused",
-                        detail=f"{why} from {peer}: {method}",
-                    )
-                ]
-            )
+            missing = "no token" if not token else "unknown token"
+            await self._refused("", f"{missing} from {peer}: {method}")
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, NO_TOKEN if not token else BAD_TOKEN)
-        assert principal is not None
-        return principal.name
+            raise AssertionError("unreachable: abort raises")
+        why: str | None = None
+        if not principal.scopes & OPERATOR_SCOPES:
+            why = f"token {principal.name!r} is a bootstrap token: it enrolls agents and calls nothing else"
+        elif scope is not None:
+            why = principal.refusal(scope)
+        if why is not None:
+            await self._refused(principal.name, f"{why}: {method}")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        return principal
+
+    async def _refused(self, actor: str, detail: str) -> None:
+        entry = AuditEntry(
+            time=self.clock(), kind=AuditKind.AUTH, action="operator.refused", actor=actor, detail=detail
+        )
+        await self.record([entry])
 
     async def WhoAmI(self, request: colony_pb2.WhoAmIRequest, context: _Context) -> colony_pb2.WhoAmIResponse:
-        name = await self._operator(context, "WhoAmI")
-        return codec.whoami_response(operator=name, colony_id=self.colony_id)
+        principal = await self._operator(context, "WhoAmI", None)
+        return codec.whoami_response(principal, colony_id=self.colony_id)
 
     async def ListAgents(
         self, request: colony_pb2.ListAgentsRequest, context: _Context
     ) -> colony_pb2.ListAgentsResponse:
-        await self._operator(context, "ListAgents")
+        await self._operator(context, "ListAgents", Scope.READ)
         node = codec.agents_node(request)
         return codec.agents_response(await self._read(lambda: self.reader.agents(node=node)))
 
     async def ListServices(
         self, request: colony_pb2.ListServicesRequest, context: _Context
     ) -> colony_pb2.ListServicesResponse:
-        await self._operator(context, "ListServices")
+        principal = await self._operator(context, "ListServices", Scope.READ)
         where = codec.services_filter(request)
+        if where.namespace and (why := principal.refusal(Scope.READ, namespace=where.namespace)):
+            await self._refused(principal.name, f"{why}: ListServices")
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         agents, services = await self._read(lambda: (self.reader.agents(node=where.node), self.reader.services(where)))
+        if principal.namespaces:  # a namespace-limited token sees its namespaces' services only
+            services = [s for s in services if s.service.namespace in principal.namespaces]
         by_agent: dict[str, list[StoredService]] = {status.agent.agent_id: [] for status in agents}
         for stored in services:
             if stored.agent_id in by_agent:
                 by_agent[stored.agent_id].append(stored)
-        filtered = bool(where.namespace or where.name or where.provenance)
+        filtered = bool(where.namespace or where.name or where.provenance or principal.namespaces)
         groups = [
             ServiceGroup(agent=status, services=tuple(by_agent[status.agent.agent_id]))
             for status in agents
@@ -132,18 +148,23 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
     async def QueryAudit(
         self, request: colony_pb2.QueryAuditRequest, context: _Context
     ) -> colony_pb2.QueryAuditResponse:
-        await self._operator(context, "QueryAudit")
+        principal = await self._operator(context, "QueryAudit", Scope.AUDIT)
         try:
             query = codec.audit_query(request)
         except codec.UnknownWord as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
-        return codec.audit_response(await self._read(lambda: self.reader.audit(query)))
+        query = replace(query, limit=min(query.limit or DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT))
+        entries = await self._read(lambda: self.reader.audit(query))
+        if principal.namespaces:  # entries about its namespaces' pods only
+            entries = [e for e in entries if e.entry.namespace in principal.namespaces]
+        return codec.audit_response(entries)
 
     async def RunOperation(
         self, request: colony_pb2.RunOperationRequest, context: _Context
     ) -> AsyncIterator[colony_pb2.OperationOutput]:
-        operator = await self._operator(context, "RunOperation")
+        principal = await self._operator(context, "RunOperation", Scope.OPERATE)
+        operator = principal.name
         started = self.clock()
         try:
             asked = codec.operation_request(request)
@@ -157,6 +178,11 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             await self._audit_operation(operator, asked, OperationTarget(), "", "", refusal, started)
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             raise  # unreachable: abort raises
+        if why := principal.refusal(Scope.OPERATE, namespace=target.namespace):
+            await self._refused(operator, f"{why}: RunOperation")
+            refusal = OperationResult(outcome=Outcome.REFUSED, error=why)
+            await self._audit_operation(operator, asked, target, agent_id, node, refusal, started)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         forwarded = ForwardedOperation(request_id=uuid.uuid4().hex, operator=operator, request=asked, target=target)
         result: OperationResult | None = None
         yield codec.target_output(target)

@@ -31,32 +31,13 @@ import yaml
 from coral_base.errors import ConfigError
 from coral_base.private_files import read_private, write_private
 from coral_base.vocabulary import Scope
+from coral_colony.model import Principal
 
 TOKENS_FILE = "operator-tokens.yaml"
 OPERATOR_SCOPES = frozenset({Scope.READ, Scope.AUDIT, Scope.OPERATE})
 LEGACY_SCOPES = OPERATOR_SCOPES  # what a token without scopes could do before scopes existed
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes namespace name
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """An authenticated caller: its name, what it may do, and where."""
-
-    name: str
-    scopes: frozenset[Scope]
-    namespaces: frozenset[str] = frozenset()  # empty: every namespace
-    expires: float = 0.0  # 0: never
-
-    def refusal(self, scope: Scope, *, namespace: str | None = None) -> str | None:
-        """Why this caller may not use ``scope`` (in ``namespace``), or None when it may."""
-        if scope not in self.scopes:
-            has = ", ".join(sorted(self.scopes)) or "none"
-            return f"token {self.name!r} lacks the {scope} scope (it has: {has})"
-        if namespace is not None and self.namespaces and namespace not in self.namespaces:
-            allowed = ", ".join(sorted(self.namespaces))
-            return f"token {self.name!r} is limited to namespace(s) {allowed}: {namespace or '(none)'} is outside them"
-        return None
 
 
 @dataclass(frozen=True, slots=True)

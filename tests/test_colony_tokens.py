@@ -9,7 +9,8 @@ import pytest
 
 from coral_base.errors import ConfigError
 from coral_base.vocabulary import Scope
-from coral_colony.tokens import LEGACY_SCOPES, OPERATOR_SCOPES, TOKENS_FILE, OperatorTokens, Principal
+from coral_colony.model import Principal
+from coral_colony.tokens import LEGACY_SCOPES, OPERATOR_SCOPES, TOKENS_FILE, OperatorTokens
 
 READ = frozenset({Scope.READ})
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -46,16 +47,45 @@ def register(commands: Any) -> None:
     audit.add_argument("--output", "-o", choices=["table", "json"], default="table")
     audit.set_defaults(handler=audit_command)
 
+    whoami = commands.add_parser("whoami", help="who the colony knows your token as: name, scopes, namespaces")
+    connection_flags(whoami)
+    whoami.add_argument("--output", "-o", choices=["table", "json"], default="table")
+    whoami.set_defaults(handler=whoami_command)
+
+
+def whoami_command(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        me = client.whoami()
+    scopes = sorted(me.scopes)
+    namespaces = sorted(me.namespaces) or ["*"]
+    expires = "never" if not me.expires else time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(me.expires))
+    if args.output == "json":
+        print(json.dumps({"name": me.name, "scopes": scopes, "namespaces": namespaces, "expires": expires}, indent=2))
+    else:
+        print_table(
+            ["NAME", "SCOPES", "NAMESPACES", "EXPIRES"], [[me.name, ",".join(scopes), ",".join(namespaces), expires]]
+        )
+    return 0
+
 
 def connection_flags(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("colony connection (flags win over the environment)")
     group.add_argument("--colony", help="host:port of the colony (env CORAL_COLONY, default 127.0.0.1:9000)")
     group.add_argument("--ca", type=Path, help="the colony's ca.crt (env CORAL_COLONY_CA)")
-    group.add_argument("--token", help="operator token (env CORAL_TOKEN; prefer --token-file)")
+    group.add_argument(
+        "--token",
+        help="operator token; visible to every user of this machine in ps: prefer --token-file or CORAL_TOKEN",
+    )
     group.add_argument("--token-file", type=Path, help="file holding the operator token (env CORAL_TOKEN_FILE)")
 
 
 def open_client(args: argparse.Namespace) -> ColonyClient:
+    if args.token:
+        print(
+            "warning: --token puts the token in this command's arguments, where any user of this machine can read "
+            "it (ps); use --token-file or CORAL_TOKEN",
+            file=sys.stderr,
+        )
     target = OperatorEndpoint.resolve(
         address=args.colony, ca_file=args.ca, token=args.token, token_file=args.token_file
     )

@@ -72,6 +72,36 @@ AGENT_STATE_UNREACHABLE: AgentState.ValueType  # 2
 """three heartbeats missed"""
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
 
+class _Scope:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scope.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    SCOPE_UNSPECIFIED: _Scope.ValueType  # 0
+    SCOPE_READ: _Scope.ValueType  # 1
+    """agents, services"""
+    SCOPE_AUDIT: _Scope.ValueType  # 2
+    """the audit log"""
+    SCOPE_OPERATE: _Scope.ValueType  # 3
+    """tap, profile, sample"""
+    SCOPE_ENROLL: _Scope.ValueType  # 4
+    """a bootstrap token: enrolls node agents only"""
+
+class Scope(_Scope, metaclass=_ScopeEnumTypeWrapper):
+    """What a colony token may do (`coral colony token create --scope`)."""
+
+SCOPE_UNSPECIFIED: Scope.ValueType  # 0
+SCOPE_READ: Scope.ValueType  # 1
+"""agents, services"""
+SCOPE_AUDIT: Scope.ValueType  # 2
+"""the audit log"""
+SCOPE_OPERATE: Scope.ValueType  # 3
+"""tap, profile, sample"""
+SCOPE_ENROLL: Scope.ValueType  # 4
+"""a bootstrap token: enrolls node agents only"""
+Global___Scope: _TypeAlias = Scope  # noqa: Y015
+
 class _AuditKind:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -206,17 +236,31 @@ class WhoAmIResponse(_message.Message):
 
     OPERATOR_FIELD_NUMBER: _builtins.int
     COLONY_ID_FIELD_NUMBER: _builtins.int
+    SCOPES_FIELD_NUMBER: _builtins.int
+    NAMESPACES_FIELD_NUMBER: _builtins.int
+    EXPIRES_UNIX_MS_FIELD_NUMBER: _builtins.int
     operator: _builtins.str
     colony_id: _builtins.str
+    expires_unix_ms: _builtins.int
+    """0: never"""
+    @_builtins.property
+    def scopes(self) -> _containers.RepeatedScalarFieldContainer[Global___Scope.ValueType]: ...
+    @_builtins.property
+    def namespaces(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """empty: every namespace"""
+
     def __init__(
         self,
         *,
         operator: _builtins.str = ...,
         colony_id: _builtins.str = ...,
+        scopes: _abc.Iterable[Global___Scope.ValueType] | None = ...,
+        namespaces: _abc.Iterable[_builtins.str] | None = ...,
+        expires_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["colony_id", b"colony_id", "operator", b"operator"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["colony_id", b"colony_id", "expires_unix_ms", b"expires_unix_ms", "namespaces", b"namespaces", "operator", b"operator", "scopes", b"scopes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
