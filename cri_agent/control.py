@@ -34,7 +34,7 @@ class ControlStream:
     def __init__(self, sync: ColonySync, runner: OperationRunner, *, backoff: Backoff | None = None) -> None:
         self.sync = sync
         self.runner = runner
-        self.backoff = backoff or Backoff(initial=0.5, maximum=sync.backoff.maximum)
+        self.backoff = backoff or Backoff(initial=0.5, maximum=sync.backoff.maximum, clock=sync.clock)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.connected = False
 
@@ -62,7 +62,7 @@ class ControlStream:
                 self.connected = False
                 outbox.put_nowait(_END)
                 await self._cancel_all()
-            await asyncio.sleep(self.backoff.next())
+            await self.backoff.wait()
 
     def _dispatch(self, message: Any, outbox: asyncio.Queue[Any]) -> None:
         kind = message.WhichOneof("body")
