@@ -4,15 +4,14 @@ registry and its staleness clock, and the status page on localhost."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
-import time
 from pathlib import Path
 
 import grpc
 import grpc.aio
 
+from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.logs import emit
 from coral_base.wire.coral.agent.v1 import agent_pb2_grpc
 from coral_base.wire.coral.colony.v1 import colony_pb2_grpc
@@ -43,9 +42,10 @@ async def serve(
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
     audit_retention: float | None = None,  # seconds; None keeps every entry
+    clock: Clock = SYSTEM_CLOCK,
 ) -> None:
     registry = Registry(database)
-    mesh = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret())
+    mesh = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret(), clock=clock.time)
     router = Router(mesh.valid_session)
     operators = OperatorService(
         Registry(database, read_only=True),
@@ -53,6 +53,7 @@ async def serve(
         colony_id=identity.colony_id,
         record=mesh.record,
         router=router,
+        clock=clock.time,
     )
     server = grpc.aio.server()
     mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
@@ -60,7 +61,7 @@ async def serve(
     agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
     credentials = grpc.ssl_server_credentials([(identity.server_key.read_bytes(), identity.server_cert.read_bytes())])
     server.add_secure_port(listen, credentials)
-    page = StatusPage(database, colony_id=identity.colony_id, listen=web_listen) if web_listen else None
+    page = StatusPage(database, colony_id=identity.colony_id, listen=web_listen, clock=clock) if web_listen else None
     await server.start()
     if page is not None:
         page.start()
@@ -75,21 +76,20 @@ async def serve(
     pruned_at = float("-inf")
     try:
         while not stop.is_set():
-            if audit_retention is not None and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
-                prune = functools.partial(registry.prune_audit, now=time.time(), retention_s=audit_retention)
+            if audit_retention is not None and clock.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                prune = functools.partial(registry.prune_audit, now=clock.time(), retention_s=audit_retention)
                 deleted = await mesh.run_in_writer(prune)
-                pruned_at = time.monotonic()
+                pruned_at = clock.monotonic()
                 if deleted:
                     emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
             silent, gone = await mesh.run_in_writer(
-                lambda: registry.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+                lambda: registry.expire(now=clock.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
             )
             for agent_id in silent:
                 emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
             for agent_id in gone:
                 emit(log, "agent.expired", agent_id=agent_id)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), min(5.0, heartbeat_timeout / 3))
+            await clock.sleep(min(5.0, heartbeat_timeout / 3), stop)
     finally:
         await server.stop(5.0)
         if page is not None:
