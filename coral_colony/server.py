@@ -43,6 +43,7 @@ async def serve(
     ttl: float = STALE_TTL_S,
     audit_retention: float | None = None,  # seconds; None keeps every entry
     clock: Clock = SYSTEM_CLOCK,
+    started: asyncio.Event | None = None,  # set once agents and operators can connect
 ) -> None:
     registry = Registry(database)
     mesh = MeshService(registry, colony_id=identity.colony_id, colony_secret=identity.secret(), clock=clock.time)
@@ -65,6 +66,8 @@ async def serve(
     await server.start()
     if page is not None:
         page.start()
+    if started is not None:
+        started.set()
     emit(
         log,
         "colony.started",
