@@ -163,7 +163,9 @@ class NodeAgent:
         if self.sync is not None:
             self.sync.set_services(self.known.services, self.health.health)
         try:
-            await run_stages(self._stages(), stop, on_stopping=self._stopping_now, grace_s=SHUTDOWN_GRACE_S)
+            await run_stages(
+                self._stages(), stop, on_stopping=self._stopping_now, grace_s=SHUTDOWN_GRACE_S, clock=self.clock
+            )
         finally:
             await self.runtime.close()
             await self.cache.writer.close()
