@@ -20,7 +20,7 @@ from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import init_colony, load_colony
 from coral_colony.mesh_service import MeshService
 from coral_colony.registry import Registry
-from coral_colony.server import serve
+from coral_colony.server import HEARTBEAT_TIMEOUT_S, STALE_TTL_S, serve
 from coral_colony.tokens import OperatorTokens
 
 _T = TypeVar("_T")
@@ -68,7 +68,14 @@ class Colony:
 
 
 @asynccontextmanager
-async def serving(directory: Path, *, port: int, clock: Clock = SYSTEM_CLOCK) -> AsyncIterator[None]:
+async def serving(
+    directory: Path,
+    *,
+    port: int,
+    clock: Clock = SYSTEM_CLOCK,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    ttl: float = STALE_TTL_S,
+) -> AsyncIterator[None]:
     """What ``coral colony start --dir DIRECTORY`` runs (TLS, registry, expiry) on the test's loop and
     clock, listening once this enters; the status page is off."""
     stop, started = asyncio.Event(), asyncio.Event()
@@ -81,6 +88,8 @@ async def serving(directory: Path, *, port: int, clock: Clock = SYSTEM_CLOCK) ->
             database=directory / "colony.db",
             stop=stop,
             web_listen="",
+            heartbeat_timeout=heartbeat_timeout,
+            ttl=ttl,
             clock=clock,
             started=started,
         )
