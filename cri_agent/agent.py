@@ -120,7 +120,10 @@ class NodeAgent:
             clock=clock,
         )
         self.operations = OperationRunner(
-            Guardrails(settings.ops), node_name=self.node_name, lookup=self._pod_view, record=self._record_operation
+            Guardrails(settings.ops, clock=clock),
+            node_name=self.node_name,
+            lookup=self._pod_view,
+            record=self._record_operation,
         )
         self.known = KnownState(services={}, pods={})
         self.pods: dict[PodUID, PodRecord] = {}  # the last snapshot, for control operations

@@ -11,11 +11,10 @@ holds its slots until ``release``.
 
 from __future__ import annotations
 
-import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from coral_base.clock import SYSTEM_CLOCK, Clock
 from cri_agent.config import OpsSettings
 
 ACTIONS = ("tap", "profile", "sample")
@@ -52,7 +51,7 @@ class Permit:
 
 
 class Guardrails:
-    def __init__(self, settings: OpsSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: OpsSettings, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
         self.clock = clock
         self._running: dict[str, str] = {}  # pod uid -> action
@@ -82,7 +81,7 @@ class Guardrails:
             raise Refused(f"one operation per pod: a {self._running[request.pod_uid]} is already running on this pod")
         if len(self._running) >= s.max_concurrent:
             raise Refused(f"at most ops.maxConcurrent={s.max_concurrent} operations at a time on this node")
-        now = self.clock()
+        now = self.clock.monotonic()
         recent = self._recent.setdefault(request.operator, deque())
         while recent and recent[0] <= now - 60.0:
             recent.popleft()
