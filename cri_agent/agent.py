@@ -491,5 +491,4 @@ def _colony_sync(settings: Settings, *, on_state: OnState, clock: Clock) -> Colo
         ),
         backoff=Backoff(initial=min(0.5, colony.max_backoff), maximum=colony.max_backoff, clock=clock),
         on_state=on_state,
-        clock=clock,
     )

@@ -85,11 +85,11 @@ class ColonySync:
         *,
         backoff: Backoff | None = None,
         on_state: OnState | None = None,
-        clock: Clock = SYSTEM_CLOCK,
+        clock: Clock | None = None,  # heartbeats; by default the backoff's, so one clock paces both
     ) -> None:
         self.endpoint = endpoint
-        self.clock = clock  # heartbeats; the backoff sleeps on its own (the agent gives both the same)
-        self.backoff = backoff or Backoff(initial=0.5, maximum=30.0, clock=clock)
+        self.backoff = backoff or Backoff(initial=0.5, maximum=30.0, clock=clock or SYSTEM_CLOCK)
+        self.clock = clock or self.backoff.clock
         self.on_state = on_state
         self._events: deque[bytes] = deque()
         self._registered = asyncio.Event()

@@ -72,7 +72,6 @@ def sync_with(directory: Path, port: int, *, ca: Path, clock: VirtualClock, secr
             ca_pem=ca.read_bytes(),
         ),
         backoff=CountingBackoff(initial=0.05, maximum=0.2, clock=clock),
-        clock=clock,
     )
 
 

@@ -58,7 +58,7 @@ def run(tmp_path: Path, scenario: Callable[[Colony, ColonySync, VirtualClock], A
     async def main() -> Any:
         colony = Colony(tmp_path / "colony.db")
         await colony.start()
-        sync = ColonySync(target(colony.port), backoff=Backoff(initial=0.05, maximum=0.2, clock=clock), clock=clock)
+        sync = ColonySync(target(colony.port), backoff=Backoff(initial=0.05, maximum=0.2, clock=clock))
         task = asyncio.create_task(sync.run())
         try:
             return await scenario(colony, sync, clock)
