@@ -8,8 +8,8 @@ tests pass a ``VirtualClock``, whose time moves only when the program has nothin
 test of a loop that waits 30 s between retries runs in milliseconds, and runs the same way every
 time.
 
-Threads (the colony's registry writer and status page, the agent's cache writer) only read
-``time()``: it is a plain float read, safe from any thread.
+Threads (the colony's registry writer and status page) only read ``time()``: a plain float read,
+safe from any thread.
 """
 
 from __future__ import annotations
@@ -186,17 +186,22 @@ class VirtualClock:
     def _saw_io(self) -> None:
         self._activity += 1
 
+    @property
+    def _watchers_due(self) -> bool:
+        """Conditions wait, and something happened since they last looked."""
+        return bool(self._watchers) and self._checked != self._activity
+
     def _quiet_needed(self) -> float:
         """Real seconds the loop must stay quiet before ``_idle`` moves anything."""
-        nxt = self._next()
-        if self._watchers and self._checked != self._activity:
+        if self._watchers_due:
             return 0.0
+        nxt = self._next()
         return self._give_up_grace_s if nxt is not None and nxt[1] else IDLE_GRACE_S
 
     def _idle(self) -> bool:
         """The loop has nothing to do: let waiting conditions look first, else jump to the next
         deadline. False when nothing virtual waits (the loop then waits for the world)."""
-        if self._watchers and self._checked != self._activity:
+        if self._watchers_due:
             self._checked = self._activity
             watchers, self._watchers = self._watchers, []
             for settled in watchers:
