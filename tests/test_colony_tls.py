@@ -43,6 +43,7 @@ def test_init_writes_the_identity_with_private_files_and_refuses_to_overwrite(
 
 @pytest.fixture
 def colony(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Path, int]]:
+    caplog.set_level(logging.DEBUG)  # everything the colony and the agent log: the secret in none of it
     directory = tmp_path / "colony"
     init(directory)
     yield directory, free_port()
