@@ -1,5 +1,6 @@
 """`coral colony init`, and agents over TLS with a pinned CA against what `coral colony start` runs,
-in this process and on the agent's virtual clock (retries and the colony's expiry loop take no real time)."""
+in this process. The agent runs on a virtual clock (its retries take no real time); the colony on the
+real one, so that no timer of its own moves virtual time while a handshake is in flight."""
 
 from __future__ import annotations
 
@@ -83,7 +84,7 @@ def run_until(directory: Path, port: int, sync: ColonySync, clock: VirtualClock,
     outrun."""
 
     async def scenario() -> float:
-        async with serving(directory, port=port, clock=clock):
+        async with serving(directory, port=port):
             sync.set_services({ServiceKey(svc(1).key): svc(1)}, {})
             task = asyncio.create_task(sync.run())
             await clock.until(done, within=30)
