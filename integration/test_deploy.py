@@ -94,3 +94,26 @@ def test_the_shipped_configs_are_valid_agent_configs(tmp_path: Path) -> None:
 
 def test_an_unknown_mode_is_refused_by_the_chart() -> None:
     assert "mode must be full or observe-only" in refused("mode=yolo")
+
+
+@pytest.mark.parametrize(
+    ("manifest", "values"),
+    [("daemonset.yaml", ()), ("daemonset-observe-only.yaml", ("mode=observe-only",))],
+    ids=["full", "observe-only"],
+)
+def test_the_plain_daemonsets_and_the_chart_run_the_same_pod(manifest: str, values: tuple[str, ...]) -> None:
+    plain = yaml.safe_load((DEPLOY / manifest).read_text())["spec"]["template"]["spec"]
+    chart = one(render(*values), "DaemonSet")["spec"]["template"]["spec"]
+    for key in ("hostPID", "priorityClassName", "tolerations"):
+        assert plain[key] == chart[key], key
+    mine, theirs = plain["containers"][0], chart["containers"][0]
+    assert mine["securityContext"] == theirs["securityContext"]
+    assert mine["resources"] == theirs["resources"]
+    assert [m["mountPath"] for m in mine["volumeMounts"]] == [m["mountPath"] for m in theirs["volumeMounts"]]
+    volumes = {v["name"]: v for v in chart["volumes"]}
+    for volume in plain["volumes"]:
+        theirs_volume = volumes[volume["name"]]
+        if "hostPath" in volume:
+            assert volume["hostPath"] == theirs_volume["hostPath"]
+        if "secret" in volume:
+            assert volume["secret"]["optional"] is theirs_volume["secret"]["optional"] is True
