@@ -117,3 +117,12 @@ def test_the_loader_refuses_unknown_keys_so_the_check_above_means_something(tmp_
     path.write_text(yaml.safe_dump(typo))
     with pytest.raises(ConfigError):
         load_settings(path)
+
+
+def test_the_charts_default_config_loads(tmp_path: Path) -> None:
+    config = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+    allowed = SCHEMA["properties"]["config"]["properties"]
+    assert set(config) <= set(allowed)
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    load_settings(path)
