@@ -9,7 +9,7 @@ IMAGE_DIR ?= $(CURDIR)/.cache/images
 KUBE_BIN ?= $(CURDIR)/.cache/kube/bin
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
-.PHONY: setup setup-debian setup-python images kube-binaries image-inputs proto lint unit integration test bench clean
+.PHONY: setup setup-debian setup-python images kube-binaries image-inputs proto lint unit integration test bench clean chart-golden
 
 setup: setup-debian setup-python images kube-binaries image-inputs
 
@@ -62,6 +62,10 @@ integration:
 # Lint, then every test (unit + integration) in one pytest run.
 test: lint
 	$(PY) -m pytest -q
+
+# Rewrite deploy/helm/coral-node-agent/ci/golden/ from ci/*-values.yaml (then review the diff).
+chart-golden:
+	CORAL_UPDATE_GOLDEN=1 $(PY) -m pytest integration/test_chart.py -q -k golden
 
 bench:
 	$(PY) -m bench.discovery --pods 250 --output BENCHMARKS.md

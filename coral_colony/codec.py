@@ -12,6 +12,7 @@ directions: ``_service_record``/``_service_info`` for a service field,
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from enum import StrEnum
 
@@ -75,6 +76,7 @@ OUTCOME = WireEnum(Outcome, agent_pb2.OperationOutcome, "OPERATION_OUTCOME_")
 STOP_REASON = WireEnum(StopReason, agent_pb2.StopReason, "STOP_REASON_")
 ARTIFACT_KIND = WireEnum(ArtifactKind, agent_pb2.ArtifactKind, "ARTIFACT_KIND_")
 SCOPE = WireEnum(Scope, colony_pb2.Scope, "SCOPE_")
+_FLOW_FIELDS = tuple(f.name for f in dataclasses.fields(Flow))  # the same names as agent.v1 Flow's (a test checks)
 
 
 class UnknownWord(ValueError):
@@ -535,20 +537,7 @@ def _result_message(result: OperationResult) -> agent_pb2.Result:
         bytes=result.bytes,
         packets=result.packets,
         dropped=result.dropped,
-        flows=[
-            agent_pb2.Flow(
-                protocol=f.protocol,
-                src=f.src,
-                src_port=f.src_port,
-                dst=f.dst,
-                dst_port=f.dst_port,
-                packets=f.packets,
-                bytes=f.bytes,
-                first_seen_unix_ms=f.first_seen_unix_ms,
-                last_seen_unix_ms=f.last_seen_unix_ms,
-            )
-            for f in result.flows
-        ],
+        flows=[agent_pb2.Flow(**dataclasses.asdict(f)) for f in result.flows],
         samples=result.samples,
         engine=result.engine,
         node_name=result.node_name,
@@ -565,20 +554,7 @@ def _result(message: agent_pb2.Result) -> OperationResult:
         bytes=message.bytes,
         packets=message.packets,
         dropped=message.dropped,
-        flows=tuple(
-            Flow(
-                protocol=f.protocol,
-                src=f.src,
-                src_port=f.src_port,
-                dst=f.dst,
-                dst_port=f.dst_port,
-                packets=f.packets,
-                bytes=f.bytes,
-                first_seen_unix_ms=f.first_seen_unix_ms,
-                last_seen_unix_ms=f.last_seen_unix_ms,
-            )
-            for f in message.flows
-        ),
+        flows=tuple(Flow(**{name: getattr(f, name) for name in _FLOW_FIELDS}) for f in message.flows),
         samples=message.samples,
         engine=message.engine,
         node_name=message.node_name,

@@ -222,7 +222,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             "packets": result.packets,
             "dropped": result.dropped,
             "samples": result.samples,
-            "stopped_by": result.stopped_by,
+            "stopped_by": result.stopped_by.value if result.stopped_by else "",
         }
         entry = AuditEntry(
             time=started,
@@ -235,7 +235,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             pod_name=target.pod_name,
             service_name=target.service_name,
             service_key=target.service_key,
-            provenance=target.provenance,
+            provenance="" if target.provenance is Provenance.UNKNOWN else target.provenance.value,
             detail=json.dumps(detail, sort_keys=True),
         )
         await asyncio.shield(self.record([entry]))

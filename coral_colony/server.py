@@ -7,12 +7,12 @@ import asyncio
 import contextlib
 import functools
 import logging
-import time
 from pathlib import Path
 
 import grpc
 import grpc.aio
 
+from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.lifecycle import Stage, run_stages
 from coral_base.logs import emit
 from coral_base.wire.coral.agent.v1 import agent_pb2_grpc
@@ -45,6 +45,8 @@ async def serve(
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
     audit_retention: float | None = None,  # seconds; None keeps every entry
+    clock: Clock = SYSTEM_CLOCK,
+    started: asyncio.Event | None = None,  # set once agents and operators can connect
 ) -> None:
     """Runs the colony until ``stop``; owns the registry's writer (its thread and connection) and closes it last.
 
@@ -64,6 +66,8 @@ async def serve(
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
             audit_retention=audit_retention,
+            clock=clock,
+            started=started,
         )
     finally:
         writer.close()
@@ -81,10 +85,12 @@ async def _serve(
     heartbeat_timeout: float,
     ttl: float,
     audit_retention: float | None,
+    clock: Clock,
+    started: asyncio.Event | None,
 ) -> None:
     """Everything but the writer: each part closed, in reverse, however far the start got."""
     async with contextlib.AsyncExitStack() as stack:
-        mesh = MeshService(writer, colony_id=identity.colony_id, colony_secret=identity.secret())
+        mesh = MeshService(writer, colony_id=identity.colony_id, colony_secret=identity.secret(), clock=clock.time)
         router = Router(mesh.valid_session)
         reader = RegistryReader(database)
         stack.callback(reader.close)
@@ -94,6 +100,7 @@ async def _serve(
             colony_id=identity.colony_id,
             record=writer.record,
             router=router,
+            clock=clock.time,
         )
         stack.callback(operators.close)
         server = grpc.aio.server()
@@ -104,10 +111,14 @@ async def _serve(
         server.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
         await server.start()
         stack.push_async_callback(server.stop, 5.0)
-        page = StatusPage(database, colony_id=identity.colony_id, listen=web_listen) if web_listen else None
+        page = (
+            StatusPage(database, colony_id=identity.colony_id, listen=web_listen, clock=clock) if web_listen else None
+        )
         if page is not None:
             page.start()
             stack.callback(page.stop)
+        if started is not None:
+            started.set()
         emit(
             log,
             "colony.started",
@@ -116,34 +127,40 @@ async def _serve(
             web=page.address if page else "off",
             database=str(database),
         )
-        clock = functools.partial(
-            _registry_clock, writer, heartbeat_timeout=heartbeat_timeout, ttl=ttl, audit_retention=audit_retention
+        housekeeping = functools.partial(
+            _registry_clock,
+            writer,
+            clock=clock,
+            heartbeat_timeout=heartbeat_timeout,
+            ttl=ttl,
+            audit_retention=audit_retention,
         )
         await run_stages(
-            [Stage("registry-clock", clock)],
+            [Stage("registry-clock", housekeeping)],
             stop,
             on_stopping=lambda: None,
             grace_s=5.0,
+            clock=clock,
         )
 
 
 async def _registry_clock(
-    writer: WriterThread, *, heartbeat_timeout: float, ttl: float, audit_retention: float | None
+    writer: WriterThread, *, clock: Clock, heartbeat_timeout: float, ttl: float, audit_retention: float | None
 ) -> None:
     """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log."""
     pruned_at = float("-inf")
     while True:
-        if audit_retention is not None and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
-            prune = functools.partial(RegistryWriter.prune_audit, now=time.time(), retention_s=audit_retention)
+        if audit_retention is not None and clock.monotonic() - pruned_at >= PRUNE_EVERY_S:
+            prune = functools.partial(RegistryWriter.prune_audit, now=clock.time(), retention_s=audit_retention)
             deleted = await writer.run(prune)
-            pruned_at = time.monotonic()
+            pruned_at = clock.monotonic()
             if deleted:
                 emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
         silent, gone = await writer.run(
-            lambda w: w.expire(now=time.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+            lambda w: w.expire(now=clock.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
         )
         for agent_id in silent:
             emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
         for agent_id in gone:
             emit(log, "agent.expired", agent_id=agent_id)
-        await asyncio.sleep(min(5.0, heartbeat_timeout / 3))
+        await clock.sleep(min(5.0, heartbeat_timeout / 3))

@@ -21,7 +21,6 @@ the cache and the conditions ``coral agent status`` shows.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -30,6 +29,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from coral_base import __version__
 from coral_base.backoff import Backoff
+from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.errors import CoralError
 from coral_base.lifecycle import Stage, StopPolicy, run_stages
 from coral_base.logs import emit
@@ -92,7 +92,7 @@ class NodeAgent:
         *,
         runtime: Runtime | None = None,
         proc: Enricher | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.settings = settings
         self.node_name = settings.node_name
@@ -113,14 +113,18 @@ class NodeAgent:
             on_state=self._cache_state,
             clock=clock,
         )
-        self.sync = _colony_sync(settings, on_state=self._colony_state)
+        self.sync = _colony_sync(settings, on_state=self._colony_state, clock=clock)
         self.health = HealthChecker(
             report=self._report_health,
             timeout=settings.discovery.health_timeout,
             max_in_flight=settings.discovery.health_concurrency,
+            clock=clock,
         )
         self.operations = OperationRunner(
-            Guardrails(settings.ops), node_name=self.node_name, lookup=self._pod_view, record=self._record_operation
+            Guardrails(settings.ops, clock=clock),
+            node_name=self.node_name,
+            lookup=self._pod_view,
+            record=self._record_operation,
         )
         self.known = KnownState(services={}, pods={})
         self.pods: dict[PodUID, PodRecord] = {}  # the last snapshot, for control operations
@@ -139,7 +143,7 @@ class NodeAgent:
             "agent_id": self.settings.agent_id,
             "node_name": self.node_name,
             "agent_pid": str(os.getpid()),
-            "started_at": str(self.clock()),
+            "started_at": str(self.clock.time()),
         }
         self.status_file.acquire(self._status())  # CacheInUse: another agent writes this cache
         try:
@@ -163,7 +167,9 @@ class NodeAgent:
         if self.sync is not None:
             self.sync.set_services(self.known.services, self.health.health)
         try:
-            await run_stages(self._stages(), stop, on_stopping=self._stopping_now, grace_s=SHUTDOWN_GRACE_S)
+            await run_stages(
+                self._stages(), stop, on_stopping=self._stopping_now, grace_s=SHUTDOWN_GRACE_S, clock=self.clock
+            )
         finally:
             await self.runtime.close()
             await self.cache.writer.close()
@@ -189,7 +195,7 @@ class NodeAgent:
     # -- runtime events -> wake-ups --------------------------------------------
 
     async def _events(self) -> None:
-        backoff = Backoff(initial=0.5, maximum=30.0)
+        backoff = Backoff(initial=0.5, maximum=30.0, clock=self.clock)
         while not self._stopping:
             self._wake.set()  # catch up on whatever happened while unsubscribed
             try:
@@ -200,13 +206,13 @@ class NodeAgent:
                     if event.topic == SUBSCRIBED:
                         continue
                     if event.exited:
-                        self._recheck(self.clock() + RECHECK_S)
+                        self._recheck(after=RECHECK_S)
                     self._wake.set()
                 reason = "event stream ended"
             except CoralError as exc:
                 reason = str(exc)
             await self._condition("events", ok=False, reason=reason)
-            await asyncio.sleep(backoff.next())
+            await backoff.wait()
 
     # -- discovery loop ----------------------------------------------------------
 
@@ -216,28 +222,25 @@ class NodeAgent:
         # pollInterval finds it (and every change when events are off); the resync also refreshes last_seen.
         poll = self.settings.discovery.kubernetes.poll_interval
         coalesce = self.settings.discovery.coalesce_interval
-        backoff = Backoff(initial=0.5, maximum=30.0)
-        last_full = last_pass = float("-inf")
+        backoff = Backoff(initial=0.5, maximum=30.0, clock=self.clock)
+        last_full = last_pass = float("-inf")  # monotonic, as every deadline of this loop
         await self._await_kubernetes()
         while not self._stopping:
             due = min(last_full + resync, last_pass + poll, self._recheck_at, self.cache.retry_at)
-            timeout = max(0.0, due - self.clock())
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+            await self.clock.sleep(due - self.clock.monotonic(), self._wake)
             if self._stopping:
                 return
             if self._wake.is_set():
-                await asyncio.sleep(coalesce)  # let a burst of events land
+                await self.clock.sleep(coalesce)  # let a burst of events land
             self._wake.clear()
-            full = self.clock() >= last_full + resync
+            full = self.clock.monotonic() >= last_full + resync
             if await self.reconcile_once(touch=full):
                 backoff.reset()
-                last_pass = self.clock()
+                last_pass = self.clock.monotonic()
                 if full:
-                    last_full = self.clock()
+                    last_full = last_pass
             else:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), backoff.next())
+                await backoff.wait(self._wake)
 
     async def _await_kubernetes(self) -> None:
         """Hold the first pass until the API has told what it knows, a few seconds at most.
@@ -248,17 +251,18 @@ class NodeAgent:
         for _ in range(round(KUBE_SETTLE_S / 0.05)):  # `settled` is the watch threads' state: no event to await
             if self.kube is None or self.kube.settled or self._stopping:
                 return
-            await asyncio.sleep(0.05)
+            await self.clock.sleep(0.05)
 
-    def _recheck(self, at: float | None) -> None:
-        if at is not None:
-            self._recheck_at = min(self._recheck_at, at)
+    def _recheck(self, *, after: float | None) -> None:
+        """Ask for a pass ``after`` seconds from now (kept when an earlier one is already asked for)."""
+        if after is not None:
+            self._recheck_at = min(self._recheck_at, self.clock.monotonic() + after)
 
     async def reconcile_once(self, *, touch: bool = False) -> bool:
         """One pass of the pipeline. False when the runtime failed (and no fallback); a cache that
         fails does not stop discovery."""
         started = time.perf_counter()
-        if self._recheck_at <= self.clock():  # this pass is the re-check (one asked for later stays)
+        if self._recheck_at <= self.clock.monotonic():  # this pass is the re-check (one asked for later stays)
             self._recheck_at = float("inf")
         self.status_file.reclaim()  # CacheInUse if another agent took the cache over: this one stops
         await self.cache.check()  # a deleted or replaced file, a write retry that is due
@@ -284,7 +288,7 @@ class NodeAgent:
             await self._condition("proc", ok=False, reason=str(exc))
         else:
             await self._condition("proc", ok=True, reason="readable")
-        snapshot = NodeSnapshot(node_name=self.node_name, pods=tuple(pods), taken_at=self.clock())
+        snapshot = NodeSnapshot(node_name=self.node_name, pods=tuple(pods), taken_at=self.clock.time())
         result = reconcile(self.known, snapshot, self.rules)
         self.known = KnownState(services=result.services, pods=result.pods)
         self.pods = {pod.uid: pod for pod in pods}
@@ -292,7 +296,7 @@ class NodeAgent:
         if self.sync is not None:
             self.sync.set_services(result.services, self.health.health)
         self.passes += 1
-        self._recheck(result.recheck_at)
+        self._recheck(after=None if result.recheck_at is None else result.recheck_at - snapshot.taken_at)
         self.meta["last_pass_at"] = repr(snapshot.taken_at)
         await self._persist(result, touch=touch, now=snapshot.taken_at)
         for event in result.events:
@@ -414,7 +418,7 @@ class NodeAgent:
             event = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=reason)
             await self.cache.record_events([event])
             if self.sync is not None:
-                self.sync.add_events([event], at=self.clock())
+                self.sync.add_events([event], at=self.clock.time())
         await self._condition("kubernetes", ok=ok, reason=reason)
 
     async def _colony_state(self, connected: bool, reason: str) -> None:
@@ -435,7 +439,7 @@ class NodeAgent:
     async def _condition(self, name: str, *, ok: bool, reason: str) -> None:
         """Record a named health condition on change: in memory, in the status file (what `coral agent
         status` shows, right even when the cache fails), then in the cache."""
-        condition = self.conditions.set(name, ok=ok, reason=reason, now=self.clock())
+        condition = self.conditions.set(name, ok=ok, reason=reason, now=self.clock.time())
         if condition is None:
             return
         if self.sync is not None:
@@ -469,7 +473,7 @@ def _kube_source(
     )
 
 
-def _colony_sync(settings: Settings, *, on_state: OnState) -> ColonySync | None:
+def _colony_sync(settings: Settings, *, on_state: OnState, clock: Clock) -> ColonySync | None:
     colony = settings.colony
     if not colony.address:
         return None
@@ -486,6 +490,6 @@ def _colony_sync(settings: Settings, *, on_state: OnState) -> ColonySync | None:
             timeout_s=colony.timeout,
             ca_pem=colony.ca_pem(),
         ),
-        backoff=Backoff(initial=min(0.5, colony.max_backoff), maximum=colony.max_backoff),
+        backoff=Backoff(initial=min(0.5, colony.max_backoff), maximum=colony.max_backoff, clock=clock),
         on_state=on_state,
     )

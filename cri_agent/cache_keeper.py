@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from coral_base.backoff import Backoff
+from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.logs import emit
 from cri_agent.cache.discovery_events import TimedEvent
 from cri_agent.cache.writer import Cache, CacheContents, CacheWriter
@@ -47,7 +48,7 @@ class CacheKeeper:
         node_name: str,
         contents: Callable[[], CacheContents],
         on_state: Callable[[bool, str], Awaitable[None]],
-        clock: Callable[[], float] = time.time,
+        clock: Clock = SYSTEM_CLOCK,
         backoff: Backoff | None = None,
     ) -> None:
         self.writer = writer
@@ -57,7 +58,7 @@ class CacheKeeper:
         self.clock = clock
         self.backoff = backoff or Backoff(initial=1.0, maximum=30.0)
         self.failure = ""  # why the file does not mirror memory now ("" when it does)
-        self.retry_at = float("inf")
+        self.retry_at = float("inf")  # monotonic, like the agent loop that waits for it
         self._since = 0.0
         self._cause = ""  # the failure that started the outage
         self._events: deque[TimedEvent] = deque(maxlen=BACKLOG_EVENTS)
@@ -97,7 +98,7 @@ class CacheKeeper:
         )
 
     async def record_events(self, events: Sequence[DiscoveryEvent]) -> None:
-        timed = [TimedEvent(self.clock(), e) for e in events]
+        timed = [TimedEvent(self.clock.time(), e) for e in events]
         await self._write(lambda c: c.record_events(timed, node_name=self.node_name), events=timed)
 
     async def record_operation(self, row: Mapping[str, Any]) -> None:
@@ -145,21 +146,21 @@ class CacheKeeper:
     # -- failure and recovery --------------------------------------------------------------------
 
     async def _fail(self, reason: str) -> None:
-        now = self.clock()
+        now = self.clock.time()
         first = not self.failure
         self.failure = reason
-        self.retry_at = now + self.backoff.next()
+        self.retry_at = self.clock.monotonic() + self.backoff.next()
         if first:
             self._since, self._cause = now, reason
             emit(log, "cache.unwritable", level=logging.ERROR, cache=self.path, reason=reason)
             await self.on_state(False, f"{reason}; discovery goes on from memory and writes are retried")
 
     async def _recover_if_due(self) -> None:
-        if self.failure and self.clock() >= self.retry_at:
+        if self.failure and self.clock.monotonic() >= self.retry_at:
             await self._recover()
 
     async def _recover(self) -> None:
-        now = self.clock()
+        now = self.clock.time()
         contents = self.contents()
         events = [*self._events, TimedEvent(now, self._recovery_event(now))]
         operations = list(self._operations)
@@ -170,7 +171,7 @@ class CacheKeeper:
             )
         except CacheError as exc:
             self.failure = str(exc)
-            self.retry_at = now + self.backoff.next()
+            self.retry_at = self.clock.monotonic() + self.backoff.next()
             return
         emit(
             log,

@@ -37,7 +37,7 @@ class ControlStream:
     def __init__(self, sync: ColonySync, runner: OperationRunner, *, backoff: Backoff | None = None) -> None:
         self.sync = sync
         self.runner = runner
-        self.backoff = backoff or Backoff(initial=0.5, maximum=sync.backoff.maximum)
+        self.backoff = backoff or Backoff(initial=0.5, maximum=sync.backoff.maximum, clock=sync.clock)
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.connected = False
 
@@ -65,7 +65,7 @@ class ControlStream:
                 while not outbox.empty():  # nobody will send these: the stream is gone
                     outbox.get_nowait()
                 outbox.put_nowait(_END)
-            await asyncio.sleep(self.backoff.next())
+            await self.backoff.wait()
 
     def _dispatch(self, message: agent_pb2.ColonyMessage, outbox: asyncio.Queue[agent_pb2.AgentMessage]) -> None:
         request = colony_codec.colony_message(message)

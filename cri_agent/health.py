@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
+from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.vocabulary import AgentHealth
 from cri_agent.model import Health, HealthState, ServiceInfo, ServiceKey
 
@@ -102,7 +103,9 @@ class HealthChecker:
     """Schedules probes per service interval; reports results and state changes.
 
     ``report(results, changes)`` receives every result of a round (to
-    persist) and the subset whose state changed (to log).
+    persist) and the subset whose state changed (to log). Between rounds it
+    sleeps until the next probe is due, and a new or changed service cuts
+    the sleep short: no polling tick.
     """
 
     def __init__(
@@ -111,46 +114,47 @@ class HealthChecker:
         report: Report,
         timeout: float = 2.0,
         max_in_flight: int = 32,
-        clock: Callable[[], float] = time.time,
-        tick: float = 0.25,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.report = report
         self.timeout = timeout
         self.clock = clock
-        self.tick = tick
         self._limit = asyncio.Semaphore(max_in_flight)
         self._services: dict[ServiceKey, ServiceInfo] = {}
-        self._due: dict[ServiceKey, float] = {}
+        self._due: dict[ServiceKey, float] = {}  # monotonic
+        self._changed = asyncio.Event()
         self.health: dict[ServiceKey, Health] = {}
 
     def set_services(self, services: Mapping[ServiceKey, ServiceInfo]) -> None:
         """The current registered set; new or changed services are probed at once."""
-        now = self.clock()
         for key in set(self._services) - set(services):
             self._due.pop(key, None)
             self.health.pop(key, None)
         for key, service in services.items():
             if self._services.get(key) != service:
-                self._due[key] = now
+                self._due[key] = self.clock.monotonic()
+                self._changed.set()
                 if key not in self.health:
-                    self.health[key] = Health(key=key, state=HealthState.UNKNOWN, since=now)
+                    self.health[key] = Health(key=key, state=HealthState.UNKNOWN, since=self.clock.time())
         self._services = dict(services)
 
     async def run(self) -> None:
         """Probe what is due, forever (cancel to stop)."""
         while True:
-            due = [k for k, at in self._due.items() if at <= self.clock()]
-            if due:
+            self._changed.clear()
+            now = self.clock.monotonic()
+            if due := [k for k, at in self._due.items() if at <= now]:
                 await self.round(due)
-            await asyncio.sleep(self.tick)
+                continue
+            await self.clock.sleep(min(self._due.values(), default=float("inf")) - now, self._changed)
 
     async def round(self, keys: list[ServiceKey]) -> None:
         services = [self._services[k] for k in keys if k in self._services]
         for service in services:
-            self._due[service.key] = self.clock() + service.health_interval_s
+            self._due[service.key] = self.clock.monotonic() + service.health_interval_s
         probed = [s for s in services if probeable(s)]
         results = await asyncio.gather(*(self._limited(s) for s in probed))
-        now = self.clock()
+        now = self.clock.time()
         updated, changed = [], []
         for service, result in zip(probed, results, strict=True):
             if service.key not in self._services:

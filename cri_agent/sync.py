@@ -21,7 +21,6 @@ is sent at once rather than at the next heartbeat.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -32,6 +31,7 @@ import grpc
 import grpc.aio
 
 from coral_base.backoff import Backoff
+from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.logs import emit
 from coral_base.vocabulary import AgentHealth
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
@@ -81,10 +81,16 @@ def colony_channel(endpoint: ColonyEndpoint) -> grpc.aio.Channel:
 
 class ColonySync:
     def __init__(
-        self, endpoint: ColonyEndpoint, *, backoff: Backoff | None = None, on_state: OnState | None = None
+        self,
+        endpoint: ColonyEndpoint,
+        *,
+        backoff: Backoff | None = None,
+        on_state: OnState | None = None,
+        clock: Clock | None = None,  # heartbeats; by default the backoff's, so one clock paces both
     ) -> None:
         self.endpoint = endpoint
-        self.backoff = backoff or Backoff(initial=0.5, maximum=30.0)
+        self.backoff = backoff or Backoff(initial=0.5, maximum=30.0, clock=clock or SYSTEM_CLOCK)
+        self.clock = clock or self.backoff.clock
         self.on_state = on_state
         self._events: deque[bytes] = deque()
         self._registered = asyncio.Event()
@@ -155,7 +161,7 @@ class ColonySync:
                         await self._state(False, reason)
                     self.connected, last_error = False, reason
             # Always wait the backoff: new changes must not turn retries into a hot loop.
-            await asyncio.sleep(self.backoff.next())
+            await self.backoff.wait()
 
     def _channel(self) -> grpc.aio.Channel:
         return colony_channel(self.endpoint)
@@ -188,9 +194,7 @@ class ColonySync:
                 await self._heartbeat(stub)
             else:
                 self._changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), self.endpoint.heartbeat_interval_s)
-                if not self._changed.is_set():
+                if not await self.clock.sleep(self.endpoint.heartbeat_interval_s, self._changed):
                     await self._heartbeat(stub)
 
     async def _state(self, connected: bool, reason: str) -> None:

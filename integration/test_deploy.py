@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from cri_agent.config import load_settings
-from integration.harness.kube import KUBE_BIN, ControlPlane
+from integration.chart_render import one, refused, render
+from integration.harness.kube import ControlPlane
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 MANIFESTS = sorted(p for p in DEPLOY.glob("*.yaml"))
@@ -45,18 +45,21 @@ def test_the_agent_daemonset_runs_everywhere_without_privileged_and_with_its_mou
     assert "--observe-only" in observe["containers"][0]["args"] and "PERFMON" not in caps
 
 
-def render(*values: str) -> str:
-    chart = DEPLOY / "helm" / "coral-node-agent"
-    args = [str(KUBE_BIN / "helm"), "template", "coral", str(chart), "--namespace", "coral-system"]
-    done = subprocess.run([*args, *(a for v in values for a in ("--set", v))], capture_output=True, text=True)
-    assert done.returncode == 0, done.stderr
-    return done.stdout
-
-
 @pytest.mark.parametrize(
     "values",
-    [(), ("mode=observe-only",), ("rbac.create=false", "filters.includeNamespaces={shop,billing}")],
-    ids=["defaults", "observe-only", "no-rbac"],
+    [
+        (),
+        ("mode=observe-only",),
+        (
+            "rbac.create=false",
+            "kubernetesApi.enabled=false",
+            "config.discovery.kubernetes.includeNamespaces={shop,billing}",
+        ),
+        ("rbac.create=false", "serviceAccount.create=false", "serviceAccount.name=coral-node-agent"),
+        ("colony.address=", "image.tag="),
+        ("colony.enabled=true",),
+    ],
+    ids=["defaults", "observe-only", "no-rbac", "pre-provisioned-rbac", "cache-only", "with-colony"],
 )
 def test_the_rendered_chart_is_accepted_by_server_side_dry_run(plane: ControlPlane, values: tuple[str, ...]) -> None:
     rendered = render(*values)
@@ -65,18 +68,20 @@ def test_the_rendered_chart_is_accepted_by_server_side_dry_run(plane: ControlPla
     assert out.count("(server dry run)") == len(docs), out
     kinds = {d["kind"] for d in docs}
     assert ("ClusterRole" in kinds) == ("rbac.create=false" not in values)
+    assert ("ServiceAccount" in kinds) == ("serviceAccount.create=false" not in values)
+    assert ("Deployment" in kinds) == ("colony.enabled=true" in values)
     [daemonset] = [d for d in docs if d["kind"] == "DaemonSet"]
     caps = daemonset["spec"]["template"]["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
     assert ("PERFMON" in caps) == ("mode=observe-only" not in values)
     [config] = [d for d in docs if d["kind"] == "ConfigMap"]
     agent = yaml.safe_load(config["data"]["agent.yaml"])
     assert agent["ops"]["observeOnly"] == ("mode=observe-only" in values)
-    assert agent["discovery"]["kubernetes"]["api"] == ("off" if "rbac.create=false" in values else "on")
+    # The agent's API use follows kubernetesApi.enabled, not rbac.create: pre-provisioned RBAC keeps enrichment.
+    assert agent["discovery"]["kubernetes"]["api"] == ("off" if "kubernetesApi.enabled=false" in values else "on")
 
 
 def test_the_shipped_configs_are_valid_agent_configs(tmp_path: Path) -> None:
-    docs = [d for d in yaml.safe_load_all(render("filters.includeNamespaces={shop}")) if d]
-    [chart_config] = [d for d in docs if d["kind"] == "ConfigMap"]
+    chart_config = one(render("config.discovery.kubernetes.includeNamespaces={shop}"), "ConfigMap")
     plain_config = yaml.safe_load((DEPLOY / "agent-config.yaml").read_text())
     for name, config in (("chart", chart_config), ("deploy", plain_config)):
         path = tmp_path / f"{name}.yaml"
@@ -88,8 +93,27 @@ def test_the_shipped_configs_are_valid_agent_configs(tmp_path: Path) -> None:
 
 
 def test_an_unknown_mode_is_refused_by_the_chart() -> None:
-    chart = DEPLOY / "helm" / "coral-node-agent"
-    done = subprocess.run(
-        [str(KUBE_BIN / "helm"), "template", "coral", str(chart), "--set", "mode=yolo"], capture_output=True, text=True
-    )
-    assert done.returncode != 0 and "mode must be full or observe-only" in done.stderr
+    assert "mode must be full or observe-only" in refused("mode=yolo")
+
+
+@pytest.mark.parametrize(
+    ("manifest", "values"),
+    [("daemonset.yaml", ()), ("daemonset-observe-only.yaml", ("mode=observe-only",))],
+    ids=["full", "observe-only"],
+)
+def test_the_plain_daemonsets_and_the_chart_run_the_same_pod(manifest: str, values: tuple[str, ...]) -> None:
+    plain = yaml.safe_load((DEPLOY / manifest).read_text())["spec"]["template"]["spec"]
+    chart = one(render(*values), "DaemonSet")["spec"]["template"]["spec"]
+    for key in ("hostPID", "priorityClassName", "tolerations"):
+        assert plain[key] == chart[key], key
+    mine, theirs = plain["containers"][0], chart["containers"][0]
+    assert mine["securityContext"] == theirs["securityContext"]
+    assert mine["resources"] == theirs["resources"]
+    assert [m["mountPath"] for m in mine["volumeMounts"]] == [m["mountPath"] for m in theirs["volumeMounts"]]
+    volumes = {v["name"]: v for v in chart["volumes"]}
+    for volume in plain["volumes"]:
+        theirs_volume = volumes[volume["name"]]
+        if "hostPath" in volume:
+            assert volume["hostPath"] == theirs_volume["hostPath"]
+        if "secret" in volume:
+            assert volume["secret"]["optional"] is theirs_volume["secret"]["optional"] is True

@@ -1,17 +1,31 @@
-"""A real colony Mesh server on loopback for agent-side tests."""
+"""Real colonies on loopback for unit tests, in this process: the Mesh service alone (``Colony``),
+or all of ``coral colony start`` (``serving`` on the test's loop, ``ColonyThread`` beside it)."""
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import sqlite3
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterable
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any, TypeVar
 
 import grpc.aio
 import pytest
 
+from coral_base.clock import SYSTEM_CLOCK, Clock
+from coral_base.vocabulary import Scope
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
+from coral_colony.identity import init_colony, load_colony
 from coral_colony.mesh_service import MeshService
+from coral_colony.server import HEARTBEAT_TIMEOUT_S, STALE_TTL_S, serve
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter, WriterThread
+from coral_colony.tokens import OPERATOR_SCOPES, OperatorTokens
+
+_T = TypeVar("_T")
 
 SECRET = "colony-secret-do-not-log"
 
@@ -21,14 +35,18 @@ def logged(caplog: pytest.LogCaptureFixture) -> str:
     return "\n".join(f"{r.getMessage()} {getattr(r, 'coral_fields', {})}" for r in caplog.records)
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 class Colony:
     """A real colony Mesh server on a fixed loopback port that tests can kill and restart."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.server: grpc.aio.Server | None = None
         self.writer: WriterThread | None = None
         self.registry: RegistryReader | None = None  # what the test reads, as the operator API does
@@ -51,3 +69,110 @@ class Colony:
     def keys(self) -> dict[str, str]:
         assert self.registry is not None
         return {s.service.key: s.service.pod_ip for s in self.registry.services()}
+
+
+@asynccontextmanager
+async def serving(
+    directory: Path,
+    *,
+    port: int,
+    clock: Clock = SYSTEM_CLOCK,
+    heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
+    ttl: float = STALE_TTL_S,
+) -> AsyncIterator[None]:
+    """What ``coral colony start --dir DIRECTORY`` runs (TLS, registry, expiry) on the test's loop and
+    clock, listening once this enters; the status page is off."""
+    stop, started = asyncio.Event(), asyncio.Event()
+    listen = f"127.0.0.1:{port}"
+    identity = load_colony(directory)
+    task = asyncio.create_task(
+        serve(
+            identity,
+            listen=listen,
+            database=directory / "colony.db",
+            stop=stop,
+            web_listen="",
+            heartbeat_timeout=heartbeat_timeout,
+            ttl=ttl,
+            clock=clock,
+            started=started,
+        )
+    )
+    await asyncio.wait([task, asyncio.create_task(started.wait())], return_when=asyncio.FIRST_COMPLETED)
+    try:
+        if task.done():
+            task.result()  # it failed to start: say why
+        yield
+    finally:
+        stop.set()
+        await task
+
+
+class ColonyThread:
+    """``coral colony start`` on a thread of this process, for synchronous callers: the operator CLI
+    blocks on its gRPC calls, so the colony cannot share their thread. Everything asynchronous that
+    talks to it runs on its loop (``call``): gRPC's asyncio stack wants one loop at a time."""
+
+    def __init__(self, directory: Path, *, colony_id: str = "test-colony") -> None:
+        self.directory = directory
+        self.colony_id = colony_id
+        self.port = free_port()
+        if not (directory / "colony.yaml").exists():
+            init_colony(directory, colony_id=colony_id, hosts=["localhost", "127.0.0.1"])
+        self._loop = asyncio.new_event_loop()
+        self._listening = threading.Event()
+        self._stop = asyncio.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="colony", daemon=True)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def ca(self) -> Path:
+        return self.directory / "ca.crt"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.directory / "colony-secret"
+
+    def start(self) -> ColonyThread:
+        self._thread.start()
+        self._listening.wait()
+        if self._failure is not None:
+            raise self._failure
+        return self
+
+    def call(self, coroutine: Coroutine[Any, Any, _T]) -> _T:
+        """Run ``coroutine`` on the colony's loop and return its result."""
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def stop(self) -> None:
+        """Stop as SIGTERM would, and re-raise what made the colony fail, if anything did."""
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join()
+        if self._failure is not None:
+            raise self._failure
+
+    def _run(self) -> None:
+        async def main() -> None:
+            async with serving(self.directory, port=self.port):
+                self._listening.set()
+                await self._stop.wait()
+
+        try:
+            self._loop.run_until_complete(main())
+        except BaseException as exc:  # handed to start() or stop()
+            self._failure = exc
+        finally:
+            self._listening.set()
+            self._loop.close()
+
+    def token(self, name: str, *, scopes: Iterable[Scope] = OPERATOR_SCOPES, namespaces: Iterable[str] = ()) -> str:
+        return OperatorTokens(self.directory).create(name, scopes=scopes, namespaces=namespaces)
+
+    def audit(self, kind: str) -> list[dict[str, Any]]:
+        with sqlite3.connect(f"file:{self.directory / 'colony.db'}?mode=ro", uri=True) as db:
+            db.row_factory = sqlite3.Row
+            return [dict(row) for row in db.execute("SELECT * FROM audit WHERE kind = ? ORDER BY id", (kind,))]

@@ -1,5 +1,8 @@
 """The reconcile loop with a scripted runtime: bursts coalesce, outages are
-reported once and retried, recovery needs nobody. No daemons, no root."""
+reported once and retried, recovery needs nobody. No daemons, no root.
+
+Every scenario runs on a VirtualClock: backoffs, polls and re-checks take no
+real time, and the number of passes in a virtual interval is exact."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+from coral_base.clock import VirtualClock
 from coral_colony.model import AuditKind, AuditQuery
 from cri_agent.agent import RECHECK_S, NodeAgent
 from cri_agent.cache.reader import CacheReader
@@ -75,14 +79,7 @@ class NoProc:
         return tuple(pods)
 
 
-async def until(predicate: object, within: float = 3.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():  # type: ignore[operator]
-        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
-        await asyncio.sleep(0.005)
-
-
-def make_agent(tmp_path: Path, runtime: ScriptedRuntime) -> NodeAgent:
+def make_agent(tmp_path: Path, runtime: ScriptedRuntime, clock: VirtualClock) -> NodeAgent:
     settings = load_settings(
         None,
         flags={
@@ -91,31 +88,35 @@ def make_agent(tmp_path: Path, runtime: ScriptedRuntime) -> NodeAgent:
             "discovery": {"coalesceInterval": "20ms", "kubernetes": {"resyncInterval": "1h"}},
         },
     )
-    return NodeAgent(settings, runtime=runtime, proc=NoProc())
+    return NodeAgent(settings, runtime=runtime, proc=NoProc(), clock=clock)
 
 
 def test_a_burst_of_runtime_events_collapses_into_one_pass(tmp_path: Path) -> None:
+    clock = VirtualClock()
+
     async def scenario() -> tuple[int, int]:
         runtime = ScriptedRuntime()
-        agent = make_agent(tmp_path, runtime)
+        agent = make_agent(tmp_path, runtime, clock)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: agent.passes >= 1)
+        await clock.until(lambda: agent.passes >= 1, within=1)
         settled = runtime.lists
         runtime.current = [pod("a")]
         for _ in range(20):
             runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STARTED_EVENT"))
-        await until(lambda: len(agent.known.services) == 1)
-        await asyncio.sleep(0.1)
+        await clock.until(lambda: len(agent.known.services) == 1, within=1)
+        await clock.sleep(0.1)
         stop.set()
         await task
         return settled, runtime.lists
 
-    settled, total = asyncio.run(scenario())
-    assert total - settled <= 2
+    settled, total = clock.run(scenario())
+    assert total - settled == 1
 
 
 def test_a_light_pass_every_poll_interval_finds_what_no_runtime_event_announced(tmp_path: Path) -> None:
+    clock = VirtualClock()
+
     async def scenario() -> tuple[int, int]:
         settings = load_settings(
             None,
@@ -126,78 +127,88 @@ def test_a_light_pass_every_poll_interval_finds_what_no_runtime_event_announced(
             },
         )
         runtime = ScriptedRuntime()
-        agent = NodeAgent(settings, runtime=runtime, proc=NoProc())
+        agent = NodeAgent(settings, runtime=runtime, proc=NoProc(), clock=clock)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: agent.passes >= 1)
+        await clock.until(lambda: agent.passes >= 1, within=1)
         runtime.current = [pod("a")]  # e.g. a process in a running pod that starts listening: no event
-        await until(lambda: len(agent.known.services) == 1, within=1.0)
+        await clock.until(lambda: len(agent.known.services) == 1, within=0.1)
         before = runtime.lists
-        await asyncio.sleep(0.55)
+        await clock.sleep(0.55)
         stop.set()
         await task
         return before, runtime.lists
 
-    before, after = asyncio.run(scenario())
-    assert 2 <= after - before <= 8  # about one pass per 100 ms: polling, and no busy loop
+    before, after = clock.run(scenario())
+    assert after - before == 5  # one pass per 100 ms: polling, and no busy loop
 
 
 def test_an_outage_is_reported_once_retried_and_recovered_without_help(tmp_path: Path) -> None:
-    async def scenario() -> NodeAgent:
+    clock = VirtualClock()
+
+    async def scenario() -> tuple[NodeAgent, float]:
         runtime = ScriptedRuntime()
         runtime.down = True
-        agent = make_agent(tmp_path, runtime)
+        agent = make_agent(tmp_path, runtime, clock)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: runtime.lists >= 3, within=10)
+        await clock.until(lambda: runtime.lists >= 3, within=10)
+        retried_after = clock.monotonic()  # two backoffs: about 0.5 + 1 s (jitter +/- 20 %)
         runtime.down = False
         runtime.current = [pod("b")]
         runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STARTED_EVENT"))
-        await until(lambda: len(agent.known.services) == 1, within=10)
+        await clock.until(lambda: len(agent.known.services) == 1, within=10)
         stop.set()
         await task
-        return agent
+        return agent, retried_after
 
-    agent = asyncio.run(scenario())
+    agent, retried_after = clock.run(scenario())
     cache = CacheReader(tmp_path / "agent.db")
     outages = [e for e in cache.events(kind=EventKind.ERROR) if "not found" in e.reason]
     runtime_condition = {c.name: c.ok for c in cache.conditions()}["runtime"]
     assert (len(outages), runtime_condition, agent.healthy) == (1, 1, True)
+    assert 1.2 <= retried_after <= 1.9
 
 
 def test_a_restarted_agent_emits_nothing_for_unchanged_pods(tmp_path: Path) -> None:
-    async def one_run(pods: list[PodRecord]) -> None:
+    async def one_run(pods: list[PodRecord], clock: VirtualClock) -> None:
         runtime = ScriptedRuntime()
         runtime.current = pods
-        agent = make_agent(tmp_path, runtime)
+        agent = make_agent(tmp_path, runtime, clock)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: agent.passes >= 1)
+        await clock.until(lambda: agent.passes >= 1, within=1)
         stop.set()
         await task
 
-    asyncio.run(one_run([pod("a"), pod("b")]))
+    first_clock, second_clock = VirtualClock(), VirtualClock()
+    first_clock.run(one_run([pod("a"), pod("b")], first_clock))
     first = len(CacheReader(tmp_path / "agent.db").events())
-    asyncio.run(one_run([pod("a"), pod("b")]))
+    second_clock.run(one_run([pod("a"), pod("b")], second_clock))
     assert len(CacheReader(tmp_path / "agent.db").events()) == first == 2
 
 
 def test_stop_drains_and_persists_the_last_pass(tmp_path: Path) -> None:
-    async def scenario() -> None:
+    clock = VirtualClock()
+
+    async def scenario() -> float:
         runtime = ScriptedRuntime()
-        agent = make_agent(tmp_path, runtime)
+        agent = make_agent(tmp_path, runtime, clock)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: agent.passes >= 1)
+        await clock.until(lambda: agent.passes >= 1, within=1)
         stop.set()
-        await asyncio.wait_for(task, 5)
+        await task
+        return clock.time()
 
-    asyncio.run(scenario())
+    stopped_at = clock.run(scenario())
     meta = CacheReader(tmp_path / "agent.db").meta()
-    assert float(meta["last_pass_at"]) > 0
+    assert 0 < float(meta["last_pass_at"]) <= stopped_at
 
 
 def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp_path: Path) -> None:
+    clock = VirtualClock()
+
     async def scenario() -> tuple[dict[str, str], dict[str, str], list[tuple[str, str, str, str]]]:
         colony = Colony(tmp_path / "colony.db")
         await colony.start()
@@ -212,31 +223,31 @@ def test_discovered_services_reach_a_real_colony_and_leave_it_with_their_pod(tmp
                 "colony": {"address": f"127.0.0.1:{colony.port}", "colonyId": "c1", "secret": SECRET, "insecure": True},
             },
         )
-        agent = NodeAgent(settings, runtime=runtime, proc=NoProc())
+        agent = NodeAgent(settings, runtime=runtime, proc=NoProc(), clock=clock)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: len(colony.keys()) == 2, within=10)
+        await clock.until(lambda: len(colony.keys()) == 2, within=10)
         registry = colony.registry
         assert registry is not None
         first = {s.service.pod_name: s.service.node_name for s in registry.services()}
         runtime.current = [pod("b")]
         runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STOPPED_EVENT"))
-        await until(lambda: len(colony.keys()) == 1, within=10)
+        await clock.until(lambda: len(colony.keys()) == 1, within=10)
         second = {s.service.pod_name: s.service.provenance.value for s in registry.services()}
         discovery = AuditQuery(kind=AuditKind.DISCOVERY)
-        await until(lambda: len(registry.audit(discovery)) == 3, within=5)
+        await clock.until(lambda: len(registry.audit(discovery)) == 3, within=5)
         events = [
             (e.action, e.pod_name, e.node_name, e.provenance) for e in (r.entry for r in registry.audit(discovery))
         ]
         runtime.down = True  # discovery is blind: the agent must not claim to be healthy
         runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STOPPED_EVENT"))
-        await until(lambda: registry.agents()[0].health == "unhealthy", within=5)
+        await clock.until(lambda: registry.agents()[0].health == "unhealthy", within=5)
         stop.set()
         await task
         await colony.stop()
         return first, second, events
 
-    first, second, events = asyncio.run(scenario())
+    first, second, events = clock.run(scenario())
     assert (first, second) == ({"a": "node-a", "b": "node-a"}, {"b": "discovered"})
     assert events == [
         ("added", "a", "node-a", "discovered"),
@@ -267,10 +278,12 @@ class SyncedApi:
 
 
 def test_without_the_runtime_the_api_fallback_keeps_discovery_going_and_health_says_degraded(tmp_path: Path) -> None:
+    clock = VirtualClock()
+
     async def scenario() -> tuple[bool, list[str], str]:
         runtime = ScriptedRuntime()
         runtime.down = True
-        agent = make_agent(tmp_path, runtime)
+        agent = make_agent(tmp_path, runtime, clock)
         agent.kube = SyncedApi([pod("from-api")])  # type: ignore[assignment]
         agent.known = await agent.cache.open()
         passed = await agent.reconcile_once()
@@ -279,46 +292,52 @@ def test_without_the_runtime_the_api_fallback_keeps_discovery_going_and_health_s
         await agent.cache.writer.close()
         return passed, names, health
 
-    assert asyncio.run(scenario()) == (True, ["from-api"], "degraded")
+    assert clock.run(scenario()) == (True, ["from-api"], "degraded")
 
 
 def test_a_task_exit_is_followed_by_a_second_pass_once_the_runtime_has_settled(tmp_path: Path) -> None:
     """The CRI plugin marks a stopped sandbox NOTREADY only after handling the exit: the pass the event
     triggers may still see it READY, and no later event comes. The agent passes again RECHECK_S later."""
+    clock = VirtualClock()
 
-    async def scenario() -> tuple[int, int]:
+    async def scenario() -> tuple[float, int, int]:
         runtime = ScriptedRuntime()
         runtime.current = [pod("a")]
-        agent = make_agent(tmp_path, runtime)
+        agent = make_agent(tmp_path, runtime, clock)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: len(agent.known.services) == 1)
+        await clock.until(lambda: len(agent.known.services) == 1, within=1)
         runtime.events_queue.put_nowait(RuntimeEvent("containerd", "/tasks/exit", "sb-a", exited=True))
-        await until(lambda: runtime.lists >= 2)
+        await clock.until(lambda: runtime.lists >= 2, within=1)
+        exited_at = clock.monotonic()
         runtime.current = []  # what the runtime says once it has handled the exit
-        await until(lambda: not agent.known.services, within=2 * RECHECK_S + 0.5)
+        await clock.until(lambda: not agent.known.services, within=2 * RECHECK_S)
+        rechecked_after = clock.monotonic() - exited_at
         quiet = runtime.lists
-        await asyncio.sleep(2 * RECHECK_S)
+        await clock.sleep(2 * RECHECK_S)
         stop.set()
         await task
-        return quiet, runtime.lists
+        return rechecked_after, quiet, runtime.lists
 
-    quiet, later = asyncio.run(scenario())
+    rechecked_after, quiet, later = clock.run(scenario())
+    assert rechecked_after <= RECHECK_S
     assert later == quiet, "one re-check, not a polling loop"
 
 
 def test_the_events_condition_is_set_as_soon_as_the_stream_is_open(tmp_path: Path) -> None:
+    clock = VirtualClock()
+
     async def scenario() -> tuple[bool, str]:
         runtime = ScriptedRuntime()
         runtime.events_queue.put_nowait(RuntimeEvent.subscribed("containerd"))
-        agent = make_agent(tmp_path, runtime)
+        agent = make_agent(tmp_path, runtime, clock)
         stop = asyncio.Event()
         task = asyncio.create_task(agent.run(stop))
-        await until(lambda: "events" in agent.conditions)
+        await clock.until(lambda: "events" in agent.conditions, within=1)
         stop.set()
         await task
         condition = agent.conditions.get("events")
         assert condition is not None
         return condition.ok, condition.reason
 
-    assert asyncio.run(scenario()) == (True, "streaming (containerd)")
+    assert clock.run(scenario()) == (True, "streaming (containerd)")

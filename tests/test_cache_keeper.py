@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 import pytest
 
 from coral_base.backoff import Backoff
+from coral_base.clock import VirtualClock
 from cri_agent import cache_keeper
 from cri_agent.cache.reader import CacheReader
 from cri_agent.cache.writer import Cache, CacheContents, CacheWriter
@@ -38,18 +39,10 @@ class BreakableWriter(CacheWriter):
         await super().reopen()
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 class Harness:
     def __init__(self, path: Path) -> None:
         self.writer = BreakableWriter(path)
-        self.clock = Clock()
+        self.clock = VirtualClock(start=1000.0)
         self.states: list[tuple[bool, str]] = []
         self.memory = CacheContents(
             services={},
@@ -90,17 +83,17 @@ def test_an_outage_is_reported_once_held_in_memory_and_written_back_with_one_eve
     async def scenario(h: Harness) -> None:
         first = reconciliation([service(8080)], events=1)
         h.writer.broken = True
-        await h.keeper.apply(first, now=h.clock.now, touch=False, retention=(1000, 30))
-        h.clock.now += 0.5
+        await h.keeper.apply(first, now=h.clock.time(), touch=False, retention=(1000, 30))
+        h.clock.advance(0.5)
         await h.keeper.check()  # retry not due yet
         await h.keeper.state(lambda c: c.set_meta({"x": "1"}))  # skipped: memory has it
         h.memory = CacheContents({s.key: s for s in [service(8080)]}, {decision().uid: decision()}, [], [], {})
-        h.clock.now += 1.0
+        h.clock.advance(1.0)
         await h.keeper.check()  # due, still broken
         assert [ok for ok, _ in h.states] == [True, False], "reported once"
         assert "database or disk is full" in h.states[-1][1]
         h.writer.broken = False
-        h.clock.now += 1.0
+        h.clock.advance(1.0)
         await h.keeper.check()
 
         cache = h.read()
@@ -124,10 +117,10 @@ def test_past_the_memory_bound_the_oldest_events_are_dropped_and_counted(
         h.writer.broken = True
         for _ in range(5):
             await h.keeper.apply(
-                reconciliation([service(8080)], events=1), now=h.clock.now, touch=False, retention=(9, 9)
+                reconciliation([service(8080)], events=1), now=h.clock.time(), touch=False, retention=(9, 9)
             )
         h.writer.broken = False
-        h.clock.now += 5
+        h.clock.advance(5)
         await h.keeper.check()
         [*held, recovery] = h.read().events()
         assert len(held) == 2 and "3 older ones exceeded the memory bound" in recovery.reason
@@ -137,13 +130,15 @@ def test_past_the_memory_bound_the_oldest_events_are_dropped_and_counted(
 
 def test_a_deleted_file_is_recreated_from_memory_with_the_gap_recorded(tmp_path: Path) -> None:
     async def scenario(h: Harness) -> None:
-        await h.keeper.apply(reconciliation([service(8080)], events=1), now=h.clock.now, touch=False, retention=(9, 9))
+        await h.keeper.apply(
+            reconciliation([service(8080)], events=1), now=h.clock.time(), touch=False, retention=(9, 9)
+        )
         h.memory = CacheContents({service(8080).key: service(8080)}, {}, [], [], {"agent_id": "a"})
         for suffix in ("", "-wal", "-shm"):
             (tmp_path / f"agent.db{suffix}").unlink(missing_ok=True)
         await h.keeper.check()
         assert h.states[-1][0] is False and "was deleted while the agent ran" in h.states[-1][1]
-        h.clock.now += 1.0
+        h.clock.advance(1.0)
         await h.keeper.check()
         cache = h.read()
         [gap] = cache.events()

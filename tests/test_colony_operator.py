@@ -1,4 +1,5 @@
-"""`coral agents|services|audit` against a real colony process: tokens, grouping, filters, errors."""
+"""`coral agents|services|audit` against a real colony (in this process, on its own thread): tokens,
+grouping, filters, errors."""
 
 from __future__ import annotations
 
@@ -10,19 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from coral_base.backoff import Backoff
 from coral_cli import main
 from coral_colony.identity import init_colony
 from cri_agent.model import Provenance, ServiceInfo
 from cri_agent.sync import ColonyEndpoint, ColonySync
-from integration.harness.colony import ColonyProcess, free_port
+from tests.colony import ColonyThread, free_port
 from tests.test_sync import svc
 
 
-def publish(colony: ColonyProcess, agent_id: str, node: str, services: list[ServiceInfo]) -> None:
+def publish(colony: ColonyThread, agent_id: str, node: str, services: list[ServiceInfo]) -> None:
     """Register ``services`` as a node agent would, then leave (no deregistration)."""
 
-    async def scenario() -> None:
+    async def register() -> bool:
         sync = ColonySync(
             ColonyEndpoint(
                 address=colony.address,
@@ -34,38 +34,37 @@ def publish(colony: ColonyProcess, agent_id: str, node: str, services: list[Serv
                 node_labels={"topology.kubernetes.io/zone": node[-1]},
                 ca_pem=colony.ca.read_bytes(),
             ),
-            backoff=Backoff(initial=0.05, maximum=0.2),
         )
         sync.set_services({s.key: replace(s, node_name=node) for s in services}, {})
         task = asyncio.create_task(sync.run())
-        while not sync.in_sync:  # noqa: ASYNC110 - polling the sync's own state
-            await asyncio.sleep(0.02)
+        await sync.session()  # the colony took the full set
         task.cancel()
+        return sync.in_sync
 
-    asyncio.run(asyncio.wait_for(scenario(), 10))
-
-
-@pytest.fixture(scope="module")
-def colony(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColonyProcess]:
-    process = ColonyProcess(tmp_path_factory.mktemp("operator") / "colony").start()
-    publish(process, "agent-a", "node-a", [svc(1), replace(svc(2), provenance=Provenance.EXPLICIT)])
-    publish(process, "agent-b", "node-b", [replace(svc(3), namespace="billing")])
-    yield process
-    assert process.stop() == 0, process.log()
+    assert colony.call(register())
 
 
 @pytest.fixture(scope="module")
-def token(colony: ColonyProcess) -> str:
+def colony(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColonyThread]:
+    thread = ColonyThread(tmp_path_factory.mktemp("operator") / "colony").start()
+    publish(thread, "agent-a", "node-a", [svc(1), replace(svc(2), provenance=Provenance.EXPLICIT)])
+    publish(thread, "agent-b", "node-b", [replace(svc(3), namespace="billing")])
+    yield thread
+    thread.stop()
+
+
+@pytest.fixture(scope="module")
+def token(colony: ColonyThread) -> str:
     return colony.token("alice")
 
 
-def coral(colony: ColonyProcess, *args: str, token: str = "", ca: Path | None = None) -> list[str]:
+def coral(colony: ColonyThread, *args: str, token: str = "", ca: Path | None = None) -> list[str]:
     flags = ["--colony", colony.address, "--ca", str(ca or colony.ca)] + (["--token", token] if token else [])
     return [args[0], *flags, *args[1:]]
 
 
 def test_an_operator_without_a_token_is_refused_and_audited(
-    colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    colony: ColonyThread, token: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("CORAL_TOKEN", raising=False)
     assert main(coral(colony, "agents")) == 2
@@ -77,7 +76,7 @@ def test_an_operator_without_a_token_is_refused_and_audited(
     assert any(d.startswith("unknown token from") for d in refusals)
 
 
-def test_agents_lists_both_nodes(colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_agents_lists_both_nodes(colony: ColonyThread, token: str, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(coral(colony, "agents", "-o", "json", token=token)) == 0
     agents = json.loads(capsys.readouterr().out)
     assert [(a["node_name"], a["agent_id"], a["kind"], a["state"], a["services"]) for a in agents] == [
@@ -91,7 +90,7 @@ def test_agents_lists_both_nodes(colony: ColonyProcess, token: str, capsys: pyte
 
 
 def test_services_are_grouped_by_node_agent_and_filtered(
-    colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str]
+    colony: ColonyThread, token: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(coral(colony, "services", token=token)) == 0
     out = capsys.readouterr().out
@@ -107,7 +106,7 @@ def test_services_are_grouped_by_node_agent_and_filtered(
 
 
 def test_audit_shows_registrations_with_node_and_provenance(
-    colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str]
+    colony: ColonyThread, token: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(coral(colony, "audit", "--kind", "registration", "--node", "node-a", "-o", "json", token=token)) == 0
     entries = json.loads(capsys.readouterr().out)
@@ -121,7 +120,7 @@ def test_audit_shows_registrations_with_node_and_provenance(
 
 
 def test_a_colony_signed_by_another_ca_is_refused_with_a_clear_error(
-    colony: ColonyProcess, token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    colony: ColonyThread, token: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     other = init_colony(tmp_path / "other", colony_id="other", hosts=["127.0.0.1"])
     assert main(coral(colony, "agents", token=token, ca=other.ca_cert)) == 2
@@ -129,7 +128,7 @@ def test_a_colony_signed_by_another_ca_is_refused_with_a_clear_error(
 
 
 def test_an_unreachable_colony_exits_1_and_says_so(
-    colony: ColonyProcess, token: str, capsys: pytest.CaptureFixture[str]
+    colony: ColonyThread, token: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     args = ["agents", "--colony", f"127.0.0.1:{free_port()}", "--ca", str(colony.ca), "--token", token]
     assert main(args) == 1

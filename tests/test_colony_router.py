@@ -12,6 +12,7 @@ import grpc
 import grpc.aio
 import pytest
 
+from coral_base.clock import VirtualClock
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_colony.model import (
     Action,
@@ -80,6 +81,8 @@ async def _allow(agent_id: str, token: str) -> bool:
 
 
 def test_a_request_is_relayed_and_an_agent_that_drops_fails_it_at_once() -> None:
+    clock = VirtualClock()
+
     async def scenario() -> tuple[list[str | None], Any, Any, str]:
         router = Router(_allow)
         server, port = await _serve(router)
@@ -106,8 +109,7 @@ def test_a_request_is_relayed_and_an_agent_that_drops_fails_it_at_once() -> None
                         return
 
             agent = asyncio.create_task(fake_agent())
-            while not router.connected("a"):  # noqa: ASYNC110 - polling the router's own state
-                await asyncio.sleep(0.01)
+            await clock.until(lambda: router.connected("a"), within=5)
             kinds: list[str | None] = [m.WhichOneof("body") async for m in router.run("a", operation("1", Action.TAP))]
             first = [m async for m in router.run("a", operation("2", Action.PROFILE))][-1]
             await agent
@@ -116,7 +118,7 @@ def test_a_request_is_relayed_and_an_agent_that_drops_fails_it_at_once() -> None
         await server.stop(None)
         return kinds, first.result.outcome, first.result.error, ""
 
-    kinds, outcome, error, _ = asyncio.run(asyncio.wait_for(scenario(), 10))
+    kinds, outcome, error, _ = clock.run(asyncio.wait_for(scenario(), 10))
     assert kinds == ["chunk", "result"]
     assert (outcome, error) == ("failed", "agent a disconnected during the operation")
 

@@ -1,4 +1,5 @@
-"""serve() owns the registry's writer: it creates it before anything reads the file and closes it on every way out."""
+"""serve(): it owns the registry's writer (made before anything reads the file, closed on every way out),
+and its housekeeping runs on the colony's clock (here a virtual one)."""
 
 from __future__ import annotations
 
@@ -10,10 +11,16 @@ from pathlib import Path
 
 import pytest
 
+from coral_base.clock import VirtualClock
 from coral_colony.identity import ColonyIdentity, init_colony
+from coral_colony.model import AgentState, AuditKind, AuditQuery
 from coral_colony.server import serve
+from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.schema import SCHEMA_VERSION, version_of
 from coral_colony.stores.writer import RegistryWriter
+from cri_agent.sync import ColonyEndpoint, ColonySync
+from tests.colony import free_port, serving
+from tests.test_sync import svc
 
 
 def writer_threads() -> list[str]:
@@ -26,30 +33,28 @@ def identity(tmp_path: Path) -> ColonyIdentity:
 
 
 def test_serve_creates_the_registry_and_closes_its_writer_when_stopped(
-    identity: ColonyIdentity, tmp_path: Path
-) -> None:
-    database = tmp_path / "colony.db"
-
-    async def scenario() -> list[str]:
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            serve(identity, listen="127.0.0.1:0", database=database, stop=stop, web_listen="", heartbeat_timeout=0.3)
-        )
-        await asyncio.sleep(0.5)  # the registry clock has written through the writer
-        running = writer_threads()
-        stop.set()
-        await asyncio.wait_for(task, 10)
-        return running
-
-    assert asyncio.run(scenario()) != []
-    assert writer_threads() == []
-    with sqlite3.connect(database) as db:
-        assert version_of(db) == SCHEMA_VERSION
-
-
-def test_a_colony_that_cannot_listen_still_closes_its_writer(
     identity: ColonyIdentity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    database = tmp_path / "colony.db"
+    closed = record_closes(monkeypatch)
+
+    async def scenario() -> int:
+        stop, started = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(
+            serve(identity, listen="127.0.0.1:0", database=database, stop=stop, web_listen="", started=started)
+        )
+        await started.wait()
+        with sqlite3.connect(database) as db:  # made and migrated before anything could read it
+            version = version_of(db)
+        stop.set()
+        await task
+        return version
+
+    assert asyncio.run(scenario()) == SCHEMA_VERSION
+    assert (closed, writer_threads()) == ([database], [])
+
+
+def record_closes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     closed: list[Path] = []
     close = RegistryWriter.close
 
@@ -58,6 +63,13 @@ def test_a_colony_that_cannot_listen_still_closes_its_writer(
         close(writer)
 
     monkeypatch.setattr(RegistryWriter, "close", recorded)
+    return closed
+
+
+def test_a_colony_that_cannot_listen_still_closes_its_writer(
+    identity: ColonyIdentity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    closed = record_closes(monkeypatch)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -75,3 +87,47 @@ def test_a_colony_that_cannot_listen_still_closes_its_writer(
         with pytest.raises(RuntimeError):
             asyncio.run(scenario())
     assert (closed, writer_threads()) == ([tmp_path / "colony.db"], [])
+
+
+def test_a_silent_agent_is_marked_unreachable_then_dropped_on_the_colonys_clock(tmp_path: Path) -> None:
+    directory = tmp_path / "colony"
+    identity = init_colony(directory, colony_id="c1", hosts=["127.0.0.1"])
+    clock = VirtualClock()
+    port = free_port()
+
+    async def scenario() -> tuple[float, float, list[str]]:
+        async with serving(directory, port=port, clock=clock, heartbeat_timeout=45, ttl=600):
+            sync = ColonySync(
+                ColonyEndpoint(
+                    address=f"127.0.0.1:{port}",
+                    colony_id="c1",
+                    secret=identity.secret(),
+                    agent_id="node-agent-a",
+                    node_name="node-a",
+                    version="0.1.0",
+                    node_labels={},
+                    ca_pem=identity.ca_cert.read_bytes(),
+                ),
+                clock=clock,
+            )
+            sync.set_services({svc(1).key: svc(1)}, {})
+            task = asyncio.create_task(sync.run())
+            await sync.session()
+            task.cancel()  # the agent falls silent: no heartbeat, no goodbye
+            registry = RegistryReader(directory / "colony.db")
+            # Measured from the colony's own record: virtual time may move while a real RPC is in flight.
+            silent_at = registry.agents()[0].last_heartbeat - clock.time() + clock.monotonic()
+            try:
+                await clock.until(lambda: registry.agents()[0].state is AgentState.UNREACHABLE, within=60)
+                unreachable = clock.monotonic() - silent_at
+                await clock.until(lambda: not registry.agents(), within=600)
+                dropped = clock.monotonic() - silent_at
+                actions = [r.entry.action for r in registry.audit(AuditQuery(kind=AuditKind.AGENT))]
+            finally:
+                registry.close()
+        return unreachable, dropped, actions
+
+    unreachable, dropped, actions = clock.run(scenario())
+    assert 45 < unreachable <= 50, "expiry runs every 5 s: within one round of the heartbeat timeout"
+    assert 600 < dropped <= 605
+    assert "agent.unreachable" in actions

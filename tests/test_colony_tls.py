@@ -1,4 +1,6 @@
-"""`coral colony init|start` and agents over TLS with a pinned CA: a real colony process."""
+"""`coral colony init`, and agents over TLS with a pinned CA against what `coral colony start` runs,
+in this process. The agent runs on a virtual clock (its retries take no real time); the colony on the
+real one, so that no timer of its own moves virtual time while a handshake is in flight."""
 
 from __future__ import annotations
 
@@ -6,18 +8,18 @@ import asyncio
 import logging
 import sqlite3
 import stat
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from coral_base.backoff import Backoff
+from coral_base.clock import VirtualClock
 from coral_cli import main
 from cri_agent.model import ServiceKey
 from cri_agent.sync import ColonyEndpoint, ColonySync
-from integration.harness.colony import ColonyProcess
-from tests.colony import logged
+from tests.colony import free_port, logged, serving
 from tests.test_sync import svc
 
 
@@ -41,13 +43,12 @@ def test_init_writes_the_identity_with_private_files_and_refuses_to_overwrite(
 
 
 @pytest.fixture
-def colony(tmp_path: Path) -> Iterator[tuple[Path, int]]:
+def colony(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> Iterator[tuple[Path, int]]:
+    caplog.set_level(logging.DEBUG)  # everything the colony and the agent log: the secret in none of it
     directory = tmp_path / "colony"
     init(directory)
-    process = ColonyProcess(directory, colony_id="prod").start()
-    yield directory, process.port
-    assert process.stop() == 0, process.log()
-    assert (directory / "colony-secret").read_text().strip() not in process.log()
+    yield directory, free_port()
+    assert (directory / "colony-secret").read_text().strip() not in logged(caplog)
 
 
 @dataclass(slots=True)
@@ -59,7 +60,7 @@ class CountingBackoff(Backoff):
         return Backoff.next(self)
 
 
-def sync_with(directory: Path, port: int, *, ca: Path, secret: str | None = None) -> ColonySync:
+def sync_with(directory: Path, port: int, *, ca: Path, clock: VirtualClock, secret: str | None = None) -> ColonySync:
     return ColonySync(
         ColonyEndpoint(
             address=f"127.0.0.1:{port}",
@@ -72,22 +73,27 @@ def sync_with(directory: Path, port: int, *, ca: Path, secret: str | None = None
             heartbeat_interval_s=0.2,
             ca_pem=ca.read_bytes(),
         ),
-        backoff=CountingBackoff(initial=0.05, maximum=0.2),
+        backoff=CountingBackoff(initial=0.05, maximum=0.2, clock=clock),
     )
 
 
-def run_for(sync: ColonySync, seconds: float) -> None:
-    async def scenario() -> None:
-        sync.set_services({ServiceKey(svc(1).key): svc(1)}, {})
-        task = asyncio.create_task(sync.run())
-        deadline = asyncio.get_running_loop().time() + seconds
-        while not sync.in_sync and asyncio.get_running_loop().time() < deadline:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+def run_until(directory: Path, port: int, sync: ColonySync, clock: VirtualClock, done: Callable[[], bool]) -> float:
+    """The colony serving and the sync running until ``done()``; the virtual seconds that took.
 
-    asyncio.run(scenario())
+    A condition, not a duration: each attempt is a real TLS handshake, which virtual time must not
+    outrun."""
+
+    async def scenario() -> float:
+        async with serving(directory, port=port):
+            sync.set_services({ServiceKey(svc(1).key): svc(1)}, {})
+            task = asyncio.create_task(sync.run())
+            await clock.until(done, within=30)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return clock.monotonic()
+
+    return clock.run(scenario())
 
 
 def registered(directory: Path) -> list[str]:
@@ -99,8 +105,9 @@ def registered(directory: Path) -> list[str]:
 
 def test_an_agent_pinning_the_colony_ca_registers_over_tls(colony: tuple[Path, int]) -> None:
     directory, port = colony
-    sync = sync_with(directory, port, ca=directory / "ca.crt")
-    run_for(sync, 10)
+    clock = VirtualClock()
+    sync = sync_with(directory, port, ca=directory / "ca.crt", clock=clock)
+    run_until(directory, port, sync, clock, lambda: sync.in_sync)
     assert (sync.in_sync, registered(directory)) == (True, [svc(1).key])
 
 
@@ -109,8 +116,11 @@ def test_a_colony_signed_by_another_ca_is_refused_with_a_clear_reason(
 ) -> None:
     directory, port = colony
     init(tmp_path / "impostor")
-    sync = sync_with(directory, port, ca=tmp_path / "impostor" / "ca.crt")
-    run_for(sync, 1.5)
+    clock = VirtualClock()
+    sync = sync_with(directory, port, ca=tmp_path / "impostor" / "ca.crt", clock=clock)
+    assert isinstance(sync.backoff, CountingBackoff)
+    waits = sync.backoff
+    run_until(directory, port, sync, clock, lambda: waits.waits >= 3)
     assert (sync.connected, registered(directory)) == (False, [])
     assert "TLS handshake with the colony" in logged(caplog) and "colony.caFile" in logged(caplog)
 
@@ -120,8 +130,11 @@ def test_a_wrong_secret_is_refused_and_says_what_to_check(
 ) -> None:
     caplog.set_level(logging.WARNING)
     directory, port = colony
-    sync = sync_with(directory, port, ca=directory / "ca.crt", secret="not-the-secret")
-    run_for(sync, 1.5)
+    clock = VirtualClock()
+    sync = sync_with(directory, port, ca=directory / "ca.crt", secret="not-the-secret", clock=clock)
     assert isinstance(sync.backoff, CountingBackoff)
-    assert (sync.connected, registered(directory), sync.backoff.waits < 25) == (False, [], True)
+    waits = sync.backoff
+    took = run_until(directory, port, sync, clock, lambda: waits.waits >= 8)
+    # waits of 0.05, 0.1, 0.2, 0.2... (+/- 20 %): seven of them take a second, retries are no hot loop
+    assert (sync.connected, registered(directory), took >= 0.8 * 1.15) == (False, [], True)
     assert "UNAUTHENTICATED" in logged(caplog) and "check the agent's colony Secret" in logged(caplog)

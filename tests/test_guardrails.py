@@ -6,16 +6,10 @@ import re
 
 import pytest
 
+from coral_base.clock import VirtualClock
 from coral_base.vocabulary import Action
 from cri_agent.config import OpsSettings
 from cri_agent.ops.guardrails import Guardrails, Refused, Request
-
-
-class Clock:
-    now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def request(action: str = "tap", *, pod: str = "p1", operator: str = "alice", **changes: object) -> Request:
@@ -87,14 +81,14 @@ def test_one_per_pod_and_a_node_wide_cap_until_released() -> None:
 
 
 def test_the_rate_limit_is_per_operator_over_a_sliding_minute() -> None:
-    clock = Clock()
+    clock = VirtualClock()
     guard = Guardrails(OpsSettings(rate_per_minute=2, max_concurrent=10), clock=clock)
     for pod in ("a", "b"):
         guard.release(guard.admit(request(pod=pod), pod_known=True, namespace_included=True))
     with pytest.raises(Refused, match=re.escape("ops.ratePerMinute=2 operations a minute for alice; retry in 60s")):
         admit(guard, request(pod="c"))
     admit(guard, request(pod="c", operator="bob"))
-    clock.now += 60.5
+    clock.advance(60.5)
     admit(guard, request(pod="d"))
 
 

@@ -1,4 +1,4 @@
-"""Health probes against real servers on loopback, and the scheduler around them."""
+"""Health probes against real servers on loopback, and the scheduler around them (on a virtual clock)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from coral_base.clock import VirtualClock
 from cri_agent.health import HealthChecker, aggregate, probe, probeable
 from cri_agent.model import Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
 
@@ -45,7 +46,7 @@ def answering(status: bytes) -> Handler:
 
 
 async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    await asyncio.sleep(5)
+    await reader.read()  # never answers: the probe gives up first and closes the connection
 
 
 @asynccontextmanager
@@ -62,7 +63,7 @@ async def probe_with(handler: Handler | None, endpoint: str = "/healthz") -> tup
         result = await probe(service(port, endpoint), within=1.0)
     else:
         async with server(handler) as port:
-            result = await probe(service(port, endpoint), within=0.3)
+            result = await probe(service(port, endpoint), within=0.05)
     return result.ok, result.error
 
 
@@ -73,7 +74,7 @@ async def probe_with(handler: Handler | None, endpoint: str = "/healthz") -> tup
         (answering(b"HTTP/1.1 204 No Content"), "/healthz", True, ""),
         (answering(b"HTTP/1.1 503 Service Unavailable"), "/healthz", False, "HTTP 503 Service Unavailable"),
         (answering(b"SSH-2.0-OpenSSH"), "/healthz", False, "not an HTTP answer: 'SSH-2.0-OpenSSH'"),
-        (silent, "/healthz", False, "no answer within 0.3s"),
+        (silent, "/healthz", False, "no answer within 0.05s"),
         (silent, "", True, ""),  # no endpoint: a TCP connect is the whole check
         (None, "", False, "Connection refused"),
     ],
@@ -91,45 +92,55 @@ def test_only_tcp_services_with_a_pod_ip_are_probed(changes: dict[str, object], 
 
 
 def test_the_checker_reports_state_changes_once_and_follows_recovery() -> None:
-    async def scenario() -> list[tuple[str, str]]:
+    clock = VirtualClock()
+
+    async def scenario() -> tuple[list[tuple[str, str]], list[float]]:
         status = {"line": b"HTTP/1.1 200 OK"}
 
         async def flipping(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             await answering(status["line"])(reader, writer)
 
         changes: list[tuple[str, str]] = []
+        rounds: list[float] = []
 
         async def report(results: list[Health], changed: list[Health]) -> None:
+            rounds.append(clock.monotonic())
             changes.extend((h.state.value, h.last_error) for h in changed)
 
         async with server(flipping) as port:
-            checker = HealthChecker(report=report, timeout=0.5, tick=0.01)
+            checker = HealthChecker(report=report, timeout=0.5, clock=clock)
             checker.set_services({service(port, "/healthz").key: service(port, "/healthz")})
             task = asyncio.create_task(checker.run())
-            await asyncio.sleep(0.3)
+            # Conditions, not durations: virtual time must not move while a probe's answer is in flight.
+            await clock.until(lambda: len(changes) == 1, within=1)
             status["line"] = b"HTTP/1.1 500 Internal Server Error"
-            await asyncio.sleep(0.3)
+            await clock.until(lambda: len(changes) == 2, within=1)
             status["line"] = b"HTTP/1.1 200 OK"
-            await asyncio.sleep(0.3)
+            await clock.until(lambda: len(changes) == 3, within=1)
             task.cancel()
-        return changes
+        return changes, rounds
 
-    assert asyncio.run(scenario()) == [
+    changes, rounds = clock.run(scenario())
+    assert changes == [
         ("healthy", ""),
         ("unhealthy", "HTTP 500 Internal Server Error"),
         ("healthy", ""),
     ]
+    assert rounds == [0.0, 0.05, 0.1], "one round per health interval (50 ms), the first at once"
 
 
 def test_probes_in_flight_are_capped() -> None:
     async def scenario() -> int:
         in_flight = peak = 0
+        three = asyncio.Event()
 
         async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             nonlocal in_flight, peak
             in_flight += 1
             peak = max(peak, in_flight)
-            await asyncio.sleep(0.05)
+            if in_flight == 3:
+                three.set()
+            await three.wait()  # the first probes stay in flight until as many as the cap are
             in_flight -= 1
             await answering(b"HTTP/1.1 200 OK")(reader, writer)
 

@@ -6,6 +6,7 @@ import asyncio
 
 import pytest
 
+from coral_base.clock import VirtualClock
 from coral_base.lifecycle import Stage, StopPolicy, run_stages
 
 
@@ -65,17 +66,18 @@ def test_a_failing_stage_ends_the_run_with_its_error_and_the_others_are_stopped(
 
 
 def test_a_stage_that_overruns_its_bound_is_cancelled(caplog: pytest.LogCaptureFixture) -> None:
-    async def scenario() -> None:
+    async def scenario() -> float:
         async def stubborn() -> None:
             await asyncio.Event().wait()  # never looks at the stop flag
 
         stop = asyncio.Event()
         stop.set()
-        await run_stages(
-            [Stage("discovery", stubborn, StopPolicy.FINISH)], stop, on_stopping=lambda: None, grace_s=0.01
-        )
+        stages = [Stage("discovery", stubborn, StopPolicy.FINISH)]
+        await run_stages(stages, stop, on_stopping=lambda: None, grace_s=10.0, clock=clock)
+        return clock.monotonic()
 
-    asyncio.run(scenario())
+    clock = VirtualClock()
+    assert clock.run(scenario()) == 10.0, "given its whole bound, no more"
     assert "stage.overran" in caplog.text
 
 

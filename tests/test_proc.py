@@ -193,9 +193,10 @@ def test_live_proc_sees_a_real_listener_and_its_socket_inode() -> None:
         [
             sys.executable,
             "-c",
-            "import socket,sys,time; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen();"
-            "print(s.getsockname()[1], flush=True); time.sleep(30)",
+            "import socket,sys; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen();"
+            "print(s.getsockname()[1], flush=True); sys.stdin.read()",  # listens until killed
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -207,4 +208,4 @@ def test_live_proc_sees_a_real_listener_and_its_socket_inode() -> None:
         assert (sock.address, sock.inode in proc.socket_inodes(child.pid)) == ("127.0.0.1", True)
     finally:
         child.kill()
-        child.wait()
+        child.communicate()  # reaps it and closes its pipes

@@ -21,13 +21,14 @@ def listener() -> Iterator[tuple[int, int]]:
         [
             sys.executable,
             "-c",
-            "import socket,time\n"
+            "import socket,sys\n"
             "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); port=s.getsockname()[1]\n"
             "t=socket.socket(socket.AF_INET6); t.bind(('::1',port)); t.listen()\n"
             "u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); u.bind(('127.0.0.1',port))\n"
             "c=socket.socket(socket.AF_INET6,socket.SOCK_DGRAM); c.connect(('::1',port))\n"
-            "print(port, flush=True); time.sleep(30)",
+            "print(port, flush=True); sys.stdin.read()",  # listens until killed
         ],
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -35,7 +36,7 @@ def listener() -> Iterator[tuple[int, int]]:
     port = int(child.stdout.readline())
     yield child.pid, port
     child.kill()
-    child.wait()
+    child.communicate()  # reaps it and closes its pipes
 
 
 def test_listeners_of_a_netns_come_back_with_address_and_inode(listener: tuple[int, int]) -> None:

@@ -1,4 +1,7 @@
-"""Agent -> colony sync against a real colony server that dies, returns, and forgets."""
+"""Agent -> colony sync against a real colony server that dies, returns, and forgets.
+
+The sync's backoff and heartbeats run on a VirtualClock: a retry is due as soon as the loop is
+idle, and "within" means seconds of the sync's own time."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 
 from coral_base.backoff import Backoff
+from coral_base.clock import VirtualClock
 from coral_base.vocabulary import AgentHealth
 from coral_colony.model import AuditKind, AuditQuery
 from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
@@ -50,28 +54,23 @@ def target(port: int) -> ColonyEndpoint:
     )
 
 
-async def until(predicate: Callable[[], bool], within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not predicate():
-        assert asyncio.get_running_loop().time() < deadline, "not reached in time"
-        await asyncio.sleep(0.01)
+def run(tmp_path: Path, scenario: Callable[[Colony, ColonySync, VirtualClock], Any]) -> Any:
+    clock = VirtualClock()
 
-
-def run(tmp_path: Path, scenario: Callable[[Colony, ColonySync], Any]) -> Any:
     async def main() -> Any:
         colony = Colony(tmp_path / "colony.db")
         await colony.start()
-        sync = ColonySync(target(colony.port), backoff=Backoff(initial=0.05, maximum=0.2))
+        sync = ColonySync(target(colony.port), backoff=Backoff(initial=0.05, maximum=0.2, clock=clock))
         task = asyncio.create_task(sync.run())
         try:
-            return await scenario(colony, sync)
+            return await scenario(colony, sync, clock)
         finally:
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             await colony.stop()
 
-    return asyncio.run(main())
+    return clock.run(main())
 
 
 def expected(*services: ServiceInfo) -> dict[str, str]:
@@ -79,12 +78,12 @@ def expected(*services: ServiceInfo) -> dict[str, str]:
 
 
 def test_full_set_then_deltas_reach_the_colony(tmp_path: Path) -> None:
-    async def scenario(colony: Colony, sync: ColonySync) -> tuple[dict[str, str], dict[str, str]]:
+    async def scenario(colony: Colony, sync: ColonySync, clock: VirtualClock) -> tuple[dict[str, str], dict[str, str]]:
         sync.set_services({s.key: s for s in (svc(1), svc(2), svc(3))}, {})
-        await until(lambda: sync.in_sync and colony.keys() == expected(svc(1), svc(2), svc(3)))
+        await clock.until(lambda: sync.in_sync and colony.keys() == expected(svc(1), svc(2), svc(3)), within=5)
         first = colony.keys()
         sync.set_services({s.key: s for s in (svc(1, ip="10.250.0.9"), svc(3), svc(4))}, {})
-        await until(lambda: sync.in_sync)
+        await clock.until(lambda: sync.in_sync, within=5)
         return first, colony.keys()
 
     first, second = run(tmp_path, scenario)
@@ -92,40 +91,42 @@ def test_full_set_then_deltas_reach_the_colony(tmp_path: Path) -> None:
 
 
 def test_changes_made_while_the_colony_is_down_arrive_as_the_net_change(tmp_path: Path) -> None:
-    async def scenario(colony: Colony, sync: ColonySync) -> dict[str, str]:
+    async def scenario(colony: Colony, sync: ColonySync, clock: VirtualClock) -> dict[str, str]:
         sync.set_services({s.key: s for s in (svc(1), svc(2))}, {})
-        await until(lambda: sync.in_sync)
+        await clock.until(lambda: sync.in_sync, within=5)
         await colony.stop()
         for services in ([svc(2), svc(3)], [svc(3), svc(4), svc(5)], [svc(3), svc(5, ip="10.250.0.7")]):
             sync.set_services({s.key: s for s in services}, {})
-            await asyncio.sleep(0.1)
+            await clock.sleep(0.1)
         await colony.start()
-        await until(lambda: sync.in_sync and sync.connected)
+        await clock.until(lambda: sync.in_sync and sync.connected, within=5)
         return colony.keys()
 
     assert run(tmp_path, scenario) == expected(svc(3), svc(5, ip="10.250.0.7"))
 
 
 def test_a_colony_restarted_with_an_empty_registry_gets_the_full_set_again(tmp_path: Path) -> None:
-    async def scenario(colony: Colony, sync: ColonySync) -> dict[str, str]:
+    async def scenario(colony: Colony, sync: ColonySync, clock: VirtualClock) -> dict[str, str]:
         sync.set_services({s.key: s for s in (svc(1), svc(2))}, {})
-        await until(lambda: sync.in_sync and len(colony.keys()) == 2)
+        await clock.until(lambda: sync.in_sync and len(colony.keys()) == 2, within=5)
         await colony.stop()
         colony.path.unlink()
         await colony.start()
-        await until(lambda: colony.keys() == expected(svc(1), svc(2)))
+        await clock.until(lambda: colony.keys() == expected(svc(1), svc(2)), within=5)
         return colony.keys()
 
     assert run(tmp_path, scenario) == expected(svc(1), svc(2))
 
 
 def test_health_travels_with_the_services(tmp_path: Path) -> None:
-    async def scenario(colony: Colony, sync: ColonySync) -> list[tuple[str, str, float, float, int]]:
+    async def scenario(
+        colony: Colony, sync: ColonySync, clock: VirtualClock
+    ) -> list[tuple[str, str, float, float, int]]:
         health = Health(
             svc(1).key, HealthState.UNHEALTHY, since=1.5, last_error="HTTP 503 Service Unavailable", latency_ms=12.5
         )
         sync.set_services({svc(1).key: svc(1)}, {svc(1).key: health})
-        await until(lambda: sync.in_sync and len(colony.keys()) == 1)
+        await clock.until(lambda: sync.in_sync and len(colony.keys()) == 1, within=5)
         assert colony.registry is not None
         return [
             (s.health_state, s.health_error, s.health_latency_ms, s.health_since, s.health_interval_ms)
@@ -138,14 +139,14 @@ def test_health_travels_with_the_services(tmp_path: Path) -> None:
 def test_the_secret_never_reaches_a_log_line(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.DEBUG)
 
-    async def scenario(colony: Colony, sync: ColonySync) -> str:
+    async def scenario(colony: Colony, sync: ColonySync, clock: VirtualClock) -> str:
         sync.set_services({svc(1).key: svc(1)}, {})
-        await until(lambda: sync.in_sync)
+        await clock.until(lambda: sync.in_sync, within=5)
         await colony.stop()
         sync.set_services({}, {})
-        await asyncio.sleep(0.3)
+        await clock.sleep(0.3)
         await colony.start()
-        await until(lambda: sync.in_sync and sync.connected)
+        await clock.until(lambda: sync.in_sync and sync.connected, within=5)
         return repr(sync.endpoint)
 
     shown = run(tmp_path, scenario)
@@ -170,45 +171,45 @@ def audited(colony: Colony) -> list[str]:
 
 
 def test_discovery_events_reach_the_audit_log_once_even_across_an_outage(tmp_path: Path) -> None:
-    async def scenario(colony: Colony, sync: ColonySync) -> list[str]:
+    async def scenario(colony: Colony, sync: ColonySync, clock: VirtualClock) -> list[str]:
         sync.set_services({svc(1).key: svc(1)}, {})
         sync.add_events([added(1)], at=100.0)
-        await until(lambda: sync.in_sync and audited(colony) == ["web-1"])
+        await clock.until(lambda: sync.in_sync and audited(colony) == ["web-1"], within=5)
         await colony.stop()
         sync.set_services({s.key: s for s in (svc(1), svc(2))}, {})
         sync.add_events([added(2), added(3)], at=100.0)
-        await asyncio.sleep(0.3)
+        await clock.sleep(0.3)
         await colony.start()
-        await until(lambda: sync.in_sync and sync.connected)
+        await clock.until(lambda: sync.in_sync and sync.connected, within=5)
         return audited(colony)
 
     assert run(tmp_path, scenario) == ["web-1", "web-2", "web-3"]
 
 
 def test_events_of_a_refused_delta_wait_for_the_next_session(tmp_path: Path) -> None:
-    async def scenario(colony: Colony, sync: ColonySync) -> list[str]:
+    async def scenario(colony: Colony, sync: ColonySync, clock: VirtualClock) -> list[str]:
         sync.set_services({svc(1).key: svc(1)}, {})
-        await until(lambda: sync.in_sync)
+        await clock.until(lambda: sync.in_sync, within=5)
         await colony.stop()
         colony.path.unlink()  # the colony forgets the session: the delta carrying the events is refused
         await colony.start()
         sync.add_events([added(4)], at=100.0)
-        await until(lambda: sync.in_sync and audited(colony) == ["web-4"])
+        await clock.until(lambda: sync.in_sync and audited(colony) == ["web-4"], within=5)
         return audited(colony)
 
     assert run(tmp_path, scenario) == ["web-4"]
 
 
 def test_a_change_of_the_agents_health_is_sent_at_once(tmp_path: Path) -> None:
-    async def scenario(colony: Colony, sync: ColonySync) -> str:
+    async def scenario(colony: Colony, sync: ColonySync, clock: VirtualClock) -> str:
         sync.endpoint = replace(sync.endpoint, heartbeat_interval_s=30.0)  # only a change can explain a fast update
         sync.set_services({svc(1).key: svc(1)}, {})
         sync.set_health(AgentHealth.HEALTHY)
-        await until(lambda: sync.in_sync)
+        await clock.until(lambda: sync.in_sync, within=5)
         sync.set_health(AgentHealth.DEGRADED)
         assert colony.registry is not None
         registry = colony.registry
-        await until(lambda: registry.agents()[0].health == "degraded", within=2.0)
+        await clock.until(lambda: registry.agents()[0].health == "degraded", within=1.0)
         return registry.agents()[0].health
 
     assert run(tmp_path, scenario) == "degraded"

@@ -7,20 +7,21 @@ page has no authentication, so exposing it is a deliberate choice.
 from __future__ import annotations
 
 import threading
-import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.web.page import Filters, render
 
 
 class StatusPage:
-    def __init__(self, database: Path, *, colony_id: str, listen: str) -> None:
+    def __init__(self, database: Path, *, colony_id: str, listen: str, clock: Clock = SYSTEM_CLOCK) -> None:
         host, _, port = listen.rpartition(":")
         self.colony_id = colony_id
+        self.clock = clock
         self._registry = RegistryReader(database)  # the server's writer created and migrated the file
         self._lock = threading.Lock()
         page = self
@@ -63,7 +64,12 @@ class StatusPage:
             services = self._registry.services(filters.services())
             nodes = sorted({a.agent.node_name for a in self._registry.agents() if a.agent.node_name})
         return render(
-            colony_id=self.colony_id, agents=agents, services=services, nodes=nodes, filters=filters, now=time.time()
+            colony_id=self.colony_id,
+            agents=agents,
+            services=services,
+            nodes=nodes,
+            filters=filters,
+            now=self.clock.time(),
         )
 
     def start(self) -> None:

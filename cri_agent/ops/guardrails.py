@@ -13,11 +13,10 @@ holds its slots until ``release``.
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.vocabulary import Action
 from cri_agent.config import OpsSettings
 from cri_agent.ops import bpf_filter
@@ -56,7 +55,7 @@ class Permit:
 
 
 class Guardrails:
-    def __init__(self, settings: OpsSettings, *, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, settings: OpsSettings, *, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
         self.clock = clock
         self._running: dict[str, Action] = {}  # pod uid -> action
@@ -90,7 +89,7 @@ class Guardrails:
             raise Refused(f"one operation per pod: a {self._running[request.pod_uid]} is already running on this pod")
         if len(self._running) >= s.max_concurrent:
             raise Refused(f"at most ops.maxConcurrent={s.max_concurrent} operations at a time on this node")
-        now = self.clock()
+        now = self.clock.monotonic()
         recent = self._recent.setdefault(request.operator, deque())
         while recent and recent[0] <= now - 60.0:
             recent.popleft()
