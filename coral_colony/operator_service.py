@@ -171,6 +171,10 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         except codec.UnknownWord as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
+        named = asked.target.split("/", 1)[0] if "/" in asked.target else None  # namespace/pod or a service key
+        if named is not None and (why := principal.refusal(Scope.OPERATE, namespace=named)):
+            await self._refused(operator, f"{why}: RunOperation")  # before looking: no answer about other namespaces
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         try:
             target, agent_id, node = await self._read(lambda: resolve_pod(self.reader, asked.target, node=asked.node))
         except LookupError as exc:

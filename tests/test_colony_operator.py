@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from coral_base.vocabulary import Scope
 from coral_cli import main
 from coral_colony.identity import init_colony
+from coral_colony.tokens import OperatorTokens
 from cri_agent.model import Provenance, ServiceInfo
 from cri_agent.sync import ColonyEndpoint, ColonySync
 from tests.colony import ColonyThread, free_port
@@ -141,3 +143,58 @@ def test_a_missing_ca_is_a_configuration_error(
     monkeypatch.delenv("CORAL_COLONY_CA", raising=False)
     assert main(["agents", "--token", "x"]) == 2
     assert "pass --ca DIR/ca.crt or set CORAL_COLONY_CA" in capsys.readouterr().err
+
+
+def test_a_read_token_cannot_tap_and_the_refusal_names_the_scope(
+    colony: ColonyThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    reader = colony.token("rita", scopes={Scope.READ})
+    assert main(coral(colony, "services", token=reader)) == 0
+    capsys.readouterr()
+    assert main(coral(colony, "tap", "web-1", "-w", "-", token=reader)) == 2
+    assert "token 'rita' lacks the operate scope (it has: read)" in capsys.readouterr().err
+    assert main(coral(colony, "audit", token=reader)) == 2
+    assert "lacks the audit scope" in capsys.readouterr().err
+    refusals = [r for r in colony.audit("auth") if r["actor"] == "rita"]
+    assert {r["detail"].rsplit(": ", 1)[-1] for r in refusals} == {"RunOperation", "QueryAudit"}
+
+
+def test_a_namespace_token_sees_and_operates_only_in_its_namespaces(
+    colony: ColonyThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    billing = colony.token("bill", scopes={Scope.READ, Scope.OPERATE, Scope.AUDIT}, namespaces=["billing"])
+    assert main(coral(colony, "services", "-o", "json", token=billing)) == 0
+    groups = json.loads(capsys.readouterr().out)
+    assert [[s["info"]["namespace"] for s in g["services"]] for g in groups] == [["billing"]]
+    assert main(coral(colony, "services", "-n", "shop", token=billing)) == 2
+    assert "limited to namespace(s) billing: shop is outside them" in capsys.readouterr().err
+    for target in ("shop/web-1", "shop/no-such-pod", "web-1"):  # by pod, one that is not there, by service name
+        assert main(coral(colony, "tap", target, "-w", "-", token=billing)) == 2
+        assert "limited to namespace(s) billing: shop is outside them" in capsys.readouterr().err
+    assert main(coral(colony, "audit", "-o", "json", token=billing)) == 0
+    assert {e["namespace"] for e in json.loads(capsys.readouterr().out)} <= {"billing"}
+
+
+def test_a_bootstrap_token_calls_nothing_and_whoami_shows_scopes(
+    colony: ColonyThread, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nodes = OperatorTokens(colony.directory).create("nodes", scopes={Scope.ENROLL}, ttl_s=3600)
+    assert main(coral(colony, "agents", token=nodes)) == 2
+    assert "is a bootstrap token: it enrolls agents and calls nothing else" in capsys.readouterr().err
+    shop = colony.token("sam", scopes={Scope.READ, Scope.OPERATE}, namespaces=["shop"])
+    assert main(coral(colony, "whoami", "-o", "json", token=shop)) == 0
+    assert json.loads(capsys.readouterr().out) == {
+        "name": "sam",
+        "scopes": ["operate", "read"],
+        "namespaces": ["shop"],
+        "expires": "never",
+    }
+
+
+def test_token_on_the_command_line_warns_and_a_huge_audit_limit_is_capped(
+    colony: ColonyThread, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(coral(colony, "audit", "--limit", str(2**32 - 1), "-o", "json", token=token)) == 0
+    out, err = capsys.readouterr()
+    assert len(json.loads(out)) <= 10_000
+    assert "--token puts the token in this command's arguments" in err
