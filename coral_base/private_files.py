@@ -40,3 +40,28 @@ def read_private(path: Path) -> bytes:
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd, "rb") as handle:
         return handle.read()
+
+
+class PendingFile:
+    """An output file that appears, 0600, only when it is complete (``keep``), and never otherwise.
+
+    Used for what an operation writes (a capture, a profile): a refused or
+    failed tap no longer truncates the file it was pointed at, and a capture
+    (payload) is not readable by other users while or after it is written.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        fd = os.open(self._tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        self.file = os.fdopen(fd, "wb")
+
+    def keep(self) -> None:
+        """Put the complete file in place (replacing what was there)."""
+        self.file.close()
+        self._tmp.replace(self.path)
+
+    def discard(self) -> None:
+        """Forget what was written; whatever ``path`` held stays as it was."""
+        self.file.close()
+        self._tmp.unlink(missing_ok=True)

@@ -13,6 +13,7 @@ import gzip
 import json
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -182,6 +183,8 @@ def test_tap_returns_a_pcap_with_the_clients_requests_and_stops_on_time(cluster:
     )
     assert 3.0 <= float(str(audit["duration_s"])) < 4.0 and elapsed < 6.0, (audit["duration_s"], elapsed)
     assert "packets" in done.stderr.decode() and "stopped by duration" in done.stderr.decode()
+    assert stat.S_IMODE(out.stat().st_mode) == 0o600, "a capture holds payload: only its owner reads it"
+    assert [p.name for p in tmp_path.iterdir()] == ["web.pcap"], "no temporary file left behind"
 
 
 def test_tap_to_stdout_pipes_into_tshark(cluster: Cluster) -> None:
@@ -339,9 +342,13 @@ def test_observe_only_refuses_tap_and_profile_but_allows_sample(
         runtime.stop()
 
 
-def test_every_request_is_audited_with_the_operators_identity(cluster: Cluster) -> None:
-    unknown = cluster.coral("tap", "no-such-service", "-w", "-", operator="mia")
+def test_every_request_is_audited_with_the_operators_identity(cluster: Cluster, tmp_path: Path) -> None:
+    kept = tmp_path / "yesterday.pcap"
+    kept.write_bytes(b"an earlier capture")
+    unknown = cluster.coral("tap", "no-such-service", "-w", str(kept), operator="mia")
     assert unknown.returncode == 2 and "no service or pod 'no-such-service'" in unknown.stderr.decode()
+    assert kept.read_bytes() == b"an earlier capture", "a refused tap leaves the file it was pointed at alone"
+    assert [p.name for p in tmp_path.iterdir()] == ["yesterday.pcap"]
     audited = {(r["actor"], r["action"], r["outcome"]) for r in cluster.operations_all()}
     assert {
         ("alice", "tap", "ok"),

@@ -12,14 +12,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from contextlib import ExitStack
 from pathlib import Path
 from typing import IO, Any
 
 from coral_base.durations import parse_duration
+from coral_base.private_files import PendingFile
 from coral_base.tables import print_table
 from coral_colony.cli.queries import connection_flags, open_client
-from coral_colony.model import Action, Chunk, OperationRequest, OperationResult, OperationTarget, Outcome
+from coral_colony.model import Action, ArtifactKind, Chunk, OperationRequest, OperationResult, OperationTarget, Outcome
 
 
 def register(commands: Any) -> None:
@@ -67,8 +67,25 @@ def _finish(action: Action, target: OperationTarget, result: OperationResult | N
     return 2 if result.outcome is Outcome.REFUSED else 1
 
 
+def _written(
+    args: argparse.Namespace, request: OperationRequest, paths: dict[ArtifactKind, Path]
+) -> tuple[OperationTarget, OperationResult | None]:
+    """Run it, writing each kind of artifact to its file; the files appear (0600) only when it succeeded."""
+    pending = {kind: PendingFile(path) for kind, path in paths.items()}
+    result: OperationResult | None = None
+    try:
+        target, result = _run(args, request, {kind: p.file for kind, p in pending.items()})
+    finally:
+        for file in pending.values():
+            if result is not None and result.outcome is Outcome.OK:
+                file.keep()
+            else:
+                file.discard()
+    return target, result
+
+
 def _run(
-    args: argparse.Namespace, request: OperationRequest, sinks: dict[str, IO[bytes]]
+    args: argparse.Namespace, request: OperationRequest, sinks: dict[ArtifactKind, IO[bytes]]
 ) -> tuple[OperationTarget, OperationResult | None]:
     target = OperationTarget()
     result: OperationResult | None = None
@@ -98,9 +115,10 @@ def tap_command(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         max_packets=args.max_packets,
     )
-    with ExitStack() as files:
-        sink = sys.stdout.buffer if args.write == "-" else files.enter_context(Path(args.write).open("wb"))
-        target, result = _run(args, request, {"pcap": sink})
+    if args.write == "-":
+        target, result = _run(args, request, {ArtifactKind.PCAP: sys.stdout.buffer})
+    else:
+        target, result = _written(args, request, {ArtifactKind.PCAP: Path(args.write)})
     summary = ""
     if result is not None:
         summary = (
@@ -115,13 +133,8 @@ def profile_command(args: argparse.Namespace) -> int:
     request = OperationRequest(
         action=Action.PROFILE, target=args.target, node=args.node, duration_s=args.duration, frequency_hz=args.frequency
     )
-    with ExitStack() as files:
-        sinks: dict[str, IO[bytes]] = {"pprof": files.enter_context(args.output.open("wb"))}
-        if args.folded:
-            sinks["folded"] = files.enter_context(args.folded.open("wb"))
-        if args.svg:
-            sinks["svg"] = files.enter_context(args.svg.open("wb"))
-        target, result = _run(args, request, sinks)
+    paths = {ArtifactKind.PPROF: args.output, ArtifactKind.FOLDED: args.folded, ArtifactKind.SVG: args.svg}
+    target, result = _written(args, request, {kind: path for kind, path in paths.items() if path})
     summary = ""
     if result is not None:
         written = ", ".join(str(p) for p in (args.output, args.folded, args.svg) if p)
