@@ -28,3 +28,15 @@ def parse_duration(value: str | float | int) -> float:
     if seconds <= 0:
         raise NotPositive(f"duration must be positive, got {value!r}")
     return seconds
+
+
+def parse_span(value: str) -> float:
+    """A duration that must say its unit (``90d``, ``2160h``): for spans where a bare number misleads.
+
+    ``--audit-retention 400`` read as 400 seconds would delete all but the
+    last seven minutes of the audit log; with a unit required it is an error.
+    """
+    match = _DURATION.match(value)
+    if match is not None and match.group(2) is None:
+        raise NotADuration(f"{value!r} needs a unit (e.g. 90d, 2160h): a bare number is ambiguous here")
+    return parse_duration(value)

@@ -127,6 +127,7 @@ def test_every_setting_of_the_everything_file_reaches_the_agent(tmp_path: Path) 
         ("colony.service.type=Ingress", "colony.service.type"),
         ("tolerations[0].operater=Exists", "Additional property operater is not allowed"),
         ("securityContext.capabilites.add={SYS_ADMIN}", "Additional property capabilites is not allowed"),
+        ("colony.auditRetention=400", "colony.auditRetention"),  # 400 seconds? a retention says its unit
     ],
 )
 def test_unknown_keys_and_bad_values_are_refused(value: str, message: str) -> None:

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from coral_base.durations import parse_duration
+from coral_base.durations import parse_duration, parse_span
 from coral_base.errors import ConfigError
 from coral_base.logs import configure
 from coral_base.tables import age, print_table
@@ -57,7 +57,7 @@ def register(commands: Any) -> None:
     )
     start.add_argument(
         "--audit-retention",
-        type=parse_duration,
+        type=_span,
         help="delete audit entries older than this, e.g. 90d or 2160h, checked hourly (default: keep them all)",
     )
     start.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -96,6 +96,13 @@ def register(commands: Any) -> None:
             )
             command.add_argument("--expires", type=parse_duration, default=None, help="e.g. 24h, 7d (0: never)")
         command.set_defaults(handler=handler)
+
+
+def _span(text: str) -> float:
+    try:
+        return parse_span(text)
+    except ValueError as exc:  # argparse prints this message, not "invalid value"
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def init_command(args: argparse.Namespace) -> int:
