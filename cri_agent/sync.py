@@ -25,7 +25,6 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
 
 import grpc
 import grpc.aio
@@ -184,7 +183,7 @@ class ColonySync:
             return f"the colony at {self.endpoint.address} is unreachable; retrying ({details})"
         return f"{exc.code().name}: {details}"
 
-    async def _serve(self, stub: Any) -> None:
+    async def _serve(self, stub: mesh_pb2_grpc.MeshAsyncStub) -> None:
         while True:
             if self._acked is None:
                 await self._register(stub)
@@ -206,7 +205,7 @@ class ColonySync:
         if delta is not None and delta.events:
             self._events.extendleft(reversed(delta.events))
 
-    async def _register(self, stub: Any) -> None:
+    async def _register(self, stub: mesh_pb2_grpc.MeshAsyncStub) -> None:
         snapshot = dict(self._desired)
         endpoint = self.endpoint
         request = colony_codec.register_request(
@@ -234,7 +233,7 @@ class ColonySync:
             + (f"; {refused} service(s) refused: another agent owns them" if refused else ""),
         )
 
-    async def _send_delta(self, stub: Any) -> None:
+    async def _send_delta(self, stub: mesh_pb2_grpc.MeshAsyncStub) -> None:
         if self._pending is None:
             assert self._acked is not None
             desired = dict(self._desired)
@@ -267,7 +266,7 @@ class ColonySync:
         self.connected = True
         self.backoff.reset()
 
-    async def _heartbeat(self, stub: Any) -> None:
+    async def _heartbeat(self, stub: mesh_pb2_grpc.MeshAsyncStub) -> None:
         health = self.health
         response = await stub.Heartbeat(
             colony_codec.heartbeat_request(
