@@ -8,6 +8,7 @@ thread ``serve()`` owns and hands in: this service starts and stops no thread.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import secrets
 import time
@@ -54,20 +55,21 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
         if not agent.agent_id:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id is required")
         session = secrets.token_urlsafe(24)
-        refused = await self.writer.run(lambda w: w.register(agent, call.services, session=session, now=self.clock()))
+        digest = session_digest(session)  # the registry keeps only this: a token read from the file opens nothing
+        refused = await self.writer.run(lambda w: w.register(agent, call.services, session=digest, now=self.clock()))
         reason = f"{len(refused)} service(s) belong to another agent" if refused else ""
         return codec.register_response(session_token=session, refused=refused, reason=reason)
 
     async def valid_session(self, agent_id: str, token: str) -> bool:
         current = await self.writer.run(lambda w: w.session_of(agent_id))
-        return current is not None and hmac.compare_digest(current[0].encode(), token.encode())
+        return current is not None and hmac.compare_digest(current[0], session_digest(token))
 
     async def _check_session(self, agent_id: str, token: str, context: _Context) -> bool:
         """False when the colony does not know the agent (it must register again)."""
         current = await self.writer.run(lambda w: w.session_of(agent_id))
         if current is None:
             return False
-        if not hmac.compare_digest(current[0].encode(), token.encode()):
+        if not hmac.compare_digest(current[0], session_digest(token)):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"session of agent {agent_id!r} is not this one: register again",
@@ -104,3 +106,8 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
         if await self._check_session(call.agent_id, call.session_token, context):
             await self.writer.run(lambda w: w.deregister(call.agent_id, now=self.clock()))
         return codec.deregister_response()
+
+
+def session_digest(token: str) -> str:
+    """What the registry stores of a session token (SHA-256, hex)."""
+    return hashlib.sha256(token.encode()).hexdigest()

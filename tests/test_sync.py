@@ -6,17 +6,23 @@ idle, and "within" means seconds of the sync's own time."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
+import sqlite3
+import stat
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import grpc
+import grpc.aio
 import pytest
 
 from coral_base.backoff import Backoff
 from coral_base.clock import VirtualClock
 from coral_base.vocabulary import AgentHealth
+from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from coral_colony.model import AuditKind, AuditQuery
 from cri_agent.model import DiscoveryEvent, EventKind, Health, HealthState, PodUID, Provenance, ServiceInfo, ServiceKey
 from cri_agent.sync import ColonyEndpoint, ColonySync
@@ -213,3 +219,22 @@ def test_a_change_of_the_agents_health_is_sent_at_once(tmp_path: Path) -> None:
         return registry.agents()[0].health
 
     assert run(tmp_path, scenario) == "degraded"
+
+
+def test_the_registry_keeps_no_session_token_and_no_one_else_reads_it(tmp_path: Path) -> None:
+    """The file holds digests only, 0600: a value read from it deregisters nobody."""
+
+    async def scenario(colony: Colony, sync: ColonySync, clock: VirtualClock) -> tuple[str, grpc.StatusCode]:
+        sync.set_services({svc(1).key: svc(1)}, {})
+        token = await sync.session()
+        with sqlite3.connect(tmp_path / "colony.db") as db:
+            [(stored,)] = db.execute("SELECT session FROM agents").fetchall()
+        assert stored != token and stored == hashlib.sha256(token.encode()).hexdigest()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{colony.port}") as channel:
+            stolen = mesh_pb2.DeregisterRequest(agent_id=sync.endpoint.agent_id, session_token=stored)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await mesh_pb2_grpc.MeshStub(channel).Deregister(stolen)
+        assert len(colony.keys()) == 1, "the agent and its services are still there"
+        return oct(stat.S_IMODE((tmp_path / "colony.db").stat().st_mode)), refused.value.code()
+
+    assert run(tmp_path, scenario) == (oct(0o600), grpc.StatusCode.UNAUTHENTICATED)

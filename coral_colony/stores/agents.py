@@ -23,7 +23,7 @@ AGENT_COLUMNS: dict[str, type] = {
     "last_heartbeat": float,
     "state": str,  # AgentState
     "health": str,  # the agent's own aggregate
-    "session": str,
+    "session": str,  # SHA-256 of the session token, hex: the token itself is never stored
     "last_sequence": int,
 }
 _UPSERT = (

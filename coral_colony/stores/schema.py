@@ -17,6 +17,7 @@ reason. Tables and columns are never renamed: auditors read them
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -179,8 +180,20 @@ def migrate(conn: sqlite3.Connection) -> int:
 
 
 def open_for_writing(path: Path) -> sqlite3.Connection:
-    """The writer's connection, the file created or migrated to ``SCHEMA_VERSION``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """The writer's connection, the file created or migrated to ``SCHEMA_VERSION``.
+
+    The file holds the audit log and the agents' session digests: it is made
+    0600 (SQLite gives its -wal and -shm files the same mode) in a directory
+    made 0700, and an existing file is narrowed to 0600. That happens before
+    SQLite opens it: closing a descriptor of an open database would drop
+    SQLite's locks.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
     conn = sqlite3.connect(str(path), timeout=5.0, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA journal_mode=WAL")
