@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import re
+from collections.abc import Callable
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.ASCII)  # ASCII: no fullwidth digits
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
@@ -40,3 +42,16 @@ def parse_span(value: str) -> float:
     if match is not None and match.group(2) is None:
         raise NotADuration(f"{value!r} needs a unit (e.g. 90d, 2160h): a bare number is ambiguous here")
     return parse_duration(value)
+
+
+def flag(parse: Callable[[str], float]) -> Callable[[str], float]:
+    """``parse`` as an argparse type: a bad value prints its own message, not "invalid parse_duration value"."""
+
+    def typed(text: str) -> float:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    typed.__name__ = parse.__name__
+    return typed

@@ -132,8 +132,14 @@ class ColonyClient:
         return self._call(self._stub.QueryAudit, codec.audit_request(query))
 
     def run_operation(self, request: OperationRequest) -> Generator[OperationOutput, None, None]:
-        """Stream an operation's output; closing the iterator (Ctrl-C) cancels it on the node."""
-        call = self._stub.RunOperation(codec.run_operation_request(request), metadata=self._metadata)
+        """Stream an operation's output; closing the iterator (Ctrl-C) cancels it on the node.
+
+        The call has a deadline too: the operation's duration (the node's hard
+        cap when it names none), the colony's grace for the result, and a
+        margin, so a colony that never answers cannot hold the command forever.
+        """
+        deadline = request.result_deadline_s + self.timeout
+        call = self._stub.RunOperation(codec.run_operation_request(request), metadata=self._metadata, timeout=deadline)
         try:
             for message in call:
                 output = codec.operation_output(message)

@@ -221,6 +221,19 @@ class OperationRequest:
         }
         return {k: v for k, v in values.items() if v}
 
+    @property
+    def result_deadline_s(self) -> float:
+        """How long its result may take: the duration (the node's hard cap when it names none) and a grace.
+
+        The colony fails (and cancels on the node) an operation still silent
+        then; the CLI's call gives up a little later.
+        """
+        return (self.duration_s or ASSUMED_DURATION_S) + RESULT_GRACE_S
+
+
+RESULT_GRACE_S = 30.0  # beyond its duration, how long an operation may take to answer
+ASSUMED_DURATION_S = 300.0  # an operation that names none runs the agent's default, at most its hard cap (300 s)
+
 
 @dataclass(frozen=True, slots=True)
 class OperationTarget:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -53,6 +54,7 @@ NO_TOKEN = (
     " (create one on the colony with `coral colony token create NAME`)"
 )
 BAD_TOKEN = "the colony does not know this operator token: it was revoked or belongs to another colony"
+MAX_FILTER_CHARS = 1024  # as the agents' own limit: refused here before it travels
 MAX_AUDIT_LIMIT = 10_000  # entries one QueryAudit returns at most (a 2^32 limit read the whole log into memory)
 
 
@@ -171,6 +173,8 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         except codec.UnknownWord as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
+        if (malformed := malformed_operation(asked)) is not None:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed)
         named = asked.target.split("/", 1)[0] if "/" in asked.target else None  # namespace/pod or a service key
         if named is not None and (why := principal.refusal(Scope.OPERATE, namespace=named)):
             await self._refused(operator, f"{why}: RunOperation")  # before looking: no answer about other namespaces
@@ -191,7 +195,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         result: OperationResult | None = None
         yield codec.target_output(target)
         try:
-            async for message in self.router.run(agent_id, forwarded):
+            async for message in self.router.run(agent_id, forwarded, within_s=asked.result_deadline_s):
                 output, final = codec.relayed(message)
                 if final is not None:
                     result = final
@@ -288,3 +292,12 @@ def resolve_pod(reader: RegistryReader, target: str, *, node: str = "") -> tuple
     )
     owner = next((a for a in reader.agents() if a.agent.agent_id == chosen.agent_id), None)
     return resolved, chosen.agent_id, owner.agent.node_name if owner else service.node_name
+
+
+def malformed_operation(asked: OperationRequest) -> str | None:
+    """Why the colony refuses to forward ``asked`` at all (the agent checks again), or None."""
+    if not math.isfinite(asked.duration_s) or asked.duration_s < 0:
+        return f"duration {asked.duration_s:g}s is not a positive number of seconds (0: the agent's default)"
+    if len(asked.filter) > MAX_FILTER_CHARS:
+        return f"the filter has {len(asked.filter)} characters, over the limit of {MAX_FILTER_CHARS}"
+    return None

@@ -114,10 +114,15 @@ class Router(agent_pb2_grpc.AgentControlServicer):
 
     # -- the operators' side -----------------------------------------------------------------
 
-    async def run(self, agent_id: str, operation: ForwardedOperation) -> AsyncIterator[agent_pb2.AgentMessage]:
+    async def run(
+        self, agent_id: str, operation: ForwardedOperation, *, within_s: float = float("inf")
+    ) -> AsyncIterator[agent_pb2.AgentMessage]:
         """Send ``operation`` to the agent; yield its chunks and, last, its result, as the agent sent them.
 
-        Closing the generator early (the operator went away) sends Cancel.
+        Closing the generator early (the operator went away) sends Cancel. An
+        agent that has not answered within ``within_s`` (real time: the
+        operation runs in real time on the node) is sent Cancel, and the
+        operation ends with a failed result that says so.
         """
         connection = self._agents.get(agent_id)
         if connection is None:
@@ -128,8 +133,14 @@ class Router(agent_pb2_grpc.AgentControlServicer):
         connection.outbox.put_nowait(codec.request_message(operation))
         finished = False
         try:
+            deadline = asyncio.get_running_loop().time() + within_s
             while True:
-                message = await inbox.get()
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        message = await inbox.get()
+                except TimeoutError:
+                    yield codec.failed(request_id, f"no result from the agent within {within_s:g}s: cancelled")
+                    return
                 if (address := codec.addressed(message)) is not None and address[1]:
                     finished = True
                     yield message

@@ -4,14 +4,18 @@ grouping, filters, errors."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
+import grpc.aio
 import pytest
 
 from coral_base.vocabulary import Scope
+from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_cli import main
 from coral_colony.identity import init_colony
 from coral_colony.tokens import OperatorTokens
@@ -198,3 +202,35 @@ def test_token_on_the_command_line_warns_and_a_huge_audit_limit_is_capped(
     out, err = capsys.readouterr()
     assert len(json.loads(out)) <= 10_000
     assert "--token puts the token in this command's arguments" in err
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--duration", "nan"], "argument --duration: 'nan' is not a duration (e.g. 500ms, 30s, 5m, 1h)"),
+        (["--filter", "port 80 or " * 200], "characters, over the limit of 1024"),
+    ],
+)
+def test_malformed_operations_are_refused_before_they_travel(
+    colony: ColonyThread, token: str, capsys: pytest.CaptureFixture[str], flags: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) if flags[0] == "--duration" else contextlib.nullcontext():
+        code = main(coral(colony, "sample", "web-1", *flags, token=token))
+        assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_colony_refuses_a_non_finite_duration_from_any_client(colony: ColonyThread, token: str) -> None:
+    async def call() -> grpc.StatusCode:
+        credentials = grpc.ssl_channel_credentials(colony.ca.read_bytes())
+        async with grpc.aio.secure_channel(colony.address, credentials) as channel:
+            request = colony_pb2.RunOperationRequest(action="sample", target="web-1", duration_s=float("nan"))
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                async for _ in colony_pb2_grpc.ColonyStub(channel).RunOperation(
+                    request, metadata=(("authorization", f"Bearer {token}"),)
+                ):
+                    pass
+            assert "duration nans is not a positive number of seconds" in str(refused.value.details())
+            return refused.value.code()
+
+    assert asyncio.run(call()) == grpc.StatusCode.INVALID_ARGUMENT

@@ -138,3 +138,40 @@ def test_an_agent_without_a_valid_session_is_refused() -> None:
         return refused.value.code()
 
     assert asyncio.run(scenario()) == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_agent_that_never_answers_is_failed_at_the_deadline_and_told_to_cancel() -> None:
+    async def scenario() -> tuple[str, str, list[str]]:
+        router = Router(_allow)
+        server, port = await _serve(router)
+        outbox: asyncio.Queue[Any] = asyncio.Queue()
+        outbox.put_nowait(agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_id="a", session_token="good")))
+        received: list[str] = []
+        cancelled = asyncio.Event()
+
+        async def messages() -> AsyncIterator[Any]:
+            while (m := await outbox.get()) is not None:
+                yield m
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = agent_pb2_grpc.AgentControlStub(channel).Connect(messages())
+
+            async def silent_agent() -> None:  # takes the request, then says nothing
+                async for message in call:
+                    received.append(str(message.WhichOneof("body")))
+                    if message.WhichOneof("body") == "cancel":
+                        cancelled.set()
+
+            agent = asyncio.create_task(silent_agent())
+            while not router.connected("a"):  # noqa: ASYNC110 - the router's own state, on this loop
+                await asyncio.sleep(0)
+            [final] = [m async for m in router.run("a", operation("1", Action.TAP), within_s=0.05)]
+            await asyncio.wait_for(cancelled.wait(), 5)
+            outbox.put_nowait(None)
+            agent.cancel()
+        await server.stop(None)
+        return final.result.outcome, final.result.error, received
+
+    outcome, error, received = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert (outcome, error) == ("failed", "no result from the agent within 0.05s: cancelled")
+    assert received == ["request", "cancel"]

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from coral_base.durations import parse_duration, parse_span
+from coral_base.durations import flag, parse_duration, parse_span
 from coral_base.errors import ConfigError
 from coral_base.logs import configure
 from coral_base.tables import age, print_table
@@ -45,19 +45,19 @@ def register(commands: Any) -> None:
     )
     start.add_argument(
         "--heartbeat-timeout",
-        type=parse_duration,
+        type=flag(parse_duration),
         default=HEARTBEAT_TIMEOUT_S,
         help=f"silence after which an agent is unreachable and its services stale (default {HEARTBEAT_TIMEOUT_S:g}s)",
     )
     start.add_argument(
         "--ttl",
-        type=parse_duration,
+        type=flag(parse_duration),
         default=STALE_TTL_S,
         help="silence after which an unreachable agent and its services are dropped (default 24h)",
     )
     start.add_argument(
         "--audit-retention",
-        type=_span,
+        type=flag(parse_span),
         help="delete audit entries older than this, e.g. 90d or 2160h, checked hourly (default: keep them all)",
     )
     start.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -94,15 +94,13 @@ def register(commands: Any) -> None:
                 action="store_true",
                 help="a bootstrap token: enrolls node agents and nothing else; expires (--expires, default 24h)",
             )
-            command.add_argument("--expires", type=parse_duration, default=None, help="e.g. 24h, 7d (0: never)")
+            command.add_argument(
+                "--expires",
+                type=flag(parse_duration),
+                default=None,
+                help="e.g. 24h, 7d (default: never; 24h for --bootstrap)",
+            )
         command.set_defaults(handler=handler)
-
-
-def _span(text: str) -> float:
-    try:
-        return parse_span(text)
-    except ValueError as exc:  # argparse prints this message, not "invalid value"
-        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def init_command(args: argparse.Namespace) -> int:

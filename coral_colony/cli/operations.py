@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
-from coral_base.durations import parse_duration
+from coral_base.durations import flag, parse_duration
 from coral_base.private_files import PendingFile
 from coral_base.tables import print_table
 from coral_colony.cli.queries import connection_flags, open_client
@@ -50,7 +50,7 @@ def register(commands: Any) -> None:
 
 def _target(parser: argparse.ArgumentParser, *, default_duration: str) -> None:
     parser.add_argument("target", help="a service name (coral services), a service key, or namespace/pod")
-    parser.add_argument("--duration", type=parse_duration, default=parse_duration(default_duration))
+    parser.add_argument("--duration", type=flag(parse_duration), default=parse_duration(default_duration))
     parser.add_argument("--node", default="", help="for a namespace/pod the colony does not list: the node it runs on")
     connection_flags(parser)
 
