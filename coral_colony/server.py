@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import sqlite3
 from pathlib import Path
 
 import grpc
@@ -147,20 +148,35 @@ async def _serve(
 async def _registry_clock(
     writer: WriterThread, *, clock: Clock, heartbeat_timeout: float, ttl: float, audit_retention: float | None
 ) -> None:
-    """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log."""
+    """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log.
+
+    A round that fails (the file locked by another process, a full disk, an
+    I/O error) is logged once, with its cause, and tried again at the next
+    round: housekeeping never takes the colony down.
+    """
     pruned_at = float("-inf")
+    failing = ""
     while True:
-        if audit_retention is not None and clock.monotonic() - pruned_at >= PRUNE_EVERY_S:
-            prune = functools.partial(RegistryWriter.prune_audit, now=clock.time(), retention_s=audit_retention)
-            deleted = await writer.run(prune)
-            pruned_at = clock.monotonic()
-            if deleted:
-                emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
-        silent, gone = await writer.run(
-            lambda w: w.expire(now=clock.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
-        )
-        for agent_id in silent:
-            emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
-        for agent_id in gone:
-            emit(log, "agent.expired", agent_id=agent_id)
+        try:
+            if audit_retention is not None and clock.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                prune = functools.partial(RegistryWriter.prune_audit, now=clock.time(), retention_s=audit_retention)
+                deleted = await writer.run(prune)
+                pruned_at = clock.monotonic()
+                if deleted:
+                    emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
+            silent, gone = await writer.run(
+                lambda w: w.expire(now=clock.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+            )
+        except (sqlite3.Error, OSError) as exc:
+            if not failing:
+                emit(log, "registry.housekeeping_failed", level=logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
+            failing = str(exc)
+        else:
+            if failing:
+                emit(log, "registry.housekeeping_recovered", after=failing)
+                failing = ""
+            for agent_id in silent:
+                emit(log, "agent.unreachable", level=logging.WARNING, agent_id=agent_id)
+            for agent_id in gone:
+                emit(log, "agent.expired", agent_id=agent_id)
         await clock.sleep(min(5.0, heartbeat_timeout / 3))

@@ -131,3 +131,48 @@ def test_a_silent_agent_is_marked_unreachable_then_dropped_on_the_colonys_clock(
     assert 45 < unreachable <= 50, "expiry runs every 5 s: within one round of the heartbeat timeout"
     assert 600 < dropped <= 605
     assert "agent.unreachable" in actions
+
+
+def test_housekeeping_that_fails_is_logged_once_and_retried_not_fatal(
+    identity: ColonyIdentity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A registry locked by another process (or a full disk) for a while: the colony stays up and goes on."""
+    calls: list[float] = []
+    expire = RegistryWriter.expire
+
+    def flaky(
+        writer: RegistryWriter, *, now: float, heartbeat_timeout: float, ttl: float
+    ) -> tuple[list[str], list[str]]:
+        calls.append(now)
+        if len(calls) <= 3:
+            raise sqlite3.OperationalError("database is locked")
+        return expire(writer, now=now, heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+
+    monkeypatch.setattr(RegistryWriter, "expire", flaky)
+    clock = VirtualClock()
+
+    async def scenario() -> None:
+        stop, started = asyncio.Event(), asyncio.Event()
+        task = asyncio.create_task(
+            serve(
+                identity,
+                listen="127.0.0.1:0",
+                database=tmp_path / "colony.db",
+                stop=stop,
+                web_listen="",
+                clock=clock,
+                started=started,
+            )
+        )
+        await started.wait()
+        await clock.until(lambda: len(calls) >= 5, within=60)
+        assert not task.done(), "the colony is still serving"
+        stop.set()
+        await task
+
+    with caplog.at_level("INFO"):
+        clock.run(scenario())
+    events = [(r.getMessage(), getattr(r, "coral_fields", {})) for r in caplog.records]
+    failed = [fields for event, fields in events if event == "registry.housekeeping_failed"]
+    assert failed == [{"reason": "OperationalError: database is locked"}], "once, with its cause"
+    assert [event for event, _ in events].count("registry.housekeeping_recovered") == 1
