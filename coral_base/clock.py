@@ -63,10 +63,11 @@ class SystemClock:
         return time.monotonic()
 
     async def sleep(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
+        forever = seconds == math.inf  # a deadline in the past (-inf: "never done yet") is no wait at all
         if wake is None:
-            await (asyncio.sleep(max(0.0, seconds)) if math.isfinite(seconds) else _forever())
+            await (_forever() if forever else asyncio.sleep(max(0.0, seconds)))
             return False
-        if not math.isfinite(seconds):
+        if forever:
             await wake.wait()
             return True
         with contextlib.suppress(TimeoutError):

@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from coral_base.backoff import Backoff
-from coral_base.clock import SYSTEM_CLOCK, VirtualClock
+from coral_base.clock import SYSTEM_CLOCK, Clock, VirtualClock
 
 
 def test_the_system_clock_sleep_ends_early_when_woken_and_says_so() -> None:
@@ -21,6 +21,18 @@ def test_the_system_clock_sleep_ends_early_when_woken_and_says_so() -> None:
         return woken, timed_out, forever_but_woken
 
     assert asyncio.run(scenario()) == (True, False, True)
+
+
+@pytest.mark.parametrize("clock", [SYSTEM_CLOCK, VirtualClock()], ids=["system", "virtual"])
+def test_a_deadline_in_the_past_is_no_wait_even_minus_infinity(clock: Clock) -> None:
+    """A loop's first deadline is ``-inf + interval``: it must run at once, woken or not (--no-events)."""
+
+    async def scenario() -> tuple[bool, bool]:
+        never = asyncio.Event()
+        return await clock.sleep(float("-inf"), never), await clock.sleep(float("-inf"))
+
+    runs = clock.run if isinstance(clock, VirtualClock) else asyncio.run
+    assert runs(asyncio.wait_for(scenario(), 5)) == (False, False)
 
 
 def test_virtual_sleepers_wake_in_deadline_order_and_a_wake_event_cuts_a_sleep_short() -> None:
