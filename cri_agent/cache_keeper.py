@@ -74,10 +74,20 @@ class CacheKeeper:
         """What the file remembers. A file that cannot be opened for writing is read if it can be
         (no churn on restart), and the agent starts all the same, its writes retried."""
         try:
-            known = await self.writer.open()
+            known = await self.writer.open(now=self.clock.time())
         except CacheError as exc:
             await self._fail(str(exc))
             return await self.writer.read_known()
+        if (moved := self.writer.moved_aside) is not None:
+            aside, why = moved
+            emit(log, "cache.corrupt", level=logging.ERROR, cache=self.path, moved_to=str(aside), reason=why)
+            reason = (
+                f"cache {self.path} was corrupt ({why}): moved aside to {aside} and started afresh; "
+                "the services are rediscovered from the runtime, the history the old file held stays in it"
+            )
+            await self.record_events(
+                [DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=reason, fields=("cache",))]
+            )
         await self.on_state(True, "writable")
         return known
 

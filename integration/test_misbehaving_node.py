@@ -221,6 +221,25 @@ def test_a_deleted_or_replaced_cache_is_rebuilt_from_memory_within_one_pass(
     assert ok
 
 
+def test_an_agent_on_a_corrupt_cache_moves_it_aside_and_runs(
+    start_agent: AgentFactory, pods: PodFactory, tmp_path: Path
+) -> None:
+    """A corrupt file on the hostPath used to fail every start (CrashLoopBackOff); it is kept aside instead."""
+    cache = tmp_path / "agent.db"
+    cache.write_bytes(b"half a page of something that is not SQLite " * 100)
+    agent = start_agent(cache=cache)
+    pod = pods.create_pod("after-corruption", containers=(HTTPD,))
+    agent.wait_for(lambda: agent.service_by_pod(pod.uid), timeout=10, what="the service, in a new cache")
+    [event] = agent.wait_for(
+        lambda: [e for e in agent.events(kind="error") if e.fields == ("cache",)], timeout=5, what="the event"
+    )
+    assert "was corrupt (file is not a database): moved aside to" in event.reason
+    [aside] = [p for p in tmp_path.iterdir() if p.name.startswith("agent.db.corrupt-")]
+    assert aside.read_bytes().startswith(b"half a page of something")
+    ok, _ = cache_condition(agent)
+    assert ok and agent.alive()
+
+
 # -- 4. restarted containers ------------------------------------------------------------------------------------
 
 

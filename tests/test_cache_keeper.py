@@ -17,7 +17,9 @@ from cri_agent.cache.reader import CacheReader
 from cri_agent.cache.writer import Cache, CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
 from cri_agent.conditions import Condition
+from cri_agent.discovery.engine import KnownState
 from cri_agent.errors import CacheError
+from cri_agent.model import EventKind
 from tests.test_cache import decision, reconciliation, service
 
 _T = TypeVar("_T")
@@ -165,5 +167,37 @@ def test_a_file_that_cannot_be_written_at_start_is_read_and_the_agent_starts(tmp
     assert asyncio.run(scenario()) == ([service(8080).key], False)
 
 
-async def _refuse() -> Any:
+async def _refuse(*, now: float) -> KnownState:
     raise CacheError("cache agent.db cannot be opened: attempt to write a readonly database")
+
+
+@pytest.mark.parametrize("damage", ["not a database", "malformed"])
+def test_a_corrupt_cache_is_moved_aside_and_the_agent_starts_afresh(tmp_path: Path, damage: str) -> None:
+    """A corrupt file on a hostPath would fail every start the same way: it is kept aside, never reused."""
+    path = tmp_path / "agent.db"
+    if damage == "not a database":
+        path.write_bytes(b"this was never SQLite " * 200)
+    else:  # a real cache whose pages were overwritten in the middle
+        cache = Cache(path)
+        cache.apply(
+            reconciliation([service(8080)]), node_name="n", now=1.0, touch=False, retention_rows=9, retention_days=9
+        )
+        cache.close()
+        with path.open("r+b") as damaged:
+            damaged.seek(100)
+            damaged.write(b"\xff" * 8000)
+    damaged_bytes = path.read_bytes()
+
+    async def scenario() -> tuple[int, bool]:
+        h = Harness(path)
+        known = await h.keeper.open()
+        await h.writer.close()
+        return len(known.services), h.states[-1][0]
+
+    assert asyncio.run(scenario()) == (0, True), "started with an empty, writable cache"
+    moved = sorted(p for p in tmp_path.iterdir() if p.name.startswith("agent.db.corrupt-"))
+    aside = moved[0]  # and its -shm / -wal, when the damaged file had them
+    assert all(p.name in (aside.name, f"{aside.name}-shm", f"{aside.name}-wal") for p in moved)
+    assert aside.read_bytes() == damaged_bytes, "the corrupt file is kept as it was, for a post-mortem"
+    [event] = [e for e in CacheReader(path).events(kind=EventKind.ERROR) if "corrupt" in e.reason]
+    assert f"moved aside to {aside}" in event.reason and event.fields == ("cache",)

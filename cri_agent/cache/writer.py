@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -42,14 +43,39 @@ class CacheContents:
     meta: Mapping[str, str]
 
 
+CORRUPT = ("SQLITE_CORRUPT", "SQLITE_NOTADB")  # what SQLite says of a file that is not (or no longer) a database
+
+
+def move_aside(path: Path, *, now: float) -> Path:
+    """Rename a corrupt cache (and its -wal and -shm) to ``<name>.corrupt-<UTC time>``, for a post-mortem.
+
+    Opening it again would fail the same way for ever; the agent starts a new
+    file instead and rebuilds it from the runtime, and the old one is kept,
+    not deleted: what it held may matter to whoever reads it.
+    """
+    aside = path.with_name(f"{path.name}.corrupt-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(now))}")
+    for suffix in ("-wal", "-shm", ""):
+        with contextlib.suppress(FileNotFoundError):
+            Path(f"{path}{suffix}").rename(f"{aside}{suffix}")
+    return aside
+
+
 class Cache:
     """Synchronous, writable access to the cache file. Not thread-safe: see CacheWriter."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, now: float | None = None) -> None:
+        """``now`` names a corrupt file moved aside (the agent's clock; the wall clock when not given)."""
         self.path = path
         self._files = HeldFiles(path)
+        self.moved_aside: tuple[Path, str] | None = None  # where a corrupt file went, and what SQLite said
         try:
-            self.db = open_for_writing(path)
+            try:
+                self.db = open_for_writing(path)
+            except sqlite3.DatabaseError as exc:
+                if getattr(exc, "sqlite_errorname", "") not in CORRUPT:
+                    raise
+                self.moved_aside = (move_aside(path, now=time.time() if now is None else now), str(exc))
+                self.db = open_for_writing(path)
             # The file as opened: a later unlink or rename over the path shows in its link count or inode.
             self._files.hold()
         except (sqlite3.Error, OSError) as exc:
@@ -172,12 +198,17 @@ class CacheWriter:
         self.path = path
         self._cache: Cache | None = None
 
-    async def open(self) -> KnownState:
+    async def open(self, *, now: float) -> KnownState:
         def _open() -> KnownState:
-            self._cache = Cache(self.path)
+            self._cache = Cache(self.path, now=now)
             return self._cache.load_known()
 
         return await self._run(_open)
+
+    @property
+    def moved_aside(self) -> tuple[Path, str] | None:
+        """Where the file opened last was moved because it was corrupt, and why (None: it was not)."""
+        return self._cache.moved_aside if self._cache is not None else None
 
     async def read_known(self) -> KnownState:
         """The state a file that cannot be written still holds (empty when it cannot be read either)."""
