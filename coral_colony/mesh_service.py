@@ -20,6 +20,7 @@ import grpc.aio
 from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from coral_colony import codec
 from coral_colony.model import Applied, AuditEntry, AuditKind
+from coral_colony.refusals import Refusals
 from coral_colony.stores.writer import WriterThread
 
 _Context = grpc.aio.ServicerContext[object, object]
@@ -27,12 +28,19 @@ _Context = grpc.aio.ServicerContext[object, object]
 
 class MeshService(mesh_pb2_grpc.MeshServicer):
     def __init__(
-        self, writer: WriterThread, *, colony_id: str, colony_secret: str, clock: Callable[[], float] = time.time
+        self,
+        writer: WriterThread,
+        *,
+        colony_id: str,
+        colony_secret: str,
+        clock: Callable[[], float] = time.time,
+        refusals: Refusals | None = None,
     ) -> None:
         self.writer = writer
         self.colony_id = colony_id
         self._secret = colony_secret.encode()
         self.clock = clock
+        self.refusals = refusals or Refusals(writer.record)
 
     async def Register(self, request: mesh_pb2.RegisterRequest, context: _Context) -> mesh_pb2.RegisterResponse:
         call = codec.registration(request)
@@ -47,7 +55,7 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
                 node_name=agent.node_name,
                 detail=f"wrong colony id or secret (colony id sent: {call.colony_id!r})",
             )
-            await self.writer.record([refusal])
+            await self.refusals.refused(refusal, peer=context.peer(), reason="wrong colony id or secret")
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 f"wrong colony id or secret for colony {self.colony_id!r}: check the agent's colony Secret",

@@ -41,6 +41,7 @@ from coral_colony.model import (
     ServiceGroup,
     StoredService,
 )
+from coral_colony.refusals import Refusals
 from coral_colony.router import AgentNotConnected, Router
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.tokens import OPERATOR_SCOPES, OperatorTokens
@@ -75,11 +76,13 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         record: AppendAudit,
         router: Router,
         clock: Callable[[], float] = time.time,
+        refusals: Refusals | None = None,
     ) -> None:
         self.reader = reader
         self.tokens = tokens
         self.colony_id = colony_id
         self.record = record
+        self.refusals = refusals or Refusals(record)
         self.router = router
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-reader")
@@ -92,9 +95,8 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         token = operator_token(context.invocation_metadata())
         principal = await self._read(lambda: self.tokens.authenticate(token))
         if principal is None:
-            peer = context.peer() or "unknown peer"
             missing = "no token" if not token else "unknown token"
-            await self._refused("", f"{missing} from {peer}: {method}")
+            await self._refused("", f"{missing}: {method}", context, reason=missing)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, NO_TOKEN if not token else BAD_TOKEN)
             raise AssertionError("unreachable: abort raises")
         why: str | None = None
@@ -103,15 +105,16 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         elif scope is not None:
             why = principal.refusal(scope)
         if why is not None:
-            await self._refused(principal.name, f"{why}: {method}")
+            await self._refused(principal.name, f"{why}: {method}", context, reason=f"{principal.name}: {why}")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         return principal
 
-    async def _refused(self, actor: str, detail: str) -> None:
+    async def _refused(self, actor: str, detail: str, context: _Context, *, reason: str) -> None:
+        """Audit a refused call, once a minute per caller and ``reason`` (``coral_colony.refusals``)."""
         entry = AuditEntry(
             time=self.clock(), kind=AuditKind.AUTH, action="operator.refused", actor=actor, detail=detail
         )
-        await self.record([entry])
+        await self.refusals.refused(entry, peer=context.peer(), reason=reason)
 
     async def WhoAmI(self, request: colony_pb2.WhoAmIRequest, context: _Context) -> colony_pb2.WhoAmIResponse:
         principal = await self._operator(context, "WhoAmI", None)
@@ -130,7 +133,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         principal = await self._operator(context, "ListServices", Scope.READ)
         where = codec.services_filter(request)
         if where.namespace and (why := principal.refusal(Scope.READ, namespace=where.namespace)):
-            await self._refused(principal.name, f"{why}: ListServices")
+            await self._refused(principal.name, f"{why}: ListServices", context, reason=f"{principal.name}: {why}")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         agents, services = await self._read(lambda: (self.reader.agents(node=where.node), self.reader.services(where)))
         if principal.namespaces:  # a namespace-limited token sees its namespaces' services only
@@ -175,9 +178,11 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             raise  # unreachable: abort raises
         if (malformed := malformed_operation(asked)) is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed)
-        named = asked.target.split("/", 1)[0] if "/" in asked.target else None  # namespace/pod or a service key
+        named = asked.target.split("/", 1)[0] if "/" in asked.target else None  # namespace/pod, or a service key
         if named is not None and (why := principal.refusal(Scope.OPERATE, namespace=named)):
-            await self._refused(operator, f"{why}: RunOperation")  # before looking: no answer about other namespaces
+            await self._refused(
+                operator, f"{why}: RunOperation", context, reason=f"{operator}: {why}"
+            )  # before looking
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         try:
             target, agent_id, node = await self._read(lambda: resolve_pod(self.reader, asked.target, node=asked.node))
@@ -187,7 +192,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
             raise  # unreachable: abort raises
         if why := principal.refusal(Scope.OPERATE, namespace=target.namespace):
-            await self._refused(operator, f"{why}: RunOperation")
+            await self._refused(operator, f"{why}: RunOperation", context, reason=f"{operator}: {why}")
             refusal = OperationResult(outcome=Outcome.REFUSED, error=why)
             await self._audit_operation(operator, asked, target, agent_id, node, refusal, started)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)

@@ -22,6 +22,7 @@ from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
 from coral_colony.operator_service import OperatorService
+from coral_colony.refusals import Refusals
 from coral_colony.router import Router
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter, WriterThread
@@ -91,7 +92,10 @@ async def _serve(
 ) -> None:
     """Everything but the writer: each part closed, in reverse, however far the start got."""
     async with contextlib.AsyncExitStack() as stack:
-        mesh = MeshService(writer, colony_id=identity.colony_id, colony_secret=identity.secret(), clock=clock.time)
+        refusals = Refusals(writer.record)
+        mesh = MeshService(
+            writer, colony_id=identity.colony_id, colony_secret=identity.secret(), clock=clock.time, refusals=refusals
+        )
         router = Router(mesh.valid_session)
         reader = RegistryReader(database)
         stack.callback(reader.close)
@@ -100,6 +104,7 @@ async def _serve(
             OperatorTokens(identity.directory),
             colony_id=identity.colony_id,
             record=writer.record,
+            refusals=refusals,
             router=router,
             clock=clock.time,
         )
@@ -131,6 +136,7 @@ async def _serve(
         housekeeping = functools.partial(
             _registry_clock,
             writer,
+            refusals,
             clock=clock,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
@@ -146,7 +152,13 @@ async def _serve(
 
 
 async def _registry_clock(
-    writer: WriterThread, *, clock: Clock, heartbeat_timeout: float, ttl: float, audit_retention: float | None
+    writer: WriterThread,
+    refusals: Refusals,
+    *,
+    clock: Clock,
+    heartbeat_timeout: float,
+    ttl: float,
+    audit_retention: float | None,
 ) -> None:
     """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log.
 
@@ -167,6 +179,7 @@ async def _registry_clock(
             silent, gone = await writer.run(
                 lambda w: w.expire(now=clock.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
             )
+            await refusals.flush(clock.time())  # the counts of a quiet minute's refusals
         except (sqlite3.Error, OSError) as exc:
             if not failing:
                 emit(log, "registry.housekeeping_failed", level=logging.ERROR, reason=f"{type(exc).__name__}: {exc}")

@@ -78,8 +78,8 @@ def test_an_operator_without_a_token_is_refused_and_audited(
     assert main(coral(colony, "services", token="coral_forged")) == 2
     assert "does not know this operator token" in capsys.readouterr().err
     refusals = [r["detail"] for r in colony.audit("auth") if r["action"] == "operator.refused"]
-    assert any(d.startswith("no token from") for d in refusals)
-    assert any(d.startswith("unknown token from") for d in refusals)
+    assert any(d.startswith("no token: ") and d.endswith("(from ipv4:127.0.0.1)") for d in refusals)
+    assert any(d.startswith("unknown token: ") for d in refusals)
 
 
 def test_agents_lists_both_nodes(colony: ColonyThread, token: str, capsys: pytest.CaptureFixture[str]) -> None:
@@ -160,7 +160,10 @@ def test_a_read_token_cannot_tap_and_the_refusal_names_the_scope(
     assert main(coral(colony, "audit", token=reader)) == 2
     assert "lacks the audit scope" in capsys.readouterr().err
     refusals = [r for r in colony.audit("auth") if r["actor"] == "rita"]
-    assert {r["detail"].rsplit(": ", 1)[-1] for r in refusals} == {"RunOperation", "QueryAudit"}
+    assert {r["detail"].rsplit(": ", 1)[-1] for r in refusals} == {
+        "RunOperation (from ipv4:127.0.0.1)",
+        "QueryAudit (from ipv4:127.0.0.1)",
+    }
 
 
 def test_a_namespace_token_sees_and_operates_only_in_its_namespaces(
