@@ -115,6 +115,10 @@ class VirtualClock:
     def monotonic(self) -> float:
         return self._now
 
+    def step_wall(self, seconds: float) -> None:
+        """The wall clock alone jumps (an NTP step, a restored VM); monotonic time does not move."""
+        self._epoch_wall += seconds
+
     async def sleep(self, seconds: float, wake: asyncio.Event | None = None) -> bool:
         if wake is not None and wake.is_set():
             return True

@@ -35,6 +35,7 @@ HEARTBEAT_TIMEOUT_S = 45.0  # three missed 15 s heartbeats
 STALE_TTL_S = 24 * 3600.0  # services of an agent silent this long are dropped
 WEB_LISTEN = "127.0.0.1:9080"
 PRUNE_EVERY_S = 3600.0  # with --audit-retention: how often entries past it are deleted
+CLOCK_JUMP_S = 5.0  # wall and monotonic time disagreeing by more, between two rounds, is a jump
 
 
 async def serve(
@@ -168,8 +169,16 @@ async def _registry_clock(
     """
     pruned_at = float("-inf")
     failing = ""
+    wall, mono = clock.time(), clock.monotonic()
     while True:
         try:
+            # Silence is measured on the wall clock (heartbeat times are stored as such); a jump of it
+            # (an NTP step, a VM restored) would drop every agent at once. The monotonic clock tells.
+            jump = (clock.time() - wall) - (clock.monotonic() - mono)
+            if abs(jump) > CLOCK_JUMP_S:
+                moved = await writer.run(functools.partial(RegistryWriter.clock_jumped, by=jump, now=clock.time()))
+                emit(log, "colony.clock_jumped", level=logging.WARNING, by_s=round(jump), agents=moved)
+            wall, mono = clock.time(), clock.monotonic()
             if audit_retention is not None and clock.monotonic() - pruned_at >= PRUNE_EVERY_S:
                 prune = functools.partial(RegistryWriter.prune_audit, now=clock.time(), retention_s=audit_retention)
                 deleted = await writer.run(prune)

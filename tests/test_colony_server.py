@@ -176,3 +176,54 @@ def test_housekeeping_that_fails_is_logged_once_and_retried_not_fatal(
     failed = [fields for event, fields in events if event == "registry.housekeeping_failed"]
     assert failed == [{"reason": "OperationalError: database is locked"}], "once, with its cause"
     assert [event for event, _ in events].count("registry.housekeeping_recovered") == 1
+
+
+def test_a_wall_clock_jump_drops_no_agent(tmp_path: Path) -> None:
+    """Two days forward (an NTP step, a restored VM) with an agent that heartbeats: it stays healthy."""
+    directory = tmp_path / "colony"
+    identity = init_colony(directory, colony_id="c1", hosts=["127.0.0.1"])
+    clock = VirtualClock()
+    port = free_port()
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with serving(directory, port=port, clock=clock, heartbeat_timeout=45, ttl=86400):
+            sync = ColonySync(
+                ColonyEndpoint(
+                    address=f"127.0.0.1:{port}",
+                    colony_id="c1",
+                    secret=identity.secret(),
+                    agent_id="node-agent-a",
+                    node_name="node-a",
+                    version="0.1.0",
+                    node_labels={},
+                    ca_pem=identity.ca_cert.read_bytes(),
+                    heartbeat_interval_s=15.0,
+                ),
+                clock=clock,
+            )
+            sync.set_services({svc(1).key: svc(1)}, {})
+            task = asyncio.create_task(sync.run())
+            await sync.session()
+            registry = RegistryReader(directory / "colony.db")
+            try:
+                clock.step_wall(2 * 86400)
+                await clock.until(lambda: bool(jumped(registry)), within=20)
+                await clock.sleep(60)  # a minute of housekeeping and heartbeats after the jump
+                states = [a.state.value for a in registry.agents()]
+                actions = jumped(registry)
+            finally:
+                task.cancel()
+                registry.close()
+        return states, actions
+
+    states, actions = clock.run(scenario())
+    assert states == ["healthy"], "the agent was neither marked unreachable nor dropped"
+    assert actions == ["colony.clock_jumped"]
+
+
+def jumped(registry: RegistryReader) -> list[str]:
+    return [
+        r.entry.action
+        for r in registry.audit(AuditQuery(kind=AuditKind.AGENT))
+        if r.entry.action == "colony.clock_jumped"
+    ]

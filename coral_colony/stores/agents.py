@@ -93,6 +93,11 @@ def set_state(conn: sqlite3.Connection, agent_id: str, state: AgentState) -> boo
     return cursor.rowcount == 1
 
 
+def shift_heartbeats(conn: sqlite3.Connection, seconds: float) -> int:
+    """Move every agent's last heartbeat by ``seconds`` (the wall clock jumped); how many agents."""
+    return conn.execute("UPDATE agents SET last_heartbeat = last_heartbeat + ?", [seconds]).rowcount
+
+
 def silent(conn: sqlite3.Connection, *, since: float) -> list[tuple[str, str]]:
     """Healthy agents with no heartbeat since ``since``: (agent id, node)."""
     rows = conn.execute(

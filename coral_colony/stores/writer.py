@@ -169,6 +169,22 @@ class RegistryWriter:
             self.deregister(agent_id, now=now, why=f"silent past the {ttl:g}s TTL")
         return [agent_id for agent_id, _ in silent], gone
 
+    def clock_jumped(self, *, by: float, now: float) -> int:
+        """The wall clock jumped ``by`` seconds: heartbeat times move with it, so that a jump makes no agent
+        look silent (forward) or alive for longer (backward); audited. How many agents it moved."""
+        with self.conn:
+            moved = agents.shift_heartbeats(self.conn, by)
+            detail = f"the wall clock jumped {by:+.0f} s; the last heartbeats of {moved} agent(s) moved with it"
+            audit.append(
+                self.conn,
+                [
+                    AuditEntry(
+                        time=now, kind=AuditKind.AGENT, action="colony.clock_jumped", actor="colony", detail=detail
+                    )
+                ],
+            )
+        return moved
+
     def close(self) -> None:
         self.conn.close()
 
