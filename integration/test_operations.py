@@ -9,6 +9,7 @@ output and exit code, the colony's audit log and the agent's operations table.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import shutil
@@ -290,7 +291,7 @@ def test_ctrl_c_cancels_on_the_node_and_the_capture_process_is_gone(cluster: Clu
     cli.send_signal(signal.SIGINT)
     assert cli.wait(10) == 130
     stopped = time.monotonic()
-    cluster.colony.wait_for(lambda: not _capture_running(), timeout=5, what="dumpcap to exit")
+    cluster.colony.wait_for(lambda: not _capture_running(cluster), timeout=5, what="dumpcap to exit")
     assert time.monotonic() - stopped < 3.0
     cluster.colony.wait_for(lambda: cluster.operations("judy"), timeout=5, what="the audit entry")
     assert cluster.operations("judy")[0]["outcome"] == "cancelled"
@@ -304,7 +305,9 @@ def test_an_agent_that_dies_mid_operation_gives_a_clear_error_not_a_hang(cluster
     code = cli.wait(15)
     error = cli.stderr.read().decode() if cli.stderr else ""
     assert code == 1 and "disconnected during the operation" in error, error
-    cluster.colony.wait_for(lambda: not _capture_running(), timeout=5, what="the orphan capture to die with the agent")
+    cluster.colony.wait_for(
+        lambda: not _capture_running(cluster), timeout=5, what="the orphan capture to die with the agent"
+    )
     cluster.agent.start()
     cluster.colony.wait_for(lambda: connections(cluster.colony, "ops-node") >= 2, timeout=20, what="reconnect")
 
@@ -376,9 +379,17 @@ def tap_in_background(cluster: Cluster, operator: str, *, duration: str, out: Pa
         env=cluster.env(operator),
         stderr=subprocess.PIPE,
     )
-    cluster.colony.wait_for(_capture_running, timeout=10, what="the capture to start")
+    cluster.colony.wait_for(lambda: _capture_running(cluster), timeout=10, what="the capture to start")
     return cli
 
 
-def _capture_running() -> bool:
-    return subprocess.run(["pgrep", "-f", "dumpcap -i any -P -w -"], capture_output=True, check=False).returncode == 0
+def _capture_running(cluster: Cluster) -> bool:
+    """A dumpcap runs in the server pod's network namespace (others on this machine, another test's
+    say, do not count: they would make a race of the test)."""
+    pod_netns = Path(f"/proc/{cluster.pods.container_pid(cluster.server.container_ids[0])}/ns/net").stat().st_ino
+    found = subprocess.run(["pgrep", "-f", "dumpcap -i any -P -w -"], capture_output=True, check=False, text=True)
+    for pid in found.stdout.split():
+        with contextlib.suppress(OSError):  # it ended meanwhile
+            if Path(f"/proc/{pid}/ns/net").stat().st_ino == pod_netns:
+                return True
+    return False
