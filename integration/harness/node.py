@@ -211,6 +211,9 @@ class RealNode:
         self.dir = directory
         self.name = name
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.mount_holder: subprocess.Popen[bytes] | None = None
+        self.mount_namespace: Path | None = None
+        self._mount_namespace_id = 0
         self.containerd = PrivateContainerd(self.dir / "containerd", images=images, hairpin=True)
         index = self.containerd.subnet_index
         self.gateway = f"10.250.{index}.1"
@@ -247,6 +250,7 @@ class RealNode:
             binary(name)
         self._take_lock()
         self._prepare_host()
+        self._enter_mount_namespace()
         self.plane.start()
         self.containerd.start()
         self._start_controllers()
@@ -268,7 +272,9 @@ class RealNode:
             return
         for name in ("kubelet", "kube-proxy", "coredns", "kube-scheduler", "kube-controller-manager"):
             self._stop_process(name)
-        self.containerd.stop()  # every sandbox through CRI (CNI DEL), shims, mounts, the bridge, its directory
+        self.containerd.stop()  # every sandbox through CRI (CNI DEL), shims, the bridge
+        self._leave_mount_namespace()  # and with it every mount containerd and the kubelet made
+        _unmount_under(self.dir)
         self.plane.stop()
         if binary_exists("kube-proxy"):
             subprocess.run([str(binary("kube-proxy")), "--cleanup"], capture_output=True, timeout=60, check=False)
@@ -360,6 +366,40 @@ class RealNode:
         AGENT_CACHE.mkdir(parents=True)
         (AGENT_CACHE / HARNESS_MARK).write_text("the real-node test harness made this directory; it removes it\n")
         self._made_container_logs = not CONTAINER_LOGS.exists()
+
+    def _enter_mount_namespace(self) -> None:
+        """A mount namespace with ``/`` shared (as systemd makes it), held by a sleeping process."""
+        self.mount_holder = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "unchanged", "sh", "-c",
+             "mount --make-rshared / && echo ready && exec sleep infinity"],
+            stdout=subprocess.PIPE,
+            start_new_session=True,
+        )  # fmt: skip
+        assert self.mount_holder.stdout is not None
+        if self.mount_holder.stdout.readline().strip() != b"ready":
+            raise HarnessError("could not make a mount namespace with a shared / for the node")
+        self.mount_namespace = Path(f"/proc/{self.mount_holder.pid}/ns/mnt")
+        self._mount_namespace_id = self.mount_namespace.stat().st_ino
+        self.containerd.launcher = ("nsenter", f"--mount={self.mount_namespace}", "--")
+
+    def _leave_mount_namespace(self) -> None:
+        """Kill what still runs in the node's mount namespace, then its holder: the namespace and its mounts go."""
+        if self.mount_holder is None:
+            return
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit() or int(entry.name) == self.mount_holder.pid:
+                continue
+            try:
+                inside = (entry / "ns" / "mnt").stat().st_ino == self._mount_namespace_id
+            except OSError:
+                continue
+            if inside:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(entry.name), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.mount_holder.pid, signal.SIGKILL)
+        self.mount_holder.wait(10)
+        self.mount_holder = None
 
     def _node_kubeconfig(self, name: str, cert: tuple[Path, Path]) -> Path:
         path = self.dir / f"{name}.kubeconfig"
@@ -472,6 +512,7 @@ class RealNode:
         self._spawn(
             "kubelet",
             [
+                *self.containerd.launcher,
                 str(binary("kubelet")),
                 f"--kubeconfig={self._node_kubeconfig('kubelet', client)}",
                 f"--config={root / 'config.yaml'}",
@@ -558,6 +599,17 @@ def _http_ok(url: str) -> bool:
             return bool(answer.status == 200)
     except OSError:
         return False
+
+
+def _unmount_under(directory: Path) -> None:
+    prefix = f"{directory}/"
+    points = [
+        line.split()[4].replace("\\040", " ")
+        for line in Path("/proc/self/mountinfo").read_text().splitlines()
+        if line.split()[4].startswith(prefix)
+    ]
+    for point in sorted(points, key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True, check=False)
 
 
 def _walk_dirs(top: Path) -> Iterator[Path]:
