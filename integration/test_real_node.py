@@ -400,6 +400,26 @@ def test_the_agent_pod_recreated_by_the_daemonset_finds_its_cache_and_reports_no
     assert registered(colony, "restart", "cart") == running_pods(node, "restart", "app=cart")
 
 
+def test_autoscaling_3_to_30_to_2_keeps_the_registry_equal_to_kubectls_pods(
+    node: RealNode, colony: Operator, release: str
+) -> None:
+    node.kubectl("create", "namespace", "scale")
+    node.kubectl("apply", "-f", "-", input=deployment("catalog", "scale", 3))
+    for replicas in (3, 30, 2):
+        started = time.monotonic()
+        node.kubectl("-n", "scale", "scale", "deployment", "catalog", f"--replicas={replicas}")
+
+        def converged(count: int = replicas) -> set[tuple[str, str]] | None:
+            pods = running_pods(node, "scale", "app=catalog")
+            if len(pods) != count or any(not ip for _, ip in pods):
+                return None
+            return pods if registered(colony, "scale", "catalog") == pods else None
+
+        pods = wait_until(converged, timeout=240, what=f"the registry equal to kubectl's {replicas} catalog pods")
+        print(f"scaled to {replicas}: registry equal to kubectl's pods after {time.monotonic() - started:.1f}s")
+        assert len(pods) == replicas
+
+
 def test_helm_upgrade_with_new_filters_makes_the_registry_follow_them(
     node: RealNode, colony: Operator, release: str
 ) -> None:
@@ -419,12 +439,17 @@ def test_helm_upgrade_with_new_filters_makes_the_registry_follow_them(
     assert registered(colony, "restart", "cart") == running_pods(node, "restart", "app=cart")
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="the agent never calls Mesh.Deregister when it stops (cri_agent): the colony keeps listing it, "
+    "unreachable after the heartbeat timeout and until the 24 h TTL (issue 12, scenario 9)",
+)
 def test_helm_uninstall_deregisters_the_agent_from_the_colony(node: RealNode, colony: Operator, release: str) -> None:
     helm(node, "uninstall", release, "--namespace", "coral-system", "--wait", "--timeout", "2m")
     wait_until(lambda: not agent_pods(node) or None, timeout=120, what="the agent pod gone after helm uninstall")
     wait_until(
         lambda: not [a for a in colony.json("agents") if a["node_name"] == node.name],
-        timeout=60,
+        timeout=30,
         what="the colony no longer listing the node agent (deregistered, not stale)",
     )
     assert not [s for s in colony.services("restart") if s["agent_id"] == f"node-agent-{node.name}"]
