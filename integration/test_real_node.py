@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -418,6 +419,50 @@ def test_autoscaling_3_to_30_to_2_keeps_the_registry_equal_to_kubectls_pods(
         pods = wait_until(converged, timeout=240, what=f"the registry equal to kubectl's {replicas} catalog pods")
         print(f"scaled to {replicas}: registry equal to kubectl's pods after {time.monotonic() - started:.1f}s")
         assert len(pods) == replicas
+
+
+def test_tap_sample_and_profile_of_an_auto_discovered_service_run_in_the_daemonset_pod(
+    node: RealNode, colony: Operator, release: str, tmp_path: Path
+) -> None:
+    node.kubectl("create", "namespace", "ops")
+    node.kubectl("apply", "-f", "-", input=deployment("payments", "ops", 1))
+    [(_, payments_ip)] = wait_until(
+        lambda: registered(colony, "ops", "payments"), timeout=120, what="payments registered"
+    )
+    loop = f"while true; do wget -q -O /dev/null http://{payments_ip}:8080/; sleep 0.2; done"
+    shopper = json.loads(deployment("shopper", "ops", 1))
+    shopper["spec"]["template"]["spec"]["containers"][0]["command"] = ["sh", "-c", loop]
+    node.kubectl("apply", "-f", "-", input=json.dumps(shopper))
+    wait_until(lambda: running_pods(node, "ops", "app=shopper"), timeout=120, what="the shopper pod running")
+
+    pcap = tmp_path / "payments.pcap"
+    coral("tap", "payments", "--duration", "3s", "--filter", "tcp port 8080", "-w", str(pcap), env=colony.env)
+    uris = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "http.request", "-T", "fields", "-e", "ip.dst", "-e", "http.request.uri"],
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout.split("\n")  # fmt: skip
+    assert [u for u in uris if u.strip() == f"{payments_ip}\t/"], uris
+
+    flows = coral("sample", "payments", "--duration", "3s", "--top", "4", env=colony.env)
+    assert payments_ip in flows and "8080" in flows, flows
+
+    # A service that uses CPU to be profiled (busybox httpd at 5 requests/s gives no samples), capped at 0.2 CPU.
+    pricing = json.loads(deployment("pricing", "ops", 1))
+    container = pricing["spec"]["template"]["spec"]["containers"][0]
+    container["command"] = ["sh", "-c", "yes > /dev/null & exec httpd -f -p 8080 -h /www"]
+    container["resources"] = {"limits": {"cpu": "200m", "memory": "32Mi"}}
+    node.kubectl("apply", "-f", "-", input=json.dumps(pricing))
+    wait_until(lambda: registered(colony, "ops", "pricing"), timeout=120, what="pricing registered")
+    profile = tmp_path / "pricing.pb.gz"
+    coral("profile", "pricing", "--duration", "3s", "-o", str(profile), env=colony.env)
+    node.kubectl("-n", "ops", "delete", "deployment", "pricing", "--wait=false")
+    go = shutil.which("go") or "/usr/local/go/bin/go"
+    top = subprocess.run([go, "tool", "pprof", "-top", str(profile)], capture_output=True, text=True, timeout=120)
+    assert top.returncode == 0 and "flat" in top.stdout, top.stderr
+
+    operations = [e for e in colony.json("audit", "--kind", "operation") if e["actor"] == "alice"]
+    done = {(e["service_name"], e["action"]) for e in operations}
+    assert {("payments", "tap"), ("payments", "sample"), ("pricing", "profile")} <= done, operations
 
 
 def test_helm_upgrade_with_new_filters_makes_the_registry_follow_them(
