@@ -484,6 +484,48 @@ def test_helm_upgrade_with_new_filters_makes_the_registry_follow_them(
     assert registered(colony, "restart", "cart") == running_pods(node, "restart", "app=cart")
 
 
+def test_observe_only_through_the_chart_refuses_tap_and_profile_allows_sample_and_audits_each(
+    node: RealNode, colony: Operator, release: str, tmp_path: Path
+) -> None:
+    old = {p["metadata"]["uid"] for p in agent_pods(node)}
+    helm(node, "upgrade", release, str(CHART), "--namespace", "coral-system", "--reuse-values",
+         "--set", "mode=observe-only", "--wait", "--timeout", "4m")  # fmt: skip
+    node.kubectl("-n", "coral-system", "rollout", "status", "ds/coral-node-agent", "--timeout=180s", timeout=200)
+    [new] = wait_until(
+        lambda: [p for p in agent_pods(node) if p["metadata"]["uid"] not in old and ready(p)] or None,
+        timeout=120,
+        what="the observe-only agent pod Ready",
+    )
+    caps = new["spec"]["containers"][0]["securityContext"]["capabilities"]["add"]
+    assert "PERFMON" not in caps
+    wait_until(
+        lambda: (
+            "registered with colony prod"
+            in node.kubectl(
+                "-n", "coral-system", "exec", new["metadata"]["name"], "--", "coral", "agent", "status", check=False
+            )
+        ),
+        timeout=90,
+        what="the observe-only agent registered",
+    )
+    since = max(int(e["id"]) for e in colony.json("audit", "--kind", "operation"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "coral_cli", *args], capture_output=True, text=True,
+                              timeout=60, cwd=REPO, env={**os.environ, **colony.env}, check=False)  # fmt: skip
+
+    tap = run("tap", "payments", "--duration", "2s", "-w", str(tmp_path / "refused.pcap"))
+    assert tap.returncode == 2 and "observe-only" in tap.stderr, tap.stderr
+    profile = run("profile", "payments", "--duration", "2s", "-o", str(tmp_path / "refused.pb.gz"))
+    assert profile.returncode == 2 and "observe-only" in profile.stderr, profile.stderr
+    sample = run("sample", "payments", "--duration", "2s")
+    assert sample.returncode == 0, sample.stderr
+
+    entries = [e for e in colony.json("audit", "--kind", "operation") if int(e["id"]) > since]
+    outcomes = {(e["action"], json.loads(e["detail"])["outcome"]) for e in entries if e["actor"] == "alice"}
+    assert outcomes == {("tap", "refused"), ("profile", "refused"), ("sample", "ok")}, entries
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="the agent never calls Mesh.Deregister when it stops (cri_agent): the colony keeps listing it, "
