@@ -421,6 +421,63 @@ def test_autoscaling_3_to_30_to_2_keeps_the_registry_equal_to_kubectls_pods(
         assert len(pods) == replicas
 
 
+def test_a_cronjobs_short_lived_pods_are_audited_as_added_then_removed(
+    node: RealNode, colony: Operator, release: str
+) -> None:
+    node.kubectl("create", "namespace", "batch")
+    cronjob = {
+        "apiVersion": "batch/v1",
+        "kind": "CronJob",
+        "metadata": {"name": "report", "namespace": "batch"},
+        "spec": {
+            "schedule": "*/30 * * * *",
+            "jobTemplate": {
+                "spec": {
+                    "template": {
+                        "spec": {
+                            "restartPolicy": "Never",
+                            "terminationGracePeriodSeconds": 1,
+                            "containers": [
+                                {
+                                    "name": "report",
+                                    "image": WORKLOAD_IMAGE,
+                                    "command": ["sh", "-c", "httpd -p 8080 -h /www; sleep 5"],
+                                    "ports": [{"name": "http", "containerPort": 8080}],
+                                }
+                            ],
+                        }
+                    }
+                }
+            },
+        },
+    }
+    node.kubectl("apply", "-f", "-", input=json.dumps(cronjob))
+    for run in ("report-now-1", "report-now-2"):  # what an operator runs instead of waiting for the schedule
+        node.kubectl("-n", "batch", "create", "job", run, "--from=cronjob/report")
+
+    def finished() -> set[str] | None:
+        items = node.kubectl_json("-n", "batch", "get", "pods", "-l", "batch.kubernetes.io/job-name")["items"]
+        assert isinstance(items, list)
+        names = {p["metadata"]["name"] for p in items if p["status"].get("phase") == "Succeeded"}
+        return names if len(names) == 2 else None
+
+    pods = wait_until(finished, timeout=120, what="both report job pods Succeeded")
+
+    def audited() -> dict[str, set[str]] | None:
+        actions: dict[str, set[str]] = {name: set() for name in pods}
+        for entry in colony.discovery_audit():
+            if entry["namespace"] == "batch" and entry["pod_name"] in actions:
+                actions[entry["pod_name"]].add(entry["action"])
+        return actions if all({"added", "removed"} <= a for a in actions.values()) else None
+
+    wait_until(audited, timeout=60, what=f"every job pod of {sorted(pods)} audited as added and then removed")
+    added = [e for e in colony.discovery_audit() if e["pod_name"] in pods and e["action"] == "added"]
+    removed = [e for e in colony.discovery_audit() if e["pod_name"] in pods and e["action"] == "removed"]
+    for name in pods:
+        first_added = min(int(e["id"]) for e in added if e["pod_name"] == name)
+        assert all(int(e["id"]) > first_added for e in removed if e["pod_name"] == name)
+
+
 def test_tap_sample_and_profile_of_an_auto_discovered_service_run_in_the_daemonset_pod(
     node: RealNode, colony: Operator, release: str, tmp_path: Path
 ) -> None:
