@@ -60,6 +60,8 @@ from integration.harness.images import ImageSet
 from integration.harness.kube import ControlPlane, _free_port, binary
 
 LOCK = Path("/run/lock/coral-real-node.lock")
+LOGS = Path(__file__).resolve().parents[2] / ".cache" / "artifacts" / "real-node"  # the last run's logs, kept
+LOG_LINES_KEPT = 3000
 AGENT_CACHE = Path("/var/lib/coral")  # the chart's hostPath for the agent's cache
 HARNESS_MARK = ".made-by-coral-real-node"
 CONTAINER_LOGS = Path("/var/log/containers")  # the kubelet links every container's log here
@@ -272,6 +274,7 @@ class RealNode:
             return
         for name in ("kubelet", "kube-proxy", "coredns", "kube-scheduler", "kube-controller-manager"):
             self._stop_process(name)
+        self._keep_logs()
         self.containerd.stop()  # every sandbox through CRI (CNI DEL), shims, the bridge
         self._leave_mount_namespace()  # and with it every mount containerd and the kubelet made
         _unmount_under(self.dir)
@@ -330,6 +333,16 @@ class RealNode:
             return f"(no {name} log)"
 
     # -- pieces ------------------------------------------------------------------------
+
+    def _keep_logs(self) -> None:
+        """The tail of every component's log into .cache/artifacts/real-node/, for a failure after teardown."""
+        shutil.rmtree(LOGS, ignore_errors=True)
+        LOGS.mkdir(parents=True, exist_ok=True)
+        sources = [*self.dir.glob("*.log"), *self.plane.dir.glob("*.log"), self.containerd.log_path]
+        for source in sources:
+            with contextlib.suppress(OSError):
+                lines = source.read_text(errors="replace").splitlines()[-LOG_LINES_KEPT:]
+                (LOGS / source.name).write_text("\n".join(lines) + "\n")
 
     def _take_lock(self) -> None:
         LOCK.parent.mkdir(parents=True, exist_ok=True)
