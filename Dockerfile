@@ -1,21 +1,43 @@
 # The coral agent image (the colony runs from the same image: `coral colony start`).
 #
-# Built offline: BASE is a Debian bookworm root made locally with debootstrap
-# (integration/harness/docker.py does it; it holds python3, python3-venv,
-# util-linux, iproute2, procps, tshark's dumpcap and linux-perf), and the
-# Python wheels come from the build context (pip wheel on the host), so
-# `docker build --network none` works.
+#   docker build -t coral-cri-agent:0.1.0 .
 #
-#   docker build --network none --build-arg BASE=coral-debian:bookworm -t coral-cri-agent:0.1.0 .
+# The base is Debian bookworm. What the agent and its operations run on the
+# node is installed from Debian's archive when the base lacks it: python3 and
+# its venv, util-linux (nsenter, setpriv), iproute2, procps, tshark's dumpcap,
+# linux-perf and the CA certificates. A base that already holds them (the
+# test harness imports a debootstrap root under the default name) installs
+# nothing, so the build then needs no network.
+#
+# The agent itself: from the wheels in .cache/wheels when `make image-inputs`
+# made them (offline, `docker build --network none .` works), else built from
+# this source tree with pip's defaults.
 ARG BASE=debian:bookworm-slim
 
-FROM ${BASE} AS build
-COPY .cache/wheels /wheels
+FROM ${BASE} AS base
+RUN set -eu; need=""; \
+    python3 -c 'import ensurepip' 2>/dev/null || need="$need python3 python3-venv"; \
+    for tool in nsenter:util-linux setpriv:util-linux ip:iproute2 ps:procps dumpcap:tshark perf:linux-perf; do \
+        command -v "${tool%%:*}" >/dev/null || need="$need ${tool#*:}"; \
+    done; \
+    [ -e /etc/ssl/certs/ca-certificates.crt ] || need="$need ca-certificates"; \
+    if [ -n "$need" ]; then \
+        apt-get update \
+        && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $need \
+        && rm -rf /var/lib/apt/lists/*; \
+    fi
+
+FROM base AS build
+COPY . /src
 RUN python3 -m venv /opt/coral \
- && /opt/coral/bin/pip install --no-index --no-cache-dir --find-links /wheels coral-cri-agent \
+ && if ls /src/.cache/wheels/coral_cri_agent-*.whl >/dev/null 2>&1; then \
+        /opt/coral/bin/pip install --no-index --no-cache-dir --find-links /src/.cache/wheels coral-cri-agent; \
+    else \
+        /opt/coral/bin/pip install --no-cache-dir /src; \
+    fi \
  && /opt/coral/bin/coral --version
 
-FROM ${BASE}
+FROM base
 COPY --from=build /opt/coral /opt/coral
 ENV PATH=/opt/coral/bin:$PATH PYTHONDONTWRITEBYTECODE=1
 # The agent runs as root (hostPID, setns, the CRI socket); the colony's

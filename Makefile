@@ -4,8 +4,10 @@ DEBIAN_PACKAGES := containerd runc containernetworking-plugins busybox-static ip
 	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev etcd-server etcd-client \
 	debootstrap docker.io
 IMAGE_DIR ?= $(CURDIR)/.cache/images
-# kube-apiserver and kubectl from the k8s.io/kubernetes Go module (integration/kube), helm from its
-# module (integration/helm), kwok likewise (integration/kwok): built once into a cache directory.
+# kube-apiserver, kubectl and a node's binaries (kubelet, kube-scheduler, kube-controller-manager,
+# kube-proxy) from the k8s.io/kubernetes Go module (integration/kube), helm from its module
+# (integration/helm), kwok and CoreDNS likewise (integration/kwok, integration/coredns): built once into a cache directory; each
+# binary is its own file target, so a second `make setup` builds nothing.
 KUBE_BIN ?= $(CURDIR)/.cache/kube/bin
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
@@ -24,9 +26,10 @@ setup-python:
 images:
 	$(PY) -m integration.harness.images $(IMAGE_DIR)
 
-kube-binaries: $(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl $(KUBE_BIN)/helm $(KUBE_BIN)/kwok
+KUBE_COMMANDS := kube-apiserver kubectl kubelet kube-scheduler kube-controller-manager kube-proxy
+kube-binaries: $(addprefix $(KUBE_BIN)/,$(KUBE_COMMANDS)) $(KUBE_BIN)/helm $(KUBE_BIN)/kwok $(KUBE_BIN)/coredns
 
-$(KUBE_BIN)/kube-apiserver $(KUBE_BIN)/kubectl: integration/kube/go.mod integration/kube/go.sum
+$(addprefix $(KUBE_BIN)/,$(KUBE_COMMANDS)): integration/kube/go.mod integration/kube/go.sum
 	cd integration/kube && $(GO) build -trimpath -o $@ k8s.io/kubernetes/cmd/$(@F)
 
 $(KUBE_BIN)/helm: integration/helm/go.mod integration/helm/go.sum
@@ -34,6 +37,10 @@ $(KUBE_BIN)/helm: integration/helm/go.mod integration/helm/go.sum
 
 $(KUBE_BIN)/kwok: integration/kwok/go.mod integration/kwok/go.sum
 	cd integration/kwok && $(GO) build -trimpath -o $@ sigs.k8s.io/kwok/cmd/kwok
+
+# The real node's cluster DNS (integration/harness/node.py), so Service names resolve in pods.
+$(KUBE_BIN)/coredns: integration/coredns/go.mod integration/coredns/go.sum
+	cd integration/coredns && $(GO) build -trimpath -o $@ github.com/coredns/coredns
 
 # Offline inputs of the image build (integration/test_image.py): a Debian root from Debian's archive, and wheels.
 DOCKER_ROOT_PACKAGES := python3,python3-venv,util-linux,iproute2,procps,tshark,linux-perf,ca-certificates

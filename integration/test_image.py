@@ -1,4 +1,8 @@
-"""The agent image: built offline from a locally bootstrapped Debian base, run under testcontainers."""
+"""The agent image: built as a user builds it (``docker build .``), offline, run under testcontainers.
+
+The private engine holds a locally bootstrapped Debian root under the
+Dockerfile's default base name, so no build argument is passed.
+"""
 
 from __future__ import annotations
 
@@ -25,8 +29,8 @@ def docker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateDocker]:
 
 @pytest.fixture(scope="module")
 def image(docker: PrivateDocker) -> str:
-    base = docker.import_base()
-    docker.docker("build", "--network", "none", "--build-arg", f"BASE={base}", "-t", IMAGE, str(REPO))
+    docker.import_base()
+    docker.docker("build", "--network", "none", "-t", IMAGE, str(REPO))
     return IMAGE
 
 

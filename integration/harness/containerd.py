@@ -23,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -49,9 +50,23 @@ def _free_subnet() -> int:
 
 
 class PrivateContainerd:
-    def __init__(self, directory: Path, *, images: ImageSet) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        images: ImageSet,
+        routes: Sequence[str] = (),
+        hairpin: bool = False,
+        launcher: Sequence[str] = (),
+    ) -> None:
+        """``routes``: extra destinations pods reach through the bridge (a Service CIDR); ``hairpin``:
+        a pod may reach itself through a Service (the CNI bridge's hairpin mode); ``launcher``: a
+        command prefix containerd runs under (``nsenter --mount=...``: a node's own mount namespace)."""
         self.dir = directory
         self.images = images
+        self.routes = tuple(routes)
+        self.hairpin = hairpin
+        self.launcher = tuple(launcher)
         self.socket_path = directory / "containerd.sock"
         self.log_path = directory / "containerd.log"
         self.bridge = f"crd{random.randrange(16**4):04x}"
@@ -122,9 +137,11 @@ class PrivateContainerd:
                     "bridge": self.bridge,
                     "isGateway": True,
                     "ipMasq": False,
+                    "hairpinMode": self.hairpin,
                     "ipam": {
                         "type": "host-local",
                         "ranges": [[{"subnet": self.subnet}]],
+                        "routes": [{"dst": route} for route in self.routes],
                         "dataDir": str(self.dir / "cni" / "ipam"),
                     },
                 },
@@ -167,7 +184,7 @@ state = "{d}/state"
         self.dir.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
-                ["containerd", "--config", str(self.dir / "config.toml")],
+                [*self.launcher, "containerd", "--config", str(self.dir / "config.toml")],
                 stdout=log,
                 stderr=log,
                 start_new_session=True,

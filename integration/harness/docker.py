@@ -2,8 +2,11 @@
 
 ``make image-inputs`` (part of ``make setup``) bootstraps a Debian bookworm
 root with debootstrap from Debian's archive and builds the project's wheels
-with pip; the tests then build the Dockerfile with ``--network none``:
-nothing is pulled from a registry. dockerd runs with its own data root,
+with pip. ``import_base`` makes that root the local engine's image of the
+Dockerfile's default base (``debian:bookworm-slim``), so tests build the
+Dockerfile as a user does (``docker build .``, no build argument), with
+``--network none``: the root already holds what the Dockerfile would
+install, and nothing is pulled from a registry. dockerd runs with its own data root,
 exec root and socket, no iptables and no bridge (containers run with
 ``--network none``).
 """
@@ -20,7 +23,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 ROOTFS_TAR = REPO / ".cache" / "docker" / "bookworm-rootfs.tar"
 WHEELS = REPO / ".cache" / "wheels"
-BASE_IMAGE = "coral-debian:bookworm"
+BASE_IMAGE = "debian:bookworm-slim"  # the Dockerfile's default BASE
 DOCKER = "/usr/bin/docker"  # Debian's CLI, matching its daemon
 
 
@@ -70,7 +73,7 @@ class PrivateDocker:
         return done
 
     def import_base(self) -> str:
-        """The locally bootstrapped Debian root as an image (``make image-inputs`` made the tar)."""
+        """The locally bootstrapped Debian root under the default base's name (``make image-inputs`` made it)."""
         if not ROOTFS_TAR.exists():
             raise DockerError(f"{ROOTFS_TAR} is missing: run `make image-inputs` (part of `make setup`)")
         self.docker("import", str(ROOTFS_TAR), BASE_IMAGE)

@@ -56,12 +56,13 @@ class ControlPlane:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.etcd_port, self.etcd_peer = _free_port(), _free_port()
         self.port = _free_port()
+        self.host = "127.0.0.1"  # where kube-apiserver listens (and advertises itself)
         self.etcd: subprocess.Popen[bytes] | None = None
         self.apiserver: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+        return f"https://{self.host}:{self.port}"
 
     @property
     def ca(self) -> Path:
@@ -121,26 +122,29 @@ class ControlPlane:
         self._write_inputs()
         log = (self.dir / "apiserver.log").open("ab")
         self.apiserver = subprocess.Popen(
-            [
-                str(binary("kube-apiserver")),
-                f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
-                "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
-                f"--cert-dir={self.dir / 'certs'}",
-                f"--token-auth-file={self.dir / 'tokens.csv'}",
-                "--authorization-mode=RBAC",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                f"--service-account-key-file={self.dir / 'sa.pub'}",
-                f"--service-account-signing-key-file={self.dir / 'sa.key'}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--disable-admission-plugins=ServiceAccount",  # no controller manager creates `default` accounts
-                "--enable-priority-and-fairness=false",
-            ],
+            [str(binary("kube-apiserver")), *self.apiserver_flags()],
             stdout=log,
             stderr=log,
             start_new_session=True,
-        )  # fmt: skip
+        )
         log.close()
         self.wait_ready()
+
+    def apiserver_flags(self) -> list[str]:
+        """RBAC only, static tokens, a self-signed serving certificate; no ServiceAccount admission."""
+        return [
+            f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
+            f"--bind-address={self.host}", f"--advertise-address={self.host}", f"--secure-port={self.port}",
+            f"--cert-dir={self.dir / 'certs'}",
+            f"--token-auth-file={self.dir / 'tokens.csv'}",
+            "--authorization-mode=RBAC",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={self.dir / 'sa.pub'}",
+            f"--service-account-signing-key-file={self.dir / 'sa.key'}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--disable-admission-plugins=ServiceAccount",  # no controller manager creates `default` accounts
+            "--enable-priority-and-fairness=false",
+        ]  # fmt: skip
 
     def wait_ready(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
