@@ -29,8 +29,15 @@ images:
 KUBE_COMMANDS := kube-apiserver kubectl kubelet kube-scheduler kube-controller-manager kube-proxy
 kube-binaries: $(addprefix $(KUBE_BIN)/,$(KUBE_COMMANDS)) $(KUBE_BIN)/helm $(KUBE_BIN)/kwok $(KUBE_BIN)/coredns
 
-$(addprefix $(KUBE_BIN)/,$(KUBE_COMMANDS)): integration/kube/go.mod integration/kube/go.sum
-	cd integration/kube && $(GO) build -trimpath -o $@ k8s.io/kubernetes/cmd/$(@F)
+# Stamped with the module's version, as a release build is: a cluster that says v0.0.0-master fails every
+# chart's kubeVersion check (helm install), which a user's cluster never would.
+KUBE_VERSION := $(shell sed -n 's|^require k8s.io/kubernetes \(v[0-9.]*\).*|\1|p' integration/kube/go.mod)
+KUBE_SEMVER := $(subst ., ,$(patsubst v%,%,$(KUBE_VERSION)))
+KUBE_LDFLAGS := $(foreach pkg,k8s.io/component-base/version k8s.io/client-go/pkg/version,\
+	-X $(pkg).gitVersion=$(KUBE_VERSION) -X $(pkg).gitMajor=$(word 1,$(KUBE_SEMVER)) \
+	-X $(pkg).gitMinor=$(word 2,$(KUBE_SEMVER)) -X $(pkg).gitTreeState=clean)
+$(addprefix $(KUBE_BIN)/,$(KUBE_COMMANDS)): integration/kube/go.mod integration/kube/go.sum Makefile
+	cd integration/kube && $(GO) build -trimpath -ldflags "$(KUBE_LDFLAGS)" -o $@ k8s.io/kubernetes/cmd/$(@F)
 
 $(KUBE_BIN)/helm: integration/helm/go.mod integration/helm/go.sum
 	cd integration/helm && $(GO) build -trimpath -o $@ helm.sh/helm/v3/cmd/helm
