@@ -3,7 +3,9 @@
 Keys, certificates' keys, token hashes and enrollment records are written
 here. Someone who can write to the directory could otherwise plant a
 symlink where the next write lands (and have the secret written to a file
-they can read), or watch a half-written file.
+they can read), or watch a half-written file. Reading follows symlinks on
+purpose: a Kubernetes Secret volume is made of them
+(``operator-tokens.yaml -> ..data/operator-tokens.yaml``).
 """
 
 from __future__ import annotations
@@ -33,13 +35,6 @@ def write_private(path: Path, data: bytes, *, mode: int = 0o600) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-
-
-def read_private(path: Path) -> bytes:
-    """The bytes of ``path``, refusing a symlink (``O_NOFOLLOW``)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    with os.fdopen(fd, "rb") as handle:
-        return handle.read()
 
 
 class PendingFile:

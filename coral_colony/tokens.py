@@ -11,8 +11,10 @@ expires. A token written before scopes existed keeps what it could do then:
 ``read``, ``audit`` and ``operate`` everywhere.
 
 A running colony re-reads the file when it changes, so creating or revoking
-a token needs no restart. Files are created with ``O_EXCL|O_NOFOLLOW``: a
-symlink planted in the directory is refused, never followed.
+a token needs no restart, also when the file is a Secret volume's symlink.
+The file is written whole through a fresh ``O_EXCL|O_NOFOLLOW`` temporary
+file renamed over it: a symlink planted in its place is replaced, never
+written through.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from pathlib import Path
 import yaml
 
 from coral_base.errors import ConfigError
-from coral_base.private_files import read_private, write_private
+from coral_base.private_files import write_private
 from coral_base.vocabulary import Scope
 from coral_colony.model import Principal
 
@@ -69,7 +71,7 @@ class OperatorTokens:
         self.path = directory / TOKENS_FILE
         self.clock = clock
         self._lock = threading.Lock()
-        self._stamp: tuple[int, int] | None = None
+        self._stamp: tuple[int, int, int] | None = None
         self._by_digest: dict[str, Principal] = {}
 
     # -- administration (the `coral colony token` commands) --------------------------
@@ -148,22 +150,22 @@ class OperatorTokens:
 
     def _reload(self) -> None:
         try:
-            st = self.path.stat(follow_symlinks=False)
+            st = self.path.stat()  # followed: a Secret volume swaps the file behind a symlink when it changes
         except FileNotFoundError:
             self._stamp, self._by_digest = None, {}
             return
-        stamp = (st.st_mtime_ns, st.st_size)
+        stamp = (st.st_ino, st.st_mtime_ns, st.st_size)
         if stamp != self._stamp:
             self._by_digest = {str(e["sha256"]): _principal(name, e) for name, e in self._read().items()}
             self._stamp = stamp
 
     def _read(self) -> dict[str, dict[str, object]]:
         try:
-            text = read_private(self.path)
+            text = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as exc:
-            raise ConfigError(f"{self.path}: cannot be read safely ({exc.strerror}; a symlink is refused)") from None
+            raise ConfigError(f"{self.path}: cannot be read ({exc.strerror})") from None
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as exc:

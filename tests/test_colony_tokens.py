@@ -73,15 +73,38 @@ def test_a_token_from_before_scopes_keeps_what_it_could_do(tmp_path: Path) -> No
     assert principal is not None and principal.scopes == LEGACY_SCOPES and not principal.namespaces
 
 
-def test_a_symlink_planted_for_the_tokens_file_is_refused_not_followed(tmp_path: Path) -> None:
+def test_a_symlink_planted_for_the_tokens_file_is_replaced_not_written_through(tmp_path: Path) -> None:
     target = tmp_path / "elsewhere"
     target.write_text("tokens: {}\n")
     colony = tmp_path / "colony"
     colony.mkdir()
     (colony / TOKENS_FILE).symlink_to(target)
-    with pytest.raises(ConfigError, match="cannot be read safely"):
-        OperatorTokens(colony).create("eve", scopes=READ)
-    assert target.read_text() == "tokens: {}\n"
+    token = OperatorTokens(colony).create("eve", scopes=READ)
+    assert target.read_text() == "tokens: {}\n", "the file the link pointed at is untouched"
+    assert not (colony / TOKENS_FILE).is_symlink()
+    assert (p := OperatorTokens(colony).authenticate(token)) is not None and p.name == "eve"
+
+
+def test_tokens_mounted_from_a_kubernetes_secret_are_read_and_followed_when_it_changes(tmp_path: Path) -> None:
+    """A Secret volume: ``operator-tokens.yaml -> ..data/operator-tokens.yaml``, ``..data -> ..<timestamp>``."""
+    made = tmp_path / "made"
+    alice = OperatorTokens(made).create("alice", scopes=READ)
+    bob = OperatorTokens(made).create("bob", scopes=READ)
+    volume = tmp_path / "volume"
+    first, second = volume / "..2026_11_30_01", volume / "..2026_11_30_02"
+    first.mkdir(parents=True)
+    second.mkdir()
+    (first / TOKENS_FILE).write_text((made / TOKENS_FILE).read_text())
+    OperatorTokens(made).revoke("alice")
+    (second / TOKENS_FILE).write_text((made / TOKENS_FILE).read_text())
+    (volume / "..data").symlink_to(first.name)
+    (volume / TOKENS_FILE).symlink_to(f"..data/{TOKENS_FILE}")
+    colony = OperatorTokens(volume)
+    assert (p := colony.authenticate(alice)) is not None and p.name == "alice"
+    (volume / "..data_tmp").symlink_to(second.name)
+    (volume / "..data_tmp").replace(volume / "..data")  # how the kubelet updates a Secret volume
+    assert colony.authenticate(alice) is None, "the revocation reached the running colony"
+    assert (p := colony.authenticate(bob)) is not None and p.name == "bob"
 
 
 @pytest.mark.parametrize(

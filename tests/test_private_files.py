@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path
 
-from coral_base.private_files import PendingFile, read_private, write_private
+from coral_base.private_files import PendingFile, write_private
 
 
 def mode(path: Path) -> int:
@@ -19,7 +19,7 @@ def test_a_private_file_is_0600_in_a_0700_directory_and_replaces_a_planted_symli
     directory.mkdir(mode=0o700)
     (directory / "secret").symlink_to(target)
     write_private(directory / "secret", b"s3cret")
-    assert (read_private(directory / "secret"), mode(directory / "secret"), target.read_text()) == (
+    assert ((directory / "secret").read_bytes(), mode(directory / "secret"), target.read_text()) == (
         b"s3cret",
         0o600,
         "",
