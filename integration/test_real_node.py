@@ -188,7 +188,9 @@ def colony(node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     identity = tmp_path_factory.mktemp("colony") / "colony"
     coral("colony", "init", str(identity), "--colony-id", "prod",
           "--host", "coral-colony.coral-system.svc", "--host", "localhost")  # fmt: skip
-    token = coral("colony", "token", "create", "alice", "--dir", str(identity), "--quiet").strip()
+    token = coral(
+        "colony", "token", "create", "alice", "--scope", "read,audit,operate", "--dir", str(identity), "--quiet"
+    ).strip()
     (identity / "ca.key").unlink()
     node.kubectl("apply", "-f", str(DEPLOY / "namespace.yaml"))
     node.kubectl("-n", "coral-system", "create", "secret", "generic", "coral-colony-identity",
@@ -567,7 +569,7 @@ def test_observe_only_through_the_chart_refuses_tap_and_profile_allows_sample_an
         timeout=90,
         what="the observe-only agent registered",
     )
-    since = max(int(e["id"]) for e in colony.json("audit", "--kind", "operation"))
+    since = max((int(e["id"]) for e in colony.json("audit", "--kind", "operation")), default=0)
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "coral_cli", *args], capture_output=True, text=True,
