@@ -26,6 +26,7 @@ from coral_colony.model import ForwardedOperation
 
 log = logging.getLogger("coral_colony.router")
 
+HELLO_WITHIN_S = 10.0  # a Connect that has not said Hello by then is closed
 SessionCheck = Callable[[str, str], Awaitable[bool]]  # (agent_id, session_token) -> valid
 _Context = grpc.aio.ServicerContext[object, object]
 
@@ -49,8 +50,9 @@ class _Connection:
 
 
 class Router(agent_pb2_grpc.AgentControlServicer):
-    def __init__(self, check_session: SessionCheck) -> None:
+    def __init__(self, check_session: SessionCheck, *, hello_within_s: float = HELLO_WITHIN_S) -> None:
         self.check_session = check_session
+        self.hello_within_s = hello_within_s
         self._agents: dict[str, _Connection] = {}
 
     def connected(self, agent_id: str) -> bool:
@@ -61,7 +63,14 @@ class Router(agent_pb2_grpc.AgentControlServicer):
     async def Connect(
         self, request_iterator: AsyncIterator[agent_pb2.AgentMessage], context: _Context
     ) -> AsyncIterator[agent_pb2.ColonyMessage]:
-        first = await anext(aiter(request_iterator), None)
+        try:  # a stream that says nothing must not hold a slot for ever
+            async with asyncio.timeout(self.hello_within_s):
+                first = await anext(aiter(request_iterator), None)
+        except TimeoutError:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED, f"no Hello within {self.hello_within_s:g}s of connecting"
+            )
+            raise  # unreachable: abort raises
         hello = codec.hello(first) if first is not None else None
         if hello is None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")

@@ -175,3 +175,25 @@ def test_an_agent_that_never_answers_is_failed_at_the_deadline_and_told_to_cance
     outcome, error, received = asyncio.run(asyncio.wait_for(scenario(), 10))
     assert (outcome, error) == ("failed", "no result from the agent within 0.05s: cancelled")
     assert received == ["request", "cancel"]
+
+
+def test_a_stream_that_never_says_hello_is_closed() -> None:
+    """A stranger's silent Connect must not hold a stream (and its slot) for ever."""
+
+    async def scenario() -> tuple[grpc.StatusCode, str]:
+        server, port = await _serve(Router(_allow, hello_within_s=0.05))
+        never: asyncio.Event = asyncio.Event()
+
+        async def silence() -> AsyncIterator[Any]:
+            await never.wait()
+            yield agent_pb2.AgentMessage()
+
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as closed:
+                async for _ in agent_pb2_grpc.AgentControlStub(channel).Connect(silence()):
+                    pass
+        await server.stop(None)
+        return closed.value.code(), str(closed.value.details())
+
+    code, details = asyncio.run(asyncio.wait_for(scenario(), 10))
+    assert (code, details) == (grpc.StatusCode.DEADLINE_EXCEEDED, "no Hello within 0.05s of connecting")
