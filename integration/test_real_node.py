@@ -590,7 +590,7 @@ def test_observe_only_through_the_chart_refuses_tap_and_profile_allows_sample_an
 @pytest.mark.xfail(
     strict=True,
     reason="the agent never calls Mesh.Deregister when it stops (cri_agent): the colony keeps listing it, "
-    "unreachable after the heartbeat timeout and until the 24 h TTL (issue 12, scenario 9)",
+    "unreachable after the heartbeat timeout and until the 24 h TTL; deregistration on shutdown is issue 13's",
 )
 def test_helm_uninstall_deregisters_the_agent_from_the_colony(node: RealNode, colony: Operator, release: str) -> None:
     helm(node, "uninstall", release, "--namespace", "coral-system", "--wait", "--timeout", "2m")

@@ -97,20 +97,7 @@ def test_a_silent_agent_is_marked_unreachable_then_dropped_on_the_colonys_clock(
 
     async def scenario() -> tuple[float, float, list[str]]:
         async with serving(directory, port=port, clock=clock, heartbeat_timeout=45, ttl=600):
-            sync = ColonySync(
-                ColonyEndpoint(
-                    address=f"127.0.0.1:{port}",
-                    colony_id="c1",
-                    secret=identity.secret(),
-                    agent_id="node-agent-a",
-                    node_name="node-a",
-                    version="0.1.0",
-                    node_labels={},
-                    ca_pem=identity.ca_cert.read_bytes(),
-                ),
-                clock=clock,
-            )
-            sync.set_services({svc(1).key: svc(1)}, {})
+            sync = one_service_agent(identity, port=port, clock=clock)
             task = asyncio.create_task(sync.run())
             await sync.session()
             task.cancel()  # the agent falls silent: no heartbeat, no goodbye
@@ -187,21 +174,7 @@ def test_a_wall_clock_jump_drops_no_agent(tmp_path: Path) -> None:
 
     async def scenario() -> tuple[list[str], list[str]]:
         async with serving(directory, port=port, clock=clock, heartbeat_timeout=45, ttl=86400):
-            sync = ColonySync(
-                ColonyEndpoint(
-                    address=f"127.0.0.1:{port}",
-                    colony_id="c1",
-                    secret=identity.secret(),
-                    agent_id="node-agent-a",
-                    node_name="node-a",
-                    version="0.1.0",
-                    node_labels={},
-                    ca_pem=identity.ca_cert.read_bytes(),
-                    heartbeat_interval_s=15.0,
-                ),
-                clock=clock,
-            )
-            sync.set_services({svc(1).key: svc(1)}, {})
+            sync = one_service_agent(identity, port=port, clock=clock)
             task = asyncio.create_task(sync.run())
             await sync.session()
             registry = RegistryReader(directory / "colony.db")
@@ -227,3 +200,22 @@ def jumped(registry: RegistryReader) -> list[str]:
         for r in registry.audit(AuditQuery(kind=AuditKind.AGENT))
         if r.entry.action == "colony.clock_jumped"
     ]
+
+
+def one_service_agent(identity: ColonyIdentity, *, port: int, clock: VirtualClock) -> ColonySync:
+    """Node agent ``node-agent-a`` of ``node-a`` with one service, to run against ``serving()`` on ``port``."""
+    sync = ColonySync(
+        ColonyEndpoint(
+            address=f"127.0.0.1:{port}",
+            colony_id="c1",
+            secret=identity.secret(),
+            agent_id="node-agent-a",
+            node_name="node-a",
+            version="0.1.0",
+            node_labels={},
+            ca_pem=identity.ca_cert.read_bytes(),
+        ),
+        clock=clock,
+    )
+    sync.set_services({svc(1).key: svc(1)}, {})
+    return sync
