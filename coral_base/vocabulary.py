@@ -124,3 +124,12 @@ class Scope(StrEnum):
     AUDIT = "audit"  # the audit log
     OPERATE = "operate"  # tap, profile, sample
     ENROLL = "enroll"  # a bootstrap token: enrolls node agents, nothing else
+    ADMIN = "admin"  # revoke agents' enrollments
+
+
+class EnrollMethod(StrEnum):
+    """How a node agent proved it may enroll (the credential behind its first certificate)."""
+
+    SECRET = "secret"  # the colony's shared secret
+    BOOTSTRAP_TOKEN = "bootstrap-token"  # `coral colony token create NAME --bootstrap`, which expires
+    SERVICE_ACCOUNT = "service-account"  # its projected ServiceAccount token, checked with TokenReview

@@ -22,6 +22,7 @@ from google.protobuf.message import Message
 from coral_base.vocabulary import read_word
 from coral_base.wire.coral.agent.v1 import agent_pb2
 from coral_base.wire.coral.colony.v1 import colony_pb2
+from coral_base.wire.coral.identity.v1 import identity_pb2
 from coral_base.wire.coral.mesh.v1 import mesh_pb2
 from coral_base.wire_enums import WireEnum
 from coral_colony.model import (
@@ -38,10 +39,14 @@ from coral_colony.model import (
     AuditQuery,
     Chunk,
     Delta,
+    EnrollCall,
+    Enrollment,
+    EnrollMethod,
     EventKind,
     Flow,
     ForwardedOperation,
     HealthState,
+    IssuedCertificate,
     LoggedEntry,
     OperationOutput,
     OperationRequest,
@@ -161,6 +166,64 @@ def _service_info(service: ServiceRecord) -> mesh_pb2.ServiceInfo:
 # -- mesh.v1: what agents send, what the colony answers ---------------------------------------
 
 
+# -- identity.v1 ---------------------------------------------------------------------
+
+_CREDENTIALS = {
+    "colony_secret": EnrollMethod.SECRET,
+    "bootstrap_token": EnrollMethod.BOOTSTRAP_TOKEN,
+    "service_account_token": EnrollMethod.SERVICE_ACCOUNT,
+}
+
+
+def enroll_call(request: identity_pb2.EnrollRequest) -> EnrollCall:
+    which = request.WhichOneof("credential")
+    return EnrollCall(
+        colony_id=request.colony_id,
+        node_name=request.node_name,
+        csr_pem=request.csr_pem,
+        method=_CREDENTIALS.get(which) if which else None,
+        credential=str(getattr(request, which)) if which else "",
+        version=request.version,
+    )
+
+
+def renewal_csr(request: identity_pb2.RenewRequest) -> bytes:
+    return request.csr_pem
+
+
+def issued_certificate(issued: IssuedCertificate) -> identity_pb2.Certificate:
+    return identity_pb2.Certificate(
+        agent_id=issued.agent_id,
+        certificate_pem=issued.certificate_pem,
+        ca_pem=issued.ca_pem,
+        not_after_unix_ms=_unix_ms(issued.not_after),
+        renew_after_unix_ms=_unix_ms(issued.renew_after),
+        agent_port=issued.agent_port,
+    )
+
+
+def revoke_node(request: colony_pb2.RevokeAgentRequest) -> str:
+    return request.node
+
+
+def revoke_response(agent_id: str, services_removed: int) -> colony_pb2.RevokeAgentResponse:
+    return colony_pb2.RevokeAgentResponse(agent_id=agent_id, services_removed=services_removed)
+
+
+def _enrollment(enrollment: Enrollment) -> colony_pb2.Enrollment:
+    return colony_pb2.Enrollment(
+        method=enrollment.method.value,
+        credential=enrollment.credential,
+        enrolled_unix_ms=_unix_ms(enrollment.enrolled_at),
+        renewed_unix_ms=_unix_ms(enrollment.renewed_at),
+        certificate_not_after_unix_ms=_unix_ms(enrollment.not_after),
+        key_sha256=enrollment.key_sha256,
+    )
+
+
+# -- mesh.v1 -------------------------------------------------------------------------
+
+
 def registration(request: mesh_pb2.RegisterRequest) -> Registration:
     """A node agent sends its services; an RFD 011 agent registers one, by ``component_name``, and no services."""
     single = not request.services and bool(request.component_name)
@@ -271,6 +334,7 @@ def _agent_message(status: AgentStatus) -> colony_pb2.Agent:
         last_heartbeat_unix_ms=_unix_ms(status.last_heartbeat),
         services=status.services,
         labels=dict(agent.labels),
+        enrollment=_enrollment(status.enrollment) if status.enrollment else None,
     )
 
 
@@ -289,6 +353,22 @@ def _agent_status(message: colony_pb2.Agent) -> AgentStatus:
         first_seen=_seconds(message.first_seen_unix_ms),
         last_heartbeat=_seconds(message.last_heartbeat_unix_ms),
         services=message.services,
+        enrollment=_enrollment_of(message) if message.HasField("enrollment") else None,
+    )
+
+
+def _enrollment_of(message: colony_pb2.Agent) -> Enrollment:
+    e = message.enrollment
+    return Enrollment(
+        node_name=message.node_name,
+        agent_id=message.agent_id,
+        key_sha256=e.key_sha256,
+        certificate_sha256="",  # not sent: operators see the key the node is bound to
+        not_after=_seconds(e.certificate_not_after_unix_ms),
+        method=read_word(EnrollMethod, e.method, EnrollMethod.SECRET),
+        enrolled_at=_seconds(e.enrolled_unix_ms),
+        renewed_at=_seconds(e.renewed_unix_ms),
+        credential=e.credential,
     )
 
 

@@ -50,8 +50,26 @@ class ColonyIdentity:
         return self.directory / "server.key"
 
     @property
+    def ca_key(self) -> Path:
+        return self.directory / "ca.key"
+
+    @property
     def secret_file(self) -> Path:
         return self.directory / "colony-secret"
+
+    def trusted_cas(self) -> bytes:
+        """Every CA the colony trusts for agents' certificates (``ca.crt``: more than one while a CA rotates)."""
+        return self.ca_cert.read_bytes()
+
+    def signing_ca(self) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+        """The CA that signs agents' certificates: ``ca.key`` and the first certificate of ``ca.crt``."""
+        key = serialization.load_pem_private_key(self.ca_key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError(f"{self.ca_key} is not an ECDSA key")
+        certificate = x509.load_pem_x509_certificates(self.trusted_cas())[0]
+        if certificate.public_key() != key.public_key():
+            raise ConfigError(f"the first certificate of {self.ca_cert} is not the CA of {self.ca_key}")
+        return key, certificate
 
     def secret(self) -> str:
         return self.secret_file.read_text().strip()
@@ -106,7 +124,7 @@ def init_colony(directory: Path, *, colony_id: str, hosts: Sequence[str]) -> Col
     )
     identity = ColonyIdentity(directory=directory, colony_id=colony_id)
     write_private(identity.ca_cert, ca.public_bytes(serialization.Encoding.PEM), mode=0o644)
-    write_private(directory / "ca.key", _key_pem(ca_key))
+    write_private(identity.ca_key, _key_pem(ca_key))
     write_private(identity.server_cert, server.public_bytes(serialization.Encoding.PEM), mode=0o644)
     write_private(identity.server_key, _key_pem(server_key))
     write_private(identity.secret_file, (secrets.token_urlsafe(32) + "\n").encode())

@@ -18,6 +18,7 @@ from coral_base.vocabulary import AgentKind as AgentKind
 from coral_base.vocabulary import AgentState as AgentState
 from coral_base.vocabulary import ArtifactKind as ArtifactKind
 from coral_base.vocabulary import AuditKind as AuditKind
+from coral_base.vocabulary import EnrollMethod as EnrollMethod
 from coral_base.vocabulary import EventKind as EventKind
 from coral_base.vocabulary import HealthState as HealthState
 from coral_base.vocabulary import Outcome as Outcome
@@ -89,6 +90,39 @@ class AgentStatus:
     first_seen: float = 0.0
     last_heartbeat: float = 0.0
     services: int = 0
+    enrollment: Enrollment | None = None  # None: it registered with the shared secret
+
+
+@dataclass(frozen=True, slots=True)
+class Enrollment:
+    """A node bound to its agent's key: the certificates the colony accepts for it, and how it enrolled.
+
+    The colony accepts the node's current certificate and, until it expires,
+    the one before it (an agent's open streams outlive a renewal). A revoked
+    enrollment accepts none and lets the node enroll again.
+    """
+
+    node_name: str
+    agent_id: str
+    key_sha256: str
+    certificate_sha256: str
+    not_after: float
+    method: EnrollMethod
+    enrolled_at: float
+    renewed_at: float
+    credential: str = ""  # the bootstrap token's or ServiceAccount's name: never a secret
+    previous_certificate_sha256: str = ""
+    revoked_at: float = 0.0  # 0: in force
+    revoked_by: str = ""
+    wireguard_public_key: str = ""  # the mesh (RFD 012): the node's key and address, when it comes
+    mesh_address: str = ""
+
+    def accepts(self, agent_id: str, fingerprint: str) -> bool:
+        return (
+            not self.revoked_at
+            and agent_id == self.agent_id
+            and fingerprint in (self.certificate_sha256, self.previous_certificate_sha256)
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +205,30 @@ class Registration:
     services: tuple[ServiceRecord, ...]
     colony_id: str
     colony_secret: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnrollCall:
+    """An Enroll call: the node, the key's signing request, and the one credential it presents."""
+
+    colony_id: str
+    node_name: str
+    csr_pem: bytes
+    method: EnrollMethod | None  # None: no credential
+    credential: str = field(repr=False)  # the secret or token itself: compared, never stored or logged
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """What Enroll and Renew answer."""
+
+    agent_id: str
+    certificate_pem: bytes
+    ca_pem: bytes
+    not_after: float
+    renew_after: float
+    agent_port: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -50,6 +50,17 @@ _T = TypeVar("_T")
 _Context = grpc.aio.ServicerContext[object, object]
 AppendAudit = Callable[[Sequence[AuditEntry]], Awaitable[None]]
 
+
+class Revoke(Protocol):
+    """Revoke a node's enrollment: (agent id, services removed), or None when the node is not enrolled."""
+
+    def __call__(self, node_name: str, *, by: str) -> Awaitable[tuple[str, int] | None]: ...
+
+
+async def _no_revocation(node_name: str, *, by: str) -> tuple[str, int] | None:
+    return None
+
+
 NO_TOKEN = (
     "no operator token: pass --token or set CORAL_TOKEN"
     " (create one on the colony with `coral colony token create NAME`)"
@@ -77,8 +88,10 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         router: Router,
         clock: Callable[[], float] = time.time,
         refusals: Refusals | None = None,
+        revoke: Revoke = _no_revocation,
     ) -> None:
         self.reader = reader
+        self.revoke = revoke
         self.tokens = tokens
         self.colony_id = colony_id
         self.record = record
@@ -119,6 +132,17 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
     async def WhoAmI(self, request: colony_pb2.WhoAmIRequest, context: _Context) -> colony_pb2.WhoAmIResponse:
         principal = await self._operator(context, "WhoAmI", None)
         return codec.whoami_response(principal, colony_id=self.colony_id)
+
+    async def RevokeAgent(
+        self, request: colony_pb2.RevokeAgentRequest, context: _Context
+    ) -> colony_pb2.RevokeAgentResponse:
+        principal = await self._operator(context, "RevokeAgent", Scope.ADMIN)
+        node = codec.revoke_node(request)
+        revoked = await self.revoke(node, by=principal.name)
+        if revoked is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"node {node!r} has no enrollment in force")
+            raise AssertionError("unreachable: abort raises")
+        return codec.revoke_response(*revoked)
 
     async def ListAgents(
         self, request: colony_pb2.ListAgentsRequest, context: _Context

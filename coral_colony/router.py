@@ -22,6 +22,7 @@ import grpc.aio
 from coral_base.logs import emit
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_colony import codec
+from coral_colony.enrolled import Enrolled
 from coral_colony.model import ForwardedOperation
 
 log = logging.getLogger("coral_colony.router")
@@ -50,13 +51,28 @@ class _Connection:
 
 
 class Router(agent_pb2_grpc.AgentControlServicer):
-    def __init__(self, check_session: SessionCheck, *, hello_within_s: float = HELLO_WITHIN_S) -> None:
+    def __init__(
+        self,
+        check_session: SessionCheck,
+        enrolled: Enrolled | None = None,
+        *,
+        hello_within_s: float = HELLO_WITHIN_S,
+    ) -> None:
         self.check_session = check_session
+        self.enrolled = enrolled or Enrolled("")
         self.hello_within_s = hello_within_s
         self._agents: dict[str, _Connection] = {}
 
     def connected(self, agent_id: str) -> bool:
         return agent_id in self._agents
+
+    def disconnect(self, agent_id: str, reason: str) -> bool:
+        """End the agent's control stream (its open operations fail with ``reason``); False if it had none."""
+        connection = self._agents.pop(agent_id, None)
+        if connection is None:
+            return False
+        self._drop(connection, reason)
+        return True
 
     # -- the agents' side ------------------------------------------------------------------
 
@@ -76,6 +92,18 @@ class Router(agent_pb2_grpc.AgentControlServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be Hello")
         assert hello is not None
         agent_id, token = hello.agent_id, hello.session_token
+        if self.enrolled.peer(context) is not None:  # the agent endpoint: the certificate says who
+            caller = await self.enrolled.caller(context)
+            if agent_id and agent_id != caller.agent_id:
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"this certificate is agent {caller.agent_id}'s: it cannot speak for {agent_id}",
+                )
+            agent_id = caller.agent_id
+        elif self.enrolled.agent_in_force(agent_id):
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"agent {agent_id} is enrolled: only its certificate speaks for it"
+            )
         if not await self.check_session(agent_id, token):
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED, f"no registration session {agent_id!r} with this token: register first"

@@ -1,10 +1,21 @@
-"""Runs the colony: TLS gRPC (agents' Mesh + operators' Colony API), the
-registry and its staleness clock, and the status page on localhost."""
+"""Runs the colony: two gRPC endpoints, the registry and its staleness clock, and the status page.
+
+- The **public endpoint** (``--listen``, server TLS): operators' Colony API
+  and agents' Enrollment; with ``--allow-shared-secret-agents``, also the
+  Mesh and AgentControl services for agents that only hold the shared secret.
+- The **agent endpoint** (``--agent-listen``, mutual TLS: a client
+  certificate of the colony's CA is required): Mesh, AgentControl and
+  Renewal for enrolled agents, whose identity is their certificate.
+
+gRPC's Python server cannot ask for a client certificate optionally, hence
+two ports: operators and new agents have no certificate.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import functools
 import logging
 import sqlite3
@@ -18,12 +29,16 @@ from coral_base.lifecycle import Stage, run_stages
 from coral_base.logs import emit
 from coral_base.wire.coral.agent.v1 import agent_pb2_grpc
 from coral_base.wire.coral.colony.v1 import colony_pb2_grpc
+from coral_base.wire.coral.identity.v1 import identity_pb2_grpc
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
+from coral_colony.enrolled import Enrolled
+from coral_colony.enrollment_service import EnrollmentService, ServiceAccountCheck
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
 from coral_colony.operator_service import OperatorService
 from coral_colony.refusals import Refusals
 from coral_colony.router import Router
+from coral_colony.signer import AGENT_CERT_LIFETIME
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter, WriterThread
 from coral_colony.tokens import OperatorTokens
@@ -38,16 +53,26 @@ PRUNE_EVERY_S = 3600.0  # with --audit-retention: how often entries past it are 
 CLOCK_JUMP_S = 5.0  # wall and monotonic time disagreeing by more, between two rounds, is a jump
 
 
+def default_agent_listen(listen: str) -> str:
+    """The agent endpoint beside ``listen``: the same host, the next port."""
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{int(port) + 1}"
+
+
 async def serve(
     identity: ColonyIdentity,
     *,
     listen: str,
     database: Path,
     stop: asyncio.Event,
+    agent_listen: str = "",  # default: beside ``listen`` (its port + 1)
     web_listen: str = WEB_LISTEN,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
     audit_retention: float | None = None,  # seconds; None keeps every entry
+    allow_shared_secret: bool = False,  # serve agents that only hold the shared secret, on ``listen``
+    agent_cert_lifetime: float = AGENT_CERT_LIFETIME.total_seconds(),
+    service_accounts: ServiceAccountCheck | None = None,  # enroll with a ServiceAccount token (TokenReview)
     clock: Clock = SYSTEM_CLOCK,
     started: asyncio.Event | None = None,  # set once agents and operators can connect
 ) -> None:
@@ -65,10 +90,14 @@ async def serve(
             listen=listen,
             database=database,
             stop=stop,
+            agent_listen=agent_listen or default_agent_listen(listen),
             web_listen=web_listen,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
             audit_retention=audit_retention,
+            allow_shared_secret=allow_shared_secret,
+            agent_cert_lifetime=agent_cert_lifetime,
+            service_accounts=service_accounts,
             clock=clock,
             started=started,
         )
@@ -84,40 +113,80 @@ async def _serve(
     listen: str,
     database: Path,
     stop: asyncio.Event,
+    agent_listen: str,
     web_listen: str,
     heartbeat_timeout: float,
     ttl: float,
     audit_retention: float | None,
+    allow_shared_secret: bool,
+    agent_cert_lifetime: float,
+    service_accounts: ServiceAccountCheck | None,
     clock: Clock,
     started: asyncio.Event | None,
 ) -> None:
     """Everything but the writer: each part closed, in reverse, however far the start got."""
     async with contextlib.AsyncExitStack() as stack:
         refusals = Refusals(writer.record)
+        enrolled = Enrolled(identity.colony_id, await writer.run(lambda w: w.enrollments()))
+        secret = identity.secret()
         mesh = MeshService(
-            writer, colony_id=identity.colony_id, colony_secret=identity.secret(), clock=clock.time, refusals=refusals
+            writer,
+            colony_id=identity.colony_id,
+            colony_secret=secret,
+            enrolled=enrolled,
+            clock=clock.time,
+            refusals=refusals,
         )
-        router = Router(mesh.valid_session)
+        router = Router(mesh.valid_session, enrolled)
         reader = RegistryReader(database)
         stack.callback(reader.close)
+        tokens = OperatorTokens(identity.directory)
         operators = OperatorService(
             reader,
-            OperatorTokens(identity.directory),
+            tokens,
             colony_id=identity.colony_id,
             record=writer.record,
             refusals=refusals,
             router=router,
             clock=clock.time,
+            revoke=functools.partial(_revoke, writer, enrolled, router, clock),
         )
         stack.callback(operators.close)
-        server = grpc.aio.server()
-        mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
-        colony_pb2_grpc.add_ColonyServicer_to_server(operators, server)
-        agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
+        trusted = identity.trusted_cas()
+        agent_port = int(agent_listen.rpartition(":")[2])
+        enrollment = EnrollmentService(
+            writer,
+            enrolled,
+            colony_id=identity.colony_id,
+            colony_secret=secret,
+            tokens=tokens,
+            signing_ca=identity.signing_ca(),
+            trusted_cas=trusted,
+            agent_port=agent_port,
+            refusals=refusals,
+            lifetime=datetime.timedelta(seconds=agent_cert_lifetime),
+            service_accounts=service_accounts,
+            clock=clock.time,
+        )
         key, cert = identity.server_key.read_bytes(), identity.server_cert.read_bytes()
-        server.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
-        await server.start()
-        stack.push_async_callback(server.stop, 5.0)
+        public = grpc.aio.server()
+        colony_pb2_grpc.add_ColonyServicer_to_server(operators, public)
+        identity_pb2_grpc.add_EnrollmentServicer_to_server(enrollment, public)
+        if allow_shared_secret:
+            mesh_pb2_grpc.add_MeshServicer_to_server(mesh, public)
+            agent_pb2_grpc.add_AgentControlServicer_to_server(router, public)
+        public.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
+        agents = grpc.aio.server()
+        mesh_pb2_grpc.add_MeshServicer_to_server(mesh, agents)
+        agent_pb2_grpc.add_AgentControlServicer_to_server(router, agents)
+        identity_pb2_grpc.add_RenewalServicer_to_server(enrollment, agents)
+        agents.add_secure_port(
+            agent_listen,
+            grpc.ssl_server_credentials([(key, cert)], root_certificates=trusted, require_client_auth=True),
+        )
+        for server in (public, agents):
+            await server.start()
+            stack.push_async_callback(server.stop, 5.0)
         page = (
             StatusPage(database, colony_id=identity.colony_id, listen=web_listen, clock=clock) if web_listen else None
         )
@@ -131,6 +200,8 @@ async def _serve(
             "colony.started",
             colony_id=identity.colony_id,
             listen=listen,
+            agent_listen=agent_listen,
+            shared_secret_agents="allowed" if allow_shared_secret else "refused",
             web=page.address if page else "off",
             database=str(database),
         )
@@ -150,6 +221,19 @@ async def _serve(
             grace_s=5.0,
             clock=clock,
         )
+
+
+async def _revoke(
+    writer: WriterThread, enrolled: Enrolled, router: Router, clock: Clock, node_name: str, *, by: str
+) -> tuple[str, int] | None:
+    """Revoke the node's enrollment, end its agent's control stream at once; (agent id, services removed)."""
+    revoked = await writer.run(lambda w: w.revoke(node_name, by=by, now=clock.time(), then=enrolled.put))
+    if revoked is None:
+        return None
+    enrollment, removed = revoked
+    router.disconnect(enrollment.agent_id, f"the enrollment of node {node_name} was revoked by {by}")
+    emit(log, "agent.revoked", level=logging.WARNING, node=node_name, agent_id=enrollment.agent_id, by=by)
+    return enrollment.agent_id, removed
 
 
 async def _registry_clock(

@@ -14,7 +14,7 @@ import base64
 import datetime
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -38,6 +38,7 @@ class Signed:
     agent_id: str
     certificate_pem: bytes
     fingerprint: str  # sha256 of the DER certificate, hex
+    key_sha256: str  # sha256 of the DER public key (SubjectPublicKeyInfo), hex: what the node is bound to
     not_after: float
     renew_after: float
 
@@ -108,12 +109,15 @@ def sign_agent(
         agent_id=agent_id,
         certificate_pem=certificate.public_bytes(serialization.Encoding.PEM),
         fingerprint=hashlib.sha256(der).hexdigest(),
+        key_sha256=hashlib.sha256(
+            key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        ).hexdigest(),
         not_after=not_after.timestamp(),
         renew_after=(now + lifetime * 2 / 3).timestamp(),
     )
 
 
-def peer_agent(auth_context: Mapping[str, Sequence[bytes]], *, colony_id: str) -> PeerAgent | None:
+def peer_agent(auth_context: Mapping[str, Iterable[bytes]], *, colony_id: str) -> PeerAgent | None:
     """The agent a verified mutual-TLS peer is, or None when its certificate names no node of this colony."""
     uris = [u.decode(errors="replace") for u in auth_context.get("peer_spiffe_id", ())]
     names = [n.decode(errors="replace") for n in auth_context.get("x509_common_name", ())]

@@ -6,7 +6,7 @@ prints a random token once and stores only its SHA-256 in
 the caller's identity in the audit log. Each token carries scopes
 (``coral_base.vocabulary.Scope``): ``read`` (agents, services), ``audit``,
 ``operate`` (tap, profile, sample), each limited to some namespaces when
-``--namespace`` is given; or ``enroll`` alone for a bootstrap token, which
+``--namespace`` is given, ``admin`` (revoke agents' enrollments); or ``enroll`` alone for a bootstrap token, which
 expires. A token written before scopes existed keeps what it could do then:
 ``read``, ``audit`` and ``operate`` everywhere.
 
@@ -36,8 +36,8 @@ from coral_base.vocabulary import Scope
 from coral_colony.model import Principal
 
 TOKENS_FILE = "operator-tokens.yaml"
-OPERATOR_SCOPES = frozenset({Scope.READ, Scope.AUDIT, Scope.OPERATE})
-LEGACY_SCOPES = OPERATOR_SCOPES  # what a token without scopes could do before scopes existed
+OPERATOR_SCOPES = frozenset({Scope.READ, Scope.AUDIT, Scope.OPERATE, Scope.ADMIN})  # every scope but enroll
+LEGACY_SCOPES = frozenset({Scope.READ, Scope.AUDIT, Scope.OPERATE})  # what a token without scopes could do
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,62}$")
 _NAMESPACE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")  # a Kubernetes namespace name
 

@@ -33,7 +33,8 @@ from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.errors import CoralError
 from coral_base.lifecycle import Stage, StopPolicy, run_stages
 from coral_base.logs import emit
-from coral_base.vocabulary import AgentHealth
+from coral_base.vocabulary import AgentHealth, EnrollMethod
+from cri_agent import identity
 from cri_agent.cache.writer import CacheContents, CacheWriter
 from cri_agent.cache_keeper import CacheKeeper
 from cri_agent.conditions import Conditions
@@ -41,6 +42,7 @@ from cri_agent.config import Settings
 from cri_agent.control import ControlStream
 from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
+from cri_agent.enrollment import AgentIdentity, Credential
 from cri_agent.health import HealthChecker, aggregate
 from cri_agent.logs import emit_discovery
 from cri_agent.model import (
@@ -477,6 +479,7 @@ def _colony_sync(settings: Settings, *, on_state: OnState, clock: Clock) -> Colo
     colony = settings.colony
     if not colony.address:
         return None
+    ca_pem = colony.ca_pem()
     return ColonySync(
         ColonyEndpoint(
             address=colony.address,
@@ -488,8 +491,32 @@ def _colony_sync(settings: Settings, *, on_state: OnState, clock: Clock) -> Colo
             node_labels={},
             heartbeat_interval_s=colony.heartbeat_interval,
             timeout_s=colony.timeout,
-            ca_pem=colony.ca_pem(),
+            ca_pem=ca_pem,
         ),
         backoff=Backoff(initial=min(0.5, colony.max_backoff), maximum=colony.max_backoff, clock=clock),
         on_state=on_state,
+        identity=None if ca_pem is None else _agent_identity(settings, ca_pem, clock),
+    )
+
+
+def _agent_identity(settings: Settings, ca_pem: bytes, clock: Clock) -> AgentIdentity:
+    """The identity kept beside the cache, enrolled with the one credential configured."""
+    colony = settings.colony
+    if colony.service_account_token_file is not None:
+        credential = Credential(EnrollMethod.SERVICE_ACCOUNT, "", token_file=colony.service_account_token_file)
+    elif colony.bootstrap_token_file is not None:
+        credential = Credential(EnrollMethod.BOOTSTRAP_TOKEN, "", token_file=colony.bootstrap_token_file)
+    else:
+        credential = Credential(EnrollMethod.SECRET, colony.resolved_secret())
+    return AgentIdentity(
+        identity.path_for(settings.cache.path),
+        address=colony.address,
+        ca_pem=ca_pem,
+        colony_id=colony.colony_id,
+        node_name=settings.node_name,
+        version=__version__,
+        credential=credential,
+        clock=clock,
+        agent_address=colony.agent_address,
+        timeout_s=colony.timeout,
     )

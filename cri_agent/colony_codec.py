@@ -1,6 +1,7 @@
 """The agent's side of the colony's wire: the only module that reads or writes its protobuf fields.
 
-Two protocols, one peer. ``mesh.v1`` (RFD 012's field numbers): services
+Three protocols, one peer. ``identity.v1``: the enrollment request with its
+one credential, and the certificate the colony answers with. ``mesh.v1`` (RFD 012's field numbers): services
 and discovery events become ``ServiceInfo`` and ``DiscoveryEvent`` messages,
 serialized once and compared as bytes by ``sync``; the registration
 requests are built from those bytes. ``agent.v1``: the colony's operation
@@ -15,8 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from coral_base.vocabulary import Action, AgentHealth, ArtifactKind, EventKind, HealthState, Outcome, StopReason
+from coral_base.vocabulary import (
+    Action,
+    AgentHealth,
+    ArtifactKind,
+    EnrollMethod,
+    EventKind,
+    HealthState,
+    Outcome,
+    StopReason,
+)
 from coral_base.wire.coral.agent.v1 import agent_pb2
+from coral_base.wire.coral.identity.v1 import identity_pb2
 from coral_base.wire.coral.mesh.v1 import mesh_pb2
 from coral_base.wire_enums import WireEnum
 from cri_agent.model import DiscoveryEvent, Health, Provenance, ServiceInfo
@@ -30,6 +41,41 @@ ACTION = WireEnum(Action, agent_pb2.OperationAction, "OPERATION_ACTION_")
 OUTCOME = WireEnum(Outcome, agent_pb2.OperationOutcome, "OPERATION_OUTCOME_")
 STOP_REASON = WireEnum(StopReason, agent_pb2.StopReason, "STOP_REASON_")
 ARTIFACT_KIND = WireEnum(ArtifactKind, agent_pb2.ArtifactKind, "ARTIFACT_KIND_")
+
+
+# -- identity.v1 -----------------------------------------------------------------------------------------------------
+
+_CREDENTIAL_FIELD = {
+    EnrollMethod.SECRET: "colony_secret",
+    EnrollMethod.BOOTSTRAP_TOKEN: "bootstrap_token",
+    EnrollMethod.SERVICE_ACCOUNT: "service_account_token",
+}
+
+
+def enroll_request(
+    *, colony_id: str, node_name: str, csr_pem: str, method: EnrollMethod, credential: str, version: str
+) -> identity_pb2.EnrollRequest:
+    request = identity_pb2.EnrollRequest(
+        colony_id=colony_id, node_name=node_name, csr_pem=csr_pem.encode(), version=version
+    )
+    setattr(request, _CREDENTIAL_FIELD[method], credential)
+    return request
+
+
+def renew_request(csr_pem: str) -> identity_pb2.RenewRequest:
+    return identity_pb2.RenewRequest(csr_pem=csr_pem.encode())
+
+
+def certificate(message: identity_pb2.Certificate) -> tuple[str, str, str, float, float, int]:
+    """(agent id, certificate PEM, CA PEM, not after, renew after, agent port) of a Certificate."""
+    return (
+        message.agent_id,
+        message.certificate_pem.decode(),
+        message.ca_pem.decode(),
+        message.not_after_unix_ms / 1000,
+        message.renew_after_unix_ms / 1000,
+        message.agent_port,
+    )
 
 
 # -- mesh.v1 ---------------------------------------------------------------------------------------------------------

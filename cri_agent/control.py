@@ -26,7 +26,7 @@ from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from cri_agent import colony_codec
 from cri_agent.operation import OperationRequest, OperationResult
 from cri_agent.ops.runner import OperationRunner
-from cri_agent.sync import ColonySync, colony_channel
+from cri_agent.sync import ColonySync
 
 log = logging.getLogger("cri_agent.control")
 _END = agent_pb2.AgentMessage()  # a marker: the outbox's end, never sent
@@ -45,9 +45,9 @@ class ControlStream:
         while True:
             token = await self.sync.session()
             outbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue(OUTBOX)
-            outbox.put_nowait(colony_codec.hello(agent_id=self.sync.endpoint.agent_id, session=token))
+            outbox.put_nowait(colony_codec.hello(agent_id=self.sync.agent_id, session=token))
             try:
-                async with colony_channel(self.sync.endpoint) as channel:
+                async with self.sync.channel() as channel:
                     call = agent_pb2_grpc.AgentControlStub(channel).Connect(_drain(outbox))
                     async for message in call:
                         if not self.connected:

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from coral_base.errors import CoralError
-from coral_base.private_files import read_private, write_private
+from coral_base.private_files import write_private
 
 VERSION = 1
 FILE_NAME = "identity.json"
@@ -41,6 +42,7 @@ class Identity:
     not_after: float = 0.0
     renew_after: float = 0.0
     enrolled_at: float = 0.0
+    agent_address: str = ""  # host:port of the colony's mutual-TLS agent endpoint
     wireguard_private_key: str = ""  # the mesh (RFD 012): kept here when it comes
     wireguard_public_key: str = ""
     mesh_address: str = ""
@@ -57,15 +59,34 @@ class Identity:
             return f"it belongs to node {self.node_name!r}, not {node_name!r}"
         return None
 
-    def signed(self, *, certificate_pem: str, ca_pem: str, not_after: float, renew_after: float, at: float) -> Identity:
+    def signed(
+        self,
+        *,
+        agent_id: str,
+        certificate_pem: str,
+        ca_pem: str,
+        not_after: float,
+        renew_after: float,
+        agent_address: str,
+        at: float,
+    ) -> Identity:
         return replace(
             self,
+            agent_id=agent_id,
+            agent_address=agent_address,
             certificate_pem=certificate_pem,
             ca_pem=ca_pem,
             not_after=not_after,
             renew_after=renew_after,
             enrolled_at=self.enrolled_at or at,
         )
+
+
+def _read(path: Path) -> bytes:
+    """The record's bytes; a symlink in its place is refused (the agent wrote a plain file there)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as file:
+        return file.read(1 << 20)
 
 
 def path_for(cache: Path) -> Path:
@@ -75,7 +96,7 @@ def path_for(cache: Path) -> Path:
 def load(path: Path) -> Identity | None:
     """The record at ``path``, or None when there is none yet."""
     try:
-        data = json.loads(read_private(path))
+        data = json.loads(_read(path))
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -100,17 +121,19 @@ def save(path: Path, identity: Identity) -> None:
     write_private(path, json.dumps({"version": VERSION, **asdict(identity)}, indent=2, sort_keys=True).encode())
 
 
-async def new_key(agent_id: str) -> tuple[str, str]:
-    """A fresh private key and a signing request for it, made by ``cri_agent.keygen`` in a child process."""
+async def new_key(agent_id: str, *, key_pem: str = "") -> tuple[str, str]:
+    """A private key (fresh, or ``key_pem``) and a signing request for it, made by ``cri_agent.keygen`` in a
+    child process."""
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         "cri_agent.keygen",
         agent_id,
+        stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
     )
-    out, err = await child.communicate()
+    out, err = await child.communicate(key_pem.encode())
     if child.returncode != 0:
         raise IdentityError(f"could not make a key: {err.decode(errors='replace').strip()[-300:]}")
     made = json.loads(out)

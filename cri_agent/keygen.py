@@ -1,7 +1,9 @@
 """Make the agent's key and its certificate signing request, in a child process.
 
 ``python -m cri_agent.keygen AGENT_ID`` prints one JSON object,
-``{"key_pem": ..., "csr_pem": ...}``, and exits. The agent runs it at
+``{"key_pem": ..., "csr_pem": ...}``, and exits; given a PEM key on stdin, it
+makes the request for that key instead of a new one (an enrollment that did
+not finish is asked again for the key the agent already kept). The agent runs it at
 enrollment and at each renewal instead of importing ``cryptography``
 itself: that import costs the agent ~12 MiB of RSS for the rest of its
 life, for a few milliseconds of work a day. The child's stdout is a pipe
@@ -20,8 +22,14 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
-def key_and_request(agent_id: str) -> dict[str, str]:
-    key = ec.generate_private_key(ec.SECP256R1())
+def key_and_request(agent_id: str, key_pem: bytes = b"") -> dict[str, str]:
+    if key_pem:
+        loaded = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(loaded, ec.EllipticCurvePrivateKey):
+            raise ValueError("the kept key is not an ECDSA key")
+        key = loaded
+    else:
+        key = ec.generate_private_key(ec.SECP256R1())
     csr = (
         x509.CertificateSigningRequestBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, agent_id)]))
@@ -37,7 +45,7 @@ def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m cri_agent.keygen AGENT_ID", file=sys.stderr)
         return 2
-    json.dump(key_and_request(argv[0]), sys.stdout)
+    json.dump(key_and_request(argv[0], sys.stdin.buffer.read()), sys.stdout)
     return 0
 
 

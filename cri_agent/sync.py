@@ -11,6 +11,12 @@ and jitter; on reconnect it sends exactly the net change. When the colony
 answers ``resync_required`` (a gap, or it lost its registry) the agent
 registers in full again. The secret is sent, never logged.
 
+An enrolled agent (``cri_agent.enrollment``) speaks to the colony's agent
+endpoint over mutual TLS, as the agent its certificate names, and renews
+the certificate there before it expires; without an identity (a lab colony
+without TLS, or a colony older than enrollment) it registers with the
+shared secret on the colony's address.
+
 Discovery events ride inside the sequenced deltas (so a replay never
 duplicates them in the colony's audit log); while the colony is away they
 wait in a bounded queue, and a delta the colony refused puts them back.
@@ -35,6 +41,8 @@ from coral_base.logs import emit
 from coral_base.vocabulary import AgentHealth
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from cri_agent import colony_codec
+from cri_agent.enrollment import AgentIdentity, describe
+from cri_agent.identity import IdentityError
 from cri_agent.model import DiscoveryEvent, Health, ServiceInfo, ServiceKey
 
 log = logging.getLogger("cri_agent.sync")
@@ -86,8 +94,10 @@ class ColonySync:
         backoff: Backoff | None = None,
         on_state: OnState | None = None,
         clock: Clock | None = None,  # heartbeats; by default the backoff's, so one clock paces both
+        identity: AgentIdentity | None = None,  # None: the shared secret on ``endpoint.address``
     ) -> None:
         self.endpoint = endpoint
+        self.identity = identity
         self.backoff = backoff or Backoff(initial=0.5, maximum=30.0, clock=clock or SYSTEM_CLOCK)
         self.clock = clock or self.backoff.clock
         self.on_state = on_state
@@ -144,25 +154,49 @@ class ColonySync:
 
     # -- the loop ----------------------------------------------------------------------
 
+    @property
+    def agent_id(self) -> str:
+        """Who the agent is to the colony: its certificate's agent once enrolled, else the configured id."""
+        return self.identity.agent_id if self.identity is not None else self.endpoint.agent_id
+
     async def run(self) -> None:
         """Keep the colony in sync until cancelled."""
         last_error = ""
         while True:
-            async with self._channel() as channel:
-                try:
-                    await self._serve(mesh_pb2_grpc.MeshStub(channel))
-                except grpc.aio.AioRpcError as exc:
-                    if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
-                        self._acked = None  # the session is gone: register again
-                    reason = self._reason(exc)
-                    if self.connected or reason != last_error:
-                        emit(log, "colony.unreachable", level=logging.WARNING, reason=reason)
-                        await self._state(False, reason)
-                    self.connected, last_error = False, reason
+            reason = ""
+            try:
+                async with await self._connect() as channel:
+                    if await self._serve(channel):
+                        continue  # renewed: dial again with the new certificate, at once
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() == grpc.StatusCode.UNIMPLEMENTED and self.identity is not None and not self.connected:
+                    emit(log, "colony.no_enrollment", level=logging.WARNING, reason="an older colony: shared secret")
+                    self.identity = None  # the colony predates enrollment: register as agents did before
+                    continue
+                if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    self._acked = None  # the session is gone: register again
+                    if self.identity is not None:
+                        self.identity.refused(exc)
+                reason = self._reason(exc)
+            except IdentityError as exc:
+                reason = str(exc)
+            if self.connected or reason != last_error:
+                emit(log, "colony.unreachable", level=logging.WARNING, reason=reason)
+                await self._state(False, reason)
+            self.connected, last_error = False, reason
             # Always wait the backoff: new changes must not turn retries into a hot loop.
             await self.backoff.wait()
 
-    def _channel(self) -> grpc.aio.Channel:
+    async def _connect(self) -> grpc.aio.Channel:
+        """A channel to the colony, enrolling first when the agent has no certificate yet."""
+        if self.identity is not None:
+            await self.identity.ensure()
+        return self.channel()
+
+    def channel(self) -> grpc.aio.Channel:
+        """The agent endpoint with the agent's certificate; the colony's address without an identity."""
+        if self.identity is not None:
+            return self.identity.channel()
         return colony_channel(self.endpoint)
 
     async def session(self) -> str:
@@ -172,6 +206,10 @@ class ColonySync:
 
     def _reason(self, exc: grpc.aio.AioRpcError) -> str:
         details = exc.details() or ""
+        if self.identity is not None and self.identity.revoked:
+            return self.identity.revoked
+        if exc.code() in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.UNAUTHENTICATED):
+            return describe(exc)
         if self.endpoint.ca_pem is not None and any(
             word in details.lower() for word in ("handshake", "certificate", "ssl", "tls")
         ):
@@ -183,8 +221,13 @@ class ColonySync:
             return f"the colony at {self.endpoint.address} is unreachable; retrying ({details})"
         return f"{exc.code().name}: {details}"
 
-    async def _serve(self, stub: mesh_pb2_grpc.MeshAsyncStub) -> None:
+    async def _serve(self, channel: grpc.aio.Channel) -> bool:
+        """Sync over ``channel`` until a call fails (raised) or the certificate was renewed (True)."""
+        stub = mesh_pb2_grpc.MeshStub(channel)
         while True:
+            if self.identity is not None and self.identity.due():
+                await self.identity.renew(channel)
+                return True
             if self._acked is None:
                 await self._register(stub)
             elif self._pending is not None or self._acked != self._desired or self._events:
@@ -209,7 +252,7 @@ class ColonySync:
         snapshot = dict(self._desired)
         endpoint = self.endpoint
         request = colony_codec.register_request(
-            agent_id=endpoint.agent_id,
+            agent_id=self.agent_id,
             colony_id=endpoint.colony_id,
             secret=endpoint.secret,
             version=endpoint.version,
@@ -248,7 +291,7 @@ class ColonySync:
         delta = self._pending
         response = await stub.UpdateServices(
             colony_codec.update_request(
-                agent_id=self.endpoint.agent_id,
+                agent_id=self.agent_id,
                 session=self._session,
                 sequence=delta.sequence,
                 upserts=delta.upserts,
@@ -270,7 +313,7 @@ class ColonySync:
         health = self.health
         response = await stub.Heartbeat(
             colony_codec.heartbeat_request(
-                agent_id=self.endpoint.agent_id, session=self._session, health=health, sequence=self._sequence
+                agent_id=self.agent_id, session=self._session, health=health, sequence=self._sequence
             ),
             timeout=self.endpoint.timeout_s,
         )

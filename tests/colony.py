@@ -15,8 +15,9 @@ from typing import Any, TypeVar
 import grpc.aio
 import pytest
 
+from coral_base.backoff import Backoff
 from coral_base.clock import SYSTEM_CLOCK, Clock
-from coral_base.vocabulary import Scope
+from coral_base.vocabulary import EnrollMethod, Scope
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import init_colony, load_colony
 from coral_colony.mesh_service import MeshService
@@ -24,6 +25,8 @@ from coral_colony.server import HEARTBEAT_TIMEOUT_S, STALE_TTL_S, serve
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter, WriterThread
 from coral_colony.tokens import OPERATOR_SCOPES, OperatorTokens
+from cri_agent.enrollment import AgentIdentity, Credential
+from cri_agent.sync import ColonyEndpoint, ColonySync
 
 _T = TypeVar("_T")
 
@@ -71,14 +74,61 @@ class Colony:
         return {s.service.key: s.service.pod_ip for s in self.registry.services()}
 
 
+def enrolling_sync(
+    address: str,
+    directory: Path,
+    *,
+    node: str,
+    identity_path: Path,
+    clock: Clock = SYSTEM_CLOCK,
+    ca: Path | None = None,
+    heartbeat_interval_s: float = 15.0,
+    backoff: Backoff | None = None,
+    credential: Credential | None = None,
+) -> ColonySync:
+    """A node agent's sync for the colony initialised in ``directory``, enrolling with its secret (kept at
+    ``identity_path``) and then speaking as its certificate says: ``node-agent-<node>``."""
+    colony = load_colony(directory)
+    ca_pem = (ca or colony.ca_cert).read_bytes()
+    secret = colony.secret()
+    return ColonySync(
+        ColonyEndpoint(
+            address=address,
+            colony_id=colony.colony_id,
+            secret=secret,
+            agent_id=f"configured-{node}",  # never used: the certificate names the agent
+            node_name=node,
+            version="0.1.0",
+            node_labels={"topology.kubernetes.io/zone": node[-1]},
+            heartbeat_interval_s=heartbeat_interval_s,
+            ca_pem=ca_pem,
+        ),
+        clock=clock,
+        backoff=backoff,
+        identity=AgentIdentity(
+            identity_path,
+            address=address,
+            ca_pem=ca_pem,
+            colony_id=colony.colony_id,
+            node_name=node,
+            version="0.1.0",
+            credential=credential or Credential(EnrollMethod.SECRET, secret),
+            clock=clock,
+        ),
+    )
+
+
 @asynccontextmanager
 async def serving(
     directory: Path,
     *,
     port: int,
+    agent_port: int = 0,  # 0: port + 1
     clock: Clock = SYSTEM_CLOCK,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
+    allow_shared_secret: bool = False,
+    agent_cert_lifetime: float = 24 * 3600.0,
 ) -> AsyncIterator[None]:
     """What ``coral colony start --dir DIRECTORY`` runs (TLS, registry, expiry) on the test's loop and
     clock, listening once this enters; the status page is off."""
@@ -89,9 +139,12 @@ async def serving(
         serve(
             identity,
             listen=listen,
+            agent_listen=f"127.0.0.1:{agent_port or port + 1}",
             database=directory / "colony.db",
             stop=stop,
             web_listen="",
+            allow_shared_secret=allow_shared_secret,
+            agent_cert_lifetime=agent_cert_lifetime,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
             clock=clock,
@@ -117,6 +170,7 @@ class ColonyThread:
         self.directory = directory
         self.colony_id = colony_id
         self.port = free_port()
+        self.agent_port = free_port()
         if not (directory / "colony.yaml").exists():
             init_colony(directory, colony_id=colony_id, hosts=["localhost", "127.0.0.1"])
         self._loop = asyncio.new_event_loop()
@@ -157,7 +211,7 @@ class ColonyThread:
 
     def _run(self) -> None:
         async def main() -> None:
-            async with serving(self.directory, port=self.port):
+            async with serving(self.directory, port=self.port, agent_port=self.agent_port):
                 self._listening.set()
                 await self._stop.wait()
 

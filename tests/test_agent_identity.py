@@ -104,12 +104,28 @@ def record() -> Identity:
 
 def test_the_record_survives_a_restart_and_is_private(tmp_path: Path) -> None:
     path = identity.path_for(tmp_path / "cache" / "agent.db")
-    signed = record().signed(certificate_pem="CERT", ca_pem="CA", not_after=10.0, renew_after=7.0, at=1.0)
+    signed = record().signed(
+        agent_id="node-agent-node-a",
+        agent_address="colony:9001",
+        certificate_pem="CERT",
+        ca_pem="CA",
+        not_after=10.0,
+        renew_after=7.0,
+        at=1.0,
+    )
     identity.save(path, signed)
     assert identity.load(path) == signed and signed.enrolled
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert json.loads(path.read_text())["version"] == identity.VERSION
-    again = signed.signed(certificate_pem="CERT2", ca_pem="CA", not_after=20.0, renew_after=17.0, at=9.0)
+    again = signed.signed(
+        agent_id="node-agent-node-a",
+        agent_address="colony:9001",
+        certificate_pem="CERT2",
+        ca_pem="CA",
+        not_after=20.0,
+        renew_after=17.0,
+        at=9.0,
+    )
     assert again.enrolled_at == 1.0  # a renewal is not an enrollment
     assert identity.load(tmp_path / "nothing.json") is None
 

@@ -17,7 +17,7 @@ from coral_colony.stores.writer import RegistryWriter
 
 
 def svc(key: str, **changes: object) -> ServiceRecord:
-    fields: dict[str, object] = {"namespace": "shop", "pod_name": "web-0", "node_name": "node-a"}
+    fields: dict[str, object] = {"namespace": "shop", "pod_name": "web-0"}  # on its agent's node
     fields.update(changes)
     return ServiceRecord(key=key, component_name=key.split("/")[-1], provenance=Provenance.DISCOVERED, **fields)  # type: ignore[arg-type]
 
@@ -63,20 +63,20 @@ def test_registrations_and_deregistrations_are_audited_per_service(registry: Reg
     row = query(registry, kind="deregistration")[0]
     assert (row["actor"], row["node_name"], row["namespace"], row["service_name"], row["provenance"]) == (
         "a",
-        "node-a",
+        "a-node",
         "shop",
         "api",
         "discovered",
     )
 
 
-def test_refused_takeovers_are_audited_with_the_owner(registry: RegistryWriter) -> None:
+def test_a_service_naming_another_node_is_refused_and_audited(registry: RegistryWriter) -> None:
     registry.register(agent("a"), [svc("shop/1/web")], session="s", now=1.0)
-    registry.register(agent("b"), [svc("shop/1/web")], session="t", now=2.0)
-    registry.apply("b", sequence=1, upserts=[], removed=["shop/1/web"], now=3.0)
+    registry.register(agent("b"), [svc("shop/1/web", node_name="a-node")], session="t", now=2.0)
+    registry.apply("b", sequence=1, upserts=[svc("shop/2/web", node_name="a-node")], removed=[], now=3.0)
     assert actions(registry, "auth") == [
-        ("service.refused", "shop/1/web", "owned by agent a"),
-        ("service.refused", "shop/1/web", "removal refused: owned by agent a"),
+        ("service.refused", "shop/1/web", "names node a-node, not its agent's node b-node"),
+        ("service.refused", "shop/2/web", "names node a-node, not its agent's node b-node"),
     ]
 
 
@@ -151,5 +151,8 @@ def test_queries_filter_by_time_node_and_kind_and_keep_the_newest(registry: Regi
     registry.register(agent("a"), [svc("shop/1/web")], session="s", now=10.0)
     registry.register(agent("b"), [svc("shop/2/web", node_name="b-node")], session="t", now=20.0)
     assert {r["node_name"] for r in query(registry, since=15.0)} == {"b-node"}
-    assert [r["action"] for r in query(registry, node="a-node", kind="registration")] == ["agent.registered"]
+    assert [r["action"] for r in query(registry, node="a-node", kind="registration")] == [
+        "service.registered",
+        "agent.registered",
+    ]
     assert [r["service_key"] for r in query(registry, limit=2)] == ["shop/2/web", ""]

@@ -139,9 +139,11 @@ def test_a_colony_that_lost_its_registry_asks_agents_to_register_again(tmp_path:
 
 
 def test_agent_b_cannot_take_over_agent_a_services_through_the_service(tmp_path: Path) -> None:
+    """b sending a's key gets a row of its own, on its node; a's stays as a sent it."""
+
     async def scenario(stub: Any, registry: RegistryReader) -> Any:
         await stub.Register(node_request("a", "ns/1/web/8080"))
         response = await stub.Register(node_request("b", "ns/1/web/8080"))
-        return list(response.refused_keys), [(s.service.key, s.agent_id) for s in registry.services()]
+        return list(response.refused_keys), [(s.agent_id, s.service.node_name) for s in registry.services()]
 
-    assert with_colony(tmp_path, scenario) == (["ns/1/web/8080"], [("ns/1/web/8080", "a")])
+    assert with_colony(tmp_path, scenario) == ([], [("a", "a-node"), ("b", "b-node")])

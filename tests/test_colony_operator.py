@@ -20,26 +20,16 @@ from coral_cli import main
 from coral_colony.identity import init_colony
 from coral_colony.tokens import OperatorTokens
 from cri_agent.model import Provenance, ServiceInfo
-from cri_agent.sync import ColonyEndpoint, ColonySync
-from tests.colony import ColonyThread, free_port
+from tests.colony import ColonyThread, enrolling_sync, free_port
 from tests.test_sync import svc
 
 
-def publish(colony: ColonyThread, agent_id: str, node: str, services: list[ServiceInfo]) -> None:
-    """Register ``services`` as a node agent would, then leave (no deregistration)."""
+def publish(colony: ColonyThread, node: str, services: list[ServiceInfo]) -> None:
+    """Enroll and register ``services`` as the node agent of ``node`` would, then leave (no deregistration)."""
 
     async def register() -> bool:
-        sync = ColonySync(
-            ColonyEndpoint(
-                address=colony.address,
-                colony_id=colony.colony_id,
-                secret=colony.secret_file.read_text().strip(),
-                agent_id=agent_id,
-                node_name=node,
-                version="0.1.0",
-                node_labels={"topology.kubernetes.io/zone": node[-1]},
-                ca_pem=colony.ca.read_bytes(),
-            ),
+        sync = enrolling_sync(
+            colony.address, colony.directory, node=node, identity_path=colony.directory.parent / f"{node}.json"
         )
         sync.set_services({s.key: replace(s, node_name=node) for s in services}, {})
         task = asyncio.create_task(sync.run())
@@ -53,8 +43,8 @@ def publish(colony: ColonyThread, agent_id: str, node: str, services: list[Servi
 @pytest.fixture(scope="module")
 def colony(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ColonyThread]:
     thread = ColonyThread(tmp_path_factory.mktemp("operator") / "colony").start()
-    publish(thread, "agent-a", "node-a", [svc(1), replace(svc(2), provenance=Provenance.EXPLICIT)])
-    publish(thread, "agent-b", "node-b", [replace(svc(3), namespace="billing")])
+    publish(thread, "node-a", [svc(1), replace(svc(2), provenance=Provenance.EXPLICIT)])
+    publish(thread, "node-b", [replace(svc(3), namespace="billing")])
     yield thread
     thread.stop()
 
@@ -86,13 +76,13 @@ def test_agents_lists_both_nodes(colony: ColonyThread, token: str, capsys: pytes
     assert main(coral(colony, "agents", "-o", "json", token=token)) == 0
     agents = json.loads(capsys.readouterr().out)
     assert [(a["node_name"], a["agent_id"], a["kind"], a["state"], a["services"]) for a in agents] == [
-        ("node-a", "agent-a", "node-agent", "healthy", 2),
-        ("node-b", "agent-b", "node-agent", "healthy", 1),
+        ("node-a", "node-agent-node-a", "node-agent", "healthy", 2),
+        ("node-b", "node-agent-node-b", "node-agent", "healthy", 1),
     ]
     assert main(coral(colony, "agents", token=token)) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split()[:4] == ["NODE", "AGENT", "KIND", "STATE"] and rows[0].startswith("node-a  ")
-    assert header.index("AGENT") == rows[0].index("agent-a")  # aligned like kubectl
+    assert header.index("AGENT") == rows[0].index("node-agent-node-a")  # aligned like kubectl
 
 
 def test_services_are_grouped_by_node_agent_and_filtered(

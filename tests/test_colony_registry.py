@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -65,20 +66,20 @@ def test_a_registry_an_older_colony_wrote_gains_the_workload_column(tmp_path: Pa
 
 
 def test_an_agent_cannot_overwrite_another_agents_service(registry: RegistryWriter, reader: RegistryReader) -> None:
-    registry.register(node("a"), [svc("ns/1/app/80", pod_ip="10.0.0.1")], session="s", now=1.0)
-    refused = registry.register(node("b"), [svc("ns/1/app/80", pod_ip="6.6.6.6")], session="t", now=2.0)
-    assert (refused, reader.services()[0].service.pod_ip, reader.services()[0].agent_id) == (
-        ("ns/1/app/80",),
-        "10.0.0.1",
-        "a",
-    )
+    """Each agent has its own rows: b sending a's key (squatting) neither replaces a's row nor blocks a."""
+    registry.register(node("b"), [svc("ns/1/app/80", pod_ip="6.6.6.6")], session="t", now=1.0)
+    refused = registry.register(node("a"), [svc("ns/1/app/80", pod_ip="10.0.0.1")], session="s", now=2.0)
+    rows = {
+        (s.agent_id, s.service.node_name, s.service.pod_ip) for s in reader.services(ServiceFilter(key="ns/1/app/80"))
+    }
+    assert (refused, rows) == ((), {("a", "a-node", "10.0.0.1"), ("b", "b-node", "6.6.6.6")})
 
 
 def test_an_agent_cannot_delete_another_agents_service(registry: RegistryWriter, reader: RegistryReader) -> None:
     registry.register(node("a"), [svc("ns/1/app/80")], session="s", now=1.0)
     registry.register(node("b"), [], session="t", now=1.0)
-    applied = registry.apply("b", sequence=1, upserts=[], removed=["ns/1/app/80"], now=2.0)
-    assert (applied.refused_keys, keys(reader, "a")) == (("ns/1/app/80",), ["ns/1/app/80"])
+    registry.apply("b", sequence=1, upserts=[], removed=["ns/1/app/80"], now=2.0)
+    assert keys(reader, "a") == ["ns/1/app/80"]
 
 
 def test_deltas_apply_in_order_and_replays_are_idempotent(registry: RegistryWriter, reader: RegistryReader) -> None:
@@ -138,10 +139,11 @@ def test_what_an_agent_registers_reads_back_as_it_was_sent(registry: RegistryWri
     [sent] = codec.registration(
         mesh_pb2.RegisterRequest(agent_id="a", services=[filled(mesh_pb2.ServiceInfo())])
     ).services
-    registry.register(node("a"), [sent], session="s", now=1.0)
+    agent = replace(node("a"), node_name=sent.node_name)
+    registry.register(agent, [sent], session="s", now=1.0)
     [stored] = reader.services()
     [status] = reader.agents()
-    assert (stored.service, stored.agent_id, status.agent, status.services) == (sent, "a", node("a"), 1)
+    assert (stored.service, stored.agent_id, status.agent, status.services) == (sent, "a", agent, 1)
 
 
 def test_a_reader_sees_what_the_writer_wrote_and_can_change_nothing(

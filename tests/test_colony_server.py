@@ -18,8 +18,8 @@ from coral_colony.server import serve
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.schema import SCHEMA_VERSION, version_of
 from coral_colony.stores.writer import RegistryWriter
-from cri_agent.sync import ColonyEndpoint, ColonySync
-from tests.colony import free_port, serving
+from cri_agent.sync import ColonySync
+from tests.colony import enrolling_sync, free_port, serving
 from tests.test_sync import svc
 
 
@@ -203,18 +203,12 @@ def jumped(registry: RegistryReader) -> list[str]:
 
 
 def one_service_agent(identity: ColonyIdentity, *, port: int, clock: VirtualClock) -> ColonySync:
-    """Node agent ``node-agent-a`` of ``node-a`` with one service, to run against ``serving()`` on ``port``."""
-    sync = ColonySync(
-        ColonyEndpoint(
-            address=f"127.0.0.1:{port}",
-            colony_id="c1",
-            secret=identity.secret(),
-            agent_id="node-agent-a",
-            node_name="node-a",
-            version="0.1.0",
-            node_labels={},
-            ca_pem=identity.ca_cert.read_bytes(),
-        ),
+    """Node agent ``node-agent-node-a`` of ``node-a`` with one service, to run against ``serving()`` on ``port``."""
+    sync = enrolling_sync(
+        f"127.0.0.1:{port}",
+        identity.directory,
+        node="node-a",
+        identity_path=identity.directory.parent / "node-a-identity.json",
         clock=clock,
     )
     sync.set_services({svc(1).key: svc(1)}, {})

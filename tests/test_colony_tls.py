@@ -8,6 +8,7 @@ import asyncio
 import logging
 import sqlite3
 import stat
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,10 +17,12 @@ import pytest
 
 from coral_base.backoff import Backoff
 from coral_base.clock import VirtualClock
+from coral_base.vocabulary import EnrollMethod
 from coral_cli import main
+from cri_agent.enrollment import Credential
 from cri_agent.model import ServiceKey
-from cri_agent.sync import ColonyEndpoint, ColonySync
-from tests.colony import free_port, logged, serving
+from cri_agent.sync import ColonySync
+from tests.colony import enrolling_sync, free_port, logged, serving
 from tests.test_sync import svc
 
 
@@ -61,19 +64,16 @@ class CountingBackoff(Backoff):
 
 
 def sync_with(directory: Path, port: int, *, ca: Path, clock: VirtualClock, secret: str | None = None) -> ColonySync:
-    return ColonySync(
-        ColonyEndpoint(
-            address=f"127.0.0.1:{port}",
-            colony_id="prod",
-            secret=secret or (directory / "colony-secret").read_text().strip(),
-            agent_id="node-agent-a",
-            node_name="node-a",
-            version="0.1.0",
-            node_labels={},
-            heartbeat_interval_s=0.2,
-            ca_pem=ca.read_bytes(),
-        ),
+    return enrolling_sync(
+        f"127.0.0.1:{port}",
+        directory,
+        node="node-a",
+        identity_path=directory.parent / f"identity-{uuid.uuid4().hex}.json",
+        ca=ca,
+        clock=clock,
+        heartbeat_interval_s=0.2,
         backoff=CountingBackoff(initial=0.05, maximum=0.2, clock=clock),
+        credential=Credential(EnrollMethod.SECRET, secret) if secret else None,
     )
 
 

@@ -157,7 +157,7 @@ def test_colony_secret_comes_from_the_environment_or_a_file_and_never_shows(
 
 def test_a_colony_address_without_a_secret_says_where_to_put_one() -> None:
     settings = load_settings(None, flags={"colony": {"address": "colony:9000"}})
-    with pytest.raises(ConfigError, match=r"CORAL_COLONY__SECRET or colony\.secretFile"):
+    with pytest.raises(ConfigError, match=r"CORAL_COLONY__SECRET, colony\.secretFile, colony\.bootstrapTokenFile"):
         settings.colony.resolved_secret()
 
 

@@ -8,10 +8,11 @@ connection: readers never queue behind agents' writes.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from coral_colony.model import AgentStatus, AuditQuery, LoggedEntry, ServiceFilter, StoredService
-from coral_colony.stores import agents, audit, services
+from coral_colony.stores import agents, audit, enrollments, services
 from coral_colony.stores.schema import open_for_reading
 
 
@@ -20,8 +21,9 @@ class RegistryReader:
         self.conn = open_for_reading(path)
 
     def agents(self, *, node: str = "") -> list[AgentStatus]:
-        """Agents with their service count, by node."""
-        return agents.select(self.conn, node=node)
+        """Agents with their service count and enrollment in force, by node."""
+        enrolled = {e.agent_id: e for e in enrollments.every(self.conn) if not e.revoked_at}
+        return [replace(s, enrollment=enrolled.get(s.agent.agent_id)) for s in agents.select(self.conn, node=node)]
 
     def services(self, where: ServiceFilter | None = None) -> list[StoredService]:
         """Services matching every filter given (all without one), by node, agent, namespace, name."""

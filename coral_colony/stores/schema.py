@@ -146,8 +146,78 @@ def _baseline(conn: sqlite3.Connection) -> None:
     )
 
 
+def _per_agent_services_and_enrollments(conn: sqlite3.Connection) -> None:
+    """Services keyed by (agent, key), and the table of enrolled nodes.
+
+    A key was owned by the first agent that sent it, so an agent that sent
+    another node's keys first (squatting) made that node's own registration
+    refuse them. Each agent now has its own rows: what it reports never
+    replaces another agent's, and a pod two agents report is an ambiguity
+    operators see (and operations refuse), never a silent winner. SQLite
+    cannot change a primary key, so the table is rebuilt with its rows.
+    """
+    layout = list(conn.execute("PRAGMA table_info(services)"))
+    if sorted(str(r[1]) for r in layout if r[5]) != ["agent_id", "key"]:  # not rebuilt yet
+        _rebuild_services(conn, [str(r[1]) for r in layout])
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS enrollments ("
+        "node_name TEXT PRIMARY KEY, agent_id TEXT NOT NULL, key_sha256 TEXT NOT NULL, "
+        "certificate_sha256 TEXT NOT NULL, previous_certificate_sha256 TEXT NOT NULL DEFAULT '', "
+        "not_after FLOAT NOT NULL, method TEXT NOT NULL, credential TEXT NOT NULL DEFAULT '', "
+        "enrolled_at FLOAT NOT NULL, renewed_at FLOAT NOT NULL, "
+        "revoked_at FLOAT NOT NULL DEFAULT 0, revoked_by TEXT NOT NULL DEFAULT '', "
+        "wireguard_public_key TEXT NOT NULL DEFAULT '', mesh_address TEXT NOT NULL DEFAULT '')"
+    )
+
+
+def _rebuild_services(conn: sqlite3.Connection, columns: list[str]) -> None:
+    declared = ", ".join(
+        f"[{c}] {'INTEGER' if t is int else 'FLOAT' if t is float else 'TEXT'}" for c, t in _SERVICES_V2.items()
+    )
+    conn.execute("DROP TABLE IF EXISTS services_v2")
+    conn.execute(f"CREATE TABLE services_v2 ({declared}, PRIMARY KEY (agent_id, key))")
+    kept = ", ".join(f"[{c}]" for c in _SERVICES_V2 if c in columns)
+    conn.execute(f"INSERT INTO services_v2 ({kept}) SELECT {kept} FROM services WHERE agent_id IS NOT NULL")
+    conn.execute("DROP TABLE services")
+    conn.execute("ALTER TABLE services_v2 RENAME TO services")
+    conn.execute("CREATE INDEX idx_services_key ON services (key)")
+    conn.execute("CREATE INDEX idx_services_node_name_namespace ON services (node_name, namespace)")
+
+
+# The services table of migration 2, as it was released (a migration never changes).
+_SERVICES_V2: dict[str, type] = {
+    "key": str,
+    "agent_id": str,
+    "component_name": str,
+    "port": int,
+    "protocol": str,
+    "health_endpoint": str,
+    "service_type": str,
+    "provenance": str,
+    "namespace": str,
+    "pod_name": str,
+    "pod_uid": str,
+    "container_name": str,
+    "pod_ip": str,
+    "node_name": str,
+    "labels": str,
+    "node_labels": str,
+    "overridden_fields": str,
+    "workload": str,
+    "health_state": str,
+    "health_error": str,
+    "health_latency_ms": float,
+    "health_since": float,
+    "health_interval_ms": int,
+    "stale": int,
+    "first_seen": float,
+    "last_seen": float,
+}
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "agents, services and the append-only audit log with its retention cut-off", _baseline),
+    Migration(2, "services keyed by (agent, key); enrolled nodes", _per_agent_services_and_enrollments),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -1,4 +1,9 @@
-"""Table ``services``: one row per service, keyed by its stable key, owned by one agent.
+"""Table ``services``: one row per service an agent reports, keyed by (agent, stable key).
+
+Each agent owns its own rows: what one agent sends never replaces or
+blocks another's (a key another agent sent first used to be refused: one
+node could squat another's pods). Two agents reporting the same pod is an
+ambiguity the operator API shows, never a silent winner.
 
 Labels are stored as sorted JSON objects, overridden fields as a JSON list,
 times as unix seconds; a column an older file gained reads as NULL and is
@@ -47,7 +52,8 @@ SERVICE_COLUMNS: dict[str, type] = {
 # One statement per row in C: sqlite-utils' upsert_all costs several times as much at 250,000 services.
 _UPSERT = (
     f"INSERT INTO services ({', '.join(SERVICE_COLUMNS)}) VALUES ({', '.join(':' + c for c in SERVICE_COLUMNS)})"
-    " ON CONFLICT (key) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in SERVICE_COLUMNS if c != "key")
+    " ON CONFLICT (agent_id, key) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in SERVICE_COLUMNS if c not in ("key", "agent_id"))
 )
 
 
@@ -120,23 +126,25 @@ def upsert(conn: sqlite3.Connection, rows: Sequence[dict[str, object]]) -> None:
         conn.executemany(_UPSERT, rows)
 
 
-def owners(conn: sqlite3.Connection, keys: Sequence[str]) -> dict[str, tuple[str, float]]:
-    """key -> (owning agent, first seen), for the keys the registry holds."""
-    found: dict[str, tuple[str, float]] = {}
+def first_seen(conn: sqlite3.Connection, agent_id: str, keys: Sequence[str]) -> dict[str, float]:
+    """key -> first seen, for those of ``keys`` the agent already has."""
+    found: dict[str, float] = {}
     for marks, chunk in in_chunks(keys):
-        for key, owner, first in conn.execute(
-            f"SELECT key, agent_id, first_seen FROM services WHERE key IN ({marks})", chunk
+        for key, first in conn.execute(
+            f"SELECT key, first_seen FROM services WHERE agent_id = ? AND key IN ({marks})", [agent_id, *chunk]
         ):
-            found[key] = (owner, first)
+            found[key] = first
     return found
 
 
-def take(conn: sqlite3.Connection, keys: Sequence[str]) -> list[StoredService]:
-    """Deletes ``keys``; what they held (for the audit log)."""
+def take(conn: sqlite3.Connection, agent_id: str, keys: Sequence[str]) -> list[StoredService]:
+    """Deletes the agent's ``keys``; what they held (for the audit log)."""
     taken: list[StoredService] = []
     for marks, chunk in in_chunks(keys):
-        taken += [stored(r) for r in conn.execute(f"SELECT * FROM services WHERE key IN ({marks})", chunk)]
-        conn.execute(f"DELETE FROM services WHERE key IN ({marks})", chunk)
+        params = [agent_id, *chunk]
+        where = f"WHERE agent_id = ? AND key IN ({marks})"
+        taken += [stored(r) for r in conn.execute(f"SELECT * FROM services {where}", params)]
+        conn.execute(f"DELETE FROM services {where}", params)
     return taken
 
 

@@ -2,8 +2,9 @@
 
 Rules the writer enforces, whoever calls it:
 
-- an agent changes only its own services: a key another agent owns is
-  refused, never overwritten;
+- an agent changes only its own rows (keyed by agent and key): nothing it
+  sends replaces or blocks another agent's, and a node agent's service
+  naming another node is refused;
 - ``register`` replaces the agent's whole set and starts a new session
   (sequence 0);
 - ``apply`` takes deltas in sequence order: an already-applied sequence is
@@ -21,17 +22,31 @@ runs it on the one thread that uses its connection, for the event loop.
 from __future__ import annotations
 
 import asyncio
+import datetime
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
-from coral_colony.model import AgentHealth, AgentRecord, AgentState, Applied, AuditEntry, AuditKind, ServiceRecord
-from coral_colony.stores import agents, audit, services
+from coral_colony.model import (
+    AgentHealth,
+    AgentRecord,
+    AgentState,
+    Applied,
+    AuditEntry,
+    AuditKind,
+    Enrollment,
+    ServiceRecord,
+)
+from coral_colony.stores import agents, audit, enrollments, services
 from coral_colony.stores.schema import open_for_writing
 
 _T = TypeVar("_T")
+
+
+def _nothing(enrollment: Enrollment) -> None:
+    pass
 
 
 class RegistryWriter:
@@ -94,7 +109,7 @@ class RegistryWriter:
             if sequence != last + 1:
                 return Applied(applied_sequence=last, resync_required=True)
             refused = self._upsert(agent_id, upserts, now=now)
-            refused += self._delete(agent_id, removed, now=now, why="removed by its agent")
+            self._delete(agent_id, removed, now=now, why="removed by its agent")
             node = agents.node_of(self.conn, agent_id)
             audit.append(self.conn, (replace(e, agent_id=agent_id, actor=agent_id, node_name=node) for e in events))
             agents.applied(self.conn, agent_id, sequence=sequence, now=now)
@@ -129,6 +144,77 @@ class RegistryWriter:
                     )
                 ],
             )
+
+    # -- enrollment -----------------------------------------------------------------
+
+    def enroll(
+        self, enrollment: Enrollment, *, now: float, then: Callable[[Enrollment], None] = _nothing
+    ) -> Enrollment | None:
+        """Bind the node to the enrollment's key (audited); the enrollment in force that refuses it, if any.
+
+        A node in force is bound to one key: a request for another key is
+        refused (and audited) until an operator revokes it. The same key
+        enrolling again (an agent that crashed before keeping its
+        certificate) is signed again.
+        """
+        node = enrollment.node_name
+        with self.conn:
+            current = enrollments.get(self.conn, node)
+            if current is not None and not current.revoked_at and current.key_sha256 != enrollment.key_sha256:
+                detail = (
+                    f"node {node} is enrolled to another key (since {_iso(current.enrolled_at)}, "
+                    f"by {current.method}); refused a {enrollment.method} enrollment"
+                )
+                audit.append(self.conn, [_enrollment_entry("agent.enrollment_refused", enrollment, now, detail)])
+                return current
+            enrollments.put(self.conn, enrollment)
+            then(enrollment)
+            how = enrollment.method.value + (f" {enrollment.credential}" if enrollment.credential else "")
+            again = " again (same key)" if current is not None and not current.revoked_at else ""
+            detail = f"enrolled{again} by {how}; key sha256 {enrollment.key_sha256[:16]}"
+            audit.append(self.conn, [_enrollment_entry("agent.enrolled", enrollment, now, detail)])
+        return None
+
+    def renew(self, enrollment: Enrollment, *, now: float, then: Callable[[Enrollment], None] = _nothing) -> bool:
+        """The node's new certificate (and key) replaces the current one, which stays accepted until it expires.
+
+        False when the enrollment changed since the renewal was asked (revoked, or renewed meanwhile).
+        """
+        with self.conn:
+            current = enrollments.get(self.conn, enrollment.node_name)
+            if (
+                current is None
+                or current.revoked_at
+                or (current.certificate_sha256 != enrollment.previous_certificate_sha256)
+            ):
+                return False
+            enrollments.put(self.conn, enrollment)
+            then(enrollment)
+            detail = f"certificate renewed; key sha256 {enrollment.key_sha256[:16]}"
+            audit.append(self.conn, [_enrollment_entry("agent.renewed", enrollment, now, detail)])
+        return True
+
+    def revoke(
+        self, node_name: str, *, by: str, now: float, then: Callable[[Enrollment], None] = _nothing
+    ) -> tuple[Enrollment, int] | None:
+        """Revoke the node's enrollment and remove its agent and services (audited); None when not enrolled."""
+        with self.conn:
+            current = enrollments.get(self.conn, node_name)
+            if current is None or current.revoked_at:
+                return None
+            revoked = replace(current, revoked_at=now, revoked_by=by)
+            enrollments.put(self.conn, revoked)
+            then(revoked)
+            owned = services.keys_of(self.conn, current.agent_id)
+            self._delete(current.agent_id, owned, now=now, why=f"its node's enrollment was revoked by {by}")
+            agents.delete(self.conn, current.agent_id)
+            detail = f"enrollment revoked by {by}: {len(owned)} service(s) removed; the node may enroll again"
+            entry = replace(_enrollment_entry("agent.revoked", current, now, detail), actor=by)
+            audit.append(self.conn, [entry])
+        return revoked, len(owned)
+
+    def enrollments(self) -> list[Enrollment]:
+        return enrollments.every(self.conn)
 
     def record(self, entries: Sequence[AuditEntry]) -> None:
         """Audit what happened outside a registry change (refused callers, operations...)."""
@@ -191,15 +277,22 @@ class RegistryWriter:
     # -- internals -----------------------------------------------------------------
 
     def _upsert(self, agent_id: str, records: Sequence[ServiceRecord], *, now: float) -> tuple[str, ...]:
-        """Write ``records`` the agent may own; audit new ones and refusals; returns the refused keys."""
+        """Write the agent's ``records``; audit new ones and refusals; returns the refused keys.
+
+        A node agent reports the pods of its own node only: a service naming
+        another node is refused (and audited). A service naming no node is
+        the agent's node's.
+        """
         if not records:
             return ()
-        owners = services.owners(self.conn, [s.key for s in records])
-        refused = tuple(s.key for s in records if s.key in owners and owners[s.key][0] != agent_id)
+        node = agents.node_of(self.conn, agent_id)
+        records = [replace(s, node_name=node) if not s.node_name else s for s in records]
+        refused = tuple(s.key for s in records if node and s.node_name != node)
+        known = services.first_seen(self.conn, agent_id, [s.key for s in records])
         services.upsert(
             self.conn,
             [
-                services.row(s, agent_id=agent_id, first_seen=owners.get(s.key, ("", now))[1], now=now)
+                services.row(s, agent_id=agent_id, first_seen=known.get(s.key, now), now=now)
                 for s in records
                 if s.key not in refused
             ],
@@ -207,7 +300,7 @@ class RegistryWriter:
         entries = [
             _service_entry(s, AuditKind.REGISTRATION, "service.registered", agent_id=agent_id, now=now)
             for s in records
-            if s.key not in owners
+            if s.key not in known and s.key not in refused
         ]
         entries += [
             _service_entry(
@@ -216,7 +309,7 @@ class RegistryWriter:
                 "service.refused",
                 agent_id=agent_id,
                 now=now,
-                detail=f"owned by agent {owners[s.key][0]}",
+                detail=f"names node {s.node_name}, not its agent's node {node}",
             )
             for s in records
             if s.key in refused
@@ -224,14 +317,11 @@ class RegistryWriter:
         audit.append(self.conn, entries)
         return refused
 
-    def _delete(self, agent_id: str, keys: Sequence[str], *, now: float, why: str) -> tuple[str, ...]:
-        """Delete the agent's own ``keys`` (audited); returns those another agent owns."""
+    def _delete(self, agent_id: str, keys: Sequence[str], *, now: float, why: str) -> None:
+        """Delete the agent's own ``keys`` (audited); a key it does not have is ignored."""
         if not keys:
-            return ()
-        owners = services.owners(self.conn, keys)
-        mine = [k for k in keys if k in owners and owners[k][0] == agent_id]
-        theirs = tuple(k for k in keys if k in owners and owners[k][0] != agent_id)
-        taken = services.take(self.conn, mine)
+            return
+        taken = services.take(self.conn, agent_id, keys)
         audit.append(
             self.conn,
             (
@@ -241,22 +331,6 @@ class RegistryWriter:
                 for s in taken
             ),
         )
-        audit.append(
-            self.conn,
-            (
-                AuditEntry(
-                    time=now,
-                    kind=AuditKind.AUTH,
-                    action="service.refused",
-                    actor=agent_id,
-                    agent_id=agent_id,
-                    service_key=key,
-                    detail=f"removal refused: owned by agent {owners[key][0]}",
-                )
-                for key in theirs
-            ),
-        )
-        return theirs
 
     def _reachable(self, agent_id: str, *, now: float) -> None:
         """An unreachable agent that speaks again is healthy; its services are fresh."""
@@ -275,6 +349,22 @@ class RegistryWriter:
                     )
                 ],
             )
+
+
+def _enrollment_entry(action: str, enrollment: Enrollment, now: float, detail: str) -> AuditEntry:
+    return AuditEntry(
+        time=now,
+        kind=AuditKind.AUTH,
+        action=action,
+        actor=enrollment.agent_id,
+        agent_id=enrollment.agent_id,
+        node_name=enrollment.node_name,
+        detail=detail,
+    )
+
+
+def _iso(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _service_entry(

@@ -116,6 +116,11 @@ class ColonySettings:
     timeout: float = 5.0
     ca_file: Path | None = None  # the colony's ca.crt, pinned
     insecure: bool = False  # plaintext gRPC: only for a lab colony without TLS
+    # Enrollment: the agent enrolls once with one credential (the secret above, a bootstrap token, or its
+    # projected ServiceAccount token) and is its certificate from then on.
+    bootstrap_token_file: Path | None = None  # `coral colony token create NAME --bootstrap`
+    service_account_token_file: Path | None = None  # a projected token with the colony's audience
+    agent_address: str = ""  # the colony's agent endpoint; default: the address's host, the port it says
 
     def ca_pem(self) -> bytes | None:
         if self.insecure:
@@ -134,8 +139,11 @@ class ColonySettings:
         if self.secret:
             return self.secret
         if self.secret_file is None:
+            if self.bootstrap_token_file or self.service_account_token_file:
+                return ""  # enrolls with the token; a colony that predates enrollment needs the secret
             raise ConfigError(
-                "colony.address is set but no colony secret: set CORAL_COLONY__SECRET or colony.secretFile"
+                "colony.address is set but no colony credential: set CORAL_COLONY__SECRET, colony.secretFile, "
+                "colony.bootstrapTokenFile or colony.serviceAccountTokenFile"
             )
         try:
             return self.secret_file.read_text().strip()

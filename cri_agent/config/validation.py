@@ -208,6 +208,11 @@ def _colony(s: Section) -> ColonySettings:
             timeout=s.value("timeout", duration, d.timeout),
             ca_file=s.value("ca_file", optional(path), d.ca_file),
             insecure=s.value("insecure", boolean, d.insecure),
+            bootstrap_token_file=s.value("bootstrap_token_file", optional(path), d.bootstrap_token_file),
+            service_account_token_file=s.value(
+                "service_account_token_file", optional(path), d.service_account_token_file
+            ),
+            agent_address=s.value("agent_address", text, d.agent_address),
         )
     )
 

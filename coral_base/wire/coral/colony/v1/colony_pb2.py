@@ -26,7 +26,7 @@ from coral_base.wire.coral.agent.v1 import agent_pb2 as coral__base_dot_wire_dot
 from coral_base.wire.coral.mesh.v1 import mesh_pb2 as coral__base_dot_wire_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,coral_base/wire/coral/colony/v1/colony.proto\x12\x0f\x63oral.colony.v1\x1a*coral_base/wire/coral/agent/v1/agent.proto\x1a(coral_base/wire/coral/mesh/v1/mesh.proto\"\xdd\x01\n\x13RunOperationRequest\x12\x12\n\x06\x61\x63tion\x18\x01 \x01(\tB\x02\x18\x01\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x11\n\tmax_bytes\x18\x05 \x01(\x04\x12\x13\n\x0bmax_packets\x18\x06 \x01(\x04\x12\x14\n\x0c\x66requency_hz\x18\x07 \x01(\r\x12\x0c\n\x04node\x18\x08 \x01(\t\x12\x32\n\toperation\x18\t \x01(\x0e\x32\x1f.coral.agent.v1.OperationAction\"\x95\x01\n\x0fOperationOutput\x12&\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x15.coral.agent.v1.ChunkH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.coral.agent.v1.ResultH\x00\x12(\n\x06target\x18\x03 \x01(\x0b\x32\x16.coral.agent.v1.TargetH\x00\x42\x06\n\x04\x62ody\"\x0f\n\rWhoAmIRequest\"\x8a\x01\n\x0eWhoAmIResponse\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\x11\n\tcolony_id\x18\x02 \x01(\t\x12&\n\x06scopes\x18\x03 \x03(\x0e\x32\x16.coral.colony.v1.Scope\x12\x12\n\nnamespaces\x18\x04 \x03(\t\x12\x17\n\x0f\x65xpires_unix_ms\x18\x05 \x01(\x03\"\xab\x04\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x04kind\x18\x02 \x01(\tB\x02\x18\x01\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12;\n\x0bnode_labels\x18\x04 \x03(\x0b\x32&.coral.colony.v1.Agent.NodeLabelsEntry\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x11\n\x05state\x18\x06 \x01(\tB\x02\x18\x01\x12\x12\n\x06health\x18\x07 \x01(\tB\x02\x18\x01\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x08 \x01(\x03\x12\x1e\n\x16last_heartbeat_unix_ms\x18\t \x01(\x03\x12\x10\n\x08services\x18\n \x01(\x05\x12\x32\n\x06labels\x18\x0b \x03(\x0b\x32\".coral.colony.v1.Agent.LabelsEntry\x12.\n\nagent_kind\x18\x0c \x01(\x0e\x32\x1a.coral.colony.v1.AgentKind\x12\x30\n\x0b\x61gent_state\x18\r \x01(\x0e\x32\x1b.coral.colony.v1.AgentState\x12\x30\n\x0c\x61gent_health\x18\x0e \x01(\x0e\x32\x1a.coral.mesh.v1.AgentHealth\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"!\n\x11ListAgentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.coral.colony.v1.Agent\"\x8b\x01\n\x07Service\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\r\n\x05stale\x18\x03 \x01(\x08\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x04 \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\x05 \x01(\x03\"z\n\x13ListServicesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x34\n\nprovenance\x18\x03 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x0c\n\x04name\x18\x04 \x01(\t\"b\n\rAgentServices\x12%\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.coral.colony.v1.Agent\x12*\n\x08services\x18\x02 \x03(\x0b\x32\x18.coral.colony.v1.Service\"F\n\x14ListServicesResponse\x12.\n\x06groups\x18\x01 \x03(\x0b\x32\x1e.coral.colony.v1.AgentServices\"\xea\x02\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x10\n\x04kind\x18\x03 \x01(\tB\x02\x18\x01\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x10\n\x08pod_name\x18\t \x01(\t\x12\x14\n\x0cservice_name\x18\n \x01(\t\x12\x13\n\x0bservice_key\x18\x0b \x01(\t\x12\x16\n\nprovenance\x18\x0c \x01(\tB\x02\x18\x01\x12\x0e\n\x06\x64\x65tail\x18\r \x01(\t\x12.\n\naudit_kind\x18\x0e \x01(\x0e\x32\x1a.coral.colony.v1.AuditKind\x12<\n\x12service_provenance\x18\x0f \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\"\x89\x01\n\x11QueryAuditRequest\x12\x15\n\rsince_unix_ms\x18\x01 \x01(\x03\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x04kind\x18\x03 \x01(\tB\x02\x18\x01\x12\r\n\x05limit\x18\x04 \x01(\r\x12.\n\naudit_kind\x18\x05 \x01(\x0e\x32\x1a.coral.colony.v1.AuditKind\"B\n\x12QueryAuditResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.coral.colony.v1.AuditEntry*a\n\tAgentKind\x12\x1a\n\x16\x41GENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41GENT_KIND_NODE_AGENT\x10\x01\x12\x1d\n\x19\x41GENT_KIND_SINGLE_SERVICE\x10\x02*_\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATE_HEALTHY\x10\x01\x12\x1b\n\x17\x41GENT_STATE_UNREACHABLE\x10\x02*d\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_AUDIT\x10\x02\x12\x11\n\rSCOPE_OPERATE\x10\x03\x12\x10\n\x0cSCOPE_ENROLL\x10\x04*\xdc\x01\n\tAuditKind\x12\x1a\n\x16\x41UDIT_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIT_KIND_REGISTRATION\x10\x01\x12\x1d\n\x19\x41UDIT_KIND_DEREGISTRATION\x10\x02\x12\x18\n\x14\x41UDIT_KIND_DISCOVERY\x10\x03\x12\x14\n\x10\x41UDIT_KIND_AGENT\x10\x04\x12\x13\n\x0f\x41UDIT_KIND_AUTH\x10\x05\x12\x18\n\x14\x41UDIT_KIND_OPERATION\x10\x06\x12\x18\n\x14\x41UDIT_KIND_RETENTION\x10\x07\x32\xb8\x03\n\x06\x43olony\x12I\n\x06WhoAmI\x12\x1e.coral.colony.v1.WhoAmIRequest\x1a\x1f.coral.colony.v1.WhoAmIResponse\x12U\n\nListAgents\x12\".coral.colony.v1.ListAgentsRequest\x1a#.coral.colony.v1.ListAgentsResponse\x12[\n\x0cListServices\x12$.coral.colony.v1.ListServicesRequest\x1a%.coral.colony.v1.ListServicesResponse\x12U\n\nQueryAudit\x12\".coral.colony.v1.QueryAuditRequest\x1a#.coral.colony.v1.QueryAuditResponse\x12X\n\x0cRunOperation\x12$.coral.colony.v1.RunOperationRequest\x1a .coral.colony.v1.OperationOutput0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,coral_base/wire/coral/colony/v1/colony.proto\x12\x0f\x63oral.colony.v1\x1a*coral_base/wire/coral/agent/v1/agent.proto\x1a(coral_base/wire/coral/mesh/v1/mesh.proto\"\xdd\x01\n\x13RunOperationRequest\x12\x12\n\x06\x61\x63tion\x18\x01 \x01(\tB\x02\x18\x01\x12\x0e\n\x06target\x18\x02 \x01(\t\x12\x12\n\nduration_s\x18\x03 \x01(\x01\x12\x0e\n\x06\x66ilter\x18\x04 \x01(\t\x12\x11\n\tmax_bytes\x18\x05 \x01(\x04\x12\x13\n\x0bmax_packets\x18\x06 \x01(\x04\x12\x14\n\x0c\x66requency_hz\x18\x07 \x01(\r\x12\x0c\n\x04node\x18\x08 \x01(\t\x12\x32\n\toperation\x18\t \x01(\x0e\x32\x1f.coral.agent.v1.OperationAction\"\x95\x01\n\x0fOperationOutput\x12&\n\x05\x63hunk\x18\x01 \x01(\x0b\x32\x15.coral.agent.v1.ChunkH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.coral.agent.v1.ResultH\x00\x12(\n\x06target\x18\x03 \x01(\x0b\x32\x16.coral.agent.v1.TargetH\x00\x42\x06\n\x04\x62ody\"\x0f\n\rWhoAmIRequest\"\x8a\x01\n\x0eWhoAmIResponse\x12\x10\n\x08operator\x18\x01 \x01(\t\x12\x11\n\tcolony_id\x18\x02 \x01(\t\x12&\n\x06scopes\x18\x03 \x03(\x0e\x32\x16.coral.colony.v1.Scope\x12\x12\n\nnamespaces\x18\x04 \x03(\t\x12\x17\n\x0f\x65xpires_unix_ms\x18\x05 \x01(\x03\"\xdc\x04\n\x05\x41gent\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x10\n\x04kind\x18\x02 \x01(\tB\x02\x18\x01\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12;\n\x0bnode_labels\x18\x04 \x03(\x0b\x32&.coral.colony.v1.Agent.NodeLabelsEntry\x12\x0f\n\x07version\x18\x05 \x01(\t\x12\x11\n\x05state\x18\x06 \x01(\tB\x02\x18\x01\x12\x12\n\x06health\x18\x07 \x01(\tB\x02\x18\x01\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x08 \x01(\x03\x12\x1e\n\x16last_heartbeat_unix_ms\x18\t \x01(\x03\x12\x10\n\x08services\x18\n \x01(\x05\x12\x32\n\x06labels\x18\x0b \x03(\x0b\x32\".coral.colony.v1.Agent.LabelsEntry\x12.\n\nagent_kind\x18\x0c \x01(\x0e\x32\x1a.coral.colony.v1.AgentKind\x12\x30\n\x0b\x61gent_state\x18\r \x01(\x0e\x32\x1b.coral.colony.v1.AgentState\x12\x30\n\x0c\x61gent_health\x18\x0e \x01(\x0e\x32\x1a.coral.mesh.v1.AgentHealth\x12/\n\nenrollment\x18\x0f \x01(\x0b\x32\x1b.coral.colony.v1.Enrollment\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9e\x01\n\nEnrollment\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x12\n\ncredential\x18\x02 \x01(\t\x12\x18\n\x10\x65nrolled_unix_ms\x18\x03 \x01(\x03\x12\x17\n\x0frenewed_unix_ms\x18\x04 \x01(\x03\x12%\n\x1d\x63\x65rtificate_not_after_unix_ms\x18\x05 \x01(\x03\x12\x12\n\nkey_sha256\x18\x06 \x01(\t\"\"\n\x12RevokeAgentRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"A\n\x13RevokeAgentResponse\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x18\n\x10services_removed\x18\x02 \x01(\x05\"!\n\x11ListAgentsRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\"<\n\x12ListAgentsResponse\x12&\n\x06\x61gents\x18\x01 \x03(\x0b\x32\x16.coral.colony.v1.Agent\"\x8b\x01\n\x07Service\x12(\n\x04info\x18\x01 \x01(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\r\n\x05stale\x18\x03 \x01(\x08\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x04 \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\x05 \x01(\x03\"z\n\x13ListServicesRequest\x12\x0c\n\x04node\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x34\n\nprovenance\x18\x03 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x0c\n\x04name\x18\x04 \x01(\t\"b\n\rAgentServices\x12%\n\x05\x61gent\x18\x01 \x01(\x0b\x32\x16.coral.colony.v1.Agent\x12*\n\x08services\x18\x02 \x03(\x0b\x32\x18.coral.colony.v1.Service\"F\n\x14ListServicesResponse\x12.\n\x06groups\x18\x01 \x03(\x0b\x32\x1e.coral.colony.v1.AgentServices\"\xea\x02\n\nAuditEntry\x12\n\n\x02id\x18\x01 \x01(\x03\x12\x14\n\x0ctime_unix_ms\x18\x02 \x01(\x03\x12\x10\n\x04kind\x18\x03 \x01(\tB\x02\x18\x01\x12\x0e\n\x06\x61\x63tion\x18\x04 \x01(\t\x12\r\n\x05\x61\x63tor\x18\x05 \x01(\t\x12\x10\n\x08\x61gent_id\x18\x06 \x01(\t\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12\x11\n\tnamespace\x18\x08 \x01(\t\x12\x10\n\x08pod_name\x18\t \x01(\t\x12\x14\n\x0cservice_name\x18\n \x01(\t\x12\x13\n\x0bservice_key\x18\x0b \x01(\t\x12\x16\n\nprovenance\x18\x0c \x01(\tB\x02\x18\x01\x12\x0e\n\x06\x64\x65tail\x18\r \x01(\t\x12.\n\naudit_kind\x18\x0e \x01(\x0e\x32\x1a.coral.colony.v1.AuditKind\x12<\n\x12service_provenance\x18\x0f \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\"\x89\x01\n\x11QueryAuditRequest\x12\x15\n\rsince_unix_ms\x18\x01 \x01(\x03\x12\x0c\n\x04node\x18\x02 \x01(\t\x12\x10\n\x04kind\x18\x03 \x01(\tB\x02\x18\x01\x12\r\n\x05limit\x18\x04 \x01(\r\x12.\n\naudit_kind\x18\x05 \x01(\x0e\x32\x1a.coral.colony.v1.AuditKind\"B\n\x12QueryAuditResponse\x12,\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1b.coral.colony.v1.AuditEntry*a\n\tAgentKind\x12\x1a\n\x16\x41GENT_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41GENT_KIND_NODE_AGENT\x10\x01\x12\x1d\n\x19\x41GENT_KIND_SINGLE_SERVICE\x10\x02*_\n\nAgentState\x12\x1b\n\x17\x41GENT_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41GENT_STATE_HEALTHY\x10\x01\x12\x1b\n\x17\x41GENT_STATE_UNREACHABLE\x10\x02*u\n\x05Scope\x12\x15\n\x11SCOPE_UNSPECIFIED\x10\x00\x12\x0e\n\nSCOPE_READ\x10\x01\x12\x0f\n\x0bSCOPE_AUDIT\x10\x02\x12\x11\n\rSCOPE_OPERATE\x10\x03\x12\x10\n\x0cSCOPE_ENROLL\x10\x04\x12\x0f\n\x0bSCOPE_ADMIN\x10\x05*\xdc\x01\n\tAuditKind\x12\x1a\n\x16\x41UDIT_KIND_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x41UDIT_KIND_REGISTRATION\x10\x01\x12\x1d\n\x19\x41UDIT_KIND_DEREGISTRATION\x10\x02\x12\x18\n\x14\x41UDIT_KIND_DISCOVERY\x10\x03\x12\x14\n\x10\x41UDIT_KIND_AGENT\x10\x04\x12\x13\n\x0f\x41UDIT_KIND_AUTH\x10\x05\x12\x18\n\x14\x41UDIT_KIND_OPERATION\x10\x06\x12\x18\n\x14\x41UDIT_KIND_RETENTION\x10\x07\x32\x92\x04\n\x06\x43olony\x12I\n\x06WhoAmI\x12\x1e.coral.colony.v1.WhoAmIRequest\x1a\x1f.coral.colony.v1.WhoAmIResponse\x12U\n\nListAgents\x12\".coral.colony.v1.ListAgentsRequest\x1a#.coral.colony.v1.ListAgentsResponse\x12[\n\x0cListServices\x12$.coral.colony.v1.ListServicesRequest\x1a%.coral.colony.v1.ListServicesResponse\x12U\n\nQueryAudit\x12\".coral.colony.v1.QueryAuditRequest\x1a#.coral.colony.v1.QueryAuditResponse\x12X\n\x0cRunOperation\x12$.coral.colony.v1.RunOperationRequest\x1a .coral.colony.v1.OperationOutput0\x01\x12X\n\x0bRevokeAgent\x12#.coral.colony.v1.RevokeAgentRequest\x1a$.coral.colony.v1.RevokeAgentResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,14 +51,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUDITENTRY'].fields_by_name['provenance']._serialized_options = b'\030\001'
   _globals['_QUERYAUDITREQUEST'].fields_by_name['kind']._loaded_options = None
   _globals['_QUERYAUDITREQUEST'].fields_by_name['kind']._serialized_options = b'\030\001'
-  _globals['_AGENTKIND']._serialized_start=2351
-  _globals['_AGENTKIND']._serialized_end=2448
-  _globals['_AGENTSTATE']._serialized_start=2450
-  _globals['_AGENTSTATE']._serialized_end=2545
-  _globals['_SCOPE']._serialized_start=2547
-  _globals['_SCOPE']._serialized_end=2647
-  _globals['_AUDITKIND']._serialized_start=2650
-  _globals['_AUDITKIND']._serialized_end=2870
+  _globals['_AGENTKIND']._serialized_start=2664
+  _globals['_AGENTKIND']._serialized_end=2761
+  _globals['_AGENTSTATE']._serialized_start=2763
+  _globals['_AGENTSTATE']._serialized_end=2858
+  _globals['_SCOPE']._serialized_start=2860
+  _globals['_SCOPE']._serialized_end=2977
+  _globals['_AUDITKIND']._serialized_start=2980
+  _globals['_AUDITKIND']._serialized_end=3200
   _globals['_RUNOPERATIONREQUEST']._serialized_start=152
   _globals['_RUNOPERATIONREQUEST']._serialized_end=373
   _globals['_OPERATIONOUTPUT']._serialized_start=376
@@ -68,29 +68,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_WHOAMIRESPONSE']._serialized_start=545
   _globals['_WHOAMIRESPONSE']._serialized_end=683
   _globals['_AGENT']._serialized_start=686
-  _globals['_AGENT']._serialized_end=1241
-  _globals['_AGENT_NODELABELSENTRY']._serialized_start=1145
-  _globals['_AGENT_NODELABELSENTRY']._serialized_end=1194
-  _globals['_AGENT_LABELSENTRY']._serialized_start=1196
-  _globals['_AGENT_LABELSENTRY']._serialized_end=1241
-  _globals['_LISTAGENTSREQUEST']._serialized_start=1243
-  _globals['_LISTAGENTSREQUEST']._serialized_end=1276
-  _globals['_LISTAGENTSRESPONSE']._serialized_start=1278
-  _globals['_LISTAGENTSRESPONSE']._serialized_end=1338
-  _globals['_SERVICE']._serialized_start=1341
-  _globals['_SERVICE']._serialized_end=1480
-  _globals['_LISTSERVICESREQUEST']._serialized_start=1482
-  _globals['_LISTSERVICESREQUEST']._serialized_end=1604
-  _globals['_AGENTSERVICES']._serialized_start=1606
-  _globals['_AGENTSERVICES']._serialized_end=1704
-  _globals['_LISTSERVICESRESPONSE']._serialized_start=1706
-  _globals['_LISTSERVICESRESPONSE']._serialized_end=1776
-  _globals['_AUDITENTRY']._serialized_start=1779
-  _globals['_AUDITENTRY']._serialized_end=2141
-  _globals['_QUERYAUDITREQUEST']._serialized_start=2144
-  _globals['_QUERYAUDITREQUEST']._serialized_end=2281
-  _globals['_QUERYAUDITRESPONSE']._serialized_start=2283
-  _globals['_QUERYAUDITRESPONSE']._serialized_end=2349
-  _globals['_COLONY']._serialized_start=2873
-  _globals['_COLONY']._serialized_end=3313
+  _globals['_AGENT']._serialized_end=1290
+  _globals['_AGENT_NODELABELSENTRY']._serialized_start=1194
+  _globals['_AGENT_NODELABELSENTRY']._serialized_end=1243
+  _globals['_AGENT_LABELSENTRY']._serialized_start=1245
+  _globals['_AGENT_LABELSENTRY']._serialized_end=1290
+  _globals['_ENROLLMENT']._serialized_start=1293
+  _globals['_ENROLLMENT']._serialized_end=1451
+  _globals['_REVOKEAGENTREQUEST']._serialized_start=1453
+  _globals['_REVOKEAGENTREQUEST']._serialized_end=1487
+  _globals['_REVOKEAGENTRESPONSE']._serialized_start=1489
+  _globals['_REVOKEAGENTRESPONSE']._serialized_end=1554
+  _globals['_LISTAGENTSREQUEST']._serialized_start=1556
+  _globals['_LISTAGENTSREQUEST']._serialized_end=1589
+  _globals['_LISTAGENTSRESPONSE']._serialized_start=1591
+  _globals['_LISTAGENTSRESPONSE']._serialized_end=1651
+  _globals['_SERVICE']._serialized_start=1654
+  _globals['_SERVICE']._serialized_end=1793
+  _globals['_LISTSERVICESREQUEST']._serialized_start=1795
+  _globals['_LISTSERVICESREQUEST']._serialized_end=1917
+  _globals['_AGENTSERVICES']._serialized_start=1919
+  _globals['_AGENTSERVICES']._serialized_end=2017
+  _globals['_LISTSERVICESRESPONSE']._serialized_start=2019
+  _globals['_LISTSERVICESRESPONSE']._serialized_end=2089
+  _globals['_AUDITENTRY']._serialized_start=2092
+  _globals['_AUDITENTRY']._serialized_end=2454
+  _globals['_QUERYAUDITREQUEST']._serialized_start=2457
+  _globals['_QUERYAUDITREQUEST']._serialized_end=2594
+  _globals['_QUERYAUDITRESPONSE']._serialized_start=2596
+  _globals['_QUERYAUDITRESPONSE']._serialized_end=2662
+  _globals['_COLONY']._serialized_start=3203
+  _globals['_COLONY']._serialized_end=3733
 # @@protoc_insertion_point(module_scope)

@@ -87,6 +87,8 @@ class _ScopeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Scope.ValueType
     """tap, profile, sample"""
     SCOPE_ENROLL: _Scope.ValueType  # 4
     """a bootstrap token: enrolls node agents only"""
+    SCOPE_ADMIN: _Scope.ValueType  # 5
+    """revoke agents' enrollments"""
 
 class Scope(_Scope, metaclass=_ScopeEnumTypeWrapper):
     """What a colony token may do (`coral colony token create --scope`)."""
@@ -100,6 +102,8 @@ SCOPE_OPERATE: Scope.ValueType  # 3
 """tap, profile, sample"""
 SCOPE_ENROLL: Scope.ValueType  # 4
 """a bootstrap token: enrolls node agents only"""
+SCOPE_ADMIN: Scope.ValueType  # 5
+"""revoke agents' enrollments"""
 Global___Scope: _TypeAlias = Scope  # noqa: Y015
 
 class _AuditKind:
@@ -324,6 +328,7 @@ class Agent(_message.Message):
     AGENT_KIND_FIELD_NUMBER: _builtins.int
     AGENT_STATE_FIELD_NUMBER: _builtins.int
     AGENT_HEALTH_FIELD_NUMBER: _builtins.int
+    ENROLLMENT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
@@ -368,6 +373,10 @@ class Agent(_message.Message):
     def node_labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
+    @_builtins.property
+    def enrollment(self) -> Global___Enrollment:
+        """unset: the agent registered with the shared secret (legacy)"""
+
     def __init__(
         self,
         *,
@@ -385,14 +394,95 @@ class Agent(_message.Message):
         agent_kind: Global___AgentKind.ValueType = ...,
         agent_state: Global___AgentState.ValueType = ...,
         agent_health: _mesh_pb2.AgentHealth.ValueType = ...,
+        enrollment: Global___Enrollment | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["enrollment", b"enrollment"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_health", b"agent_health", "agent_id", b"agent_id", "agent_kind", b"agent_kind", "agent_state", b"agent_state", "first_seen_unix_ms", b"first_seen_unix_ms", "health", b"health", "kind", b"kind", "labels", b"labels", "last_heartbeat_unix_ms", b"last_heartbeat_unix_ms", "node_labels", b"node_labels", "node_name", b"node_name", "services", b"services", "state", b"state", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_health", b"agent_health", "agent_id", b"agent_id", "agent_kind", b"agent_kind", "agent_state", b"agent_state", "enrollment", b"enrollment", "first_seen_unix_ms", b"first_seen_unix_ms", "health", b"health", "kind", b"kind", "labels", b"labels", "last_heartbeat_unix_ms", b"last_heartbeat_unix_ms", "node_labels", b"node_labels", "node_name", b"node_name", "services", b"services", "state", b"state", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Agent: _TypeAlias = Agent  # noqa: Y015
+
+@_typing.final
+class Enrollment(_message.Message):
+    """How a node agent proved who it is (coral.identity.v1)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    CREDENTIAL_FIELD_NUMBER: _builtins.int
+    ENROLLED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    RENEWED_UNIX_MS_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_NOT_AFTER_UNIX_MS_FIELD_NUMBER: _builtins.int
+    KEY_SHA256_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """secret, bootstrap-token, service-account"""
+    credential: _builtins.str
+    """the bootstrap token's or ServiceAccount's name; never a secret"""
+    enrolled_unix_ms: _builtins.int
+    renewed_unix_ms: _builtins.int
+    certificate_not_after_unix_ms: _builtins.int
+    key_sha256: _builtins.str
+    """the key the node is bound to"""
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        credential: _builtins.str = ...,
+        enrolled_unix_ms: _builtins.int = ...,
+        renewed_unix_ms: _builtins.int = ...,
+        certificate_not_after_unix_ms: _builtins.int = ...,
+        key_sha256: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_not_after_unix_ms", b"certificate_not_after_unix_ms", "credential", b"credential", "enrolled_unix_ms", b"enrolled_unix_ms", "key_sha256", b"key_sha256", "method", b"method", "renewed_unix_ms", b"renewed_unix_ms"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Enrollment: _TypeAlias = Enrollment  # noqa: Y015
+
+@_typing.final
+class RevokeAgentRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_FIELD_NUMBER: _builtins.int
+    node: _builtins.str
+    def __init__(
+        self,
+        *,
+        node: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["node", b"node"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAgentRequest: _TypeAlias = RevokeAgentRequest  # noqa: Y015
+
+@_typing.final
+class RevokeAgentResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    SERVICES_REMOVED_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    services_removed: _builtins.int
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        services_removed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "services_removed", b"services_removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeAgentResponse: _TypeAlias = RevokeAgentResponse  # noqa: Y015
 
 @_typing.final
 class ListAgentsRequest(_message.Message):

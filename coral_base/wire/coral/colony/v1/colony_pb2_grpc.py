@@ -59,6 +59,11 @@ class ColonyStub:
                 request_serializer=coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RunOperationRequest.SerializeToString,
                 response_deserializer=coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.OperationOutput.FromString,
                 _registered_method=True)
+        self.RevokeAgent = channel.unary_unary(
+                '/coral.colony.v1.Colony/RevokeAgent',
+                request_serializer=coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RevokeAgentRequest.SerializeToString,
+                response_deserializer=coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RevokeAgentResponse.FromString,
+                _registered_method=True)
 
 
 class ColonyServicer:
@@ -96,6 +101,14 @@ class ColonyServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RevokeAgent(self, request, context):
+        """Revokes a node's enrollment: its agent is disconnected, its certificate
+        refused from then on, its services removed; the node may enroll again.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ColonyServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +136,11 @@ def add_ColonyServicer_to_server(servicer, server):
                     servicer.RunOperation,
                     request_deserializer=coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RunOperationRequest.FromString,
                     response_serializer=coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.OperationOutput.SerializeToString,
+            ),
+            'RevokeAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeAgent,
+                    request_deserializer=coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RevokeAgentRequest.FromString,
+                    response_serializer=coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RevokeAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +278,33 @@ class Colony:
             '/coral.colony.v1.Colony/RunOperation',
             coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RunOperationRequest.SerializeToString,
             coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.OperationOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/coral.colony.v1.Colony/RevokeAgent',
+            coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RevokeAgentRequest.SerializeToString,
+            coral__base_dot_wire_dot_coral_dot_colony_dot_v1_dot_colony__pb2.RevokeAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class ColonyStub:
     """Routed to the node agent that owns the target; output streams back.
     Cancelling the call cancels the operation on the node.
     """
+    RevokeAgent: _grpc.UnaryUnaryMultiCallable[_colony_pb2.RevokeAgentRequest, _colony_pb2.RevokeAgentResponse]
+    """Revokes a node's enrollment: its agent is disconnected, its certificate
+    refused from then on, its services removed; the node may enroll again.
+    """
 
 @_typing.type_check_only
 class ColonyAsyncStub(ColonyStub):
@@ -55,6 +59,10 @@ class ColonyAsyncStub(ColonyStub):
     RunOperation: _aio.UnaryStreamMultiCallable[_colony_pb2.RunOperationRequest, _colony_pb2.OperationOutput]  # type: ignore[assignment]
     """Routed to the node agent that owns the target; output streams back.
     Cancelling the call cancels the operation on the node.
+    """
+    RevokeAgent: _aio.UnaryUnaryMultiCallable[_colony_pb2.RevokeAgentRequest, _colony_pb2.RevokeAgentResponse]  # type: ignore[assignment]
+    """Revokes a node's enrollment: its agent is disconnected, its certificate
+    refused from then on, its services removed; the node may enroll again.
     """
 
 class ColonyServicer(metaclass=_abc_1.ABCMeta):
@@ -94,6 +102,16 @@ class ColonyServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_colony_pb2.OperationOutput], _abc.AsyncIterator[_colony_pb2.OperationOutput]]:
         """Routed to the node agent that owns the target; output streams back.
         Cancelling the call cancels the operation on the node.
+        """
+
+    @_abc_1.abstractmethod
+    def RevokeAgent(
+        self,
+        request: _colony_pb2.RevokeAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_colony_pb2.RevokeAgentResponse, _abc.Awaitable[_colony_pb2.RevokeAgentResponse]]:
+        """Revokes a node's enrollment: its agent is disconnected, its certificate
+        refused from then on, its services removed; the node may enroll again.
         """
 
 def add_ColonyServicer_to_server(servicer: ColonyServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

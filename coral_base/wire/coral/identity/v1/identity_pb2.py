@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0coral_base/wire/coral/identity/v1/identity.proto\x12\x11\x63oral.identity.v1\"\xba\x01\n\rEnrollRequest\x12\x11\n\tcolony_id\x18\x01 \x01(\t\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\x12\x17\n\rcolony_secret\x18\x04 \x01(\tH\x00\x12\x19\n\x0f\x62ootstrap_token\x18\x05 \x01(\tH\x00\x12\x1f\n\x15service_account_token\x18\x06 \x01(\tH\x00\x12\x0f\n\x07version\x18\x07 \x01(\tB\x0c\n\ncredential\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"\x80\x01\n\x0b\x43\x65rtificate\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x19\n\x11not_after_unix_ms\x18\x04 \x01(\x03\x12\x1b\n\x13renew_after_unix_ms\x18\x05 \x01(\x03\x32X\n\nEnrollment\x12J\n\x06\x45nroll\x12 .coral.identity.v1.EnrollRequest\x1a\x1e.coral.identity.v1.Certificate2S\n\x07Renewal\x12H\n\x05Renew\x12\x1f.coral.identity.v1.RenewRequest\x1a\x1e.coral.identity.v1.Certificateb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n0coral_base/wire/coral/identity/v1/identity.proto\x12\x11\x63oral.identity.v1\"\xba\x01\n\rEnrollRequest\x12\x11\n\tcolony_id\x18\x01 \x01(\t\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\x0c\x12\x17\n\rcolony_secret\x18\x04 \x01(\tH\x00\x12\x19\n\x0f\x62ootstrap_token\x18\x05 \x01(\tH\x00\x12\x1f\n\x15service_account_token\x18\x06 \x01(\tH\x00\x12\x0f\n\x07version\x18\x07 \x01(\tB\x0c\n\ncredential\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\x0c\"\x94\x01\n\x0b\x43\x65rtificate\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x02 \x01(\x0c\x12\x0e\n\x06\x63\x61_pem\x18\x03 \x01(\x0c\x12\x19\n\x11not_after_unix_ms\x18\x04 \x01(\x03\x12\x1b\n\x13renew_after_unix_ms\x18\x05 \x01(\x03\x12\x12\n\nagent_port\x18\x06 \x01(\x05\x32X\n\nEnrollment\x12J\n\x06\x45nroll\x12 .coral.identity.v1.EnrollRequest\x1a\x1e.coral.identity.v1.Certificate2S\n\x07Renewal\x12H\n\x05Renew\x12\x1f.coral.identity.v1.RenewRequest\x1a\x1e.coral.identity.v1.Certificateb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,9 +36,9 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RENEWREQUEST']._serialized_start=260
   _globals['_RENEWREQUEST']._serialized_end=291
   _globals['_CERTIFICATE']._serialized_start=294
-  _globals['_CERTIFICATE']._serialized_end=422
-  _globals['_ENROLLMENT']._serialized_start=424
-  _globals['_ENROLLMENT']._serialized_end=512
-  _globals['_RENEWAL']._serialized_start=514
-  _globals['_RENEWAL']._serialized_end=597
+  _globals['_CERTIFICATE']._serialized_end=442
+  _globals['_ENROLLMENT']._serialized_start=444
+  _globals['_ENROLLMENT']._serialized_end=532
+  _globals['_RENEWAL']._serialized_start=534
+  _globals['_RENEWAL']._serialized_end=617
 # @@protoc_insertion_point(module_scope)

@@ -100,6 +100,7 @@ class Certificate(_message.Message):
     CA_PEM_FIELD_NUMBER: _builtins.int
     NOT_AFTER_UNIX_MS_FIELD_NUMBER: _builtins.int
     RENEW_AFTER_UNIX_MS_FIELD_NUMBER: _builtins.int
+    AGENT_PORT_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     certificate_pem: _builtins.bytes
     ca_pem: _builtins.bytes
@@ -107,6 +108,8 @@ class Certificate(_message.Message):
     not_after_unix_ms: _builtins.int
     renew_after_unix_ms: _builtins.int
     """renew from here on (two thirds of the lifetime)"""
+    agent_port: _builtins.int
+    """the colony's mutual-TLS agent endpoint, on the host the agent dialled"""
     def __init__(
         self,
         *,
@@ -115,10 +118,11 @@ class Certificate(_message.Message):
         ca_pem: _builtins.bytes = ...,
         not_after_unix_ms: _builtins.int = ...,
         renew_after_unix_ms: _builtins.int = ...,
+        agent_port: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "not_after_unix_ms", b"not_after_unix_ms", "renew_after_unix_ms", b"renew_after_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_port", b"agent_port", "ca_pem", b"ca_pem", "certificate_pem", b"certificate_pem", "not_after_unix_ms", b"not_after_unix_ms", "renew_after_unix_ms", b"renew_after_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

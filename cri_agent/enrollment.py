@@ -1,0 +1,214 @@
+"""The agent's side of enrollment: one identity, made once, renewed before it expires.
+
+On its first start the agent makes a key (``cri_agent.keygen``, in a child
+process), keeps it in its identity record (``cri_agent.identity``) and asks
+the colony's public endpoint to Enroll it with the one credential it has:
+the shared colony secret, a bootstrap token, or its projected
+ServiceAccount token. The colony answers with a short-lived certificate
+naming the agent and its node, and the port of its agent endpoint. From
+then on every mesh and control call goes to that endpoint over mutual TLS;
+past two thirds of the certificate's life the agent Renews it there with a
+new key. A restarted agent reads its record and reconnects: no enrollment,
+no audit entry. The credential is only ever sent to Enroll, never logged.
+
+What the colony answers decides what the agent does next:
+
+- a refused credential, or a node enrolled to another key: the agent keeps
+  retrying (with backoff) and says why in its ``colony`` condition; once an
+  operator revokes the other key, the next attempt enrolls;
+- a revoked enrollment: the agent stops speaking for the node and says so
+  (an operator removed it on purpose); it enrolls again only when its record
+  is removed;
+- a colony that no longer knows the node (it lost its registry): the agent
+  enrolls again at once;
+- a colony without the Enrollment service (an older release): the agent
+  registers with the shared secret, as agents did before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import grpc
+import grpc.aio
+
+from coral_base.clock import Clock
+from coral_base.logs import emit
+from coral_base.vocabulary import EnrollMethod
+from coral_base.wire.coral.identity.v1 import identity_pb2, identity_pb2_grpc
+from cri_agent import colony_codec, identity
+from cri_agent.identity import Identity, IdentityError
+
+log = logging.getLogger("cri_agent.enrollment")
+
+
+class Revoked(IdentityError):
+    """The colony revoked this node's enrollment: the agent does not speak for the node any more."""
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    """What the agent enrolls with: one of the colony secret, a bootstrap token, a ServiceAccount token."""
+
+    method: EnrollMethod
+    value: str = field(repr=False)
+    token_file: Path | None = None  # a projected token is re-read at each enrollment: the kubelet rotates it
+
+    def current(self) -> str:
+        if self.token_file is None:
+            return self.value
+        try:
+            return self.token_file.read_text().strip()
+        except OSError as exc:
+            raise IdentityError(f"the ServiceAccount token {self.token_file} cannot be read: {exc.strerror}") from None
+
+
+def public_channel(address: str, ca_pem: bytes) -> grpc.aio.Channel:
+    """The colony's public endpoint: TLS pinned to its CA."""
+    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem))
+
+
+class AgentIdentity:
+    """The agent's identity record and what it takes to keep it: enroll, renew, dial the agent endpoint."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        address: str,
+        ca_pem: bytes,
+        colony_id: str,
+        node_name: str,
+        version: str,
+        credential: Credential,
+        clock: Clock,
+        agent_address: str = "",  # override the colony's answer (a NodePort, a proxy)
+        timeout_s: float = 5.0,
+    ) -> None:
+        self.path = path
+        self.address = address
+        self.ca_pem = ca_pem
+        self.colony_id = colony_id
+        self.node_name = node_name
+        self.version = version
+        self.credential = credential
+        self.clock = clock
+        self.agent_address_override = agent_address
+        self.timeout_s = timeout_s
+        self.current: Identity | None = None
+        self.revoked = ""
+        self._csr = ""  # the signing request of a key made and kept, not yet signed
+
+    @property
+    def agent_id(self) -> str:
+        return self.current.agent_id if self.current else ""
+
+    async def ensure(self) -> Identity:
+        """An enrolled identity: the one on disk, or a new enrollment (raises when the colony refuses)."""
+        if self.revoked:
+            raise Revoked(self.revoked)
+        if self.current is None:
+            self.current = await asyncio.to_thread(self._load)
+        if self.current is not None and self.current.enrolled:
+            return self.current
+        return await self._enroll()
+
+    def _load(self) -> Identity | None:
+        found = identity.load(self.path)
+        if found is None:
+            return None
+        if why := found.matches(colony_id=self.colony_id, node_name=self.node_name):
+            emit(log, "identity.not_used", level=logging.WARNING, path=str(self.path), reason=why)
+            return None
+        return found
+
+    async def _enroll(self) -> Identity:
+        """Enroll with the credential; the key is kept before it is sent (a crash re-sends the same key)."""
+        record = self.current
+        if record is None or not record.key_pem:
+            key_pem, self._csr = await identity.new_key(self.node_name)
+            record = Identity(colony_id=self.colony_id, agent_id="", node_name=self.node_name, key_pem=key_pem)
+            await asyncio.to_thread(identity.save, self.path, record)
+            self.current = record
+        elif not self._csr:  # a key kept by an enrollment that did not finish: ask for the same key
+            _, self._csr = await identity.new_key(self.node_name, key_pem=record.key_pem)
+        csr_pem = self._csr
+        request = colony_codec.enroll_request(
+            colony_id=self.colony_id,
+            node_name=self.node_name,
+            csr_pem=csr_pem,
+            method=self.credential.method,
+            credential=self.credential.current(),
+            version=self.version,
+        )
+        async with public_channel(self.address, self.ca_pem) as channel:
+            answer = await identity_pb2_grpc.EnrollmentStub(channel).Enroll(request, timeout=self.timeout_s)
+        signed = await self._keep(record, answer)
+        emit(log, "identity.enrolled", agent_id=signed.agent_id, node=self.node_name, method=self.credential.method)
+        return signed
+
+    def due(self) -> bool:
+        """True once the certificate is past two thirds of its life."""
+        return self.current is not None and self.current.enrolled and self.clock.time() >= self.current.renew_after
+
+    async def renew(self, channel: grpc.aio.Channel) -> Identity:
+        """A new key and certificate, asked for on the agent endpoint with the current certificate."""
+        assert self.current is not None
+        key_pem, csr_pem = await identity.new_key(self.node_name)
+        stub = identity_pb2_grpc.RenewalStub(channel)
+        answer = await stub.Renew(colony_codec.renew_request(csr_pem), timeout=self.timeout_s)
+        renewed = await self._keep(replace(self.current, key_pem=key_pem), answer)
+        emit(log, "identity.renewed", agent_id=renewed.agent_id, not_after=round(renewed.not_after))
+        return renewed
+
+    async def _keep(self, record: Identity, answer: identity_pb2.Certificate) -> Identity:
+        agent_id, certificate_pem, ca_pem, not_after, renew_after, agent_port = colony_codec.certificate(answer)
+        host = self.address.rpartition(":")[0]
+        signed = record.signed(
+            agent_id=agent_id,
+            certificate_pem=certificate_pem,
+            ca_pem=ca_pem,
+            not_after=not_after,
+            renew_after=renew_after,
+            agent_address=self.agent_address_override or f"{host}:{agent_port}",
+            at=self.clock.time(),
+        )
+        await asyncio.to_thread(identity.save, self.path, signed)
+        self.current = signed
+        self._csr = ""
+        return signed
+
+    def channel(self) -> grpc.aio.Channel:
+        """The agent endpoint, over mutual TLS with the current certificate."""
+        assert self.current is not None and self.current.enrolled
+        roots = self.ca_pem + b"\n" + self.current.ca_pem.encode()  # the pinned CA and those the colony sent
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=roots,
+            private_key=self.current.key_pem.encode(),
+            certificate_chain=self.current.certificate_pem.encode(),
+        )
+        return grpc.aio.secure_channel(self.current.agent_address, credentials)
+
+    def refused(self, exc: grpc.aio.AioRpcError) -> None:
+        """Act on the agent endpoint's refusal of the certificate: revoked, or unknown (enroll again)."""
+        details = exc.details() or ""
+        if "revoked" in details:
+            self.revoked = (
+                f"{details}: the agent no longer speaks for node {self.node_name}; remove {self.path} "
+                "(and restart the agent) to enroll again"
+            )
+            emit(log, "identity.revoked", level=logging.ERROR, reason=details)
+        elif "not enrolled" in details and self.current is not None:
+            emit(log, "identity.unknown_to_colony", level=logging.WARNING, reason=details)
+            self.current = replace(self.current, certificate_pem="")  # enroll again with the same key
+
+
+def describe(exc: grpc.aio.AioRpcError) -> str:
+    """A refusal of the agent's credential or certificate, as the agent's ``colony`` condition says it."""
+    code, details = exc.code(), exc.details() or ""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"{code.name}: {details}: check the agent's colony Secret (or its bootstrap or ServiceAccount token)"
+    return f"{code.name}: {details}"
