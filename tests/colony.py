@@ -79,6 +79,7 @@ async def serving(
     clock: Clock = SYSTEM_CLOCK,
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
+    audit_retention: float | None = None,
 ) -> AsyncIterator[None]:
     """What ``coral colony start --dir DIRECTORY`` runs (TLS, registry, expiry) on the test's loop and
     clock, listening once this enters; the status page is off."""
@@ -94,6 +95,7 @@ async def serving(
             web_listen="",
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
+            audit_retention=audit_retention,
             clock=clock,
             started=started,
         )

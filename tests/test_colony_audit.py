@@ -16,6 +16,7 @@ import pytest
 
 from coral_base.hash_chain import GENESIS, Link, Verdict
 from coral_base.vocabulary import AgentHealth
+from coral_cli import main
 from coral_colony.model import AgentKind, AgentRecord, AuditEntry, AuditKind, AuditQuery, Provenance, ServiceRecord
 from coral_colony.stores import schema
 from coral_colony.stores.reader import RegistryReader
@@ -299,3 +300,20 @@ def test_the_previous_releases_log_is_chained_when_migrated_and_keeps_verifying(
     finally:
         registry.close()
     assert (result.ok, result.checked) == (True, 4)  # the three the old release wrote, and the new one
+
+
+def test_coral_audit_verify_prints_the_anchor_and_exits_1_naming_the_break(
+    logged: RegistryWriter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", "verify", "--db", str(logged.path)]) == 0
+    anchor = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("anchor: "))
+    assert anchor.startswith("anchor: 5:")
+    assert main(["audit", "verify", "--db", str(logged.path), "--anchor", anchor.removeprefix("anchor: ")]) == 0
+    tamper(logged, "DELETE FROM audit WHERE id = 5")  # the end cut off: only the anchor tells
+    assert main(["audit", "verify", "--db", str(logged.path), "--anchor", anchor.removeprefix("anchor: ")]) == 1
+    assert "entries were removed from the end" in capsys.readouterr().out
+    tamper_more = "UPDATE audit SET actor = 'someone else' WHERE id = 1"
+    with contextlib.closing(sqlite3.connect(logged.path)) as db, db:
+        db.execute(tamper_more)
+    assert main(["audit", "verify", "--db", str(logged.path)]) == 1
+    assert "BROKEN at entry 1: its fields hash to" in capsys.readouterr().out
