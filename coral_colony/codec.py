@@ -253,13 +253,19 @@ def registration(request: mesh_pb2.RegisterRequest) -> Registration:
 
 
 def _discovery_entry(event: mesh_pb2.DiscoveryEvent) -> AuditEntry:
-    """A discovery event an agent reported; the registry fills in the agent and node."""
+    """A discovery event an agent reported; the registry fills in the agent, the node and its own time.
+
+    The agent's time is kept as ``agent_time``; the action is one of the event kinds (``unknown`` for a
+    word this colony does not know): an agent does not write the log's actions.
+    """
     reason = event.reason + (f" [{', '.join(event.fields)}]" if event.fields else "")
     provenance = _provenance(event.provenance)
+    kind = EVENT_KIND.decode(event.event_kind, event.kind)
     return AuditEntry(
-        time=_seconds(event.time_unix_ms),
+        time=0.0,
+        agent_time=_seconds(event.time_unix_ms),
         kind=AuditKind.DISCOVERY,
-        action=str(EVENT_KIND.decode(event.event_kind, event.kind) or event.kind),
+        action=kind.value if kind is not None else "unknown",
         namespace=event.namespace,
         pod_name=event.pod_name,
         service_name=event.service_name,
@@ -410,6 +416,7 @@ def _audit_message(logged: LoggedEntry) -> colony_pb2.AuditEntry:
         provenance=entry.provenance,
         service_provenance=PROVENANCE.encode(read_word(Provenance, entry.provenance, Provenance.UNKNOWN)),
         detail=entry.detail,
+        agent_time_unix_ms=_unix_ms(entry.agent_time),
     )
 
 
@@ -429,6 +436,7 @@ def _logged_entry(message: colony_pb2.AuditEntry) -> LoggedEntry:
             service_key=message.service_key,
             provenance=str(PROVENANCE.decode(message.service_provenance, message.provenance) or ""),
             detail=message.detail,
+            agent_time=_seconds(message.agent_time_unix_ms),
         ),
     )
 

@@ -171,6 +171,9 @@ class AuditEntry:
     service_key: str = ""
     provenance: str = ""  # a Provenance value, or "" when the entry is about no service
     detail: str = ""
+    # When the agent says it happened, for an entry an agent reported (a discovery event); 0 for the colony's own.
+    # ``time`` is always the colony's clock: it orders the log and decides retention, whatever an agent says.
+    agent_time: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,7 +243,7 @@ class Delta:
     sequence: int
     upserts: tuple[ServiceRecord, ...] = ()
     removed: tuple[str, ...] = ()
-    events: tuple[AuditEntry, ...] = ()  # the registry fills in the agent, actor and node
+    events: tuple[AuditEntry, ...] = ()  # the registry fills in the agent, actor, node and its own time
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,6 +67,7 @@ NO_TOKEN = (
 )
 BAD_TOKEN = "the colony does not know this operator token: it was revoked or belongs to another colony"
 MAX_FILTER_CHARS = 1024  # as the agents' own limit: refused here before it travels
+OPERATION_STARTED = "operation.started"  # the audit action of an operation routed to its agent
 MAX_AUDIT_LIMIT = 10_000  # entries one QueryAudit returns at most (a 2^32 limit read the whole log into memory)
 
 
@@ -222,6 +223,9 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         forwarded = ForwardedOperation(request_id=uuid.uuid4().hex, operator=operator, request=asked, target=target)
         result: OperationResult | None = None
+        # Recorded before the agent hears of it: an operation that never ends (the colony killed, the disk
+        # full when the result comes) still left its start in the log.
+        await self._audit_operation(operator, asked, target, agent_id, node, None, started, forwarded.request_id)
         yield codec.target_output(target)
         try:
             async for message in self.router.run(agent_id, forwarded, within_s=asked.result_deadline_s):
@@ -238,7 +242,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         finally:
             if result is None:
                 result = OperationResult(outcome=Outcome.CANCELLED, error="the operator cancelled")
-            await self._audit_operation(operator, asked, target, agent_id, node, result, started)
+            await self._audit_operation(operator, asked, target, agent_id, node, result, started, forwarded.request_id)
 
     async def _audit_operation(
         self,
@@ -247,24 +251,32 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         target: OperationTarget,
         agent_id: str,
         node: str,
-        result: OperationResult,
+        result: OperationResult | None,
         started: float,
+        request_id: str = "",
     ) -> None:
-        detail = {
-            "outcome": result.outcome.value,
-            "error": result.error,
-            "parameters": asked.parameters(),
-            "duration_s": round(result.duration_s or (self.clock() - started), 3),
-            "bytes": result.bytes,
-            "packets": result.packets,
-            "dropped": result.dropped,
-            "samples": result.samples,
-            "stopped_by": result.stopped_by.value if result.stopped_by else "",
-        }
+        """One entry per operation asked (refused or not), written when it ends, and one more when the
+        colony routes it to its agent (``result`` None: action ``operation.started``, at that moment)."""
+        detail: dict[str, object] = {"parameters": asked.parameters()}
+        if request_id:
+            detail["request_id"] = request_id  # pairs an operation's start with its end
+        if result is None:
+            detail.update(action=asked.action.value, deadline_s=round(asked.result_deadline_s, 3))
+        else:
+            detail.update(
+                outcome=result.outcome.value,
+                error=result.error,
+                duration_s=round(result.duration_s or (self.clock() - started), 3),
+                bytes=result.bytes,
+                packets=result.packets,
+                dropped=result.dropped,
+                samples=result.samples,
+                stopped_by=result.stopped_by.value if result.stopped_by else "",
+            )
         entry = AuditEntry(
-            time=started,
+            time=self.clock() if result is None else started,
             kind=AuditKind.OPERATION,
-            action=asked.action.value,
+            action=OPERATION_STARTED if result is None else asked.action.value,
             actor=operator,
             agent_id=agent_id,
             node_name=node,

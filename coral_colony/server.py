@@ -254,6 +254,7 @@ async def _registry_clock(
     pruned_at = float("-inf")
     failing = ""
     wall, mono = clock.time(), clock.monotonic()
+    steady = wall - mono  # wall time at monotonic 0, as it was at start: the wall clock without its jumps
     while True:
         try:
             # Silence is measured on the wall clock (heartbeat times are stored as such); a jump of it
@@ -264,7 +265,11 @@ async def _registry_clock(
                 emit(log, "colony.clock_jumped", level=logging.WARNING, by_s=round(jump), agents=moved)
             wall, mono = clock.time(), clock.monotonic()
             if audit_retention is not None and clock.monotonic() - pruned_at >= PRUNE_EVERY_S:
-                prune = functools.partial(RegistryWriter.prune_audit, now=clock.time(), retention_s=audit_retention)
+                # Pruning never runs ahead of the time that really passed: a wall clock stepped forward (a
+                # wrong NTP server, a VM restored) would otherwise delete recent entries. It may lag behind
+                # a clock stepped forward to be right: entries are then kept longer, never deleted early.
+                now = min(clock.time(), steady + clock.monotonic())
+                prune = functools.partial(RegistryWriter.prune_audit, now=now, retention_s=audit_retention)
                 deleted = await writer.run(prune)
                 pruned_at = clock.monotonic()
                 if deleted:

@@ -129,6 +129,7 @@ async def serving(
     ttl: float = STALE_TTL_S,
     allow_shared_secret: bool = False,
     agent_cert_lifetime: float = 24 * 3600.0,
+    audit_retention: float | None = None,
 ) -> AsyncIterator[None]:
     """What ``coral colony start --dir DIRECTORY`` runs (TLS, registry, expiry) on the test's loop and
     clock, listening once this enters; the status page is off."""
@@ -147,6 +148,7 @@ async def serving(
             agent_cert_lifetime=agent_cert_lifetime,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
+            audit_retention=audit_retention,
             clock=clock,
             started=started,
         )

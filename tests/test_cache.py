@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from pathlib import Path
 
 import pytest
 
+from coral_base.sqlite_tables import Database
+from cri_agent.cache.migrations import migrate
 from cri_agent.cache.reader import CacheReader
 from cri_agent.cache.writer import Cache
 from cri_agent.conditions import Condition, Conditions
@@ -110,7 +113,8 @@ def test_a_reopened_cache_gives_back_exactly_what_was_stored(cache: Cache, tmp_p
 
 def test_a_cache_an_older_agent_wrote_gains_the_new_columns(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    Cache(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as db:  # the tables of the release before hash chains
+        migrate(Database(db), path, to=3)
     with sqlite3.connect(path) as db:
         db.execute("ALTER TABLE services DROP COLUMN workload")
         db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")  # what agents before it recorded

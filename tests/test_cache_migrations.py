@@ -23,7 +23,7 @@ from cri_agent.errors import CacheError
 from cri_agent.model import HealthState
 
 FIXTURE = Path(__file__).parent / "fixtures" / "agent-a8a58de.db"
-TABLES = {"meta", "services", "pods", "discovery_events", "operations", "health", "conditions"}
+TABLES = {"meta", "services", "pods", "discovery_events", "operations", "health", "conditions", "chain_checkpoints"}
 
 
 def at_version(path: Path, version: int, *, recorded: int | None = None) -> Path:

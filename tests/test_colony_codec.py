@@ -105,10 +105,16 @@ def test_discovery_events_become_audit_entries_without_a_provenance_when_it_is_u
     ]
     delta = codec.delta(mesh_pb2.UpdateServicesRequest(agent_id="a", sequence=3, removed_keys=["k"], events=events))
     assert (delta.sequence, delta.removed) == (3, ("k",))
-    assert [(e.time, e.kind, e.action, e.detail, e.provenance) for e in delta.events] == [
+    assert [(e.agent_time, e.kind, e.action, e.detail, e.provenance) for e in delta.events] == [
         (1.5, AuditKind.DISCOVERY, "error", "bad port [coral.io/port]", ""),
         (0.0, AuditKind.DISCOVERY, "added", "", "overridden"),
     ]
+
+
+def test_an_agent_neither_times_nor_words_the_entries_it_reports() -> None:
+    forged = mesh_pb2.DiscoveryEvent(time_unix_ms=1, kind="agent.deregistered\x1b[2J", reason="x")
+    (entry,) = codec.delta(mesh_pb2.UpdateServicesRequest(agent_id="a", sequence=1, events=[forged])).events
+    assert (entry.time, entry.agent_time, entry.action) == (0.0, 0.001, "unknown")  # the registry stamps the time
 
 
 def test_agents_and_audit_entries_come_back_as_they_were_listed() -> None:

@@ -227,3 +227,15 @@ def test_the_colony_refuses_a_non_finite_duration_from_any_client(colony: Colony
             return refused.value.code()
 
     assert asyncio.run(call()) == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_an_operation_routed_to_its_agent_is_audited_as_started_before_it_ends(
+    colony: ColonyThread, token: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """agent-a holds no control stream: the operation fails, and its start was recorded before that."""
+    assert main(coral(colony, "sample", "web-1", "--duration", "1s", token=token)) != 0
+    capsys.readouterr()
+    entries = [e for e in colony.audit("operation") if e["pod_name"] == "web-1"][-2:]
+    details = [json.loads(e["detail"]) for e in entries]
+    assert [e["action"] for e in entries] == ["operation.started", "sample"]
+    assert details[0]["request_id"] == details[1]["request_id"] and details[1]["outcome"] == "failed"

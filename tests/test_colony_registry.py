@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import replace
@@ -13,6 +14,7 @@ from coral_base.vocabulary import AgentHealth
 from coral_base.wire.coral.mesh.v1 import mesh_pb2
 from coral_colony import codec
 from coral_colony.model import AgentKind, AgentRecord, AuditKind, AuditQuery, ServiceFilter, ServiceRecord
+from coral_colony.stores import schema
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.schema import RegistryFileError
 from coral_colony.stores.writer import RegistryWriter
@@ -55,7 +57,8 @@ def test_register_replaces_the_agents_whole_set(registry: RegistryWriter, reader
 
 def test_a_registry_an_older_colony_wrote_gains_the_workload_column(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
-    RegistryWriter(path).close()
+    with contextlib.closing(sqlite3.connect(path)) as db:  # the tables of an unversioned colony
+        schema.migrate(db, to=1)
     with sqlite3.connect(path) as db:  # as a colony before workload, and before schema versions, left it
         db.execute("ALTER TABLE services DROP COLUMN workload")
         db.execute("PRAGMA user_version = 0")

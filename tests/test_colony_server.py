@@ -13,8 +13,8 @@ import pytest
 
 from coral_base.clock import VirtualClock
 from coral_colony.identity import ColonyIdentity, init_colony
-from coral_colony.model import AgentState, AuditKind, AuditQuery
-from coral_colony.server import serve
+from coral_colony.model import AgentState, AuditEntry, AuditKind, AuditQuery
+from coral_colony.server import PRUNE_EVERY_S, serve
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.schema import SCHEMA_VERSION, version_of
 from coral_colony.stores.writer import RegistryWriter
@@ -192,6 +192,30 @@ def test_a_wall_clock_jump_drops_no_agent(tmp_path: Path) -> None:
     states, actions = clock.run(scenario())
     assert states == ["healthy"], "the agent was neither marked unreachable nor dropped"
     assert actions == ["colony.clock_jumped"]
+
+
+def test_a_wall_clock_stepped_forward_prunes_no_recent_audit_entry(tmp_path: Path) -> None:
+    """A month forward with a week's retention: pruning follows the time that passed, not the step."""
+    directory = tmp_path / "colony"
+    init_colony(directory, colony_id="c1", hosts=["127.0.0.1"])
+    clock = VirtualClock()
+    writer = RegistryWriter(directory / "colony.db")
+    writer.record([AuditEntry(time=clock.time(), kind=AuditKind.AGENT, action="before.the.step")])
+    writer.close()
+
+    async def scenario() -> list[str]:
+        async with serving(directory, port=free_port(), clock=clock, audit_retention=7 * 86400):
+            registry = RegistryReader(directory / "colony.db")
+            try:
+                await clock.sleep(1)
+                clock.step_wall(30 * 86400)
+                await clock.until(lambda: bool(jumped(registry)), within=20)
+                await clock.sleep(PRUNE_EVERY_S + 10)  # the next pruning round has run
+                return [r.entry.action for r in registry.audit()]
+            finally:
+                registry.close()
+
+    assert clock.run(scenario()) == ["before.the.step", "colony.clock_jumped"]
 
 
 def jumped(registry: RegistryReader) -> list[str]:

@@ -18,6 +18,7 @@ from coral_base.durations import parse_duration
 from coral_base.errors import ConfigError
 from coral_base.tables import age, print_table
 from coral_colony import codec
+from coral_colony.cli import audit_verify
 from coral_colony.client import ColonyClient, OperatorEndpoint
 from coral_colony.model import PROVENANCES, AgentState, AuditKind, AuditQuery, Provenance, ServiceFilter
 
@@ -46,6 +47,7 @@ def register(commands: Any) -> None:
     audit.add_argument("--limit", type=int, default=1000, help="at most this many, the newest (default 1000)")
     audit.add_argument("--output", "-o", choices=["table", "json"], default="table")
     audit.set_defaults(handler=audit_command)
+    audit_verify.register(audit)
 
     whoami = commands.add_parser("whoami", help="who the colony knows your token as: name, scopes, namespaces")
     connection_flags(whoami)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from coral_base.hash_chain import Link, Verdict
 from coral_colony.model import AgentStatus, AuditQuery, LoggedEntry, ServiceFilter, StoredService
 from coral_colony.stores import agents, audit, enrollments, services
 from coral_colony.stores.schema import open_for_reading
@@ -32,6 +33,14 @@ class RegistryReader:
     def audit(self, query: AuditQuery | None = None) -> list[LoggedEntry]:
         """The newest entries matching, oldest first."""
         return audit.select(self.conn, query or AuditQuery())
+
+    def audit_chain(self) -> tuple[Verdict, Link]:
+        """The audit log's hash chain, checked, and the checkpoint it starts from."""
+        return audit.check(self.conn), audit.checkpoint(self.conn)
+
+    def audit_hash(self, entry_id: int) -> str | None:
+        """The hash the log records for an entry (None: the log holds no such entry)."""
+        return audit.hash_of(self.conn, entry_id)
 
     def close(self) -> None:
         self.conn.close()

@@ -28,6 +28,8 @@ import sqlite_utils
 from sqlite_utils.db import Table
 
 from coral_base.errors import CoralError
+from coral_base.hash_chain import START, rechain, rows_of
+from coral_colony.stores.audit import CHAINED_COLUMNS
 
 
 class RegistryFileError(CoralError):
@@ -184,7 +186,7 @@ def _rebuild_services(conn: sqlite3.Connection, columns: list[str]) -> None:
     conn.execute("CREATE INDEX idx_services_node_name_namespace ON services (node_name, namespace)")
 
 
-# The services table of migration 2, as it was released (a migration never changes).
+# The services table of migration 3, as it was released (a migration never changes).
 _SERVICES_V2: dict[str, type] = {
     "key": str,
     "agent_id": str,
@@ -213,11 +215,64 @@ _SERVICES_V2: dict[str, type] = {
     "first_seen": float,
     "last_seen": float,
 }
+_APPEND_ONLY = "the audit log is append-only"
+_CHAIN_GUARDS = (
+    # An entry links to the last one (or, when pruning left none, to the checkpoint) and is numbered after it:
+    # a second writer or a script cannot slip an entry into the chain, only the colony's writer appends.
+    "CREATE TRIGGER audit_append_links BEFORE INSERT ON audit WHEN NEW.hash IS NULL "
+    "OR NEW.prev_hash IS NOT coalesce((SELECT hash FROM audit ORDER BY id DESC LIMIT 1), "
+    "(SELECT last_hash FROM audit_retention WHERE id = 1)) "
+    "OR NEW.id <= coalesce((SELECT max(id) FROM audit), (SELECT last_id FROM audit_retention WHERE id = 1), 0) "
+    f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: an entry must link to the last one, by the colony''s writer'); END",
+    # Only what pruning reached: at or before the checkpoint and older than the cut-off. An entry written after
+    # the last prune is past the checkpoint, so a cut-off set too far (a clock far ahead) still deletes none.
+    "CREATE TRIGGER audit_delete_expired_only BEFORE DELETE ON audit "
+    "WHEN coalesce(OLD.id <= (SELECT last_id FROM audit_retention WHERE id = 1) "
+    "AND OLD.time < (SELECT before FROM audit_retention WHERE id = 1), 0) = 0 "
+    f"BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}: only entries past the retention period can be deleted'); END",
+    # The cut-off only moves forward, never past the database's own clock (5 minutes of slack), and its
+    # checkpoint names an entry the log holds, with that entry's hash.
+    "CREATE TRIGGER audit_retention_forward_only BEFORE UPDATE ON audit_retention "
+    "WHEN NEW.id IS NOT OLD.id OR NEW.before IS NULL OR NEW.last_id IS NULL OR NEW.last_hash IS NULL "
+    "OR NEW.before < OLD.before OR NEW.last_id < OLD.last_id "
+    "OR NEW.before > (julianday('now') - 2440587.5) * 86400.0 + 300 "
+    "OR (NEW.last_id != OLD.last_id AND NEW.last_hash IS NOT (SELECT hash FROM audit WHERE id = NEW.last_id)) "
+    "BEGIN SELECT RAISE(ABORT, 'the audit retention cut-off only moves forward, never past now, "
+    "to an entry the log holds'); END",
+    "CREATE TRIGGER audit_retention_kept BEFORE DELETE ON audit_retention "
+    "BEGIN SELECT RAISE(ABORT, 'the audit retention cut-off is kept: it can only move forward'); END",
+    "CREATE TRIGGER audit_retention_single BEFORE INSERT ON audit_retention "
+    "BEGIN SELECT RAISE(ABORT, 'the audit retention cut-off is one row'); END",
+)
+
+
+def _chain(conn: sqlite3.Connection) -> None:
+    """The audit log becomes a hash chain, and the colony's clock orders it (agents' clocks are kept beside).
+
+    The entries a file holds are chained here, in id order, from the start (or, when entries were pruned
+    before, from the first one left): the chain vouches for them from this migration on. The columns
+    come last, as in every file migrated to it.
+    """
+    for column, type_ in (("agent_time", "FLOAT"), ("prev_hash", "TEXT"), ("hash", "TEXT")):
+        conn.execute(f"ALTER TABLE audit ADD COLUMN [{column}] {type_}")
+    conn.execute("ALTER TABLE audit_retention ADD COLUMN last_id INTEGER")
+    conn.execute("ALTER TABLE audit_retention ADD COLUMN last_hash TEXT")
+    conn.execute("UPDATE audit_retention SET last_id = 0, last_hash = ? WHERE id = 1", [START.hash])
+    conn.execute("DROP TRIGGER audit_no_update")  # back below, once the existing entries are chained
+    conn.execute("DROP TRIGGER audit_delete_expired_only")
+    links = list(rechain(rows_of(conn, "audit", CHAINED_COLUMNS), after=START, columns=CHAINED_COLUMNS))
+    conn.executemany("UPDATE audit SET prev_hash = ?, hash = ? WHERE id = ?", [(p, h, i) for i, p, h in links])
+    conn.execute(
+        f"CREATE TRIGGER audit_no_update BEFORE UPDATE ON audit BEGIN SELECT RAISE(ABORT, '{_APPEND_ONLY}'); END"
+    )
+    for guard in _CHAIN_GUARDS:
+        conn.execute(guard)
 
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "agents, services and the append-only audit log with its retention cut-off", _baseline),
-    Migration(2, "services keyed by (agent, key); enrolled nodes", _per_agent_services_and_enrollments),
+    Migration(2, "the audit log as a hash chain, ordered by the colony's clock; a guarded cut-off", _chain),
+    Migration(3, "services keyed by (agent, key); enrolled nodes", _per_agent_services_and_enrollments),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 
@@ -226,8 +281,10 @@ def version_of(conn: sqlite3.Connection) -> int:
     return int(conn.execute("PRAGMA user_version").fetchone()[0])
 
 
-def migrate(conn: sqlite3.Connection) -> int:
-    """Applies the migrations the file lacks, each with its version in one transaction; the version reached."""
+def migrate(conn: sqlite3.Connection, *, to: int | None = None) -> int:
+    """Applies the migrations the file lacks up to ``to`` (``SCHEMA_VERSION``), each with its version in one
+    transaction; the version reached (tests make a file as an older release left it with a smaller ``to``)."""
+    to = SCHEMA_VERSION if to is None else to
     current = version_of(conn)
     if current > SCHEMA_VERSION:
         raise RegistryFileError(
@@ -235,7 +292,7 @@ def migrate(conn: sqlite3.Connection) -> int:
             "run the colony release that wrote it"
         )
     for migration in MIGRATIONS:
-        if migration.version <= current:
+        if migration.version <= current or migration.version > to:
             continue
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -111,7 +111,7 @@ class RegistryWriter:
             refused = self._upsert(agent_id, upserts, now=now)
             self._delete(agent_id, removed, now=now, why="removed by its agent")
             node = agents.node_of(self.conn, agent_id)
-            audit.append(self.conn, (replace(e, agent_id=agent_id, actor=agent_id, node_name=node) for e in events))
+            audit.append(self.conn, (_reported(e, agent_id=agent_id, node_name=node, now=now) for e in events))
             agents.applied(self.conn, agent_id, sequence=sequence, now=now)
             self._reachable(agent_id, now=now)
         return Applied(applied_sequence=sequence, refused_keys=refused)
@@ -365,6 +365,15 @@ def _enrollment_entry(action: str, enrollment: Enrollment, now: float, detail: s
 
 def _iso(seconds: float) -> str:
     return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _reported(event: AuditEntry, *, agent_id: str, node_name: str, now: float) -> AuditEntry:
+    """An event an agent reported, as the log keeps it: by the agent, on its node, at the colony's time.
+
+    The agent's own time is kept beside (``agent_time``) and decides nothing: an agent that says 1970
+    neither moves its entries ahead of others nor makes them due for pruning.
+    """
+    return replace(event, agent_id=agent_id, actor=agent_id, node_name=node_name, time=now)
 
 
 def _service_entry(

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coral_base.sqlite_tables import Database
+from cri_agent.cache import chains
 from cri_agent.model import DiscoveryEvent, EventKind
 
 
@@ -51,16 +52,20 @@ def read(
 
 
 def insert(db: Database, events: Sequence[TimedEvent], *, node_name: str) -> None:
-    if events:
-        db.table("discovery_events").insert_all(_row(timed, node_name=node_name) for timed in events)
+    """Appended to the table's hash chain (``chains``)."""
+    chains.append(db, "discovery_events", [_row(timed, node_name=node_name) for timed in events])
 
 
 def trim(db: Database, *, now: float, rows: int, days: float) -> None:
-    """At most ``rows`` rows, none older than ``days``."""
-    db.execute("DELETE FROM discovery_events WHERE at < ?", [now - days * 86400])
-    last = db.execute("SELECT max(id) FROM discovery_events").fetchone()[0]
-    if last is not None and last > rows:
-        db.execute("DELETE FROM discovery_events WHERE id <= ?", [last - rows])
+    """At most ``rows`` rows, none older than ``days``: the oldest go, in id order (a row written after a
+    backward clock step waits for those before it), and the last of them becomes the chain's checkpoint."""
+    first, last = db.execute("SELECT min(id), max(id) FROM discovery_events").fetchone()
+    if last is None:
+        return
+    kept = db.execute("SELECT min(id) FROM discovery_events WHERE at >= ?", [now - days * 86400]).fetchone()[0]
+    through = max(last - rows, (kept - 1) if kept is not None else last)
+    if through >= first:
+        chains.prune_through(db, "discovery_events", through, now=now)
 
 
 def _row(timed: TimedEvent, *, node_name: str) -> dict[str, Any]:

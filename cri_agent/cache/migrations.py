@@ -20,10 +20,12 @@ write it in its table family's module, and describe it in docs/audit.md.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import NamedTuple
 
+from coral_base.hash_chain import START, rechain, rows_of
 from coral_base.sqlite_tables import Database
 from cri_agent.errors import CacheError
 
@@ -141,10 +143,68 @@ def _workload(db: Database) -> None:
         services.add_column("workload", str)  # "Deployment/x" from the Kubernetes API, or ""
 
 
+# What each entry's hash covers (coral_base.hash_chain), in the columns' types: never changed, not even by a
+# new column, since every chain already written was hashed over exactly these.
+CHAINED: Mapping[str, Mapping[str, type]] = MappingProxyType(
+    {
+        "discovery_events": MappingProxyType(
+            {
+                "id": int,
+                "at": float,
+                "kind": str,
+                "namespace": str,
+                "pod_name": str,
+                "pod_uid": str,
+                "key": str,
+                "service": str,
+                "reason": str,
+                "fields": str,
+                "node_name": str,
+            }
+        ),
+        "operations": MappingProxyType(
+            {
+                "id": int,
+                "started_at": float,
+                "finished_at": float,
+                "operator": str,
+                "action": str,
+                "node_name": str,
+                "namespace": str,
+                "pod_name": str,
+                "service": str,
+                "parameters": str,
+                "duration_s": float,
+                "bytes": int,
+                "packets": int,
+                "outcome": str,
+                "error": str,
+            }
+        ),
+    }
+)
+
+
+def _chain(db: Database) -> None:
+    """``discovery_events`` and ``operations`` become hash chains, and ``chain_checkpoints`` records, per table,
+    the last entry pruned (id and hash), which the chain continues from. The rows a file holds are chained
+    here, in id order, from the start: the chain vouches for them from this migration on."""
+    db.table("chain_checkpoints").create({"chained": str, "last_id": int, "hash": str, "at": float}, pk="chained")
+    for name, columns in CHAINED.items():
+        table = db.table(name)
+        table.add_column("prev_hash", str)
+        table.add_column("hash", str)
+        links = list(rechain(rows_of(db.conn, name, columns), after=START, columns=columns))
+        db.conn.executemany(
+            f"UPDATE [{name}] SET prev_hash = ?, hash = ? WHERE id = ?", [(p, h, i) for i, p, h in links]
+        )
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "meta, services, pods, discovery_events, operations, conditions", _original),
     Migration(2, "health: the latest probe of every service", _health),
     Migration(3, "services.workload: the pod's controlling workload", _workload),
+    Migration(4, "discovery_events and operations as hash chains; chain_checkpoints", _chain),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from coral_base.sqlite_tables import Database
+from cri_agent.cache import chains
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +31,9 @@ class StoredOperation:
 
 
 def insert(db: Database, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Rows as the operation runner records them (cri_agent/ops/runner.py), named by column."""
-    if rows:
-        db.table("operations").insert_all(rows)
+    """Rows as the operation runner records them (cri_agent/ops/runner.py), named by column; appended to the
+    table's hash chain (``chains``)."""
+    chains.append(db, "operations", rows)
 
 
 def read(db: Database) -> list[StoredOperation]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from types import TracebackType
 
+from coral_base.hash_chain import Link, Verdict
 from coral_base.sqlite_tables import Database
-from cri_agent.cache import agent_state, discovery_events, operations, pods, services
+from cri_agent.cache import agent_state, chains, discovery_events, operations, pods, services
 from cri_agent.cache.agent_state import StoredCondition
+from cri_agent.cache.chains import CHAINED_TABLES
 from cri_agent.cache.discovery_events import StoredEvent
 from cri_agent.cache.opening import open_read_only
 from cri_agent.cache.operations import StoredOperation
@@ -45,6 +47,10 @@ class CacheReader:
 
     def operations(self) -> list[StoredOperation]:
         return operations.read(self.db)
+
+    def chains(self) -> list[tuple[str, Verdict, Link]]:
+        """Each hash-chained table, its chain checked, and the checkpoint it starts from."""
+        return [(table, chains.check(self.db, table), chains.checkpoint(self.db, table)) for table in CHAINED_TABLES]
 
     def conditions(self) -> list[StoredCondition]:
         return agent_state.conditions(self.db)

@@ -32,6 +32,12 @@ def register(commands: Any) -> None:
     events.add_argument("--kind", choices=EVENT_KINDS)
     events.add_argument("--since-id", type=int, default=0, help="only events after this id")
     events.add_argument("--limit", type=int, help="at most this many (the newest)")
+    events.add_argument(
+        "--verify",
+        action="store_true",
+        help="check the hash chains of discovery_events and operations instead, and name the first break "
+        "(exit 1 when one is broken)",
+    )
     events.set_defaults(handler=events_command)
 
     status = commands.add_parser("status", help="the agent's health conditions")
@@ -85,6 +91,8 @@ def events_command(args: argparse.Namespace) -> int:
 
     from cri_agent.model import EventKind
 
+    if args.verify:
+        return verify_command(args)
     kind = EventKind(args.kind) if args.kind else None
     with _open(args.cache) as cache:
         events = cache.events(since_id=args.since_id, kind=kind, limit=args.limit or None)
@@ -107,6 +115,42 @@ def events_command(args: argparse.Namespace) -> int:
         ],
     )
     return 0
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    """``coral agent events --verify``: both chains checked from their checkpoints (the file read-only)."""
+    from coral_base.hash_chain import describe
+    from cri_agent.cache.migrations import SCHEMA_VERSION
+
+    with _open(args.cache) as cache:
+        checked = cache.chains()
+        recorded = cache.meta().get("schema_version", "")
+    broken = any(not verdict.ok for _, verdict, _ in checked)
+    if args.output == "json":
+        print(
+            json.dumps(
+                {
+                    table: {
+                        "ok": verdict.ok,
+                        "entries": verdict.checked,
+                        "checkpoint": {"id": start.id, "hash": start.hash},
+                        "last": {"id": verdict.last.id, "hash": verdict.last.hash},
+                        "broken": None if verdict.broken is None else str(verdict.broken),
+                    }
+                    for table, verdict, start in checked
+                },
+                indent=2,
+            )
+        )
+        return 1 if broken else 0
+    if recorded != str(SCHEMA_VERSION):
+        print(
+            f"note: cache {args.cache} is at schema version {recorded}, before hash chains: what follows is the "
+            "chain of a migrated copy, which vouches for nothing; its agent chains the file when it next starts"
+        )
+    for table, verdict, start in checked:
+        print("\n".join(describe(verdict, chain=f"{args.cache} {table}", start=start)))
+    return 1 if broken else 0
 
 
 def status_command(args: argparse.Namespace) -> int:

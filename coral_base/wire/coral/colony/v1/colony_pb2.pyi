@@ -652,6 +652,7 @@ class AuditEntry(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     AUDIT_KIND_FIELD_NUMBER: _builtins.int
     SERVICE_PROVENANCE_FIELD_NUMBER: _builtins.int
+    AGENT_TIME_UNIX_MS_FIELD_NUMBER: _builtins.int
     id: _builtins.int
     time_unix_ms: _builtins.int
     @_builtins.property
@@ -687,6 +688,8 @@ class AuditEntry(_message.Message):
     detail: _builtins.str
     audit_kind: Global___AuditKind.ValueType
     service_provenance: _mesh_pb2.ServiceProvenance.ValueType
+    agent_time_unix_ms: _builtins.int
+    """when the agent says it happened (0: the colony's own entry); time_unix_ms is the colony's"""
     def __init__(
         self,
         *,
@@ -705,10 +708,11 @@ class AuditEntry(_message.Message):
         detail: _builtins.str = ...,
         audit_kind: Global___AuditKind.ValueType = ...,
         service_provenance: _mesh_pb2.ServiceProvenance.ValueType = ...,
+        agent_time_unix_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "agent_id", b"agent_id", "audit_kind", b"audit_kind", "detail", b"detail", "id", b"id", "kind", b"kind", "namespace", b"namespace", "node_name", b"node_name", "pod_name", b"pod_name", "provenance", b"provenance", "service_key", b"service_key", "service_name", b"service_name", "service_provenance", b"service_provenance", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "actor", b"actor", "agent_id", b"agent_id", "agent_time_unix_ms", b"agent_time_unix_ms", "audit_kind", b"audit_kind", "detail", b"detail", "id", b"id", "kind", b"kind", "namespace", b"namespace", "node_name", b"node_name", "pod_name", b"pod_name", "provenance", b"provenance", "service_key", b"service_key", "service_name", b"service_name", "service_provenance", b"service_provenance", "time_unix_ms", b"time_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
