@@ -112,7 +112,7 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
     async def Deregister(self, request: mesh_pb2.DeregisterRequest, context: _Context) -> mesh_pb2.DeregisterResponse:
         call = codec.deregistration(request)
         if await self._check_session(call.agent_id, call.session_token, context):
-            await self.writer.run(lambda w: w.deregister(call.agent_id, now=self.clock()))
+            await self.writer.run(lambda w: w.leave(call.agent_id, now=self.clock()))  # removed after a grace window
         return codec.deregister_response()
 
 

@@ -1,5 +1,7 @@
-"""Runs the colony: TLS gRPC (agents' Mesh + operators' Colony API), the
-registry and its staleness clock, and the status page on localhost."""
+"""Runs the colony: TLS gRPC (agents' Mesh + operators' Colony API, and
+``grpc.health.v1``), the registry and its staleness clock, the status page
+on localhost, and ``/healthz`` + ``/readyz`` for the kubelet on their own
+listener (coral_colony/health.py says what they check)."""
 
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as grpc_health  # type: ignore[attr-defined]  # grpc-stubs predates it
 
 from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.lifecycle import Stage, run_stages
 from coral_base.logs import emit
-from coral_base.wire.coral.agent.v1 import agent_pb2_grpc
-from coral_base.wire.coral.colony.v1 import colony_pb2_grpc
-from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
+from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
+from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
+from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
+from coral_colony.health import ColonyHealth
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
 from coral_colony.operator_service import OperatorService
@@ -27,13 +32,23 @@ from coral_colony.router import Router
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter, WriterThread
 from coral_colony.tokens import OperatorTokens
+from coral_colony.web.probes import ProbeEndpoints
 from coral_colony.web.server import StatusPage
 
 log = logging.getLogger("coral_colony.server")
 
 HEARTBEAT_TIMEOUT_S = 45.0  # three missed 15 s heartbeats
 STALE_TTL_S = 24 * 3600.0  # services of an agent silent this long are dropped
+DEREGISTER_GRACE_S = 120.0  # services of an agent that deregistered stay this long, in case it is only restarting
 WEB_LISTEN = "127.0.0.1:9080"
+PROBE_LISTEN = "127.0.0.1:9081"  # `coral colony start`'s default; in a pod, 0.0.0.0:9081: the kubelet dials the pod IP
+# What grpc.health.v1 reports on: the server as a whole ("") and each service by its full name.
+HEALTH_SERVICES = (
+    "",
+    mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name,
+    colony_pb2.DESCRIPTOR.services_by_name["Colony"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentControl"].full_name,
+)
 PRUNE_EVERY_S = 3600.0  # with --audit-retention: how often entries past it are deleted
 CLOCK_JUMP_S = 5.0  # wall and monotonic time disagreeing by more, between two rounds, is a jump
 
@@ -45,8 +60,10 @@ async def serve(
     database: Path,
     stop: asyncio.Event,
     web_listen: str = WEB_LISTEN,
+    probe_listen: str = "",  # `coral colony start` listens on PROBE_LISTEN by default; a library caller asks
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
+    deregister_grace: float = DEREGISTER_GRACE_S,
     audit_retention: float | None = None,  # seconds; None keeps every entry
     clock: Clock = SYSTEM_CLOCK,
     started: asyncio.Event | None = None,  # set once agents and operators can connect
@@ -66,8 +83,10 @@ async def serve(
             database=database,
             stop=stop,
             web_listen=web_listen,
+            probe_listen=probe_listen,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
+            deregister_grace=deregister_grace,
             audit_retention=audit_retention,
             clock=clock,
             started=started,
@@ -85,8 +104,10 @@ async def _serve(
     database: Path,
     stop: asyncio.Event,
     web_listen: str,
+    probe_listen: str,
     heartbeat_timeout: float,
     ttl: float,
+    deregister_grace: float,
     audit_retention: float | None,
     clock: Clock,
     started: asyncio.Event | None,
@@ -111,6 +132,16 @@ async def _serve(
         )
         stack.callback(operators.close)
         server = grpc.aio.server()
+        grpc_health_service = grpc_health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(grpc_health_service, server)
+
+        async def serving(ready: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in HEALTH_SERVICES:
+                await grpc_health_service.set(name, status)
+
+        await serving(False)
+        health = ColonyHealth(writer, database, clock=clock, on_ready=serving)
         mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
         colony_pb2_grpc.add_ColonyServicer_to_server(operators, server)
         agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
@@ -118,12 +149,19 @@ async def _serve(
         server.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
         await server.start()
         stack.push_async_callback(server.stop, 5.0)
+        health.serving = True
+        stack.callback(setattr, health, "serving", False)
+        stack.push_async_callback(grpc_health_service.enter_graceful_shutdown)  # NOT_SERVING before the stop
         page = (
             StatusPage(database, colony_id=identity.colony_id, listen=web_listen, clock=clock) if web_listen else None
         )
         if page is not None:
             page.start()
             stack.callback(page.stop)
+        probes = ProbeEndpoints(health, listen=probe_listen) if probe_listen else None
+        if probes is not None:
+            probes.start()
+            stack.callback(probes.stop)
         if started is not None:
             started.set()
         emit(
@@ -132,6 +170,7 @@ async def _serve(
             colony_id=identity.colony_id,
             listen=listen,
             web=page.address if page else "off",
+            probes=probes.address if probes else "off",
             database=str(database),
         )
         housekeeping = functools.partial(
@@ -141,10 +180,11 @@ async def _serve(
             clock=clock,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
+            deregister_grace=deregister_grace,
             audit_retention=audit_retention,
         )
         await run_stages(
-            [Stage("registry-clock", housekeeping)],
+            [Stage("registry-clock", housekeeping), Stage("health", health.run)],
             stop,
             on_stopping=lambda: None,
             grace_s=5.0,
@@ -159,9 +199,11 @@ async def _registry_clock(
     clock: Clock,
     heartbeat_timeout: float,
     ttl: float,
+    deregister_grace: float,
     audit_retention: float | None,
 ) -> None:
-    """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log.
+    """Marks silent agents unreachable, drops those past the TTL and those that deregistered more than
+    ``deregister_grace`` ago and, with a retention, prunes the audit log.
 
     A round that fails (the file locked by another process, a full disk, an
     I/O error) is logged once, with its cause, and tried again at the next
@@ -186,7 +228,9 @@ async def _registry_clock(
                 if deleted:
                     emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
             silent, gone = await writer.run(
-                lambda w: w.expire(now=clock.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+                lambda w: w.expire(
+                    now=clock.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl, grace=deregister_grace
+                )
             )
             await refusals.flush(clock.time())  # the counts of a quiet minute's refusals
         except (sqlite3.Error, OSError) as exc:

@@ -31,5 +31,9 @@ class RegistryReader:
         """The newest entries matching, oldest first."""
         return audit.select(self.conn, query or AuditQuery())
 
+    def check(self) -> None:
+        """A read the readiness probe makes: sqlite3.Error when the registry cannot be read."""
+        self.conn.execute("SELECT 1 FROM agents LIMIT 1").fetchall()
+
     def close(self) -> None:
         self.conn.close()
