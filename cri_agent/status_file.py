@@ -33,6 +33,7 @@ import errno
 import fcntl
 import json
 import os
+import time
 from collections.abc import Mapping
 from enum import StrEnum
 from pathlib import Path
@@ -43,6 +44,9 @@ from cri_agent.errors import CacheError
 SIZE = 32 * 1024  # what the file reserves; the status is ~1 KiB
 _READ_TRIES = 5
 MISSED_HEARTBEATS = 6  # live while the last heartbeat is younger than this many intervals
+# A reader (a kubelet probe every few seconds) holds a shared lock for microseconds: an agent starting at that
+# moment tries again rather than take it for another agent.
+_ACQUIRE_TRIES, _ACQUIRE_PAUSE_S = 5, 0.05
 
 
 class Probe(StrEnum):
@@ -108,9 +112,7 @@ class StatusFile:
         """Lock the file (creating it) and write ``status``; CacheInUse names the holder."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(fd):
             os.close(fd)
             holder = read_status(self.cache)
             pid = holder.pid if holder is not None else 0
@@ -155,6 +157,19 @@ class StatusFile:
             with contextlib.suppress(OSError):
                 os.close(self._fd)  # closing the last descriptor drops the lock
             self._fd = None
+
+
+def _lock(fd: int) -> bool:
+    """The exclusive lock, or False when another agent holds it (a reader's moment is waited out)."""
+    for attempt in range(_ACQUIRE_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if attempt + 1 < _ACQUIRE_TRIES:
+                time.sleep(_ACQUIRE_PAUSE_S)
+        else:
+            return True
+    return False
 
 
 def read_status(cache: Path) -> LiveStatus | None:

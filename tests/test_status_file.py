@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -93,3 +95,15 @@ def test_probe_verdicts(
     verdicts = status.probe(Probe.LIVE, now=now), status.probe(Probe.READY, now=now)
     assert (verdicts[0][0], verdicts[1][0]) == (live, ready)
     assert why in verdicts[1][1]
+
+
+def test_an_agent_starting_while_a_probe_reads_the_file_is_not_refused(tmp_path: Path) -> None:
+    """A reader's shared lock (``coral agent status --probe``) is held for a moment: the agent waits it out."""
+    path = status_path(tmp_path / "agent.db")
+    path.write_text("{}")
+    reader = os.open(path, os.O_RDONLY)
+    fcntl.flock(reader, fcntl.LOCK_SH)
+    threading.Timer(0.08, lambda: os.close(reader)).start()
+    status = StatusFile(tmp_path / "agent.db")
+    status.acquire({"pid": 7})
+    status.release()
