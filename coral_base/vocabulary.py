@@ -63,6 +63,7 @@ class AgentState(StrEnum):
 
     HEALTHY = "healthy"
     UNREACHABLE = "unreachable"
+    LEFT = "left"  # it deregistered: its services go when the grace window ends, unless it registers again
 
 
 class AgentKind(StrEnum):

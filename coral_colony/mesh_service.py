@@ -191,7 +191,7 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
         call = codec.deregistration(request)
         agent_id = await self._session_agent(call.agent_id, call.session_token, context)
         if agent_id is not None:
-            await self.writer.run(lambda w: w.deregister(agent_id, now=self.clock()))
+            await self.writer.run(lambda w: w.leave(agent_id, now=self.clock()))  # removed after a grace window
         return codec.deregister_response()
 
 

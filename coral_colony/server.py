@@ -1,8 +1,10 @@
-"""Runs the colony: two gRPC endpoints, the registry and its staleness clock, and the status page.
+"""Runs the colony: two gRPC endpoints, the registry and its staleness clock, the status page on
+localhost, and ``/healthz`` + ``/readyz`` for the kubelet on their own listener (``health.py``).
 
-- The **public endpoint** (``--listen``, server TLS): operators' Colony API
-  and agents' Enrollment; with ``--allow-shared-secret-agents``, also the
-  Mesh and AgentControl services for agents that only hold the shared secret.
+- The **public endpoint** (``--listen``, server TLS): operators' Colony API,
+  agents' Enrollment and ``grpc.health.v1``; with
+  ``--allow-shared-secret-agents``, also the Mesh and AgentControl services
+  for agents that only hold the shared secret.
 - The **agent endpoint** (``--agent-listen``, mutual TLS: a client
   certificate of the colony's CA is required): Mesh, AgentControl and
   Renewal for enrolled agents, whose identity is their certificate.
@@ -23,16 +25,19 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as grpc_health  # type: ignore[attr-defined]  # grpc-stubs predates it
 
 from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.lifecycle import Stage, run_stages
 from coral_base.logs import emit
-from coral_base.wire.coral.agent.v1 import agent_pb2_grpc
-from coral_base.wire.coral.colony.v1 import colony_pb2_grpc
+from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
+from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_base.wire.coral.identity.v1 import identity_pb2_grpc
-from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
+from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from coral_colony.enrolled import Enrolled
 from coral_colony.enrollment_service import EnrollmentService, ServiceAccountCheck
+from coral_colony.health import ColonyHealth
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
 from coral_colony.operator_service import OperatorService
@@ -42,13 +47,23 @@ from coral_colony.signer import AGENT_CERT_LIFETIME
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter, WriterThread
 from coral_colony.tokens import OperatorTokens
+from coral_colony.web.probes import ProbeEndpoints
 from coral_colony.web.server import StatusPage
 
 log = logging.getLogger("coral_colony.server")
 
 HEARTBEAT_TIMEOUT_S = 45.0  # three missed 15 s heartbeats
 STALE_TTL_S = 24 * 3600.0  # services of an agent silent this long are dropped
+DEREGISTER_GRACE_S = 120.0  # services of an agent that deregistered stay this long, in case it is only restarting
 WEB_LISTEN = "127.0.0.1:9080"
+PROBE_LISTEN = "127.0.0.1:9081"  # `coral colony start`'s default; in a pod, 0.0.0.0:9081: the kubelet dials the pod IP
+# What grpc.health.v1 reports on: the server as a whole ("") and each service by its full name.
+HEALTH_SERVICES = (
+    "",
+    mesh_pb2.DESCRIPTOR.services_by_name["Mesh"].full_name,
+    colony_pb2.DESCRIPTOR.services_by_name["Colony"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentControl"].full_name,
+)
 PRUNE_EVERY_S = 3600.0  # with --audit-retention: how often entries past it are deleted
 CLOCK_JUMP_S = 5.0  # wall and monotonic time disagreeing by more, between two rounds, is a jump
 
@@ -67,8 +82,10 @@ async def serve(
     stop: asyncio.Event,
     agent_listen: str = "",  # default: beside ``listen`` (its port + 1)
     web_listen: str = WEB_LISTEN,
+    probe_listen: str = "",  # `coral colony start` listens on PROBE_LISTEN by default; a library caller asks
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
+    deregister_grace: float = DEREGISTER_GRACE_S,
     audit_retention: float | None = None,  # seconds; None keeps every entry
     allow_shared_secret: bool = False,  # serve agents that only hold the shared secret, on ``listen``
     agent_cert_lifetime: float = AGENT_CERT_LIFETIME.total_seconds(),
@@ -92,8 +109,10 @@ async def serve(
             stop=stop,
             agent_listen=agent_listen or default_agent_listen(listen),
             web_listen=web_listen,
+            probe_listen=probe_listen,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
+            deregister_grace=deregister_grace,
             audit_retention=audit_retention,
             allow_shared_secret=allow_shared_secret,
             agent_cert_lifetime=agent_cert_lifetime,
@@ -115,8 +134,10 @@ async def _serve(
     stop: asyncio.Event,
     agent_listen: str,
     web_listen: str,
+    probe_listen: str,
     heartbeat_timeout: float,
     ttl: float,
+    deregister_grace: float,
     audit_retention: float | None,
     allow_shared_secret: bool,
     agent_cert_lifetime: float,
@@ -168,8 +189,18 @@ async def _serve(
             service_accounts=service_accounts,
             clock=clock.time,
         )
-        key, cert = identity.server_key.read_bytes(), identity.server_cert.read_bytes()
         public = grpc.aio.server()
+        grpc_health_service = grpc_health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(grpc_health_service, public)
+
+        async def serving(ready: bool) -> None:
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            for name in HEALTH_SERVICES:
+                await grpc_health_service.set(name, status)
+
+        await serving(False)
+        health = ColonyHealth(writer, database, clock=clock, on_ready=serving)
+        key, cert = identity.server_key.read_bytes(), identity.server_cert.read_bytes()
         colony_pb2_grpc.add_ColonyServicer_to_server(operators, public)
         identity_pb2_grpc.add_EnrollmentServicer_to_server(enrollment, public)
         if allow_shared_secret:
@@ -187,12 +218,19 @@ async def _serve(
         for server in (public, agents):
             await server.start()
             stack.push_async_callback(server.stop, 5.0)
+        health.serving = True
+        stack.callback(setattr, health, "serving", False)
+        stack.push_async_callback(grpc_health_service.enter_graceful_shutdown)  # NOT_SERVING before the stop
         page = (
             StatusPage(database, colony_id=identity.colony_id, listen=web_listen, clock=clock) if web_listen else None
         )
         if page is not None:
             page.start()
             stack.callback(page.stop)
+        probes = ProbeEndpoints(health, listen=probe_listen) if probe_listen else None
+        if probes is not None:
+            probes.start()
+            stack.callback(probes.stop)
         if started is not None:
             started.set()
         emit(
@@ -203,6 +241,7 @@ async def _serve(
             agent_listen=agent_listen,
             shared_secret_agents="allowed" if allow_shared_secret else "refused",
             web=page.address if page else "off",
+            probes=probes.address if probes else "off",
             database=str(database),
         )
         housekeeping = functools.partial(
@@ -212,10 +251,11 @@ async def _serve(
             clock=clock,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
+            deregister_grace=deregister_grace,
             audit_retention=audit_retention,
         )
         await run_stages(
-            [Stage("registry-clock", housekeeping)],
+            [Stage("registry-clock", housekeeping), Stage("health", health.run)],
             stop,
             on_stopping=lambda: None,
             grace_s=5.0,
@@ -243,9 +283,11 @@ async def _registry_clock(
     clock: Clock,
     heartbeat_timeout: float,
     ttl: float,
+    deregister_grace: float,
     audit_retention: float | None,
 ) -> None:
-    """Marks silent agents unreachable, drops those past the TTL and, with a retention, prunes the audit log.
+    """Marks silent agents unreachable, drops those past the TTL and those that deregistered more than
+    ``deregister_grace`` ago and, with a retention, prunes the audit log.
 
     A round that fails (the file locked by another process, a full disk, an
     I/O error) is logged once, with its cause, and tried again at the next
@@ -275,7 +317,9 @@ async def _registry_clock(
                 if deleted:
                     emit(log, "audit.pruned", deleted=deleted, retention_s=audit_retention)
             silent, gone = await writer.run(
-                lambda w: w.expire(now=clock.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+                lambda w: w.expire(
+                    now=clock.time(), heartbeat_timeout=heartbeat_timeout, ttl=ttl, grace=deregister_grace
+                )
             )
             await refusals.flush(clock.time())  # the counts of a quiet minute's refusals
         except (sqlite3.Error, OSError) as exc:

@@ -15,7 +15,13 @@ ends, so a stop is seen within a second and no later event is needed.
 
 Memory is the truth: the cache (``CacheKeeper``) mirrors it when it can,
 and the status file next to it (``StatusFile``) holds the agent's lock on
-the cache and the conditions ``coral agent status`` shows.
+the cache and the conditions ``coral agent status`` shows. The discovery
+loop writes its heartbeat there at least every ``HEARTBEAT_S``, however
+long it waits for its next pass: what the liveness probe reads.
+
+When stopped, the agent tells the colony it leaves (``Deregister``) as soon
+as its sync stops; the colony keeps its services for a grace window, so a
+restart (a rolling update) changes nothing there.
 """
 
 from __future__ import annotations
@@ -70,6 +76,7 @@ log = logging.getLogger("cri_agent.agent")
 SHUTDOWN_GRACE_S = 10.0
 RECHECK_S = 0.3  # after a task exit, the CRI plugin updates its state (a sandbox turns NOTREADY): pass again
 KUBE_SETTLE_S = 5.0  # the longest the first pass waits for the Kubernetes API (owners, the fallback pods)
+HEARTBEAT_S = 10.0  # the discovery loop writes its heartbeat to the status file at least this often
 
 
 class Runtime(Protocol):
@@ -131,6 +138,8 @@ class NodeAgent:
         self.known = KnownState(services={}, pods={})
         self.pods: dict[PodUID, PodRecord] = {}  # the last snapshot, for control operations
         self.passes = 0
+        self.heartbeat_at = 0.0  # wall time the discovery loop last said it runs (0: not started)
+        self.fallback = False  # the last pass's pods came from the Kubernetes API: the runtime was down
         self._wake = asyncio.Event()
         self._recheck_at = float("inf")
         self._stopping = False
@@ -186,9 +195,18 @@ class NodeAgent:
         if self.kube is not None:
             stages.append(Stage("kubernetes", self.kube.run))
         if self.sync is not None:
-            stages.append(Stage("colony-sync", self.sync.run))
+            stages.append(Stage("colony-sync", self._colony))
             stages.append(Stage("control", ControlStream(self.sync, self.operations).run))
         return stages
+
+    async def _colony(self) -> None:
+        """Keep the colony in sync; once the agent stops, say it leaves (after the sync, so nothing follows)."""
+        assert self.sync is not None
+        try:
+            await self.sync.run()
+        finally:
+            if self._stopping:
+                await self.sync.deregister()
 
     def _stopping_now(self) -> None:
         self._stopping = True
@@ -226,10 +244,11 @@ class NodeAgent:
         coalesce = self.settings.discovery.coalesce_interval
         backoff = Backoff(initial=0.5, maximum=30.0, clock=self.clock)
         last_full = last_pass = float("-inf")  # monotonic, as every deadline of this loop
+        self._heartbeat()
         await self._await_kubernetes()
         while not self._stopping:
             due = min(last_full + resync, last_pass + poll, self._recheck_at, self.cache.retry_at)
-            await self.clock.sleep(due - self.clock.monotonic(), self._wake)
+            await self._wait_until(due)
             if self._stopping:
                 return
             if self._wake.is_set():
@@ -242,7 +261,20 @@ class NodeAgent:
                 if full:
                     last_full = last_pass
             else:
-                await backoff.wait(self._wake)
+                await self._wait_until(self.clock.monotonic() + backoff.next())
+
+    async def _wait_until(self, due: float) -> None:
+        """Sleep until ``due`` (monotonic) or a wake-up, writing the loop's heartbeat at least every HEARTBEAT_S."""
+        while True:
+            self._heartbeat()
+            left = due - self.clock.monotonic()
+            if await self.clock.sleep(min(left, HEARTBEAT_S), self._wake) or left <= HEARTBEAT_S:
+                return
+
+    def _heartbeat(self) -> None:
+        """The discovery loop runs: what `coral agent status --probe live` checks."""
+        self.heartbeat_at = self.clock.time()
+        self.status_file.write(self._status())
 
     async def _await_kubernetes(self) -> None:
         """Hold the first pass until the API has told what it knows, a few seconds at most.
@@ -275,7 +307,9 @@ class NodeAgent:
             if self.kube is None or not self.kube.pods_synced:
                 return False
             pods = self.kube.pod_records()  # the fallback: this node's pods as the API server sees them
+            self.fallback = True
         else:
+            self.fallback = False
             await self._runtime_up()
             if self.kube is not None:
                 pods = self.kube.enrich(pods)
@@ -341,6 +375,10 @@ class NodeAgent:
             "cache": str(self.settings.cache.path),
             "started_at": float(self.meta.get("started_at", 0.0)),
             "last_pass_at": float(self.meta.get("last_pass_at", 0.0)),
+            "passes": self.passes,
+            "fallback": self.fallback,
+            "heartbeat_at": self.heartbeat_at,
+            "heartbeat_every": HEARTBEAT_S,
             "services": len(self.known.services),
             "conditions": [
                 {"name": c.name, "ok": c.ok, "reason": c.reason, "since": c.since, "updated": c.updated}

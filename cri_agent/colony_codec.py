@@ -177,6 +177,10 @@ def heartbeat_request(*, agent_id: str, session: str, health: AgentHealth, seque
     )
 
 
+def deregister_request(*, agent_id: str, session: str) -> mesh_pb2.DeregisterRequest:
+    return mesh_pb2.DeregisterRequest(agent_id=agent_id, session_token=session)
+
+
 # -- agent.v1 --------------------------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,18 @@ status must stay readable when the cache refuses writes or the disk is
 full. So the file is written once at its full size when created and then
 only overwritten in place (JSON padded with spaces): an overwrite needs no
 new block and works on a full disk. Readers retry a torn read.
+
+What the kubelet's exec probes ask (``coral agent status --probe``) is
+read from it too, with no SQLite and no config model loaded:
+
+- **live**: an agent holds the lock and its discovery loop's heartbeat
+  (``heartbeat_at``, written at least every ``heartbeat_every`` seconds,
+  whatever the runtime, the cache or the colony do) is fresh. A loop that
+  is wedged fails it; an outage of anything else does not.
+- **ready**: live, the first discovery pass is done, and the pods it sees
+  come from the runtime (the ``runtime`` condition holds) or, while the
+  runtime is down, from the Kubernetes API fallback. The colony plays no
+  part: an agent that cannot reach it keeps discovering and caching.
 """
 
 from __future__ import annotations
@@ -21,7 +33,9 @@ import errno
 import fcntl
 import json
 import os
+import time
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,6 +43,17 @@ from cri_agent.errors import CacheError
 
 SIZE = 32 * 1024  # what the file reserves; the status is ~1 KiB
 _READ_TRIES = 5
+MISSED_HEARTBEATS = 6  # live while the last heartbeat is younger than this many intervals
+# A reader (a kubelet probe every few seconds) holds a shared lock for microseconds: an agent starting at that
+# moment tries again rather than take it for another agent.
+_ACQUIRE_TRIES, _ACQUIRE_PAUSE_S = 5, 0.05
+
+
+class Probe(StrEnum):
+    """What a kubelet probe asks of the agent (``coral agent status --probe``)."""
+
+    LIVE = "live"  # the loop runs: restart the container when it does not
+    READY = "ready"  # discovery works: count the pod available
 
 
 class CacheInUse(CacheError):
@@ -49,6 +74,29 @@ class LiveStatus(NamedTuple):  # not a dataclass: `coral agent status` would loa
     def pid(self) -> int:
         return int(self.status.get("pid") or 0)
 
+    def probe(self, probe: Probe, *, now: float) -> tuple[bool, str]:
+        """The verdict for ``probe`` at wall time ``now``, and why (one line, for the kubelet's event)."""
+        if not self.running:
+            return False, "no agent holds the cache: the agent is not running"
+        status = self.status
+        beat, every = float(status.get("heartbeat_at") or 0.0), float(status.get("heartbeat_every") or 0.0)
+        if not beat or not every:
+            return False, "the discovery loop has not started yet"
+        late = now - beat
+        if late > MISSED_HEARTBEATS * every:
+            return False, f"the discovery loop's last heartbeat is {late:.0f}s old (written every {every:g}s)"
+        if probe is Probe.LIVE:
+            return True, f"the discovery loop's heartbeat is {max(late, 0.0):.0f}s old"
+        if not int(status.get("passes") or 0):
+            return False, "the first discovery pass is not done yet"
+        runtime = next((c for c in status.get("conditions") or () if c.get("name") == "runtime"), None)
+        if runtime is not None and runtime.get("ok"):
+            return True, f"discovering from the runtime ({runtime.get('reason', '')})"
+        if status.get("fallback"):
+            return True, "discovering from the Kubernetes API while the runtime is down"
+        reason = runtime.get("reason", "") if runtime is not None else "never reached"
+        return False, f"the container runtime is unreachable: {reason}"
+
 
 class StatusFile:
     """The agent's side: lock, then overwrite in place."""
@@ -64,9 +112,7 @@ class StatusFile:
         """Lock the file (creating it) and write ``status``; CacheInUse names the holder."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        if not _lock(fd):
             os.close(fd)
             holder = read_status(self.cache)
             pid = holder.pid if holder is not None else 0
@@ -111,6 +157,19 @@ class StatusFile:
             with contextlib.suppress(OSError):
                 os.close(self._fd)  # closing the last descriptor drops the lock
             self._fd = None
+
+
+def _lock(fd: int) -> bool:
+    """The exclusive lock, or False when another agent holds it (a reader's moment is waited out)."""
+    for attempt in range(_ACQUIRE_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if attempt + 1 < _ACQUIRE_TRIES:
+                time.sleep(_ACQUIRE_PAUSE_S)
+        else:
+            return True
+    return False
 
 
 def read_status(cache: Path) -> LiveStatus | None:

@@ -21,7 +21,9 @@ Discovery events ride inside the sequenced deltas (so a replay never
 duplicates them in the colony's audit log); while the colony is away they
 wait in a bounded queue, and a delta the colony refused puts them back.
 The agent's own health aggregate goes in heartbeats, and a change of it
-is sent at once rather than at the next heartbeat.
+is sent at once rather than at the next heartbeat. When the agent stops it
+deregisters (``deregister``, once the loop has stopped): the colony keeps
+its services for a grace window, in case it is only restarting.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ log = logging.getLogger("cri_agent.sync")
 Wire = dict[ServiceKey, bytes]  # key -> serialized ServiceInfo, compared to find changes
 OnState = Callable[[bool, str], Awaitable[None]]  # (connected, reason): the agent's `colony` condition
 MAX_QUEUED_EVENTS = 10_000
+DEREGISTER_TIMEOUT_S = 2.0  # at shutdown: an unreachable colony must not hold the pod Terminating
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +189,23 @@ class ColonySync:
             self.connected, last_error = False, reason
             # Always wait the backoff: new changes must not turn retries into a hot loop.
             await self.backoff.wait()
+
+    async def deregister(self) -> bool:
+        """Tell the colony this agent leaves (call it once ``run`` has stopped); False when it could not be told."""
+        if not self._registered.is_set():
+            return False
+        endpoint = self.endpoint
+        request = colony_codec.deregister_request(agent_id=self.agent_id, session=self._session)
+        async with self.channel() as channel:
+            try:
+                await mesh_pb2_grpc.MeshStub(channel).Deregister(
+                    request, timeout=min(endpoint.timeout_s, DEREGISTER_TIMEOUT_S)
+                )
+            except grpc.aio.AioRpcError as exc:
+                emit(log, "colony.deregister_failed", level=logging.WARNING, reason=self._reason(exc))
+                return False
+        emit(log, "colony.deregistered", colony_id=endpoint.colony_id)
+        return True
 
     async def _connect(self) -> grpc.aio.Channel:
         """A channel to the colony, enrolling first when the agent has no certificate yet."""

@@ -128,6 +128,8 @@ def test_every_setting_of_the_everything_file_reaches_the_agent(tmp_path: Path) 
         ("tolerations[0].operater=Exists", "Additional property operater is not allowed"),
         ("securityContext.capabilites.add={SYS_ADMIN}", "Additional property capabilites is not allowed"),
         ("colony.auditRetention=400", "colony.auditRetention"),  # 400 seconds? a retention says its unit
+        ("probes.liveness.periodSecond=5", "Additional property periodSecond is not allowed"),
+        ("colony.probes.readiness.failureThreshold=0", "colony.probes.readiness.failureThreshold"),
     ],
 )
 def test_unknown_keys_and_bad_values_are_refused(value: str, message: str) -> None:
@@ -255,6 +257,29 @@ def test_the_colony_is_one_recreated_replica_with_its_service_volume_and_identit
     assert data["persistentVolumeClaim"]["claimName"] == "old-colony"
     elsewhere = agent_config(render("colony.enabled=true", "colony.address=colony.example.internal:9000"))
     assert elsewhere["colony"]["address"] == "colony.example.internal:9000"
+
+
+PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+def test_the_agent_is_probed_by_its_status_command_and_the_colony_by_its_probe_port() -> None:
+    rendered = render("colony.enabled=true", "colony.deregisterGrace=5m", "probes.liveness.periodSeconds=60")
+    agent = one(rendered, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    status = ["coral", "agent", "status", "--cache", "/var/lib/coral/agent.db", "--probe"]
+    assert [agent[p]["exec"]["command"] for p in PROBES] == [[*status, "live"], [*status, "live"], [*status, "ready"]]
+    assert agent["livenessProbe"]["periodSeconds"] == 60
+    colony = one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = colony["args"]
+    assert args[args.index("--probe-listen") + 1] == "0.0.0.0:9081"
+    assert args[args.index("--deregister-grace") + 1] == "5m"
+    assert {"name": "probes", "containerPort": 9081} in colony["ports"]
+    assert [colony[p]["httpGet"] for p in PROBES] == [
+        {"path": "/healthz", "port": "probes"},
+        {"path": "/healthz", "port": "probes"},
+        {"path": "/readyz", "port": "probes"},
+    ]
+    quiet = one(render("probes.liveness.enabled=false"), "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+    assert "livenessProbe" not in quiet and "readinessProbe" in quiet
 
 
 def test_security_context_overrides_merge_over_the_required_capabilities() -> None:

@@ -109,6 +109,8 @@ def test_the_plain_daemonsets_and_the_chart_run_the_same_pod(manifest: str, valu
     mine, theirs = plain["containers"][0], chart["containers"][0]
     assert mine["securityContext"] == theirs["securityContext"]
     assert mine["resources"] == theirs["resources"]
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert mine[probe] == theirs[probe], probe
     assert [m["mountPath"] for m in mine["volumeMounts"]] == [m["mountPath"] for m in theirs["volumeMounts"]]
     volumes = {v["name"]: v for v in chart["volumes"]}
     for volume in plain["volumes"]:

@@ -21,7 +21,7 @@ from coral_base.vocabulary import EnrollMethod, Scope
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import init_colony, load_colony
 from coral_colony.mesh_service import MeshService
-from coral_colony.server import HEARTBEAT_TIMEOUT_S, STALE_TTL_S, serve
+from coral_colony.server import DEREGISTER_GRACE_S, HEARTBEAT_TIMEOUT_S, STALE_TTL_S, serve
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter, WriterThread
 from coral_colony.tokens import OPERATOR_SCOPES, OperatorTokens
@@ -130,9 +130,11 @@ async def serving(
     allow_shared_secret: bool = False,
     agent_cert_lifetime: float = 24 * 3600.0,
     audit_retention: float | None = None,
+    deregister_grace: float = DEREGISTER_GRACE_S,
+    probe_listen: str = "",
 ) -> AsyncIterator[None]:
-    """What ``coral colony start --dir DIRECTORY`` runs (TLS, registry, expiry) on the test's loop and
-    clock, listening once this enters; the status page is off."""
+    """What ``coral colony start --dir DIRECTORY`` runs (TLS, registry, expiry, health) on the test's loop and
+    clock, listening once this enters; the status page is off, the probe endpoints too unless asked for."""
     stop, started = asyncio.Event(), asyncio.Event()
     listen = f"127.0.0.1:{port}"
     identity = load_colony(directory)
@@ -146,9 +148,11 @@ async def serving(
             web_listen="",
             allow_shared_secret=allow_shared_secret,
             agent_cert_lifetime=agent_cert_lifetime,
+            probe_listen=probe_listen,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
             audit_retention=audit_retention,
+            deregister_grace=deregister_grace,
             clock=clock,
             started=started,
         )

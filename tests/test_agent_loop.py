@@ -11,7 +11,9 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 from coral_base.clock import VirtualClock
+from coral_colony.identity import init_colony
 from coral_colony.model import AuditKind, AuditQuery
+from coral_colony.stores.reader import RegistryReader
 from cri_agent.agent import RECHECK_S, NodeAgent
 from cri_agent.cache.reader import CacheReader
 from cri_agent.config import load_settings
@@ -27,7 +29,8 @@ from cri_agent.model import (
     SandboxID,
 )
 from cri_agent.providers.cri import RuntimeEvent, RuntimeVersion
-from tests.colony import SECRET, Colony
+from cri_agent.status_file import Probe, read_status
+from tests.colony import SECRET, Colony, free_port, serving
 
 
 def pod(name: str) -> PodRecord:
@@ -341,3 +344,104 @@ def test_the_events_condition_is_set_as_soon_as_the_stream_is_open(tmp_path: Pat
         return condition.ok, condition.reason
 
     assert clock.run(scenario()) == (True, "streaming (containerd)")
+
+
+def probes(agent: NodeAgent, clock: VirtualClock) -> tuple[bool, bool]:
+    live = read_status(agent.settings.cache.path)
+    assert live is not None
+    return live.probe(Probe.LIVE, now=clock.time())[0], live.probe(Probe.READY, now=clock.time())[0]
+
+
+def test_the_probes_follow_the_loop_and_the_runtime_never_the_colony(tmp_path: Path) -> None:
+    """Live through a long idle spell and a runtime outage; ready only when the runtime answers; a colony
+    that never answers changes neither (a colony outage must not restart or unready every agent)."""
+    clock = VirtualClock()
+
+    async def scenario() -> list[tuple[bool, bool]]:
+        runtime = ScriptedRuntime()
+        runtime.current = [pod("a")]
+        runtime.down = True
+        settings = load_settings(
+            None,
+            flags={
+                "cache": {"path": tmp_path / "agent.db"},
+                "agent": {"nodeName": "node-a"},
+                "discovery": {"kubernetes": {"resyncInterval": "1h", "pollInterval": "5m"}},
+                "colony": {"address": f"127.0.0.1:{free_port()}", "colonyId": "c1", "secret": SECRET, "insecure": True},
+            },
+        )
+        agent = NodeAgent(settings, runtime=runtime, proc=NoProc(), clock=clock)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await clock.until(lambda: runtime.lists >= 2, within=10)
+        seen = [probes(agent, clock)]  # the runtime is down from the start
+        runtime.down = False
+        await clock.until(lambda: agent.passes >= 1, within=60)
+        seen.append(probes(agent, clock))
+        await clock.sleep(280)  # idle: no pass due before the 5 min poll, heartbeats all the same
+        seen.append(probes(agent, clock))
+        assert not agent.conditions.ok("colony", default=False), "the colony was never reached"
+        stop.set()
+        await task
+        seen.append(probes(agent, clock))  # stopped: no agent holds the cache
+        return seen
+
+    assert clock.run(scenario()) == [(True, False), (True, True), (True, True), (False, False)]
+
+
+def test_a_stopping_agent_deregisters_and_its_restart_changes_nothing_in_the_colony(tmp_path: Path) -> None:
+    """SIGTERM (stop) says goodbye; the same agent back within the grace window (a rolling update) leaves the
+    colony's services and audit log as they were but for its registration."""
+    directory = tmp_path / "colony"
+    init_colony(directory, colony_id="c1", hosts=["127.0.0.1"])
+    clock = VirtualClock()
+    port = free_port()
+    settings = load_settings(
+        None,
+        flags={
+            "cache": {"path": tmp_path / "agent.db"},
+            "agent": {"nodeName": "node-a"},
+            "discovery": {"coalesceInterval": "20ms", "kubernetes": {"resyncInterval": "1h"}},
+            "colony": {
+                "address": f"127.0.0.1:{port}",
+                "colonyId": "c1",
+                "secretFile": directory / "colony-secret",
+                "caFile": directory / "ca.crt",
+            },
+        },
+    )
+
+    async def start_agent(runtime: ScriptedRuntime) -> tuple[asyncio.Event, asyncio.Task[None]]:
+        agent = NodeAgent(settings, runtime=runtime, proc=NoProc(), clock=clock)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await clock.until(lambda: agent.sync is not None and agent.sync.in_sync and agent.passes >= 1, within=30)
+        return stop, task
+
+    async def scenario() -> tuple[str, list[str], list[str], list[str]]:
+        async with serving(directory, port=port, clock=clock, deregister_grace=120):
+            registry = RegistryReader(directory / "colony.db")
+            try:
+                runtime = ScriptedRuntime()
+                runtime.current = [pod("a"), pod("b")]
+                stop, task = await start_agent(runtime)
+                stop.set()
+                await task
+                state = registry.agents()[0].state.value
+                before = [r.entry.action for r in registry.audit(AuditQuery())]
+                await clock.sleep(20)
+                stop, task = await start_agent(runtime)
+                await clock.sleep(300)  # past the first one's grace window
+                after = [r.entry.action for r in registry.audit(AuditQuery())]
+                services = sorted(s.service.pod_name for s in registry.services())
+                stop.set()
+                await task
+                return state, before, after, services
+            finally:
+                registry.close()
+
+    state, before, after, services = clock.run(scenario())
+    assert state == "left"
+    assert after[: len(before)] == before
+    assert [a for a in after[len(before) :] if not a.startswith("discovery")] == ["agent.registered"]
+    assert services == ["a", "b"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
 from cri_agent.model import EventKind, NodeSnapshot
+from cri_agent.status_file import StatusFile
 from tests.builders import pod
 
 
@@ -88,3 +90,20 @@ def test_invalid_flag_value_is_a_config_error(tmp_path: Path, capsys: pytest.Cap
 
 def test_the_events_kind_choices_are_the_event_kinds() -> None:
     assert tuple(EventKind) == cache_views.EVENT_KINDS
+
+
+def test_status_probe_answers_from_the_status_file_with_exit_codes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cache = tmp_path / "agent.db"
+    absent = main(["agent", "status", "--probe", "live", "--cache", str(cache)])
+    status = StatusFile(cache)
+    status.acquire({"heartbeat_at": time.time(), "heartbeat_every": 10.0, "passes": 0, "conditions": []})
+    try:
+        live = main(["agent", "status", "--probe", "live", "--cache", str(cache)])
+        ready = main(["agent", "status", "--probe", "ready", "--cache", str(cache)])
+    finally:
+        status.release()
+    lines = capsys.readouterr().out.splitlines()
+    assert (absent, live, ready) == (1, 0, 1)
+    assert lines[1].startswith("live: ok: ") and lines[2] == "ready: no: the first discovery pass is not done yet"

@@ -7,17 +7,23 @@ import asyncio
 import socket
 import sqlite3
 import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 
+import grpc
+import grpc.aio
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from coral_base.clock import VirtualClock
+from coral_colony.health import CHECK_EVERY_S, STALE_AFTER_S, ColonyHealth, Verdict
 from coral_colony.identity import ColonyIdentity, init_colony
 from coral_colony.model import AgentState, AuditEntry, AuditKind, AuditQuery
 from coral_colony.server import PRUNE_EVERY_S, serve
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.schema import SCHEMA_VERSION, version_of
-from coral_colony.stores.writer import RegistryWriter
+from coral_colony.stores.writer import RegistryWriter, WriterThread
 from cri_agent.sync import ColonySync
 from tests.colony import enrolling_sync, free_port, serving
 from tests.test_sync import svc
@@ -128,12 +134,12 @@ def test_housekeeping_that_fails_is_logged_once_and_retried_not_fatal(
     expire = RegistryWriter.expire
 
     def flaky(
-        writer: RegistryWriter, *, now: float, heartbeat_timeout: float, ttl: float
+        writer: RegistryWriter, *, now: float, heartbeat_timeout: float, ttl: float, grace: float
     ) -> tuple[list[str], list[str]]:
         calls.append(now)
         if len(calls) <= 3:
             raise sqlite3.OperationalError("database is locked")
-        return expire(writer, now=now, heartbeat_timeout=heartbeat_timeout, ttl=ttl)
+        return expire(writer, now=now, heartbeat_timeout=heartbeat_timeout, ttl=ttl, grace=grace)
 
     monkeypatch.setattr(RegistryWriter, "expire", flaky)
     clock = VirtualClock()
@@ -237,3 +243,166 @@ def one_service_agent(identity: ColonyIdentity, *, port: int, clock: VirtualCloc
     )
     sync.set_services({svc(1).key: svc(1)}, {})
     return sync
+
+
+def audit_actions(registry: RegistryReader) -> list[str]:
+    return [r.entry.action for r in registry.audit(AuditQuery())]
+
+
+def test_an_agent_that_deregisters_and_registers_again_within_the_grace_window_changes_nothing(
+    tmp_path: Path,
+) -> None:
+    """A restart (a rolling update): goodbye, then the same agent with the same services 30 s later."""
+    directory = tmp_path / "colony"
+    identity = init_colony(directory, colony_id="c1", hosts=["127.0.0.1"])
+    clock = VirtualClock()
+    port = free_port()
+
+    async def scenario() -> tuple[str, list[str], list[str], list[str]]:
+        async with serving(directory, port=port, clock=clock, deregister_grace=120):
+            registry = RegistryReader(directory / "colony.db")
+            try:
+                first = one_service_agent(identity, port=port, clock=clock)
+                task = asyncio.create_task(first.run())
+                await first.session()
+                task.cancel()
+                assert await first.deregister()
+                left = registry.agents()[0].state.value
+                before = audit_actions(registry)
+                await clock.sleep(30)
+                second = one_service_agent(identity, port=port, clock=clock)
+                task = asyncio.create_task(second.run())
+                await second.session()
+                await clock.sleep(300)  # well past the grace window
+                task.cancel()
+                states = [a.state.value for a in registry.agents()] + [str(s.stale) for s in registry.services()]
+                return left, before, audit_actions(registry), states
+            finally:
+                registry.close()
+
+    left, before, after, states = clock.run(scenario())
+    assert left == "left"
+    assert after == [*before, "agent.registered"], "no service removed and added again"
+    assert states == ["healthy", "False"]
+
+
+def test_an_agent_that_deregisters_and_stays_away_is_removed_when_the_grace_window_ends(tmp_path: Path) -> None:
+    directory = tmp_path / "colony"
+    identity = init_colony(directory, colony_id="c1", hosts=["127.0.0.1"])
+    clock = VirtualClock()
+    port = free_port()
+
+    async def scenario() -> tuple[list[bool], float, list[tuple[str, str, str]]]:
+        async with serving(directory, port=port, clock=clock, deregister_grace=120):
+            registry = RegistryReader(directory / "colony.db")
+            try:
+                sync = one_service_agent(identity, port=port, clock=clock)
+                task = asyncio.create_task(sync.run())
+                await sync.session()
+                task.cancel()
+                assert await sync.deregister()
+                left_at = clock.monotonic()
+                stale = [s.stale for s in registry.services()]
+                await clock.until(lambda: not registry.agents(), within=200)
+                removed = clock.monotonic() - left_at
+                entries = [
+                    (r.entry.action, r.entry.actor, r.entry.detail)
+                    for r in registry.audit(AuditQuery(kind=AuditKind.DEREGISTRATION))
+                ]
+                return stale, removed, entries
+            finally:
+                registry.close()
+
+    stale, removed, entries = clock.run(scenario())
+    assert stale == [True], "while it is away its services are stale"
+    assert 120 < removed <= 125, "removed at the first expiry round past the grace window"
+    assert [(action, actor) for action, actor, _ in entries] == [
+        ("service.deregistered", "node-agent-node-a"),
+        ("agent.deregistered", "node-agent-node-a"),
+    ]
+    assert "did not register again within the 120s grace window" in entries[-1][2]
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+def test_the_colony_answers_probes_over_http_and_grpc_health(
+    identity: ColonyIdentity, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ready while the registry takes writes; a registry that refuses them makes it unready, not dead."""
+    writable = True
+    check_writable = RegistryWriter.check_writable
+
+    def maybe_writable(writer: RegistryWriter) -> None:
+        if not writable:
+            raise sqlite3.OperationalError("database is locked")
+        check_writable(writer)
+
+    monkeypatch.setattr(RegistryWriter, "check_writable", maybe_writable)
+    clock = VirtualClock()
+    port, probe_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{probe_port}"
+
+    async def grpc_status(service: str) -> str:
+        credentials = grpc.ssl_channel_credentials(root_certificates=identity.ca_cert.read_bytes())
+        async with grpc.aio.secure_channel(f"127.0.0.1:{port}", credentials) as channel:
+            answer = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service), timeout=5
+            )
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
+
+    async def probes() -> tuple[tuple[int, str], tuple[int, str], str, str]:
+        live = await asyncio.to_thread(get, f"{base}/healthz")
+        ready = await asyncio.to_thread(get, f"{base}/readyz")
+        return live, ready, await grpc_status(""), await grpc_status("coral.mesh.v1.Mesh")
+
+    async def scenario() -> list[tuple[tuple[int, str], tuple[int, str], str, str]]:
+        nonlocal writable
+        async with serving(identity.directory, port=port, clock=clock, probe_listen=f"127.0.0.1:{probe_port}"):
+            await clock.sleep(1)
+            seen = [await probes()]
+            writable = False
+            await clock.sleep(CHECK_EVERY_S)
+            seen.append(await probes())
+            writable = True
+            await clock.sleep(CHECK_EVERY_S)
+            seen.append(await probes())
+            other = await asyncio.to_thread(get, f"{base}/")
+            assert other[0] == 404, "the probe listener serves the probes and nothing else"
+            return seen
+
+    ok, locked, back = clock.run(scenario())
+    assert ok == ((200, "ok\n"), (200, "ok\n"), "SERVING", "SERVING")
+    assert locked[0] == (200, "ok\n"), "a registry that refuses writes does not call for a restart"
+    assert locked[1][0] == 503 and "cannot be written: database is locked" in locked[1][1]
+    assert locked[2:] == ("NOT_SERVING", "NOT_SERVING")
+    assert back == ok
+
+
+def test_a_colony_whose_loop_stopped_checking_is_not_live(identity: ColonyIdentity, tmp_path: Path) -> None:
+    clock = VirtualClock()
+
+    async def scenario() -> list[Verdict]:
+        writer = WriterThread(RegistryWriter(tmp_path / "colony.db"))
+        health = ColonyHealth(writer, tmp_path / "colony.db", clock=clock)
+        health.serving = True
+        reader = RegistryReader(tmp_path / "colony.db")
+        try:
+            await health.check(reader)
+            seen = [health.live(), health.ready()]
+            clock.advance(STALE_AFTER_S + 1)
+            seen += [health.live(), health.ready()]
+        finally:
+            reader.close()
+            writer.close()
+        return seen
+
+    fresh_live, fresh_ready, stale_live, stale_ready = clock.run(scenario())
+    assert (fresh_live, fresh_ready) == ((True, "ok"), (True, "ok"))
+    assert stale_live[0] is stale_ready[0] is False
+    assert "last checked its health 61s ago" in stale_live[1]

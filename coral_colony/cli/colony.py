@@ -17,7 +17,14 @@ from coral_base.logs import configure
 from coral_base.tables import age, print_table
 from coral_base.vocabulary import Scope
 from coral_colony.identity import init_colony, load_colony
-from coral_colony.server import HEARTBEAT_TIMEOUT_S, STALE_TTL_S, WEB_LISTEN, serve
+from coral_colony.server import (
+    DEREGISTER_GRACE_S,
+    HEARTBEAT_TIMEOUT_S,
+    PROBE_LISTEN,
+    STALE_TTL_S,
+    WEB_LISTEN,
+    serve,
+)
 from coral_colony.tokens import OperatorTokens, parse_scopes
 
 DEFAULT_SCOPES = frozenset({Scope.READ, Scope.AUDIT})  # look, not touch: operate is granted explicitly
@@ -44,6 +51,12 @@ def register(commands: Any) -> None:
         help=f"status page address (default {WEB_LISTEN}; it has no login: expose it deliberately; '' disables)",
     )
     start.add_argument(
+        "--probe-listen",
+        default=PROBE_LISTEN,
+        help=f"address of /healthz and /readyz, and nothing else, for the kubelet's probes (default {PROBE_LISTEN}; "
+        "in a pod 0.0.0.0:9081, so the kubelet reaches it; '' disables)",
+    )
+    start.add_argument(
         "--heartbeat-timeout",
         type=flag(parse_duration),
         default=HEARTBEAT_TIMEOUT_S,
@@ -54,6 +67,13 @@ def register(commands: Any) -> None:
         type=flag(parse_duration),
         default=STALE_TTL_S,
         help="silence after which an unreachable agent and its services are dropped (default 24h)",
+    )
+    start.add_argument(
+        "--deregister-grace",
+        type=flag(parse_duration),
+        default=DEREGISTER_GRACE_S,
+        help="how long the services of an agent that deregistered (stopped) are kept in case it is only "
+        f"restarting; registering again within it changes nothing (default {DEREGISTER_GRACE_S:g}s)",
     )
     start.add_argument(
         "--audit-retention",
@@ -129,8 +149,10 @@ def start_command(args: argparse.Namespace) -> int:
             database=args.db or args.dir / "colony.db",
             stop=stop,
             web_listen=args.web_listen,
+            probe_listen=args.probe_listen,
             heartbeat_timeout=args.heartbeat_timeout,
             ttl=args.ttl,
+            deregister_grace=args.deregister_grace,
             audit_retention=args.audit_retention,
         )
 

@@ -107,6 +107,22 @@ def silent(conn: sqlite3.Connection, *, since: float) -> list[tuple[str, str]]:
     return [(str(r[0]), str(r[1])) for r in rows]
 
 
+def leave(conn: sqlite3.Connection, agent_id: str, *, now: float) -> None:
+    """The agent deregistered: ``left``, its last word at ``now`` (what the grace window counts from)."""
+    conn.execute(
+        "UPDATE agents SET state = ?, last_heartbeat = ? WHERE agent_id = ?", [AgentState.LEFT.value, now, agent_id]
+    )
+
+
+def left(conn: sqlite3.Connection, *, since: float) -> list[tuple[str, float]]:
+    """Agents that deregistered before ``since`` and did not register again: (agent id, when it left)."""
+    rows = conn.execute(
+        "SELECT agent_id, last_heartbeat FROM agents WHERE state = ? AND last_heartbeat < ?",
+        [AgentState.LEFT.value, since],
+    )
+    return [(str(r[0]), float(r[1])) for r in rows]
+
+
 def gone(conn: sqlite3.Connection, *, since: float) -> list[str]:
     """Agents with no heartbeat since ``since``, whatever their state."""
     return [str(r[0]) for r in conn.execute("SELECT agent_id FROM agents WHERE last_heartbeat < ?", [since])]

@@ -42,5 +42,9 @@ class RegistryReader:
         """The hash the log records for an entry (None: the log holds no such entry)."""
         return audit.hash_of(self.conn, entry_id)
 
+    def check(self) -> None:
+        """A read the readiness probe makes: sqlite3.Error when the registry cannot be read."""
+        self.conn.execute("SELECT 1 FROM agents LIMIT 1").fetchall()
+
     def close(self) -> None:
         self.conn.close()

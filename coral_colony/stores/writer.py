@@ -12,6 +12,10 @@ Rules the writer enforces, whoever calls it:
   to register in full again;
 - an agent past its heartbeat timeout becomes ``unreachable`` and its
   services are kept, marked stale, until it comes back or a TTL expires;
+- an agent that deregisters (``leave``) is ``left``, its services stale,
+  for a grace window: when it registers again within it (a restart, a
+  rolling update) nothing was removed, so nothing is audited but the
+  registration; past it the agent and its services are removed;
 - every change is audited in the transaction that makes it.
 
 ``RegistryWriter`` is synchronous (tests call it directly); ``WriterThread``
@@ -124,7 +128,15 @@ class RegistryWriter:
                 self._reachable(agent_id, now=now)
         return known
 
-    def deregister(self, agent_id: str, *, now: float, why: str = "deregistered by its agent") -> None:
+    def leave(self, agent_id: str, *, now: float) -> None:
+        """The agent deregistered: ``left`` and its services stale until ``expire`` removes them (past the grace
+        window) or it registers again (then nothing changed)."""
+        with self.conn:
+            agents.leave(self.conn, agent_id, now=now)
+            services.set_stale(self.conn, agent_id, True)
+
+    def deregister(self, agent_id: str, *, now: float, why: str, actor: str = "colony") -> None:
+        """The agent and its services removed, audited as ``why`` done by ``actor``."""
         with self.conn:
             node = agents.node_of(self.conn, agent_id)
             owned = services.keys_of(self.conn, agent_id)
@@ -137,7 +149,7 @@ class RegistryWriter:
                         time=now,
                         kind=AuditKind.DEREGISTRATION,
                         action="agent.deregistered",
-                        actor=agent_id if why.endswith("its agent") else "colony",
+                        actor=actor,
                         agent_id=agent_id,
                         node_name=node,
                         detail=f"{why}: {len(owned)} service(s)",
@@ -228,8 +240,11 @@ class RegistryWriter:
         with self.conn:
             return audit.prune(self.conn, now=now, retention_s=retention_s)
 
-    def expire(self, *, now: float, heartbeat_timeout: float, ttl: float) -> tuple[list[str], list[str]]:
-        """Mark silent agents unreachable (services stale); drop those silent past ``ttl``."""
+    def expire(
+        self, *, now: float, heartbeat_timeout: float, ttl: float, grace: float = 0.0
+    ) -> tuple[list[str], list[str]]:
+        """Mark silent agents unreachable (services stale); drop those silent past ``ttl`` and those that left
+        (deregistered) more than ``grace`` ago; returns (silent, dropped)."""
         with self.conn:
             silent = agents.silent(self.conn, since=now - heartbeat_timeout)
             for agent_id, _ in silent:
@@ -250,10 +265,16 @@ class RegistryWriter:
                     for agent_id, node in silent
                 ),
             )
+            left = agents.left(self.conn, since=now - grace)
             gone = agents.gone(self.conn, since=now - ttl)
+        for agent_id, at in left:
+            why = f"it deregistered {now - at:.0f}s ago and did not register again within the {grace:g}s grace window"
+            self.deregister(agent_id, now=now, why=why, actor=agent_id)
+        departed = [agent_id for agent_id, _ in left]
         for agent_id in gone:
-            self.deregister(agent_id, now=now, why=f"silent past the {ttl:g}s TTL")
-        return [agent_id for agent_id, _ in silent], gone
+            if agent_id not in departed:
+                self.deregister(agent_id, now=now, why=f"silent past the {ttl:g}s TTL")
+        return [agent_id for agent_id, _ in silent], departed + [a for a in gone if a not in departed]
 
     def clock_jumped(self, *, by: float, now: float) -> int:
         """The wall clock jumped ``by`` seconds: heartbeat times move with it, so that a jump makes no agent
@@ -270,6 +291,11 @@ class RegistryWriter:
                 ],
             )
         return moved
+
+    def check_writable(self) -> None:
+        """Take the write lock and let it go, writing nothing (the readiness probe): sqlite3.Error when it cannot."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        self.conn.execute("ROLLBACK")
 
     def close(self) -> None:
         self.conn.close()

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from coral_base.tables import age, print_table
 from cri_agent.paths import DEFAULT_CACHE
-from cri_agent.status_file import read_status
+from cri_agent.status_file import LiveStatus, Probe, read_status
 
 if TYPE_CHECKING:  # SQLite loads only for commands that read the cache: `status` of a running agent does not
     from cri_agent.cache.reader import CacheReader
@@ -40,8 +40,16 @@ def register(commands: Any) -> None:
     )
     events.set_defaults(handler=events_command)
 
-    status = commands.add_parser("status", help="the agent's health conditions")
+    status = commands.add_parser(
+        "status",
+        help="the agent's health conditions",
+        description="The agent's conditions; exit 1 when one is false. With --probe, what a kubelet exec probe "
+        "asks, from the status file alone (no SQLite): live = the agent runs and its discovery loop's heartbeat "
+        "is fresh; ready = live, the first discovery pass is done and the runtime answers (or the Kubernetes API "
+        "fallback serves its pods). The colony plays no part in either. Exit 0 yes, 1 no, with one line saying why.",
+    )
     _common(status)
+    status.add_argument("--probe", choices=[p.value for p in Probe], help="answer one probe: live or ready")
     status.set_defaults(handler=status_command)
 
 
@@ -157,6 +165,8 @@ def status_command(args: argparse.Namespace) -> int:
     """The running agent's conditions from its status file (right even when the cache fails);
     the last ones the cache recorded when no agent runs."""
     live = read_status(args.cache)
+    if args.probe:
+        return _probe(live, Probe(args.probe), cache=args.cache)
     if live is not None and live.running:
         conditions: list[dict[str, Any]] = list(live.status.get("conditions") or [])
         meta = {
@@ -194,6 +204,16 @@ def status_command(args: argparse.Namespace) -> int:
             [[c["name"], "yes" if c["ok"] else "NO", age(c["since"]), c["reason"]] for c in conditions],
         )
     return 0 if healthy else 1
+
+
+def _probe(live: LiveStatus | None, probe: Probe, *, cache: Path) -> int:
+    """One line on stdout (the kubelet shows it in the pod's events when the probe fails); 0 or 1."""
+    if live is None:
+        ok, reason = False, f"no agent status next to {cache}: the agent has not started (or --cache is wrong)"
+    else:
+        ok, reason = live.probe(probe, now=time.time())
+    print(f"{probe.value}: {'ok' if ok else 'no'}: {reason}")
+    return 0 if ok else 1
 
 
 def _service_dict(row: ServiceRow) -> dict[str, Any]:

@@ -96,6 +96,8 @@ class ColonyProcess:
                 self.address,
                 "--web-listen",
                 "127.0.0.1:0",
+                "--probe-listen",
+                "127.0.0.1:0",
                 "--heartbeat-timeout",
                 f"{self.heartbeat_timeout}s",
                 "--log-format",

@@ -95,6 +95,17 @@ colony (deploy/colony.yaml).
 
 {{/* The agent's container paths. */}}
 {{- define "coral.colonyDir" -}}/etc/coral/colony{{- end }}
+{{- define "coral.cacheFile" -}}/var/lib/coral/agent.db{{- end }}
+
+{{/*
+A kubelet probe: (dict "name" "livenessProbe" "probe" <values: enabled + timing> "action" <exec or httpGet>
+"indent" <the container's keys' column>), rendered on a new line when enabled, nothing when not.
+*/}}
+{{- define "coral.probe" -}}
+{{- if .probe.enabled }}
+{{ dict .name (merge (omit .probe "enabled") .action) | toYaml | trimSuffix "\n" | indent .indent }}
+{{- end }}
+{{- end }}
 
 {{/*
 agent.yaml: .Values.config with the keys tied to the pod set by the chart.
@@ -105,7 +116,7 @@ agent.yaml: .Values.config with the keys tied to the pod set by the chart.
     "cri" (dict "socket" .Values.criSocket)
     "kubernetes" (dict "api" (ternary "on" "off" .Values.kubernetesApi.enabled))
     "procRoot" "/host/proc")
-  "cache" (dict "path" (printf "/var/lib/coral/agent.db"))
+  "cache" (dict "path" (include "coral.cacheFile" .))
   "ops" (dict "observeOnly" (eq .Values.mode "observe-only"))
 }}
 {{- $address := include "coral.colonyAddress" . }}

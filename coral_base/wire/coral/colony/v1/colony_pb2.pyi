@@ -62,6 +62,8 @@ class _AgentStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentState
     """heartbeats arrive"""
     AGENT_STATE_UNREACHABLE: _AgentState.ValueType  # 2
     """three heartbeats missed"""
+    AGENT_STATE_LEFT: _AgentState.ValueType  # 3
+    """deregistered: its services go after a grace window unless it registers again"""
 
 class AgentState(_AgentState, metaclass=_AgentStateEnumTypeWrapper): ...
 
@@ -70,6 +72,8 @@ AGENT_STATE_HEALTHY: AgentState.ValueType  # 1
 """heartbeats arrive"""
 AGENT_STATE_UNREACHABLE: AgentState.ValueType  # 2
 """three heartbeats missed"""
+AGENT_STATE_LEFT: AgentState.ValueType  # 3
+"""deregistered: its services go after a grace window unless it registers again"""
 Global___AgentState: _TypeAlias = AgentState  # noqa: Y015
 
 class _Scope:
