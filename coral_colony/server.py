@@ -21,6 +21,7 @@ from coral_base.wire.coral.colony.v1 import colony_pb2_grpc
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
+from coral_colony.metrics import serving as serving_metrics
 from coral_colony.operator_service import OperatorService
 from coral_colony.refusals import Refusals
 from coral_colony.router import Router
@@ -45,6 +46,7 @@ async def serve(
     database: Path,
     stop: asyncio.Event,
     web_listen: str = WEB_LISTEN,
+    metrics_listen: str = "",  # host:port of the Prometheus metrics (coral_colony.metrics); "": none
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
     audit_retention: float | None = None,  # seconds; None keeps every entry
@@ -66,6 +68,7 @@ async def serve(
             database=database,
             stop=stop,
             web_listen=web_listen,
+            metrics_listen=metrics_listen,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
             audit_retention=audit_retention,
@@ -85,6 +88,7 @@ async def _serve(
     database: Path,
     stop: asyncio.Event,
     web_listen: str,
+    metrics_listen: str,
     heartbeat_timeout: float,
     ttl: float,
     audit_retention: float | None,
@@ -93,7 +97,12 @@ async def _serve(
 ) -> None:
     """Everything but the writer: each part closed, in reverse, however far the start got."""
     async with contextlib.AsyncExitStack() as stack:
-        refusals = Refusals(writer.record)
+        metrics, metrics_at = (
+            stack.enter_context(serving_metrics(database, listen=metrics_listen, clock=clock))
+            if metrics_listen
+            else (None, "off")
+        )
+        refusals = Refusals(writer.record, on_refused=metrics.refused if metrics else None)
         mesh = MeshService(
             writer, colony_id=identity.colony_id, colony_secret=identity.secret(), clock=clock.time, refusals=refusals
         )
@@ -110,7 +119,7 @@ async def _serve(
             clock=clock.time,
         )
         stack.callback(operators.close)
-        server = grpc.aio.server()
+        server = grpc.aio.server(interceptors=metrics.interceptors() if metrics else None)
         mesh_pb2_grpc.add_MeshServicer_to_server(mesh, server)
         colony_pb2_grpc.add_ColonyServicer_to_server(operators, server)
         agent_pb2_grpc.add_AgentControlServicer_to_server(router, server)
@@ -132,6 +141,7 @@ async def _serve(
             colony_id=identity.colony_id,
             listen=listen,
             web=page.address if page else "off",
+            metrics=metrics_at,
             database=str(database),
         )
         housekeeping = functools.partial(

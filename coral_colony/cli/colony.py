@@ -44,6 +44,11 @@ def register(commands: Any) -> None:
         help=f"status page address (default {WEB_LISTEN}; it has no login: expose it deliberately; '' disables)",
     )
     start.add_argument(
+        "--metrics-listen",
+        default="",
+        help="Prometheus metrics address, e.g. 0.0.0.0:9091 (default: none; docs/metrics.md)",
+    )
+    start.add_argument(
         "--heartbeat-timeout",
         type=flag(parse_duration),
         default=HEARTBEAT_TIMEOUT_S,
@@ -129,6 +134,7 @@ def start_command(args: argparse.Namespace) -> int:
             database=args.db or args.dir / "colony.db",
             stop=stop,
             web_listen=args.web_listen,
+            metrics_listen=args.metrics_listen,
             heartbeat_timeout=args.heartbeat_timeout,
             ttl=args.ttl,
             audit_retention=args.audit_retention,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterable
 
-from coral_colony.model import DEFAULT_AUDIT_LIMIT, AuditEntry, AuditKind, AuditQuery, LoggedEntry
+from coral_colony.model import DEFAULT_AUDIT_LIMIT, AuditEntry, AuditKind, AuditQuery, AuditTally, LoggedEntry
 
 AUDIT_COLUMNS: dict[str, type] = {
     "time": float,
@@ -32,6 +32,7 @@ AUDIT_COLUMNS: dict[str, type] = {
     "provenance": str,
     "detail": str,
 }  # and "id", the primary key the log numbers entries with
+AGENT_REGISTERED = "agent.registered"  # the action of an agent's (re-)registration
 _INSERT = f"INSERT INTO audit ({', '.join(AUDIT_COLUMNS)}) VALUES ({', '.join(':' + c for c in AUDIT_COLUMNS)})"
 
 
@@ -99,6 +100,31 @@ def prune(conn: sqlite3.Connection, *, now: float, retention_s: float) -> int:
             ],
         )
     return deleted
+
+
+def tally(conn: sqlite3.Connection, *, after_id: int) -> AuditTally:
+    """The entries appended after ``after_id``, counted (an id range: the primary key's, however long the log)."""
+    rows = conn.execute(
+        "SELECT kind, action, CASE WHEN kind = ? AND json_valid(detail) THEN json_extract(detail, '$.outcome') END,"
+        " count(*), max(id) FROM audit WHERE id > ? GROUP BY 1, 2, 3",
+        [AuditKind.OPERATION.value, after_id],
+    ).fetchall()
+    by_kind: dict[AuditKind, int] = {}
+    operations: dict[tuple[str, str], int] = {}
+    registrations, last_id = 0, after_id
+    for kind_word, action, outcome, count, newest in rows:
+        kind = AuditKind(kind_word)
+        by_kind[kind] = by_kind.get(kind, 0) + count
+        last_id = max(last_id, newest)
+        if kind is AuditKind.REGISTRATION and action == AGENT_REGISTERED:
+            registrations += count
+        elif kind is AuditKind.OPERATION:
+            operations[(action, outcome or "")] = operations.get((action, outcome or ""), 0) + count
+    return AuditTally(last_id=last_id, by_kind=by_kind, registrations=registrations, operations=operations)
+
+
+def last_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0])
 
 
 def select(conn: sqlite3.Connection, query: AuditQuery) -> list[LoggedEntry]:

@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from coral_colony.model import AgentStatus, AuditQuery, LoggedEntry, ServiceFilter, StoredService
+from coral_colony.model import (
+    AgentState,
+    AgentStatus,
+    AuditQuery,
+    AuditTally,
+    LoggedEntry,
+    Provenance,
+    ServiceFilter,
+    StoredService,
+)
 from coral_colony.stores import agents, audit, services
 from coral_colony.stores.schema import open_for_reading
 
@@ -30,6 +39,19 @@ class RegistryReader:
     def audit(self, query: AuditQuery | None = None) -> list[LoggedEntry]:
         """The newest entries matching, oldest first."""
         return audit.select(self.conn, query or AuditQuery())
+
+    def agent_states(self) -> dict[AgentState, int]:
+        return agents.count_by_state(self.conn)
+
+    def service_counts(self) -> tuple[dict[Provenance, int], int]:
+        """Services by provenance, and the stale ones among them."""
+        return services.count_by_provenance(self.conn)
+
+    def audit_tally(self, *, after_id: int) -> AuditTally:
+        return audit.tally(self.conn, after_id=after_id)
+
+    def last_audit_id(self) -> int:
+        return audit.last_id(self.conn)
 
     def close(self) -> None:
         self.conn.close()
