@@ -2,7 +2,7 @@
 PY ?= python3
 DEBIAN_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables iproute2 \
 	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev etcd-server etcd-client \
-	debootstrap docker.io
+	debootstrap docker.io prometheus
 IMAGE_DIR ?= $(CURDIR)/.cache/images
 # kube-apiserver, kubectl and a node's binaries (kubelet, kube-scheduler, kube-controller-manager,
 # kube-proxy) from the k8s.io/kubernetes Go module (integration/kube), helm from its module
