@@ -9,6 +9,7 @@ metrics``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from integration.harness.colony import ColonyProcess, free_port
 from integration.harness.pods import ContainerSpec, PodFactory, PortSpec
 from integration.harness.prometheus import PrometheusProcess, promtool_check, scrape
 
+DASHBOARD = Path(__file__).resolve().parent.parent / "deploy" / "grafana" / "coral-dashboard.json"
 HTTPD = ContainerSpec("web", ("httpd", "-f", "-p", "8080", "-h", "/"), ports=(PortSpec(8080, name="http"),))
 
 
@@ -94,6 +96,25 @@ def test_prometheus_scrapes_the_agent_and_the_colony_and_sees_what_discovery_did
         "audit": value('coral_colony_audit_entries_total{kind="registration"}'),
     }
     assert all(count and count >= 1 for count in counted.values()), counted
+
+
+def test_every_dashboard_panel_query_runs_on_prometheus_and_finds_series(scraped: Scraped) -> None:
+    """deploy/grafana/coral-dashboard.json, with Grafana's variables as it substitutes them."""
+    prometheus = scraped.prometheus
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    queries = {
+        t["expr"].replace("$instance", ".*").replace("$__rate_interval", "1m"): p["title"]
+        for p in panels
+        for t in p.get("targets", [])
+    }
+    # With no condition failing, nothing else reads no series, once two scrapes make a rate (a syntax error raises).
+    quiet = {"Conditions failing, by name"}
+
+    def empty() -> list[tuple[str, str]]:
+        return [(title, q) for q, title in queries.items() if title not in quiet and not prometheus.query(q)]
+
+    prometheus.wait_for(lambda: not empty(), timeout=30, what="every panel to find its series")
+    assert [prometheus.query(q) for q, title in queries.items() if title in quiet] == [[]]
 
 
 def test_both_expositions_pass_promtool_check_metrics(scraped: Scraped) -> None:

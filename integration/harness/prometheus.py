@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Mapping
@@ -92,13 +93,16 @@ class PrometheusProcess:
         if body is None:
             raise AssertionError(f"prometheus did not answer {path}:\n{self.log()[-3000:]}")
         answer = json.loads(body)
-        assert answer["status"] == "success", answer
+        assert answer["status"] == "success", f"{path}: {answer.get('errorType')}: {answer.get('error')}"
         return answer["data"]
 
     def _get(self, path: str) -> bytes | None:
+        """The answer's body (an API error's too: it says what is wrong), None when nothing answers."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as response:
                 return bytes(response.read())
+        except urllib.error.HTTPError as exc:
+            return bytes(exc.read())
         except OSError:
             return None
 
