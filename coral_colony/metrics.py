@@ -25,7 +25,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -40,8 +40,6 @@ from coral_colony.stores.reader import RegistryReader
 LISTEN_KEY = "--metrics-listen"
 UPDATE_SERVICES = f"/{mesh_pb2.DESCRIPTOR.services_by_name['Mesh'].full_name}/UpdateServices"
 APPLY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
-
-disable_created_metrics()  # no *_created series: half the series, and nothing the dashboards read
 
 
 class ColonyMetrics:

@@ -22,7 +22,7 @@ from collections import Counter as Tally
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol, TypeVar
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics import MetricWrapperBase
 
 from coral_base import __version__
@@ -42,8 +42,6 @@ M = TypeVar("M", bound=MetricWrapperBase)
 
 PROBE_RESULTS = (HealthState.HEALTHY, HealthState.UNHEALTHY)  # a probe that ran: never "unknown"
 PROVENANCES = (Provenance.EXPLICIT, Provenance.DISCOVERED, Provenance.OVERRIDDEN)  # "unknown" is the colony's reading
-
-disable_created_metrics()  # no *_created series: half the series, and nothing the dashboards read
 
 
 class Backlog(Protocol):
