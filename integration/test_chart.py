@@ -420,3 +420,13 @@ def test_the_network_policy_admits_only_its_peers_to_the_agents_metrics_port() -
         "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
     }
     assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "node-agent"
+
+
+def test_notes_say_where_the_metrics_are_and_what_the_operator_must_match(notes_chart: Path) -> None:
+    default = notes(notes_chart)
+    monitored = notes(notes_chart, "colony.enabled=true", "metrics.serviceMonitor.enabled=true")
+    labelled = notes(notes_chart, "metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=kps")
+    assert "the agents on their pods' port 9102." in default and "ServiceMonitors" not in default
+    assert "the colony on its Service's port 9091" in monitored and "set metrics.serviceMonitor.labels" in monitored
+    assert '{"release":"kps"}' in labelled
+    assert "Prometheus metrics" not in notes(notes_chart, "metrics.enabled=false")
