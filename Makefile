@@ -2,7 +2,7 @@
 PY ?= python3
 DEBIAN_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables iproute2 \
 	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev etcd-server etcd-client \
-	debootstrap docker.io
+	debootstrap docker.io prometheus
 IMAGE_DIR ?= $(CURDIR)/.cache/images
 # kube-apiserver, kubectl and a node's binaries (kubelet, kube-scheduler, kube-controller-manager,
 # kube-proxy) from the k8s.io/kubernetes Go module (integration/kube), helm from its module
@@ -86,6 +86,7 @@ bench:
 	$(PY) -m bench.ops --output BENCHMARKS.md
 	$(PY) -m bench.colony --agents 1000 --services 250 --output BENCHMARKS.md
 	$(PY) -m bench.fallback --nodes 20 --pods-per-node 250 --output BENCHMARKS.md
+	$(PY) -m bench.metrics --pods 250 --output BENCHMARKS.md
 
 clean:
 	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache

@@ -188,6 +188,16 @@ DEFAULT_AUDIT_LIMIT = 1000
 
 
 @dataclass(frozen=True, slots=True)
+class AuditTally:
+    """Audit entries appended after an id, counted by what they record (the colony's metrics)."""
+
+    last_id: int  # the newest entry counted: the next tally starts after it
+    by_kind: Mapping[AuditKind, int]
+    registrations: int  # agents registered (a first registration or a new session)
+    operations: Mapping[tuple[str, str], int]  # (action, outcome) -> operations that ended so
+
+
+@dataclass(frozen=True, slots=True)
 class AuditQuery:
     """The newest ``limit`` entries (0: the default) since ``since``, of one node and kind when given."""
 

@@ -36,12 +36,15 @@ class _Window:
 
 
 class Refusals:
-    def __init__(self, record: Record) -> None:
+    def __init__(self, record: Record, *, on_refused: Callable[[AuditEntry], None] | None = None) -> None:
         self.record = record
+        self.on_refused = on_refused  # every refused call, before folding (the colony's metrics)
         self._windows: dict[tuple[str, str], _Window] = {}
 
     async def refused(self, entry: AuditEntry, *, peer: str, reason: str) -> None:
         """Audit ``entry`` (a refusal of ``peer``'s call, for ``reason``) unless this minute already has one like it."""
+        if self.on_refused is not None:
+            self.on_refused(entry)
         caller = caller_of(peer)
         key = (caller, reason)
         if key not in self._windows and len(self._windows) >= MAX_CALLERS:

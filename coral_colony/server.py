@@ -40,6 +40,7 @@ from coral_colony.enrollment_service import EnrollmentService, ServiceAccountChe
 from coral_colony.health import ColonyHealth
 from coral_colony.identity import ColonyIdentity
 from coral_colony.mesh_service import MeshService
+from coral_colony.metrics import serving as serving_metrics
 from coral_colony.operator_service import OperatorService
 from coral_colony.refusals import Refusals
 from coral_colony.router import Router
@@ -83,6 +84,7 @@ async def serve(
     agent_listen: str = "",  # default: beside ``listen`` (its port + 1)
     web_listen: str = WEB_LISTEN,
     probe_listen: str = "",  # `coral colony start` listens on PROBE_LISTEN by default; a library caller asks
+    metrics_listen: str = "",  # host:port of the Prometheus metrics (coral_colony.metrics); "": none
     heartbeat_timeout: float = HEARTBEAT_TIMEOUT_S,
     ttl: float = STALE_TTL_S,
     deregister_grace: float = DEREGISTER_GRACE_S,
@@ -110,6 +112,7 @@ async def serve(
             agent_listen=agent_listen or default_agent_listen(listen),
             web_listen=web_listen,
             probe_listen=probe_listen,
+            metrics_listen=metrics_listen,
             heartbeat_timeout=heartbeat_timeout,
             ttl=ttl,
             deregister_grace=deregister_grace,
@@ -135,6 +138,7 @@ async def _serve(
     agent_listen: str,
     web_listen: str,
     probe_listen: str,
+    metrics_listen: str,
     heartbeat_timeout: float,
     ttl: float,
     deregister_grace: float,
@@ -147,7 +151,12 @@ async def _serve(
 ) -> None:
     """Everything but the writer: each part closed, in reverse, however far the start got."""
     async with contextlib.AsyncExitStack() as stack:
-        refusals = Refusals(writer.record)
+        metrics, metrics_at = (
+            stack.enter_context(serving_metrics(database, listen=metrics_listen, clock=clock))
+            if metrics_listen
+            else (None, "off")
+        )
+        refusals = Refusals(writer.record, on_refused=metrics.refused if metrics else None)
         enrolled = Enrolled(identity.colony_id, await writer.run(lambda w: w.enrollments()))
         secret = identity.secret()
         mesh = MeshService(
@@ -189,7 +198,8 @@ async def _serve(
             service_accounts=service_accounts,
             clock=clock.time,
         )
-        public = grpc.aio.server()
+        interceptors = metrics.interceptors() if metrics else None
+        public = grpc.aio.server(interceptors=interceptors)
         grpc_health_service = grpc_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(grpc_health_service, public)
 
@@ -207,7 +217,7 @@ async def _serve(
             mesh_pb2_grpc.add_MeshServicer_to_server(mesh, public)
             agent_pb2_grpc.add_AgentControlServicer_to_server(router, public)
         public.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
-        agents = grpc.aio.server()
+        agents = grpc.aio.server(interceptors=interceptors)
         mesh_pb2_grpc.add_MeshServicer_to_server(mesh, agents)
         agent_pb2_grpc.add_AgentControlServicer_to_server(router, agents)
         identity_pb2_grpc.add_RenewalServicer_to_server(enrollment, agents)
@@ -242,6 +252,7 @@ async def _serve(
             shared_secret_agents="allowed" if allow_shared_secret else "refused",
             web=page.address if page else "off",
             probes=probes.address if probes else "off",
+            metrics=metrics_at,
             database=str(database),
         )
         housekeeping = functools.partial(

@@ -27,9 +27,9 @@ restart (a rolling update) changes nothing there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -69,6 +69,7 @@ from cri_agent.status_file import StatusFile
 from cri_agent.sync import ColonyEndpoint, ColonySync, OnState
 
 if TYPE_CHECKING:  # the Kubernetes client costs ~35 MiB: imported only when the API is used
+    from cri_agent.metrics import AgentMetrics  # and prometheus-client ~2.5 MiB, only with metrics.listen
     from cri_agent.providers.kubernetes import KubeSource
 
 log = logging.getLogger("cri_agent.agent")
@@ -115,12 +116,14 @@ class NodeAgent:
         self.conditions = Conditions()
         self.meta: dict[str, str] = {}
         self.status_file = StatusFile(settings.cache.path)
+        self.metrics = _agent_metrics(settings, clock=clock)
         self.cache = CacheKeeper(
             CacheWriter(settings.cache.path),
             node_name=self.node_name,
             contents=self._cache_contents,
             on_state=self._cache_state,
             clock=clock,
+            on_write=self.metrics.cache_written if self.metrics is not None else None,
         )
         self.sync = _colony_sync(settings, on_state=self._colony_state, clock=clock)
         self.health = HealthChecker(
@@ -197,6 +200,9 @@ class NodeAgent:
         if self.sync is not None:
             stages.append(Stage("colony-sync", self._colony))
             stages.append(Stage("control", ControlStream(self.sync, self.operations).run))
+        if self.metrics is not None:  # first in, last out: scrapes see the shutdown
+            serve = functools.partial(self.metrics.serve, self.settings.metrics.listen, sync=self.sync)
+            stages.insert(0, Stage("metrics", serve))
         return stages
 
     async def _colony(self) -> None:
@@ -295,7 +301,7 @@ class NodeAgent:
     async def reconcile_once(self, *, touch: bool = False) -> bool:
         """One pass of the pipeline. False when the runtime failed (and no fallback); a cache that
         fails does not stop discovery."""
-        started = time.perf_counter()
+        started = self.clock.monotonic()
         if self._recheck_at <= self.clock.monotonic():  # this pass is the re-check (one asked for later stays)
             self._recheck_at = float("inf")
         self.status_file.reclaim()  # CacheInUse if another agent took the cache over: this one stops
@@ -339,6 +345,9 @@ class NodeAgent:
             emit_discovery(log, event)
         if self.sync is not None:
             self.sync.add_events(result.events, at=snapshot.taken_at)
+        elapsed = self.clock.monotonic() - started
+        if self.metrics is not None:
+            self.metrics.passed(elapsed, services=result.services, events=result.events)
         if result.events or touch:
             emit(
                 log,
@@ -347,7 +356,7 @@ class NodeAgent:
                 pods=len(pods),
                 services=len(result.services),
                 events=len(result.events),
-                ms=round((time.perf_counter() - started) * 1000, 1),
+                ms=round(elapsed * 1000, 1),
             )
         return True
 
@@ -391,6 +400,8 @@ class NodeAgent:
         await self.cache.state(lambda c: c.set_meta(values))
 
     async def _report_health(self, results: list[Health], changes: list[Health]) -> None:
+        if self.metrics is not None:
+            self.metrics.probed(results)
         summary = aggregate(self.health.health)
         if self.sync is not None:
             self.sync.set_health(self.agent_health(summary))
@@ -423,6 +434,8 @@ class NodeAgent:
         return PodView(record=pod, included=decision is not None and decision.included)
 
     async def _record_operation(self, row: Mapping[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.operation_ended(row)
         await self.cache.record_operation(row)
 
     # -- conditions --------------------------------------------------------------
@@ -479,6 +492,8 @@ class NodeAgent:
     async def _condition(self, name: str, *, ok: bool, reason: str) -> None:
         """Record a named health condition on change: in memory, in the status file (what `coral agent
         status` shows, right even when the cache fails), then in the cache."""
+        if self.metrics is not None:
+            self.metrics.checked(name, ok=ok)
         condition = self.conditions.set(name, ok=ok, reason=reason, now=self.clock.time())
         if condition is None:
             return
@@ -511,6 +526,14 @@ def _kube_source(
         on_change=on_change,
         on_problem=on_problem,
     )
+
+
+def _agent_metrics(settings: Settings, *, clock: Clock) -> AgentMetrics | None:
+    if not settings.metrics.listen:
+        return None
+    from cri_agent.metrics import AgentMetrics
+
+    return AgentMetrics(clock=clock)
 
 
 def _colony_sync(settings: Settings, *, on_state: OnState, clock: Clock) -> ColonySync | None:

@@ -50,8 +50,10 @@ class CacheKeeper:
         on_state: Callable[[bool, str], Awaitable[None]],
         clock: Clock = SYSTEM_CLOCK,
         backoff: Backoff | None = None,
+        on_write: Callable[[float], None] | None = None,  # seconds a write took (the agent's metrics)
     ) -> None:
         self.writer = writer
+        self.on_write = on_write
         self.node_name = node_name
         self.contents = contents
         self.on_state = on_state
@@ -141,7 +143,10 @@ class CacheKeeper:
         await self._recover_if_due()
         if not self.failure:
             try:
+                started = self.clock.monotonic()
                 await self.writer.call(write)
+                if self.on_write is not None:
+                    self.on_write(self.clock.monotonic() - started)
                 return
             except CacheError as exc:
                 await self._fail(str(exc))

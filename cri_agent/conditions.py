@@ -10,6 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+# Every condition the agent checks (what `coral agent status` and the metrics name).
+CONDITION_NAMES = ("runtime", "events", "proc", "cache", "kubernetes", "colony")
+
 
 @dataclass(frozen=True, slots=True)
 class Condition:

@@ -81,6 +81,14 @@ class _Delta:
     events: tuple[bytes, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Backlog:
+    """What the colony has not acknowledged yet (the agent's metrics read it)."""
+
+    changes: int  # services to upsert or remove
+    events: int  # discovery events queued or in the delta under way
+
+
 def colony_channel(endpoint: ColonyEndpoint) -> grpc.aio.Channel:
     """A channel to the colony: TLS pinned to its CA (insecure only when configured so)."""
     if endpoint.ca_pem is None:
@@ -154,6 +162,12 @@ class ColonySync:
     @property
     def in_sync(self) -> bool:
         return self._acked == self._desired and self._pending is None and not self._events
+
+    def backlog(self) -> Backlog:
+        """Safe from another thread: the views are replaced, never changed in place."""
+        desired, acked, pending = self._desired, self._acked or {}, self._pending
+        changes = sum(acked.get(key) != data for key, data in desired.items()) + sum(k not in desired for k in acked)
+        return Backlog(changes=changes, events=len(self._events) + (len(pending.events) if pending else 0))
 
     # -- the loop ----------------------------------------------------------------------
 

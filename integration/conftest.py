@@ -46,6 +46,8 @@ REQUIRED = (
     "tshark",
     "/usr/sbin/dockerd",
     "debootstrap",
+    "prometheus",
+    "promtool",
 )
 
 

@@ -33,6 +33,7 @@ from integration.chart_render import (
 from integration.harness.kube import ControlPlane
 
 DEPLOY = CHART.parent.parent
+SERVICE_MONITOR_CRD = Path(__file__).resolve().parent / "crds" / "servicemonitors.yaml"
 UPDATE = os.environ.get("CORAL_UPDATE_GOLDEN") == "1"
 AGENT_CAPS = {"SYS_ADMIN", "SYS_PTRACE", "NET_RAW", "NET_ADMIN", "DAC_READ_SEARCH"}
 
@@ -44,6 +45,8 @@ def ci_id(path: Path) -> str:
 @pytest.fixture(scope="module")
 def plane(control_plane: ControlPlane) -> ControlPlane:
     control_plane.kubectl("apply", "-f", str(DEPLOY / "namespace.yaml"))
+    control_plane.kubectl("apply", "-f", str(SERVICE_MONITOR_CRD))  # the Prometheus Operator's, cut down
+    control_plane.kubectl("wait", "--for=condition=Established", "--timeout=30s", "-f", str(SERVICE_MONITOR_CRD))
     return control_plane
 
 
@@ -382,3 +385,73 @@ def test_notes_say_what_to_do_next(notes_chart: Path) -> None:
     host = "coral-coral-node-agent-colony.coral-system.svc"
     assert f"coral colony init ./colony --colony-id staging --host {host}" in colony
     assert "create secret generic coral-colony-identity --from-file=./colony" in colony
+
+
+# --- metrics (docs/metrics.md) ---
+
+
+def test_metrics_are_served_on_the_pods_port_by_default_and_not_at_all_when_disabled() -> None:
+    def served(*values: str) -> tuple[str | None, list[dict[str, object]]]:
+        rendered = render(*values)
+        config = yaml.safe_load(one(rendered, "ConfigMap")["data"]["agent.yaml"])
+        container = one(rendered, "DaemonSet")["spec"]["template"]["spec"]["containers"][0]
+        return config.get("metrics", {}).get("listen"), container.get("ports", [])
+
+    assert served() == ("0.0.0.0:9102", [{"name": "metrics", "containerPort": 9102}])
+    assert served("metrics.port=9200") == ("0.0.0.0:9200", [{"name": "metrics", "containerPort": 9200}])
+    assert served("metrics.enabled=false") == (None, [])
+
+
+def test_the_colony_serves_metrics_on_its_own_port_and_service() -> None:
+    rendered = render("colony.enabled=true")
+    container = one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    service_ports = {p["name"]: p["port"] for p in one(rendered, "Service", "colony")["spec"]["ports"]}
+    assert (args[args.index("--metrics-listen") + 1], service_ports) == (
+        "0.0.0.0:9091",
+        {"grpc": 9000, "metrics": 9091},
+    )
+    disabled = one(render("colony.enabled=true", "metrics.enabled=false"), "Deployment")
+    assert "--metrics-listen" not in disabled["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_service_monitors_select_the_agents_and_the_colony_by_their_metrics_ports() -> None:
+    rendered = render(
+        "colony.enabled=true", "metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=kps"
+    )
+    monitors = {
+        d["metadata"]["labels"]["app.kubernetes.io/component"]: d
+        for d in docs(rendered)
+        if d["kind"] == "ServiceMonitor"
+    }
+    agents = one(rendered, "Service", "node-agent")
+    daemonset = one(rendered, "DaemonSet")
+    pod_labels = daemonset["spec"]["template"]["metadata"]["labels"]
+    assert set(monitors) == {"node-agent", "colony"}
+    assert agents["spec"]["clusterIP"] == "None" and agents["spec"]["selector"].items() <= pod_labels.items()
+    for component, monitor in monitors.items():
+        service = one(rendered, "Service", component)
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+        assert monitor["metadata"]["labels"]["release"] == "kps"
+    assert not [d for d in docs(render()) if d["kind"] == "ServiceMonitor"]  # off by default: no CRD needed
+
+
+def test_the_network_policy_admits_only_its_peers_to_the_agents_metrics_port() -> None:
+    policy = one(render("metrics.networkPolicy.enabled=true"), "NetworkPolicy")
+    (rule,) = policy["spec"]["ingress"]
+    assert rule == {
+        "ports": [{"port": "metrics", "protocol": "TCP"}],
+        "from": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+    }
+    assert policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "node-agent"
+
+
+def test_notes_say_where_the_metrics_are_and_what_the_operator_must_match(notes_chart: Path) -> None:
+    default = notes(notes_chart)
+    monitored = notes(notes_chart, "colony.enabled=true", "metrics.serviceMonitor.enabled=true")
+    labelled = notes(notes_chart, "metrics.serviceMonitor.enabled=true", "metrics.serviceMonitor.labels.release=kps")
+    assert "the agents on their pods' port 9102." in default and "ServiceMonitors" not in default
+    assert "the colony on its Service's port 9091" in monitored and "set metrics.serviceMonitor.labels" in monitored
+    assert '{"release":"kps"}' in labelled
+    assert "Prometheus metrics" not in notes(notes_chart, "metrics.enabled=false")

@@ -92,6 +92,7 @@ def test_every_agent_key_the_schema_allows_loads_with_the_agents_loader(tmp_path
     config["discovery"]["procRoot"] = "/host/proc"
     config["cache"]["path"] = "/var/lib/coral/agent.db"
     config["ops"]["observeOnly"] = True
+    config["metrics"] = {"listen": "0.0.0.0:9102"}  # from the values' metrics.enabled and metrics.port
     config["colony"].update(
         address="coral-colony.coral-system.svc:9000",
         colonyId="prod",

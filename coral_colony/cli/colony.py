@@ -25,6 +25,7 @@ from coral_colony.server import (
     WEB_LISTEN,
     serve,
 )
+from coral_colony.signer import AGENT_CERT_LIFETIME
 from coral_colony.tokens import OperatorTokens, parse_scopes
 
 DEFAULT_SCOPES = frozenset({Scope.READ, Scope.AUDIT})  # look, not touch: operate is granted explicitly
@@ -43,7 +44,29 @@ def register(commands: Any) -> None:
     init.set_defaults(handler=init_command)
     start = sub.add_parser("start", help="serve the mesh endpoint over TLS")
     start.add_argument("--dir", type=Path, required=True, help="the directory `coral colony init` wrote")
-    start.add_argument("--listen", default="127.0.0.1:9000", help="address:port (default 127.0.0.1:9000)")
+    start.add_argument(
+        "--listen",
+        default="127.0.0.1:9000",
+        help="the public endpoint: operators and agents' enrollment, server TLS (default 127.0.0.1:9000)",
+    )
+    start.add_argument(
+        "--agent-listen",
+        default="",
+        help="the enrolled agents' endpoint, mutual TLS; its port is told to agents at enrollment "
+        "(default: --listen's host, its port + 1)",
+    )
+    start.add_argument(
+        "--allow-shared-secret-agents",
+        action="store_true",
+        help="also serve agents that only hold the shared secret (not enrolled: RFD 011 agents, agents older "
+        "than enrollment) on --listen; they cannot speak for an enrolled node (default: refused)",
+    )
+    start.add_argument(
+        "--agent-cert-lifetime",
+        type=flag(parse_span),
+        default=AGENT_CERT_LIFETIME.total_seconds(),
+        help="how long an agent's certificate lasts; agents renew it after two thirds (default 24h)",
+    )
     start.add_argument("--db", type=Path, help="registry file (default DIR/colony.db)")
     start.add_argument(
         "--web-listen",
@@ -55,6 +78,11 @@ def register(commands: Any) -> None:
         default=PROBE_LISTEN,
         help=f"address of /healthz and /readyz, and nothing else, for the kubelet's probes (default {PROBE_LISTEN}; "
         "in a pod 0.0.0.0:9081, so the kubelet reaches it; '' disables)",
+    )
+    start.add_argument(
+        "--metrics-listen",
+        default="",
+        help="Prometheus metrics address, e.g. 0.0.0.0:9091 (default: none; docs/metrics.md)",
     )
     start.add_argument(
         "--heartbeat-timeout",
@@ -146,10 +174,14 @@ def start_command(args: argparse.Namespace) -> int:
         await serve(
             identity,
             listen=args.listen,
+            agent_listen=args.agent_listen,
+            allow_shared_secret=args.allow_shared_secret_agents,
+            agent_cert_lifetime=args.agent_cert_lifetime,
             database=args.db or args.dir / "colony.db",
             stop=stop,
             web_listen=args.web_listen,
             probe_listen=args.probe_listen,
+            metrics_listen=args.metrics_listen,
             heartbeat_timeout=args.heartbeat_timeout,
             ttl=args.ttl,
             deregister_grace=args.deregister_grace,

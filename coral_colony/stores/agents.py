@@ -159,3 +159,12 @@ def _status(row: sqlite3.Row) -> AgentStatus:
         last_heartbeat=row["last_heartbeat"] or 0.0,
         services=int(row["services"]),
     )
+
+
+def count_by_state(conn: sqlite3.Connection) -> dict[AgentState, int]:
+    rows = conn.execute("SELECT state, count(*) FROM agents GROUP BY state")
+    counts: dict[AgentState, int] = {}
+    for word, count in rows:
+        state = read_word(AgentState, word, AgentState.UNREACHABLE)
+        counts[state] = counts.get(state, 0) + count
+    return counts

@@ -27,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from types import MappingProxyType
 
 from coral_base.hash_chain import ChainColumns, Link, Row, Verdict, rows_of, seal, verify
-from coral_colony.model import DEFAULT_AUDIT_LIMIT, AuditEntry, AuditKind, AuditQuery, LoggedEntry
+from coral_colony.model import DEFAULT_AUDIT_LIMIT, AuditEntry, AuditKind, AuditQuery, AuditTally, LoggedEntry
 
 # What each entry's hash covers, in the columns' types. Never changed, not even by a new column: every
 # chain already written was hashed over exactly these (the migration that chained older files reads them too).
@@ -54,6 +54,7 @@ AUDIT_COLUMNS: dict[str, type] = {**ENTRY_COLUMNS, "prev_hash": str, "hash": str
 _INSERT = (
     f"INSERT INTO audit (id, {', '.join(AUDIT_COLUMNS)}) VALUES (:id, {', '.join(':' + c for c in AUDIT_COLUMNS)})"
 )
+AGENT_REGISTERED = "agent.registered"  # the action of an agent's (re-)registration
 
 
 def _row(entry: AuditEntry) -> dict[str, object]:
@@ -170,6 +171,31 @@ def check(conn: sqlite3.Connection) -> Verdict:
 def hash_of(conn: sqlite3.Connection, entry_id: int) -> str | None:
     row = conn.execute("SELECT hash FROM audit WHERE id = ?", [entry_id]).fetchone()
     return None if row is None else str(row[0])
+
+
+def tally(conn: sqlite3.Connection, *, after_id: int) -> AuditTally:
+    """The entries appended after ``after_id``, counted (an id range: the primary key's, however long the log)."""
+    rows = conn.execute(
+        "SELECT kind, action, CASE WHEN kind = ? AND json_valid(detail) THEN json_extract(detail, '$.outcome') END,"
+        " count(*), max(id) FROM audit WHERE id > ? GROUP BY 1, 2, 3",
+        [AuditKind.OPERATION.value, after_id],
+    ).fetchall()
+    by_kind: dict[AuditKind, int] = {}
+    operations: dict[tuple[str, str], int] = {}
+    registrations, last_id = 0, after_id
+    for kind_word, action, outcome, count, newest in rows:
+        kind = AuditKind(kind_word)
+        by_kind[kind] = by_kind.get(kind, 0) + count
+        last_id = max(last_id, newest)
+        if kind is AuditKind.REGISTRATION and action == AGENT_REGISTERED:
+            registrations += count
+        elif kind is AuditKind.OPERATION:
+            operations[(action, outcome or "")] = operations.get((action, outcome or ""), 0) + count
+    return AuditTally(last_id=last_id, by_kind=by_kind, registrations=registrations, operations=operations)
+
+
+def last_id(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0])
 
 
 def select(conn: sqlite3.Connection, query: AuditQuery) -> list[LoggedEntry]:

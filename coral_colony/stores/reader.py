@@ -12,7 +12,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from coral_base.hash_chain import Link, Verdict
-from coral_colony.model import AgentStatus, AuditQuery, LoggedEntry, ServiceFilter, StoredService
+from coral_colony.model import (
+    AgentState,
+    AgentStatus,
+    AuditQuery,
+    AuditTally,
+    LoggedEntry,
+    Provenance,
+    ServiceFilter,
+    StoredService,
+)
 from coral_colony.stores import agents, audit, enrollments, services
 from coral_colony.stores.schema import open_for_reading
 
@@ -45,6 +54,19 @@ class RegistryReader:
     def check(self) -> None:
         """A read the readiness probe makes: sqlite3.Error when the registry cannot be read."""
         self.conn.execute("SELECT 1 FROM agents LIMIT 1").fetchall()
+
+    def agent_states(self) -> dict[AgentState, int]:
+        return agents.count_by_state(self.conn)
+
+    def service_counts(self) -> tuple[dict[Provenance, int], int]:
+        """Services by provenance, and the stale ones among them."""
+        return services.count_by_provenance(self.conn)
+
+    def audit_tally(self, *, after_id: int) -> AuditTally:
+        return audit.tally(self.conn, after_id=after_id)
+
+    def last_audit_id(self) -> int:
+        return audit.last_id(self.conn)
 
     def close(self) -> None:
         self.conn.close()

@@ -180,3 +180,14 @@ def select(conn: sqlite3.Connection, where: ServiceFilter) -> list[StoredService
         f"SELECT * FROM services {clause} ORDER BY node_name, agent_id, namespace, component_name, key", params
     )
     return [stored(r) for r in cursor]
+
+
+def count_by_provenance(conn: sqlite3.Connection) -> tuple[dict[Provenance, int], int]:
+    """Services by provenance, and how many of them are stale (their agent is unreachable)."""
+    counts: dict[Provenance, int] = {}
+    stale = 0
+    for word, is_stale, count in conn.execute("SELECT provenance, stale, count(*) FROM services GROUP BY 1, 2"):
+        provenance = read_word(Provenance, word, Provenance.UNKNOWN)
+        counts[provenance] = counts.get(provenance, 0) + count
+        stale += count if is_stale else 0
+    return counts, stale

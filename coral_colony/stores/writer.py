@@ -79,7 +79,7 @@ class RegistryWriter:
                     AuditEntry(
                         time=now,
                         kind=AuditKind.REGISTRATION,
-                        action="agent.registered",
+                        action=audit.AGENT_REGISTERED,
                         actor=agent.agent_id,
                         agent_id=agent.agent_id,
                         node_name=agent.node_name,

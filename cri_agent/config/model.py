@@ -173,6 +173,13 @@ class LogSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsSettings:
+    """Prometheus metrics (docs/metrics.md). The agent opens no port unless ``listen`` is set."""
+
+    listen: str = ""  # host:port, e.g. 0.0.0.0:9102; "": no listener (the default)
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """The whole agent configuration (docs/configuration.md)."""
 
@@ -184,6 +191,7 @@ class Settings:
     colony: ColonySettings = ColonySettings()
     ops: OpsSettings = OpsSettings()
     log: LogSettings = LogSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @property
     def node_name(self) -> str:

@@ -21,6 +21,7 @@ from cri_agent.config.model import (
     LogFormat,
     LogLevel,
     LogSettings,
+    MetricsSettings,
     OpsSettings,
     Settings,
 )
@@ -31,6 +32,7 @@ from cri_agent.config.values import (
     duration,
     integer,
     label_pair,
+    listen_address,
     number,
     optional,
     path,
@@ -55,6 +57,7 @@ def build_settings(layers: Sequence[Layer]) -> tuple[Settings, list[str]]:
             colony=_colony(root.section("colony")),
             ops=_ops(root.section("ops")),
             log=_log(root.section("log")),
+            metrics=_metrics(root.section("metrics")),
         )
     )
     return settings, problems
@@ -242,3 +245,7 @@ def _log(s: Section) -> LogSettings:
             level=s.value("level", choice(LogLevel), d.level),
         )
     )
+
+
+def _metrics(s: Section) -> MetricsSettings:
+    return s.done(MetricsSettings(listen=s.value("listen", listen_address, MetricsSettings().listen)))

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from coral_base.durations import parse_duration
 from coral_base.errors import ConfigError
+from coral_base.listen import split_listen
 from cri_agent.model import Transport
 
 T = TypeVar("T")
@@ -129,6 +130,17 @@ def choice(kind: type[E]) -> Callable[[object], E]:
         raise Invalid(f"Input should be {_one_of([repr(m.value) for m in kind])}")
 
     return check
+
+
+def listen_address(value: object) -> str:
+    """``host:port`` to listen on, or "" for no listener."""
+    address = text(value)
+    if address:
+        try:
+            split_listen(address, key="address")
+        except ConfigError as exc:
+            raise Invalid(str(exc).removeprefix("address ")) from None
+    return address
 
 
 def transport(value: object) -> Transport:

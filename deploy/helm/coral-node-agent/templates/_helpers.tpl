@@ -119,6 +119,9 @@ agent.yaml: .Values.config with the keys tied to the pod set by the chart.
   "cache" (dict "path" (include "coral.cacheFile" .))
   "ops" (dict "observeOnly" (eq .Values.mode "observe-only"))
 }}
+{{- if .Values.metrics.enabled }}
+{{- $_ := set $owned "metrics" (dict "listen" (printf "0.0.0.0:%d" (int .Values.metrics.port))) }}
+{{- end }}
 {{- $address := include "coral.colonyAddress" . }}
 {{- if $address }}
 {{- $_ := set $owned "colony" (dict
