@@ -15,8 +15,6 @@ import re
 import time
 from collections.abc import Callable
 
-import durationpy
-
 _BARE_NUMBER = re.compile(r"^\d+(?:\.\d+)?$", re.ASCII)  # ASCII: no fullwidth digits
 _ASCII_WORD = re.compile(r"^[0-9a-zA-Z.µμ]+$")  # what a Go duration is made of (durationpy takes any digit)
 _EXAMPLES = "e.g. 500ms, 30s, 5m, 1h30m"
@@ -36,6 +34,8 @@ def _seconds(text: str) -> float:
         return float(word)
     if not _ASCII_WORD.match(word) or any(c.isdigit() and not c.isascii() for c in word):
         raise NotADuration(f"{text!r} is not a duration ({_EXAMPLES})")
+    import durationpy  # a unit word to read: flags with defaults parse none
+
     try:
         return float(durationpy.from_str(word).total_seconds())
     except (durationpy.DurationError, OverflowError):

@@ -249,9 +249,7 @@ def running_pods(node: RealNode, namespace: str, selector: str) -> set[tuple[str
 
 
 def registered(colony: Operator, namespace: str, name: str) -> set[tuple[str, str]]:
-    return {
-        (s["pod_name"], s["pod_ip"]) for s in colony.services(namespace) if s["name"] == name and not s["stale"]
-    }
+    return {(s["pod_name"], s["pod_ip"]) for s in colony.services(namespace) if s["name"] == name and not s["stale"]}
 
 
 def health(service: dict[str, Any]) -> str:

@@ -14,24 +14,17 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Callable, Hashable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from coral_base import documents
 from coral_base.durations import since_flag
 from coral_base.listing import Column, Json, JsonObject, Listing, OutputFormat, output_flags, print_document, watch
 from coral_base.tables import age, print_table
+from coral_base.vocabulary import AuditKind, Provenance
 from coral_colony.cli.connection import connection_flags, open_client
-from coral_colony.model import (
-    PROVENANCES,
-    AgentStatus,
-    AuditEntry,
-    AuditKind,
-    AuditQuery,
-    LoggedEntry,
-    Provenance,
-    ServiceFilter,
-    StoredService,
-)
+
+if TYPE_CHECKING:  # the model's ~20 dataclasses load when a command runs, not for its --help
+    from coral_colony.model import AgentStatus, AuditEntry, LoggedEntry, StoredService
 
 T = TypeVar("T")
 
@@ -47,7 +40,11 @@ def register(commands: Any) -> None:
     connection_flags(services)
     services.add_argument("--node", default="", help="only this node")
     services.add_argument("--namespace", "-n", default="", help="only this namespace")
-    services.add_argument("--provenance", choices=sorted(p.value for p in PROVENANCES), help="only this provenance")
+    services.add_argument(
+        "--provenance",
+        choices=sorted(p.value for p in Provenance if p is not Provenance.UNKNOWN),
+        help="only this provenance",
+    )
     services.add_argument("--name", default="", help="only services whose name contains this")
     output_flags(services, watch=True)
     services.set_defaults(handler=services_command)
@@ -198,6 +195,7 @@ def services_command(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from coral_colony import codec
+    from coral_colony.model import ServiceFilter
 
     where = ServiceFilter(
         node=args.node,
@@ -265,6 +263,7 @@ def audit_document(logged: LoggedEntry) -> JsonObject:
 def audit_command(args: argparse.Namespace) -> int:
     """``--since-id`` is applied to what the colony answers: the newest ``--limit`` entries after that id."""
     from coral_colony import codec
+    from coral_colony.model import AuditQuery
 
     kind = AuditKind(args.kind) if args.kind else None
     cursor = args.since_id
