@@ -3,7 +3,7 @@
 Measures, on this machine, the wall time of fresh processes (median and p90
 of N runs):
   1. `python -c pass`: the interpreter's own start, for reference;
-  2. `coral --help`, through the installed console script;
+  2. `coral --help` and `coral services --help`, through the installed console script;
   3. `coral agent status` against a running agent (it reads the agent's
      status file) and against the cache of a stopped one (it reads SQLite).
 
@@ -62,6 +62,11 @@ def run(runs: int) -> str:
             ("`python -c pass` (the interpreter alone)", started([sys.executable, "-c", "pass"], runs), ""),
             ("`coral --help`", started([coral, "--help"], runs), "< 150 ms"),
             (
+                "`coral services --help` (an operator command's flags; gRPC not loaded)",
+                started([coral, "services", "--help"], runs),
+                "< 150 ms",
+            ),
+            (
                 "`coral agent status`, agent running (status file)",
                 started([coral, "agent", "status", "--cache", str(work / "running.db")], runs),
                 "< 150 ms",
@@ -92,7 +97,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-    publish(run(args.runs), key="startup", title="Command start-up (issue 9)", output=args.output)
+    publish(run(args.runs), key="startup", title="Command start-up (issues 9, 13)", output=args.output)
 
 
 if __name__ == "__main__":

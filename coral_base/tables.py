@@ -9,8 +9,10 @@ is printed with its control and bidirectional-override characters escaped.
 from __future__ import annotations
 
 import re
+import sys
 import time
 from collections.abc import Sequence
+from typing import IO
 
 # C0 and C1 controls, DEL, and the bidirectional overrides and isolates (U+202A-E, U+2066-9).
 _UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -32,11 +34,19 @@ def age(since: float | None, *, now: float | None = None) -> str:
     return f"{max(seconds, 0)}s"
 
 
-def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, indent: str = "") -> None:
-    """Columns aligned like kubectl's: two spaces between, headers upper-case."""
+def print_table(
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    *,
+    indent: str = "",
+    headers_shown: bool = True,
+    out: IO[str] | None = None,
+) -> None:
+    """Columns aligned like kubectl's: two spaces between, headers upper-case (sized even when not shown)."""
     cells = [[printable(str(cell)) for cell in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
-    for row in [list(headers), *cells]:
-        print(indent + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    for row in [list(headers)] * headers_shown + cells:
+        line = indent + "  ".join(str(cell).ljust(w) for cell, w in zip(row, widths, strict=True))
+        print(line.rstrip(), file=out or sys.stdout)

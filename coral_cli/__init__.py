@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,13 +23,25 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "agent": ("cri_agent.cli", "run the node agent or read its cache"),
     "colony": ("coral_colony.cli.colony", "create and run a colony"),
     "agents": ("coral_colony.cli.queries", "agents registered with the colony"),
-    "services": ("coral_colony.cli.queries", "services in the colony, grouped by node agent"),
+    "services": ("coral_colony.cli.queries", "services in the colony, one line each with its node"),
     "audit": ("coral_colony.cli.queries", "the colony's audit log"),
     "whoami": ("coral_colony.cli.queries", "who the colony knows your token as: name, scopes, namespaces"),
     "tap": ("coral_colony.cli.operations", "capture packets in a pod's network namespace (pcap)"),
     "profile": ("coral_colony.cli.operations", "sample CPU stacks of a pod's processes"),
     "sample": ("coral_colony.cli.operations", "a short capture reduced to a flow table on the node (no payload)"),
+    "config": ("coral_colony.cli.contexts", "contexts of the CLI config file: which colony, CA and token file to use"),
+    "completion": ("coral_cli.completion", "print a shell completion script: coral completion bash|zsh"),
 }
+# The long-running programs keep gRPC's own error lines in their logs; a command says what failed in words.
+DAEMONS = {("agent", "node"), ("colony", "start")}
+
+
+def quiet_grpc(args: Sequence[str]) -> None:
+    """Silence gRPC's C core before anything imports it (it reads these once); the user's settings win."""
+    words = [a for a in args if not a.startswith("-")]
+    daemon = tuple(words[:2]) in DAEMONS
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR" if daemon else "NONE")
+    os.environ.setdefault("GRPC_TRACE", "")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -52,6 +65,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args_in = list(sys.argv[1:] if argv is None else argv)
+    quiet_grpc(args_in)
     command = next((a for a in args_in if not a.startswith("-")), "")
     args = build_parser(command if command in COMMANDS else "").parse_args(args_in)
     try:

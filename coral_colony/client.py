@@ -2,8 +2,9 @@
 
 Connection settings come from flags, else the environment:
 ``CORAL_COLONY`` (host:port), ``CORAL_COLONY_CA`` (the colony's ca.crt)
-and ``CORAL_TOKEN`` (or ``CORAL_TOKEN_FILE``). The token is sent as gRPC
-metadata over TLS and never printed.
+and ``CORAL_TOKEN`` (or ``CORAL_TOKEN_FILE``), else the current context of
+the CLI's config file (``coral_colony.cli.contexts``). The token is sent as
+gRPC metadata over TLS and never printed.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from coral_base.errors import CoralError
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_colony import codec
 from coral_colony.model import AuditQuery, OperationOutput, OperationRequest, Principal, ServiceFilter
+from coral_colony.tls_errors import tls_failure
 
 DEFAULT_ADDRESS = "127.0.0.1:9000"
 _Request = TypeVar("_Request")
@@ -35,38 +37,71 @@ class ColonyCallError(CoralError):
 
 
 @dataclass(frozen=True, slots=True)
+class EndpointDefaults:
+    """What a CLI context says (the layer below the environment): any of it may be unset."""
+
+    address: str = ""
+    ca_file: Path | None = None
+    token_file: Path | None = None
+    tls_server_name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class OperatorEndpoint:
     address: str
     ca_file: Path | None
     token: str
+    tls_server_name: str = ""  # the name to check the colony's certificate against, when not the address's host
 
     def __repr__(self) -> str:
-        return f"OperatorEndpoint(address={self.address!r}, ca_file={self.ca_file!r})"
+        return (
+            f"OperatorEndpoint(address={self.address!r}, ca_file={self.ca_file!r}, "
+            f"tls_server_name={self.tls_server_name!r})"
+        )
 
     @classmethod
     def resolve(
-        cls, *, address: str | None, ca_file: Path | None, token: str | None, token_file: Path | None
+        cls,
+        *,
+        address: str | None,
+        ca_file: Path | None,
+        token: str | None,
+        token_file: Path | None,
+        tls_server_name: str | None = None,
+        context: EndpointDefaults = EndpointDefaults(),
     ) -> OperatorEndpoint:
+        """Each setting from its flag, else its environment variable, else the context, else the default."""
         env = os.environ
-        ca = ca_file or (Path(env["CORAL_COLONY_CA"]) if env.get("CORAL_COLONY_CA") else None)
+        ca = ca_file or (Path(env["CORAL_COLONY_CA"]) if env.get("CORAL_COLONY_CA") else context.ca_file)
         if ca is None:
             raise ColonyCallError(
-                "which CA signs the colony's certificate? pass --ca DIR/ca.crt or set CORAL_COLONY_CA "
-                "(the ca.crt `coral colony init` wrote)",
+                "which CA signs the colony's certificate? pass --ca DIR/ca.crt, set CORAL_COLONY_CA "
+                "(the ca.crt `coral colony init` wrote) or `coral config set-context NAME --ca FILE`",
                 transient=False,
             )
         secret = token or env.get("CORAL_TOKEN", "")
         path = token_file or (Path(env["CORAL_TOKEN_FILE"]) if env.get("CORAL_TOKEN_FILE") else None)
+        if not secret and path is None:
+            path = context.token_file
         if not secret and path is not None:
             try:
                 secret = path.read_text().strip()
             except OSError as exc:
                 raise ColonyCallError(f"cannot read the token file {path}: {exc.strerror}", transient=False) from None
-        return cls(address=address or env.get("CORAL_COLONY") or DEFAULT_ADDRESS, ca_file=ca, token=secret)
+        return cls(
+            address=address or env.get("CORAL_COLONY") or context.address or DEFAULT_ADDRESS,
+            ca_file=ca,
+            token=secret,
+            tls_server_name=tls_server_name or context.tls_server_name,
+        )
+
+
+DEFAULT_TIMEOUT_S = 10.0
 
 
 class ColonyClient:
-    def __init__(self, endpoint: OperatorEndpoint, *, timeout: float = 10.0) -> None:
+    def __init__(self, endpoint: OperatorEndpoint, *, timeout: float = DEFAULT_TIMEOUT_S) -> None:
+        """``timeout`` bounds each call (0: no bound; an operation's call always has one)."""
         self.endpoint = endpoint
         self.timeout = timeout
         assert endpoint.ca_file is not None
@@ -76,7 +111,10 @@ class ColonyClient:
             raise ColonyCallError(
                 f"cannot read the colony CA {endpoint.ca_file}: {exc.strerror}", transient=False
             ) from None
-        self._channel = grpc.secure_channel(endpoint.address, grpc.ssl_channel_credentials(root_certificates=ca))
+        options = [("grpc.ssl_target_name_override", endpoint.tls_server_name)] if endpoint.tls_server_name else []
+        self._channel = grpc.secure_channel(
+            endpoint.address, grpc.ssl_channel_credentials(root_certificates=ca), options=options
+        )
         self._stub = colony_pb2_grpc.ColonyStub(self._channel)
         self._metadata = (("authorization", f"Bearer {endpoint.token}"),) if endpoint.token else ()
 
@@ -88,7 +126,7 @@ class ColonyClient:
 
     def _call(self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request) -> _Response:
         try:
-            return method(request, timeout=self.timeout, metadata=self._metadata)
+            return method(request, timeout=self.timeout or None, metadata=self._metadata)
         except grpc.RpcError as exc:
             raise self._explain(exc) from None
 
@@ -99,14 +137,11 @@ class ColonyClient:
         if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
             return ColonyCallError(f"the colony at {address} refused: {details}", transient=False)
         if code == grpc.StatusCode.UNAVAILABLE:
-            lowered = details.lower()
-            if any(word in lowered for word in ("handshake", "certificate", "ssl", "tls")):
-                return ColonyCallError(
-                    f"TLS handshake with the colony at {address} failed: is {self.endpoint.ca_file} the colony's "
-                    f"ca.crt and {address.rsplit(':', 1)[0]} a name its certificate carries "
-                    f"(coral colony init --host)? ({details})",
-                    transient=False,
-                )
+            tls = tls_failure(
+                details, address=address, ca_file=self.endpoint.ca_file, tls_server_name=self.endpoint.tls_server_name
+            )
+            if tls is not None:
+                return ColonyCallError(tls, transient=False)
             return ColonyCallError(
                 f"the colony at {address} is unreachable: is `coral colony start` running there? ({details})",
                 transient=True,
@@ -138,7 +173,7 @@ class ColonyClient:
         cap when it names none), the colony's grace for the result, and a
         margin, so a colony that never answers cannot hold the command forever.
         """
-        deadline = request.result_deadline_s + self.timeout
+        deadline = request.result_deadline_s + (self.timeout or DEFAULT_TIMEOUT_S)
         call = self._stub.RunOperation(codec.run_operation_request(request), metadata=self._metadata, timeout=deadline)
         try:
             for message in call:

@@ -237,7 +237,7 @@ def test_profile_shows_the_hot_function_of_a_busy_process(cluster: Cluster, tmp_
     cluster.colony.wait_for(lambda: registered(cluster.colony, "busy"), timeout=15, what="busy pod in the colony")
     out, folded, svg = tmp_path / "profile.pb.gz", tmp_path / "folded.txt", tmp_path / "flame.svg"
     done = cluster.coral(
-        "profile", "default/busy", "--duration", "3s", "--frequency", "49", "-o", str(out),
+        "profile", "default/busy", "--duration", "3s", "--frequency", "49", "-w", str(out),
         "--folded", str(folded), "--svg", str(svg), operator="erin",
     )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
@@ -323,7 +323,7 @@ def test_observe_only_refuses_tap_and_profile_but_allows_sample(
             lambda: connections(cluster.colony, "observer"), timeout=15, what="the observer's stream"
         )
         tap = cluster.coral("tap", "default/watched", "-w", "-", operator="lee")
-        profile = cluster.coral("profile", "default/watched", "-o", str(tmp_path / "p.pb.gz"), operator="lee")
+        profile = cluster.coral("profile", "default/watched", "-w", str(tmp_path / "p.pb.gz"), operator="lee")
         sample = cluster.coral("sample", "default/watched", "--duration", "0.5s", operator="lee")
         assert (tap.returncode, profile.returncode, sample.returncode) == (2, 2, 0)
         assert "observe-only mode: tap is refused on this node" in tap.stderr.decode()

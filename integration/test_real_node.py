@@ -84,8 +84,7 @@ class Operator:
         return json.loads(coral(*args, "-o", "json", env=self.env))
 
     def services(self, namespace: str) -> list[dict[str, Any]]:
-        groups = self.json("services", "-n", namespace)
-        return [service for group in groups for service in group["services"]]
+        return list(self.json("services", "-n", namespace))
 
     def discovery_audit(self) -> list[dict[str, Any]]:
         return list(self.json("audit", "--kind", "discovery", "--limit", "100000"))
@@ -250,20 +249,12 @@ def running_pods(node: RealNode, namespace: str, selector: str) -> set[tuple[str
 
 
 def registered(colony: Operator, namespace: str, name: str) -> set[tuple[str, str]]:
-    return {
-        (s["info"]["pod_name"], s["info"]["pod_ip"])
-        for s in colony.services(namespace)
-        if s["info"]["component_name"] == name and not s["stale"]
-    }
+    return {(s["pod_name"], s["pod_ip"]) for s in colony.services(namespace) if s["name"] == name and not s["stale"]}
 
 
 def health(service: dict[str, Any]) -> str:
-    """The service's health as a word (the enum, or the older word field)."""
-    state = service["info"].get("health", {})
-    value = str(state.get("health_state", "HEALTH_STATE_UNSPECIFIED"))
-    if value != "HEALTH_STATE_UNSPECIFIED":
-        return value.removeprefix("HEALTH_STATE_").lower()
-    return str(state.get("state", ""))
+    """The service's health as a word."""
+    return str(service["health"]["state"])
 
 
 def deployment(name: str, namespace: str, replicas: int) -> str:
@@ -330,18 +321,18 @@ def test_a_deployment_is_registered_as_its_pods_healthy_on_their_ips_and_follows
         pods = running_pods(node, "shop", selector)
         if len(pods) != count or any(not ip for _, ip in pods):
             return None
-        services = [s for s in colony.services("shop") if s["info"]["component_name"] == "checkout"]
+        services = [s for s in colony.services("shop") if s["name"] == "checkout"]
         healthy = all(health(s) == "healthy" for s in services)
         return pods if registered(colony, "shop", "checkout") == pods and healthy else None
 
     started = time.monotonic()
     pods = wait_until(lambda: matches(3), timeout=120, what="3 healthy checkout services equal to kubectl's pods")
     print(f"3 replicas registered and healthy in {time.monotonic() - started:.1f}s")
-    services = [s for s in colony.services("shop") if s["info"]["component_name"] == "checkout"]
+    services = [s for s in colony.services("shop") if s["name"] == "checkout"]
     assert len(services) == 3
     for service in services:
-        info = service["info"]
-        assert info["provenance"] == "SERVICE_PROVENANCE_DISCOVERED", info
+        info = service
+        assert info["provenance"] == "discovered", info
         assert info["port"] == 8080 and info["protocol"] == "TCP" and info["node_name"] == node.name
         assert info["workload"] == "Deployment/checkout", info
         assert (info["pod_name"], info["pod_ip"]) in pods
@@ -517,7 +508,7 @@ def test_tap_sample_and_profile_of_an_auto_discovered_service_run_in_the_daemons
     node.kubectl("apply", "-f", "-", input=json.dumps(pricing))
     wait_until(lambda: registered(colony, "ops", "pricing"), timeout=120, what="pricing registered")
     profile = tmp_path / "pricing.pb.gz"
-    coral("profile", "pricing", "--duration", "3s", "-o", str(profile), env=colony.env)
+    coral("profile", "pricing", "--duration", "3s", "-w", str(profile), env=colony.env)
     node.kubectl("-n", "ops", "delete", "deployment", "pricing", "--wait=false")
     go = shutil.which("go") or "/usr/local/go/bin/go"
     top = subprocess.run([go, "tool", "pprof", "-top", str(profile)], capture_output=True, text=True, timeout=120)
@@ -580,13 +571,13 @@ def test_observe_only_through_the_chart_refuses_tap_and_profile_allows_sample_an
 
     tap = run("tap", "payments", "--duration", "2s", "-w", str(tmp_path / "refused.pcap"))
     assert tap.returncode == 2 and "observe-only" in tap.stderr, tap.stderr
-    profile = run("profile", "payments", "--duration", "2s", "-o", str(tmp_path / "refused.pb.gz"))
+    profile = run("profile", "payments", "--duration", "2s", "-w", str(tmp_path / "refused.pb.gz"))
     assert profile.returncode == 2 and "observe-only" in profile.stderr, profile.stderr
     sample = run("sample", "payments", "--duration", "2s")
     assert sample.returncode == 0, sample.stderr
 
     entries = [e for e in colony.json("audit", "--kind", "operation") if int(e["id"]) > since]
-    outcomes = {(e["action"], json.loads(e["detail"])["outcome"]) for e in entries if e["actor"] == "alice"}
+    outcomes = {(e["action"], e["detail"]["outcome"]) for e in entries if e["actor"] == "alice"}
     assert outcomes == {("tap", "refused"), ("profile", "refused"), ("sample", "ok")}, entries
 
 

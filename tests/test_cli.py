@@ -1,15 +1,20 @@
-"""`coral agent services|events|status` read the cache: tables, JSON, exit codes."""
+"""`coral agent services|events|status|validate-config`: tables, JSON and YAML, exit codes; completion."""
 
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from coral_cli import main
-from cri_agent.cache.services import SERVICE_COLUMNS
+from coral_colony.cli import queries
+from coral_colony.model import ServiceRecord, StoredService
 from cri_agent.cache.writer import Cache
 from cri_agent.cli import cache_views
 from cri_agent.conditions import Condition
@@ -53,7 +58,102 @@ def test_services_json_decodes_labels_and_fields(cache_path: Path, capsys: pytes
     main(["agent", "services", "--cache", str(cache_path), "-o", "json", "-n", "shop"])
     rows = json.loads(capsys.readouterr().out)
     assert [(r["name"], r["overridden_fields"]) for r in rows] == [("bad-api", ["name"]), ("checkout-0", [])]
-    assert set(rows[0]) == {*SERVICE_COLUMNS, "health", "health_since", "health_latency_ms", "health_error"}
+    assert (rows[0]["port"], rows[0]["provenance"], rows[0]["node_name"]) == (8080, "overridden", "node-a")
+
+
+def test_a_service_has_one_schema_in_the_agents_view_and_the_colonys(
+    cache_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    main(["agent", "services", "--cache", str(cache_path), "-o", "json"])
+    agent_view = json.loads(capsys.readouterr().out)[0]
+    colony_view = queries.service_document(StoredService(ServiceRecord(key="k", component_name="web"), agent_id="a"))
+    assert list(agent_view) == list(colony_view)
+    agent_health, colony_health = agent_view["health"], colony_view["health"]
+    assert isinstance(colony_health, dict) and list(agent_health) == list(colony_health)
+
+
+def test_services_yaml_and_headerless_tables(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["agent", "services", "--cache", str(cache_path), "-o", "yaml"])
+    assert [s["name"] for s in yaml.safe_load(capsys.readouterr().out)] == ["bad-api", "checkout-0"]
+    main(["agent", "services", "--cache", str(cache_path), "--no-headers", "-o", "wide"])
+    assert [line.split()[3] for line in capsys.readouterr().out.splitlines()] == ["bad-api", "checkout-0"]
+
+
+def test_no_matching_service_says_no_resources_found_on_stderr(
+    cache_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["agent", "services", "--cache", str(cache_path), "-n", "nowhere"]) == 0
+    assert capsys.readouterr() == ("", "No resources found\n")
+
+
+def test_events_since_and_since_id(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["agent", "events", "--cache", str(cache_path), "-o", "json"])
+    every = json.loads(capsys.readouterr().out)
+    assert all(isinstance(e["id"], int) and e["time"] == "1970-01-01T00:00:01.000Z" for e in every)
+    main(["agent", "events", "--cache", str(cache_path), "-o", "json", "--since-id", str(every[0]["id"])])
+    assert json.loads(capsys.readouterr().out) == every[1:]
+    main(["agent", "events", "--cache", str(cache_path), "--since", "1h30m"])  # recorded at t=1 s: long before
+    assert capsys.readouterr() == ("", "No resources found\n")
+    main(["agent", "events", "--cache", str(cache_path), "-o", "json", "--since", "1970-01-01T00:00:00Z"])
+    assert json.loads(capsys.readouterr().out) == every
+
+
+def test_events_watch_follows_new_events_and_ends_cleanly_on_ctrl_c(cache_path: Path, tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "coral_cli", "agent", "events", "--cache", str(cache_path), "--no-headers"]
+    watcher = subprocess.Popen(
+        [*command, "--watch", "--watch-interval", "100ms"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        assert watcher.stdout is not None
+        first = watcher.stdout.readline().split()
+        cache = Cache(cache_path)
+        snapshot = NodeSnapshot(node_name="node-a", pods=(pod("late-0"),), taken_at=5.0)
+        result = reconcile(KnownState(services={}, pods={}), snapshot, DiscoveryRules(node_name="node-a"))
+        cache.apply(result, node_name="node-a", now=5.0, touch=True, retention_rows=1000, retention_days=1e6)
+        cache.close()
+        while "late-0" not in (line := watcher.stdout.readline()):
+            assert int(line.split()[0]) <= int(first[0]) + 10
+    finally:
+        watcher.send_signal(signal.SIGINT)
+        _, err = watcher.communicate(timeout=10)
+    assert (watcher.returncode, err) == (0, "")
+
+
+def test_status_json_has_booleans_and_times(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["agent", "status", "--cache", str(cache_path), "-o", "json"]) == 0
+    status = json.loads(capsys.readouterr().out)
+    assert (status["healthy"], status["conditions"][0]["ok"], status["conditions"][0]["since"]) == (
+        True,
+        True,
+        "1970-01-01T00:00:01.000Z",
+    )
+
+
+def test_validate_config_prints_ok_or_each_problem_with_its_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good, bad = tmp_path / "good.yaml", tmp_path / "bad.yaml"
+    good.write_text("ops: {maxBytes: 100Mi, maxDuration: 1h30m}\n")
+    bad.write_text("agent: {mode: active}\nops: {maxBytes: lots}\n")
+    assert main(["agent", "validate-config", str(good)]) == 0
+    assert capsys.readouterr().out == f"{good}: OK\n"
+    assert main(["agent", "validate-config", str(bad)]) == 1
+    assert [line.split(": ", 2)[1] for line in capsys.readouterr().out.splitlines()] == ["agent.mode", "ops.maxBytes"]
+    assert main(["agent", "validate-config", str(tmp_path / "none.yaml")]) == 1
+
+
+def test_completion_scripts_know_every_command() -> None:
+    for shell in ("bash", "zsh"):
+        done = subprocess.run(
+            [sys.executable, "-m", "coral_cli", "completion", shell], capture_output=True, text=True, check=True
+        )
+        assert all(word in done.stdout for word in ("validate-config", "use-context", "--tls-server-name"))
+
+
+def test_profile_writes_its_file_with_w_and_o_is_not_a_file_name(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["profile", "web-1", "-o", "json"])
+    assert "the following arguments are required: -w" in capsys.readouterr().err
 
 
 def test_events_can_be_filtered_by_kind(cache_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

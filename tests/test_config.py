@@ -168,7 +168,7 @@ def test_the_documented_error_message_is_given_word_for_word(tmp_path: Path) -> 
         load_settings(path)
     assert str(raised.value) == (
         f"invalid configuration in {path} (or CORAL_* environment): discovery.kubernetes.resyncInterval: "
-        "Value error, 'soon' is not a duration (e.g. 500ms, 30s, 5m, 1h)"
+        "Value error, 'soon' is not a duration (e.g. 500ms, 30s, 5m, 1h30m)"
     )
 
 

@@ -15,11 +15,22 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from coral_base import documents
 from coral_base.durations import flag, parse_duration
+from coral_base.listing import Column, JsonObject, Listing, output_flags
 from coral_base.private_files import PendingFile
-from coral_base.tables import print_table
-from coral_colony.cli.queries import connection_flags, open_client
-from coral_colony.model import Action, ArtifactKind, Chunk, OperationRequest, OperationResult, OperationTarget, Outcome
+from coral_base.sizes import parse_size
+from coral_colony.cli.connection import connection_flags, open_client
+from coral_colony.model import (
+    Action,
+    ArtifactKind,
+    Chunk,
+    Flow,
+    OperationRequest,
+    OperationResult,
+    OperationTarget,
+    Outcome,
+)
 
 
 def register(commands: Any) -> None:
@@ -27,7 +38,11 @@ def register(commands: Any) -> None:
     _target(tap, default_duration="30s")
     tap.add_argument("--filter", default="", help="BPF filter, e.g. 'tcp port 80'")
     tap.add_argument(
-        "--max-bytes", type=int, default=0, help="stop at this many pcap bytes (default: the node's ceiling)"
+        "--max-bytes",
+        type=flag(parse_size),
+        default=0,
+        metavar="SIZE",
+        help="stop at this many pcap bytes, e.g. 100Mi, 1G (default: the node's ceiling)",
     )
     tap.add_argument("--max-packets", type=int, default=0, help="stop after this many packets")
     tap.add_argument("-w", dest="write", required=True, help="pcap file to write, or - for stdout (| tshark -r -)")
@@ -36,7 +51,7 @@ def register(commands: Any) -> None:
     profile = commands.add_parser("profile", help="sample CPU stacks of a pod's processes")
     _target(profile, default_duration="10s")
     profile.add_argument("--frequency", type=int, default=49, help="samples per second (19-99 Hz; default 49)")
-    profile.add_argument("-o", dest="output", type=Path, required=True, help="pprof file (profile.pb.gz)")
+    profile.add_argument("-w", dest="write", type=Path, required=True, help="pprof file to write (profile.pb.gz)")
     profile.add_argument("--folded", type=Path, help="also write folded stacks here")
     profile.add_argument("--svg", type=Path, help="also write a flame graph here")
     profile.set_defaults(handler=profile_command)
@@ -45,12 +60,19 @@ def register(commands: Any) -> None:
     _target(sample, default_duration="10s")
     sample.add_argument("--filter", default="", help="BPF filter")
     sample.add_argument("--top", type=int, default=20, help="talkers to print (default 20)")
+    output_flags(sample)
     sample.set_defaults(handler=sample_command)
 
 
 def _target(parser: argparse.ArgumentParser, *, default_duration: str) -> None:
     parser.add_argument("target", help="a service name (coral services), a service key, or namespace/pod")
-    parser.add_argument("--duration", type=flag(parse_duration), default=parse_duration(default_duration))
+    parser.add_argument(
+        "--duration",
+        type=flag(parse_duration),
+        default=parse_duration(default_duration),
+        metavar="DURATION",
+        help=f"how long, e.g. 30s, 1m30s (default {default_duration}; the node caps it)",
+    )
     parser.add_argument("--node", default="", help="for a namespace/pod the colony does not list: the node it runs on")
     connection_flags(parser)
 
@@ -133,11 +155,11 @@ def profile_command(args: argparse.Namespace) -> int:
     request = OperationRequest(
         action=Action.PROFILE, target=args.target, node=args.node, duration_s=args.duration, frequency_hz=args.frequency
     )
-    paths = {ArtifactKind.PPROF: args.output, ArtifactKind.FOLDED: args.folded, ArtifactKind.SVG: args.svg}
+    paths = {ArtifactKind.PPROF: args.write, ArtifactKind.FOLDED: args.folded, ArtifactKind.SVG: args.svg}
     target, result = _written(args, request, {kind: path for kind, path in paths.items() if path})
     summary = ""
     if result is not None:
-        written = ", ".join(str(p) for p in (args.output, args.folded, args.svg) if p)
+        written = ", ".join(str(p) for p in (args.write, args.folded, args.svg) if p)
         summary = f"{result.samples} samples in {result.duration_s:.1f}s with {result.engine} -> {written}"
     return _finish(Action.PROFILE, target, result, summary)
 
@@ -148,25 +170,37 @@ def sample_command(args: argparse.Namespace) -> int:
     )
     target, result = _run(args, request, {})
     if result is not None and result.outcome is Outcome.OK:
-        print_table(
-            ["PROTO", "SOURCE", "DESTINATION", "PACKETS", "BYTES", "FIRST", "LAST"],
-            [
-                [
-                    f.protocol,
-                    _endpoint(f.src, f.src_port),
-                    _endpoint(f.dst, f.dst_port),
-                    str(f.packets),
-                    str(f.bytes),
-                    _clock(f.first_seen_unix_ms),
-                    _clock(f.last_seen_unix_ms),
-                ]
-                for f in list(result.flows)[: args.top]
-            ],
-        )
+        listing = Listing(FLOW_COLUMNS, flow_document, output=args.output, no_headers=args.no_headers)
+        listing.print(list(result.flows)[: args.top])
     summary = ""
     if result is not None:
         summary = f"{len(result.flows)} flow(s), {result.packets} packets in {result.duration_s:.1f}s"
     return _finish(Action.SAMPLE, target, result, summary)
+
+
+FLOW_COLUMNS: tuple[Column[Flow], ...] = (
+    Column("PROTO", lambda f: f.protocol),
+    Column("SOURCE", lambda f: _endpoint(f.src, f.src_port)),
+    Column("DESTINATION", lambda f: _endpoint(f.dst, f.dst_port)),
+    Column("PACKETS", lambda f: str(f.packets)),
+    Column("BYTES", lambda f: str(f.bytes)),
+    Column("FIRST", lambda f: _clock(f.first_seen_unix_ms)),
+    Column("LAST", lambda f: _clock(f.last_seen_unix_ms)),
+)
+
+
+def flow_document(f: Flow) -> JsonObject:
+    return documents.flow(
+        protocol=f.protocol,
+        src=f.src,
+        src_port=f.src_port,
+        dst=f.dst,
+        dst_port=f.dst_port,
+        packets=f.packets,
+        bytes=f.bytes,
+        first_seen=f.first_seen_unix_ms / 1000,
+        last_seen=f.last_seen_unix_ms / 1000,
+    )
 
 
 def _clock(unix_ms: int) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from cri_agent.cli import agent_node, cache_views
+from cri_agent.cli import agent_node, cache_views, validate
 
 
 def register(commands: Any) -> None:
@@ -12,3 +12,4 @@ def register(commands: Any) -> None:
     agent_commands = agent.add_subparsers(dest="agent_command", required=True, metavar="COMMAND")
     agent_node.register(agent_commands)
     cache_views.register(agent_commands)
+    validate.register(agent_commands)

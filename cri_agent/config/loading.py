@@ -34,16 +34,29 @@ def load_settings(
     flags: dict[str, Any] | None = None,
 ) -> Settings:
     """Merge defaults < file < env < flags and validate, or raise ConfigError."""
+    settings, problems = check_settings(config, override_file=override_file, flags=flags)
+    if problems:
+        source = f"{config} (or CORAL_* environment)" if config else "flags/CORAL_* environment"
+        raise ConfigError(f"invalid configuration in {source}: {'; '.join(problems)}")
+    return settings
+
+
+def check_settings(
+    config: Path | None = None,
+    *,
+    override_file: Path | None = None,
+    flags: dict[str, Any] | None = None,
+) -> tuple[Settings, list[str]]:
+    """The settings and every problem found, each named by its key path (``coral agent validate-config``).
+
+    A file that cannot be read or parsed raises ConfigError: there is nothing to check.
+    """
     file_data = _read_yaml(config, what="config file") if config else {}
     if override_file:
         _append_override_file(file_data, override_file)
     flags = flags or {}
     _let_flags_replace_label_maps(file_data, flags)
-    settings, problems = build_settings([Layer(file_data), *environment_layers(os.environ), Layer(flags)])
-    if problems:
-        source = f"{config} (or CORAL_* environment)" if config else "flags/CORAL_* environment"
-        raise ConfigError(f"invalid configuration in {source}: {'; '.join(problems)}")
-    return settings
+    return build_settings([Layer(file_data), *environment_layers(os.environ), Layer(flags)])
 
 
 def environment_layers(environ: Mapping[str, str]) -> list[Layer]:

@@ -37,6 +37,7 @@ from cri_agent.config.values import (
     optional,
     path,
     positive,
+    size,
     text,
     transport,
 )
@@ -229,7 +230,7 @@ def _ops(s: Section) -> OpsSettings:
             max_duration=s.value("max_duration", positive(duration), d.max_duration),
             max_concurrent=s.value("max_concurrent", integer(ge=1), d.max_concurrent),
             rate_per_minute=s.value("rate_per_minute", integer(ge=1), d.rate_per_minute),
-            max_bytes=s.value("max_bytes", integer(ge=1), d.max_bytes),
+            max_bytes=s.value("max_bytes", size, d.max_bytes),
             max_packets=s.value("max_packets", integer(ge=1), d.max_packets),
             max_frequency_hz=s.value("max_frequency_hz", integer(ge=1, le=999), d.max_frequency_hz),
             nice=s.value("nice", integer(ge=0, le=19), d.nice),

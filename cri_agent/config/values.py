@@ -17,6 +17,7 @@ from typing import TypeVar
 from coral_base.durations import parse_duration
 from coral_base.errors import ConfigError
 from coral_base.listen import split_listen
+from coral_base.sizes import parse_size
 from cri_agent.model import Transport
 
 T = TypeVar("T")
@@ -110,6 +111,16 @@ def duration(value: object) -> float:
         except ValueError as exc:
             raise Invalid(f"Value error, {exc}") from None
     return number(value)
+
+
+def size(value: object) -> int:
+    """A byte count: ``100Mi``, ``1G`` or a number of bytes (coral_base.sizes), > 0."""
+    if isinstance(value, bool) or not isinstance(value, str | int):
+        raise Invalid("Input should be a size such as 100Mi or a number of bytes")
+    try:
+        return parse_size(value)
+    except ValueError as exc:
+        raise Invalid(f"Value error, {exc}") from None
 
 
 def path(value: object) -> Path:
