@@ -125,6 +125,8 @@ class NodeAgent:
             node_name=self.node_name,
             lookup=self._pod_view,
             record=self._record_operation,
+            proc_root=settings.discovery.proc_root,
+            profile_dir=settings.ops.profile_dir or settings.cache.path.parent,
         )
         self.known = KnownState(services={}, pods={})
         self.pods: dict[PodUID, PodRecord] = {}  # the last snapshot, for control operations

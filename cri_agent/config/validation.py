@@ -225,6 +225,8 @@ def _ops(s: Section) -> OpsSettings:
             max_packets=s.value("max_packets", integer(ge=1), d.max_packets),
             max_frequency_hz=s.value("max_frequency_hz", integer(ge=1, le=999), d.max_frequency_hz),
             nice=s.value("nice", integer(ge=0, le=19), d.nice),
+            profile_max_bytes=s.value("profile_max_bytes", integer(ge=64 * 1024), d.profile_max_bytes),
+            profile_dir=s.value("profile_dir", optional(path), d.profile_dir),
         )
     )
 
