@@ -321,6 +321,9 @@ class NodeAgent:
         cache = self.settings.cache
         retention = (cache.event_retention_rows, cache.event_retention_days)
         await self.cache.apply(result, now=now, touch=touch, retention=retention)
+        if touch:  # on full resyncs: operations age out on a node that runs none
+            rows, days = self._operation_retention()
+            await self.cache.state(lambda c: c.trim_operations(now=now, retention_rows=rows, retention_days=days))
         self.status_file.write(self._status())
 
     def _cache_contents(self) -> CacheContents:
@@ -385,7 +388,11 @@ class NodeAgent:
         return PodView(record=pod, included=decision is not None and decision.included)
 
     async def _record_operation(self, row: Mapping[str, Any]) -> None:
-        await self.cache.record_operation(row)
+        await self.cache.record_operation(row, retention=self._operation_retention())
+
+    def _operation_retention(self) -> tuple[int, float]:
+        cache = self.settings.cache
+        return cache.operation_retention_rows, cache.operation_retention_days
 
     # -- conditions --------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""``operations``: control operations run on this node, one row per request, refused or not (append-only)."""
+"""``operations``: control operations run on this node, one row per request, refused or not (append-only),
+trimmed to the retention."""
 
 from __future__ import annotations
 
@@ -33,6 +34,14 @@ def insert(db: Database, rows: Sequence[Mapping[str, Any]]) -> None:
     """Rows as the operation runner records them (cri_agent/ops/runner.py), named by column."""
     if rows:
         db.table("operations").insert_all(rows)
+
+
+def trim(db: Database, *, now: float, rows: int, days: float) -> None:
+    """At most ``rows`` rows, none started more than ``days`` before ``now``."""
+    db.execute("DELETE FROM operations WHERE started_at < ?", [now - days * 86400])
+    last = db.execute("SELECT max(id) FROM operations").fetchone()[0]
+    if last is not None and last > rows:
+        db.execute("DELETE FROM operations WHERE id <= ?", [last - rows])
 
 
 def read(db: Database) -> list[StoredOperation]:

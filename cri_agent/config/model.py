@@ -101,6 +101,9 @@ class CacheSettings:
     # discovery_events keeps at most this many rows and this many days.
     event_retention_rows: int = 100_000
     event_retention_days: float = 30.0
+    # operations likewise (one row per control request, refused or not).
+    operation_retention_rows: int = 10_000
+    operation_retention_days: float = 90.0
 
 
 @dataclass(frozen=True, slots=True)

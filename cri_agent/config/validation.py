@@ -191,6 +191,8 @@ def _cache(s: Section) -> CacheSettings:
             path=s.value("path", path, d.path),
             event_retention_rows=s.value("event_retention_rows", integer(ge=100), d.event_retention_rows),
             event_retention_days=s.value("event_retention_days", positive(number), d.event_retention_days),
+            operation_retention_rows=s.value("operation_retention_rows", integer(ge=100), d.operation_retention_rows),
+            operation_retention_days=s.value("operation_retention_days", positive(number), d.operation_retention_days),
         )
     )
 
