@@ -234,9 +234,9 @@ def test_perf_data_stops_at_its_cap_and_the_profile_says_it_is_truncated(
 ) -> None:
     container.enter(busy := start(processes, [named_copy(tmp_path, "podbusy"), "-c", BUSY]))
     target = profile_target(container.pod(busy.pid))
-    capped = permit(Action.PROFILE, duration_s=10, frequency_hz=99, profile_bytes=256 * 1024)
+    capped = permit(Action.PROFILE, duration_s=10, frequency_hz=499, profile_bytes=128 * 1024)  # ~1 s of samples
     result = asyncio.run(profile(target, capped, directory=tmp_path / "scratch"))
-    assert result.by_size and "perf.data reached its cap of 262144 bytes" in result.truncated
+    assert result.by_size and "perf.data reached its cap of 131072 bytes" in result.truncated
     assert result.samples > 0 and result.duration_s < 8, (result.samples, result.duration_s)
 
 

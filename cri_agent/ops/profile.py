@@ -193,11 +193,15 @@ async def _script(perf: str, data: Path, *, max_bytes: int, timeout_s: float) ->
                     cut, by_size = f"perf script's output passed its cap of {max_bytes} bytes", True
                     break
                 folder.feed(line.decode(errors="replace"))
+            else:
+                await script.wait()  # read to its end: it is exiting, let the child watcher reap it
     except TimeoutError:
         cut = f"perf script ran past its deadline of {timeout_s:g} s"
     except ValueError:  # a line over LINE_LIMIT
         cut, by_size = f"perf script wrote a line over {LINE_LIMIT} bytes", True
     finally:
+        # Killed only when cut short (or cancelled): Process.kill() polls the child first, which would
+        # reap one that just exited before asyncio's watcher does (and make its exit status 255).
         if script.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 script.kill()
