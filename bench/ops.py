@@ -10,7 +10,7 @@ does) runs for a fixed time. Reported: packets captured per second, the
 kernel's drop count, and the offered rate on the receiving interface.
 
 Profiling overhead: a CPU-bound C loop pinned to one core reports its
-iterations per second; the agent's profile path (perf record -g -p at 49 and
+iterations per second; the agent's profile path (perf record -a -g -G <its cgroup>, at 49 and
 99 Hz) runs against it; overhead is the relative drop in throughput,
 median of alternating runs. Needs root, gcc, dumpcap (tshark) and perf.
 """
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import platform
 import statistics
 import subprocess
@@ -30,8 +31,10 @@ from pathlib import Path
 
 from bench.report import publish
 from coral_base.vocabulary import Action
+from cri_agent.cgroups import parse_mounts
 from cri_agent.ops.capture import capture
 from cri_agent.ops.guardrails import Permit
+from cri_agent.ops.namespaces import NetnsHandle, ProfileTarget, perf_hierarchy
 from cri_agent.ops.profile import profile
 
 RATES = (120_000, 250_000, 0)  # offered packets/s; 0: as fast as the generator can
@@ -152,7 +155,8 @@ def capture_run(flood: Path, seconds: float, rate: float) -> dict[str, float]:
             nonlocal forwarded
             forwarded += len(data)
 
-        stats = asyncio.run(capture(Path(f"/var/run/netns/{b}"), permit, bpf_filter="udp", emit=sink))
+        with NetnsHandle(os.open(f"/var/run/netns/{b}", os.O_RDONLY), source=b) as netns:
+            stats = asyncio.run(capture(netns, permit, bpf_filter="udp", emit=sink))
         sent = int(generator.communicate()[0].strip())
         offered = sent / (seconds + 4)
     return {
@@ -174,9 +178,28 @@ def throughput(busy: Path, seconds: float, *, frequency: int | None) -> float:
             action=Action.PROFILE, pod_uid="bench", duration_s=seconds - 0.5, max_bytes=0, max_packets=0,
             frequency_hz=frequency, nice=10,
         )  # fmt: skip
-        result = asyncio.run(profile([process.pid], permit))
+        with own_cgroup(process.pid) as name, tempfile.TemporaryDirectory() as scratch:
+            result = asyncio.run(profile(ProfileTarget(cgroups=(name,)), permit, directory=Path(scratch)))
         assert result.samples > 0
     return float(process.communicate()[0].strip())
+
+
+@contextlib.contextmanager
+def own_cgroup(pid: int) -> Iterator[str]:
+    """A cgroup of the hierarchy perf -G reads, holding ``pid`` alone (the agent profiles a container's)."""
+    hierarchy = perf_hierarchy(parse_mounts(Path("/proc/self/mountinfo").read_text()))
+    assert hierarchy is not None, "no cgroup hierarchy perf -G can use"
+    name = f"coral-bench-{pid}"
+    directory = hierarchy.mount_point / name
+    directory.mkdir()
+    try:
+        (directory / "cgroup.procs").write_text(str(pid))
+        yield name
+    finally:
+        with contextlib.suppress(OSError):  # the process is still in it: moved out when it exits
+            (hierarchy.mount_point / "cgroup.procs").write_text(str(pid))
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def overhead(busy: Path, seconds: float, rounds: int) -> dict[int, tuple[float, float, float]]:

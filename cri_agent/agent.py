@@ -137,6 +137,8 @@ class NodeAgent:
             node_name=self.node_name,
             lookup=self._pod_view,
             record=self._record_operation,
+            proc_root=settings.discovery.proc_root,
+            profile_dir=settings.ops.profile_dir or settings.cache.path.parent,
         )
         self.known = KnownState(services={}, pods={})
         self.pods: dict[PodUID, PodRecord] = {}  # the last snapshot, for control operations
@@ -364,6 +366,9 @@ class NodeAgent:
         cache = self.settings.cache
         retention = (cache.event_retention_rows, cache.event_retention_days)
         await self.cache.apply(result, now=now, touch=touch, retention=retention)
+        if touch:  # on full resyncs: operations age out on a node that runs none
+            rows, days = self._operation_retention()
+            await self.cache.state(lambda c: c.trim_operations(now=now, retention_rows=rows, retention_days=days))
         self.status_file.write(self._status())
 
     def _cache_contents(self) -> CacheContents:
@@ -436,7 +441,11 @@ class NodeAgent:
     async def _record_operation(self, row: Mapping[str, Any]) -> None:
         if self.metrics is not None:
             self.metrics.operation_ended(row)
-        await self.cache.record_operation(row)
+        await self.cache.record_operation(row, retention=self._operation_retention())
+
+    def _operation_retention(self) -> tuple[int, float]:
+        cache = self.settings.cache
+        return cache.operation_retention_rows, cache.operation_retention_days
 
     # -- conditions --------------------------------------------------------------
 

@@ -113,8 +113,13 @@ class CacheKeeper:
         timed = [TimedEvent(self.clock.time(), e) for e in events]
         await self._write(lambda c: c.record_events(timed, node_name=self.node_name), events=timed)
 
-    async def record_operation(self, row: Mapping[str, Any]) -> None:
-        await self._write(lambda c: c.record_operation(row), operations=[row])
+    async def record_operation(self, row: Mapping[str, Any], *, retention: tuple[int, float]) -> None:
+        """One operations row; the table keeps at most ``retention`` (rows, days)."""
+        rows, days = retention
+        now = self.clock.time()
+        await self._write(
+            lambda c: c.record_operation(row, now=now, retention_rows=rows, retention_days=days), operations=[row]
+        )
 
     async def state(self, write: Callable[[Cache], None]) -> None:
         """A write of current state (health, a condition, meta): skipped during an outage, restored after."""

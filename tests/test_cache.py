@@ -159,6 +159,42 @@ def test_events_older_than_the_retention_days_are_dropped(cache: Cache) -> None:
     assert [e.at for e in read(cache).events()] == [1000.0 + 31 * 86400]
 
 
+def operation(started_at: float, operator: str = "alice") -> dict[str, object]:
+    return {
+        "started_at": started_at,
+        "finished_at": started_at + 1.0,
+        "operator": operator,
+        "action": "tap",
+        "node_name": "node-a",
+        "namespace": "shop",
+        "pod_name": "web-0",
+        "service": "web",
+        "parameters": "{}",
+        "duration_s": 1.0,
+        "bytes": 0,
+        "packets": 0,
+        "outcome": "ok",
+        "error": "",
+    }
+
+
+def test_operation_retention_keeps_the_newest_rows(cache: Cache) -> None:
+    for n in range(150):
+        cache.record_operation(operation(1000.0 + n, f"op-{n}"), now=2000.0, retention_rows=100, retention_days=30)
+    rows = read(cache).operations()
+    assert (len(rows), rows[0].operator, rows[-1].operator) == (100, "op-50", "op-149")
+
+
+def test_operations_older_than_the_retention_days_are_dropped_even_when_none_runs(cache: Cache) -> None:
+    day = 86400.0
+    cache.record_operation(operation(1000.0, "old"), now=1000.0, retention_rows=100, retention_days=30)
+    cache.record_operation(
+        operation(1000.0 + 20 * day, "recent"), now=1000.0 + 20 * day, retention_rows=100, retention_days=30
+    )
+    cache.trim_operations(now=1000.0 + 31 * day, retention_rows=100, retention_days=30)
+    assert [r.operator for r in read(cache).operations()] == ["recent"]
+
+
 def test_the_file_is_in_wal_mode_for_concurrent_readers(cache: Cache, tmp_path: Path) -> None:
     mode = sqlite3.connect(tmp_path / "agent.db").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"

@@ -44,7 +44,7 @@ def cache(tmp_path: Path) -> Cache:
     written = Cache(tmp_path / "agent.db")
     apply(written, reconciliation([service()], events=5))
     for n in range(3):
-        written.record_operation(operation(n))
+        written.record_operation(operation(n), now=n, retention_rows=10_000, retention_days=90)
     return written
 
 

@@ -20,7 +20,7 @@ from cri_agent.conditions import Condition
 from cri_agent.discovery.engine import KnownState
 from cri_agent.errors import CacheError
 from cri_agent.model import EventKind
-from tests.test_cache import decision, reconciliation, service
+from tests.test_cache import decision, operation, reconciliation, service
 
 _T = TypeVar("_T")
 
@@ -201,3 +201,14 @@ def test_a_corrupt_cache_is_moved_aside_and_the_agent_starts_afresh(tmp_path: Pa
     assert aside.read_bytes() == damaged_bytes, "the corrupt file is kept as it was, for a post-mortem"
     [event] = [e for e in CacheReader(path).events(kind=EventKind.ERROR) if "corrupt" in e.reason]
     assert f"moved aside to {aside}" in event.reason and event.fields == ("cache",)
+
+
+def test_an_operation_is_recorded_and_the_table_aged_on_the_keepers_clock(tmp_path: Path) -> None:
+    async def scenario(h: Harness) -> list[str]:
+        await h.keeper.record_operation(operation(h.clock.time(), "old"), retention=(100, 1))
+        h.clock.advance(2 * 86400.0)
+        await h.keeper.record_operation(operation(h.clock.time(), "new"), retention=(100, 1))
+        with h.read() as reader:
+            return [row.operator for row in reader.operations()]
+
+    assert run(scenario, tmp_path) == ["new"]

@@ -181,7 +181,7 @@ def test_every_problem_is_named_at_once_unknown_keys_with_the_known_ones(tmp_pat
         "services.0.name: Field required",
         "ops.nice: Input should be less than or equal to 19",
         "ops.bogus: unknown key (expected one of: observeOnly, defaultDuration, maxDuration, maxConcurrent, "
-        "ratePerMinute, maxBytes, maxPackets, maxFrequencyHz, nice)",
+        "ratePerMinute, maxBytes, maxPackets, maxFrequencyHz, nice, profileMaxBytes, profileDir)",
         "log.level: Input should be 'debug', 'info', 'warning' or 'error'",
     ]
 

@@ -10,15 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from cri_agent.cgroups import CgroupRef, parse_cgroup, parse_cgroup_path
 from cri_agent.model import ContainerID, ContainerRecord, ContainerState, DeclaredPort, PodRecord, PodUID
-from cri_agent.providers.proc import (
-    CgroupRef,
-    ProcError,
-    ProcFS,
-    parse_cgroup,
-    parse_cgroup_path,
-    parse_net_table,
-)
+from cri_agent.providers.proc import ProcError, ProcFS, parse_net_table
 from tests.builders import container, pod
 
 TESTDATA = Path(__file__).parent / "testdata" / "proc"

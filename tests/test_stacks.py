@@ -6,7 +6,7 @@ import gzip
 from collections import Counter
 
 from coral_base.wire.pprof import profile_pb2
-from cri_agent.ops.stacks import flame_graph_svg, fold_perf_script, folded_text, pprof
+from cri_agent.ops.stacks import StackFolder, flame_graph_svg, fold_perf_script, folded_text, pprof
 
 PERF_SCRIPT = """busy 11967/11967
 \t            1635 leaf_hot+0x19 (/tmp/busy)
@@ -46,3 +46,10 @@ def test_flame_graph_and_text_outputs() -> None:
     svg = flame_graph_svg(folded, title="t")
     assert svg.startswith("<svg") and "leaf_hot (3 samples, 75.00%)" in svg and "&lt;b&gt;" in svg
     assert folded_text(folded) == "busy;main;<b> 1\nbusy;main;leaf_hot 3\n"
+
+
+def test_a_cut_off_text_leaves_out_its_last_sample_rather_than_root_it_wrongly() -> None:
+    folder = StackFolder()
+    for line in PERF_SCRIPT.splitlines()[:7]:  # the second sample loses its outer frame
+        folder.feed(line)
+    assert folder.finish(cut=True) == Counter({"busy;__libc_start_call_main;[busy];leaf_hot": 1})

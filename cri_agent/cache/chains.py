@@ -47,6 +47,19 @@ def prune_through(db: Database, table: str, last_id: int, *, now: float) -> int:
     return int(db.execute(f"DELETE FROM [{table}] WHERE id <= ?", [int(row[0])]).rowcount)
 
 
+def trim(db: Database, table: str, *, time_column: str, now: float, rows: int, days: float) -> None:
+    """At most ``rows`` rows, none older than ``days`` (by ``time_column``): the oldest go, in id order (a row
+    written after a backward clock step waits for those before it), and the last of them becomes the
+    chain's checkpoint."""
+    first, last = db.execute(f"SELECT min(id), max(id) FROM [{table}]").fetchone()
+    if last is None:
+        return
+    kept = db.execute(f"SELECT min(id) FROM [{table}] WHERE [{time_column}] >= ?", [now - days * 86400]).fetchone()[0]
+    through = max(last - rows, (kept - 1) if kept is not None else last)
+    if through >= first:
+        prune_through(db, table, through, now=now)
+
+
 def check(db: Database, table: str) -> Verdict:
     columns = CHAINED[table]
     return verify(

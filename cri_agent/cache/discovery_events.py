@@ -57,15 +57,8 @@ def insert(db: Database, events: Sequence[TimedEvent], *, node_name: str) -> Non
 
 
 def trim(db: Database, *, now: float, rows: int, days: float) -> None:
-    """At most ``rows`` rows, none older than ``days``: the oldest go, in id order (a row written after a
-    backward clock step waits for those before it), and the last of them becomes the chain's checkpoint."""
-    first, last = db.execute("SELECT min(id), max(id) FROM discovery_events").fetchone()
-    if last is None:
-        return
-    kept = db.execute("SELECT min(id) FROM discovery_events WHERE at >= ?", [now - days * 86400]).fetchone()[0]
-    through = max(last - rows, (kept - 1) if kept is not None else last)
-    if through >= first:
-        chains.prune_through(db, "discovery_events", through, now=now)
+    """At most ``rows`` rows, none older than ``days``; the chain keeps a checkpoint (``chains.trim``)."""
+    chains.trim(db, "discovery_events", time_column="at", now=now, rows=rows, days=days)
 
 
 def _row(timed: TimedEvent, *, node_name: str) -> dict[str, Any]:

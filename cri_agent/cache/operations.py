@@ -1,4 +1,5 @@
-"""``operations``: control operations run on this node, one row per request, refused or not (append-only)."""
+"""``operations``: control operations run on this node, one row per request, refused or not (append-only),
+trimmed to the retention."""
 
 from __future__ import annotations
 
@@ -34,6 +35,12 @@ def insert(db: Database, rows: Sequence[Mapping[str, Any]]) -> None:
     """Rows as the operation runner records them (cri_agent/ops/runner.py), named by column; appended to the
     table's hash chain (``chains``)."""
     chains.append(db, "operations", rows)
+
+
+def trim(db: Database, *, now: float, rows: int, days: float) -> None:
+    """At most ``rows`` rows, none started more than ``days`` before ``now``; the chain keeps a checkpoint
+    (``chains.trim``)."""
+    chains.trim(db, "operations", time_column="started_at", now=now, rows=rows, days=days)
 
 
 def read(db: Database) -> list[StoredOperation]:

@@ -156,10 +156,18 @@ class Cache:
         """Why the path no longer names the file this cache opened ("deleted", "replaced"), else ""."""
         return self._files.lost()
 
-    def record_operation(self, row: Mapping[str, Any]) -> None:
-        """One control operation, refused or not (append-only)."""
+    def record_operation(
+        self, row: Mapping[str, Any], *, now: float, retention_rows: int, retention_days: float
+    ) -> None:
+        """One control operation, refused or not (append-only), and the table trimmed to its retention."""
         with self.db.conn:
             operations_table.insert(self.db, [row])
+            operations_table.trim(self.db, now=now, rows=retention_rows, days=retention_days)
+
+    def trim_operations(self, *, now: float, retention_rows: int, retention_days: float) -> None:
+        """The retention applied without a new row (a node that runs no operation still ages its old ones out)."""
+        with self.db.conn:
+            operations_table.trim(self.db, now=now, rows=retention_rows, days=retention_days)
 
     def record_health(self, results: Sequence[Health]) -> None:
         """Latest probe results; rows of services no longer registered are dropped."""

@@ -101,6 +101,9 @@ class CacheSettings:
     # discovery_events keeps at most this many rows and this many days.
     event_retention_rows: int = 100_000
     event_retention_days: float = 30.0
+    # operations likewise (one row per control request, refused or not).
+    operation_retention_rows: int = 10_000
+    operation_retention_days: float = 90.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +167,10 @@ class OpsSettings:
     max_packets: int = 1_000_000
     max_frequency_hz: int = 99
     nice: int = 10  # capture and profiler processes run at this niceness
+    profile_max_bytes: int = 64 * 1024 * 1024  # perf.data of one profile (perf record --max-size)
+    # Where perf.data is written while a profile runs; None: the cache's directory (on disk, not a
+    # memory-backed /tmp that counts against the agent's memory limit).
+    profile_dir: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

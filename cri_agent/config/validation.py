@@ -195,6 +195,8 @@ def _cache(s: Section) -> CacheSettings:
             path=s.value("path", path, d.path),
             event_retention_rows=s.value("event_retention_rows", integer(ge=100), d.event_retention_rows),
             event_retention_days=s.value("event_retention_days", positive(number), d.event_retention_days),
+            operation_retention_rows=s.value("operation_retention_rows", integer(ge=100), d.operation_retention_rows),
+            operation_retention_days=s.value("operation_retention_days", positive(number), d.operation_retention_days),
         )
     )
 
@@ -234,6 +236,8 @@ def _ops(s: Section) -> OpsSettings:
             max_packets=s.value("max_packets", integer(ge=1), d.max_packets),
             max_frequency_hz=s.value("max_frequency_hz", integer(ge=1, le=999), d.max_frequency_hz),
             nice=s.value("nice", integer(ge=0, le=19), d.nice),
+            profile_max_bytes=s.value("profile_max_bytes", integer(ge=64 * 1024), d.profile_max_bytes),
+            profile_dir=s.value("profile_dir", optional(path), d.profile_dir),
         )
     )
 

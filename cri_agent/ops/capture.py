@@ -2,7 +2,9 @@
 
 The agent's own capture tool, Wireshark's dumpcap, runs in the pod's netns
 through ``nsenter --net`` (nothing is executed inside the workload's
-container), niced, with a CPU rlimit and a parent-death signal, writing
+container), entered by the descriptor opened when the operation was
+admitted (``namespaces.open_netns``), never by a pid that may have been
+reused since; niced, with a CPU rlimit and a parent-death signal, writing
 classic pcap to a pipe. The agent parses that stream and forwards only
 whole records, so the output is a valid pcap whichever limit stopped it:
 the duration, the byte ceiling (counted on the pcap written, header
@@ -27,11 +29,11 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from coral_base.vocabulary import StopReason
 from cri_agent.ops.child import bounded
 from cri_agent.ops.guardrails import Permit
+from cri_agent.ops.namespaces import NetnsHandle
 from cri_agent.ops.pcap import PcapStream, Record
 
 READ_SIZE = 64 * 1024
@@ -56,15 +58,16 @@ class CaptureStats:
     linktype: int = 0
 
 
-def capture_command(netns: Path, *, bpf_filter: str, snaplen: int, nice: int, cpu_seconds: int) -> list[str]:
+def capture_command(netns: NetnsHandle, *, bpf_filter: str, snaplen: int, nice: int, cpu_seconds: int) -> list[str]:
+    """The capture's command line; the child must be given ``netns.fd`` (``pass_fds``)."""
     dumpcap = shutil.which("dumpcap") or "/usr/bin/dumpcap"
-    command = ["nsenter", f"--net={netns}", "--", dumpcap, "-i", "any", "-P", "-w", "-"]
+    command = ["nsenter", f"--net={netns.child_path}", "--", dumpcap, "-i", "any", "-P", "-w", "-"]
     command += ["-s", str(snaplen), "-B", str(BUFFER_MIB)]
     return bounded(command + (["-f", bpf_filter] if bpf_filter.strip() else []), cpu_seconds=cpu_seconds, nice=nice)
 
 
 async def capture(
-    netns: Path,
+    netns: NetnsHandle,
     permit: Permit,
     *,
     bpf_filter: str = "",
@@ -79,6 +82,7 @@ async def capture(
         ),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        pass_fds=(netns.fd,),
     )
     assert process.stdout is not None and process.stderr is not None
     stderr_task = asyncio.create_task(process.stderr.read())

@@ -52,6 +52,7 @@ class Permit:
     max_packets: int
     frequency_hz: int
     nice: int
+    profile_bytes: int = 64 * 1024 * 1024  # perf.data's cap (ops.profileMaxBytes)
 
 
 class Guardrails:
@@ -109,6 +110,7 @@ class Guardrails:
             max_packets=request.max_packets or s.max_packets,
             frequency_hz=frequency,
             nice=s.nice,
+            profile_bytes=s.profile_max_bytes,
         )
 
     def release(self, permit: Permit) -> None:

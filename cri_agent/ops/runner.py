@@ -1,8 +1,12 @@
 """Runs one control request on this node: guardrails, the operation, the record.
 
 Input is an ``OperationRequest`` (decoded from ``agent.v1`` by the codec),
-output is the artifacts and the final result to send back. Every request, refused or not, becomes a row of
-the cache's ``operations`` table (the colony audits it too).
+output is the artifacts and the final result to send back. Every request,
+refused or not, becomes a row of the cache's ``operations`` table (the
+colony audits it too). Once admitted, an operation pins its target at once
+(``namespaces``: the pod's netns by descriptor, or its containers'
+cgroups), so a pid reused since the last poll cannot point it at another
+process.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from coral_base.vocabulary import Action, ArtifactKind, Outcome, StopReason
@@ -21,6 +26,7 @@ from cri_agent.model import PodRecord, PodUID
 from cri_agent.operation import Artifact, OperationRequest, OperationResult
 from cri_agent.ops import namespaces
 from cri_agent.ops.guardrails import Guardrails, Permit, Refused, Request
+from cri_agent.paths import DEFAULT_CACHE
 
 if TYPE_CHECKING:
     from cri_agent.ops.capture import CaptureStats
@@ -45,11 +51,23 @@ RecordOperation = Callable[[Mapping[str, Any]], Awaitable[None]]  # writes an op
 
 
 class OperationRunner:
-    def __init__(self, guardrails: Guardrails, *, node_name: str, lookup: Lookup, record: RecordOperation) -> None:
+    def __init__(
+        self,
+        guardrails: Guardrails,
+        *,
+        node_name: str,
+        lookup: Lookup,
+        record: RecordOperation,
+        proc_root: Path = Path("/proc"),
+        profile_dir: Path = DEFAULT_CACHE.parent,
+    ) -> None:
+        """``proc_root``: the host's /proc; ``profile_dir``: where perf.data is written (ops.profileDir)."""
         self.guardrails = guardrails
         self.node_name = node_name
         self.lookup = lookup
         self.record = record
+        self.proc_root = proc_root
+        self.profile_dir = profile_dir
 
     async def run(self, request: OperationRequest) -> AsyncGenerator[Artifact | OperationResult, None]:
         """Yield artifacts, then exactly one result (also when cancelled)."""
@@ -114,20 +132,20 @@ class OperationRunner:
     ) -> AsyncIterator[Artifact]:
         from cri_agent.ops.capture import capture  # lazy: see run()
 
-        netns = namespaces.netns_path(pod)
         result.engine = ENGINE_CAPTURE
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(CAPTURE_BACKLOG)
-        task = asyncio.create_task(capture(netns, permit, bpf_filter=request.filter, emit=queue.put))
-        task.add_done_callback(lambda _: _end(queue))
-        try:
-            while (data := await queue.get()) is not None:
-                yield Artifact(request.request_id, ArtifactKind.PCAP, data)
-            _fill(result, task.result())
-        finally:
-            if not task.done():
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        with namespaces.open_netns(pod, proc_root=self.proc_root) as netns:
+            queue: asyncio.Queue[bytes | None] = asyncio.Queue(CAPTURE_BACKLOG)
+            task = asyncio.create_task(capture(netns, permit, bpf_filter=request.filter, emit=queue.put))
+            task.add_done_callback(lambda _: _end(queue))
+            try:
+                while (data := await queue.get()) is not None:
+                    yield Artifact(request.request_id, ArtifactKind.PCAP, data)
+                _fill(result, task.result())
+            finally:
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
 
     async def _sample(
         self, request: OperationRequest, pod: PodRecord, permit: Permit, result: OperationResult
@@ -135,7 +153,8 @@ class OperationRunner:
         from cri_agent.ops.sample import sample  # lazy: see run()
 
         result.engine = ENGINE_CAPTURE
-        stats, result.flows = await sample(namespaces.netns_path(pod), permit, bpf_filter=request.filter)
+        with namespaces.open_netns(pod, proc_root=self.proc_root) as netns:
+            stats, result.flows = await sample(netns, permit, bpf_filter=request.filter)
         _fill(result, stats)
         return
         yield  # an async generator that yields no chunk: the flows travel in the result
@@ -146,10 +165,14 @@ class OperationRunner:
         from cri_agent.ops import stacks  # lazy: see run()
         from cri_agent.ops.profile import profile
 
-        profiled = await profile(namespaces.container_pids(pod), permit)
+        target = namespaces.profile_target(pod, proc_root=self.proc_root)
+        profiled = await profile(target, permit, directory=self.profile_dir, proc_root=self.proc_root)
         result.samples, result.duration_s, result.engine = profiled.samples, profiled.duration_s, profiled.engine
-        result.stopped_by = StopReason.DURATION
+        result.stopped_by = StopReason.MAX_BYTES if profiled.by_size else StopReason.DURATION
         title = f"{pod.namespace}/{pod.name}: {profiled.samples} samples at {permit.frequency_hz} Hz"
+        if profiled.truncated:  # the operator sees the engine line: say there that the profile is cut short
+            result.engine += f"; truncated: {profiled.truncated}"
+            title += " (truncated)"
         outputs = {
             ArtifactKind.PPROF: stacks.pprof(
                 profiled.folded,

@@ -7,17 +7,16 @@ payload is kept, which is why observe-only mode allows it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from cri_agent.operation import Flow
 from cri_agent.ops.capture import CaptureStats, capture
 from cri_agent.ops.guardrails import Permit
+from cri_agent.ops.namespaces import NetnsHandle
 from cri_agent.ops.pcap import FlowTable, Record
 
 HEADER_SNAPLEN = 128
 
 
-async def sample(netns: Path, permit: Permit, *, bpf_filter: str = "") -> tuple[CaptureStats, list[Flow]]:
+async def sample(netns: NetnsHandle, permit: Permit, *, bpf_filter: str = "") -> tuple[CaptureStats, list[Flow]]:
     table: FlowTable | None = None
 
     def count(record: Record, linktype: int) -> None:

@@ -22,32 +22,48 @@ _FRAME = re.compile(r"^\s+(?P<ip>[0-9a-f]+)\s+(?P<sym>.+?)\s+\((?P<dso>[^)]*)\)\
 _OFFSET = re.compile(r"\+0x[0-9a-f]+$")
 
 
-def fold_perf_script(text: str) -> Counter[str]:
-    """``perf script`` (comm, pid/tid, then ip sym (dso) frames, leaf first) -> folded stacks."""
-    folded: Counter[str] = Counter()
-    comm = ""
-    frames: list[str] = []
+class StackFolder:
+    """``perf script`` lines (comm, pid/tid, then ip sym (dso) frames, leaf first) -> folded stacks, one line at
+    a time: the profiler reads perf's output as it comes and never holds the whole text."""
 
-    def flush() -> None:
-        if comm:
-            folded[";".join([comm, *reversed(frames)])] += 1
+    def __init__(self) -> None:
+        self.folded: Counter[str] = Counter()
+        self._comm = ""
+        self._frames: list[str] = []
 
-    for line in text.splitlines():
+    def feed(self, line: str) -> None:
         if not line.strip():
-            flush()
-            comm, frames = "", []
+            self._flush()
         elif not line[0].isspace():
-            flush()
+            self._flush()
             match = _HEADER.match(line)
-            comm, frames = (match.group("comm").replace(";", ":") if match else line.split()[0]), []
+            self._comm = match.group("comm").replace(";", ":") if match else line.split()[0]
         elif match := _FRAME.match(line):
             symbol = _OFFSET.sub("", match.group("sym"))
             if symbol == "[unknown]":
                 dso = match.group("dso").rsplit("/", 1)[-1]
                 symbol = f"[{dso}]" if dso and dso != "[unknown]" else "[unknown]"
-            frames.append(symbol.replace(";", ":"))
-    flush()
-    return folded
+            self._frames.append(symbol.replace(";", ":"))
+
+    def finish(self, *, cut: bool = False) -> Counter[str]:
+        """The folded stacks; ``cut``: the text stopped mid-way, so its last sample (maybe without its outer
+        frames, which come last) is left out rather than counted under a wrong root."""
+        if not cut:
+            self._flush()
+        return self.folded
+
+    def _flush(self) -> None:
+        if self._comm:
+            self.folded[";".join([self._comm, *reversed(self._frames)])] += 1
+        self._comm, self._frames = "", []
+
+
+def fold_perf_script(text: str) -> Counter[str]:
+    """The whole of a ``perf script`` text -> folded stacks."""
+    folder = StackFolder()
+    for line in text.splitlines():
+        folder.feed(line)
+    return folder.finish()
 
 
 def folded_text(folded: Mapping[str, int]) -> str:

@@ -1,10 +1,7 @@
 """The node's processes, read from ``/proc`` (the agent runs with hostPID).
 
-- pid -> (pod UID, container ID) from ``/proc/<pid>/cgroup``, for every
-  layout seen in the field: kubelet's cgroupfs and systemd drivers,
-  containerd (``cri-containerd-<id>.scope``), CRI-O (``crio-<id>.scope``),
-  Docker, containerd without a cgroup parent (``/k8s.io/<id>``), v1, v2 and
-  hybrid hierarchies, nested under other roots;
+- pid -> (pod UID, container ID) from ``/proc/<pid>/cgroup`` (parsed by
+  ``cri_agent.cgroups``, which knows every layout seen in the field);
 - listening sockets of a pod's network namespace from
   ``/proc/<pid>/net/{tcp,tcp6,udp,udp6}`` (TCP LISTEN, unconnected UDP), so
   ports a pod never declared are found too;
@@ -18,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import socket
 import struct
 from collections.abc import Iterable, Sequence
@@ -27,6 +23,7 @@ from pathlib import Path
 from typing import Literal
 
 from coral_base.errors import CoralError
+from cri_agent.cgroups import parse_cgroup
 from cri_agent.model import (
     ContainerID,
     ContainerRecord,
@@ -36,12 +33,6 @@ from cri_agent.model import (
     PodUID,
 )
 from cri_agent.providers.sockdiag import NetlinkUnavailable, NetnsListeners
-
-_CONTAINER_ID = r"[0-9a-f]{64}"
-# The last path component names the container in every layout.
-_LEAF = re.compile(rf"^(?:(?:cri-containerd|crio|docker|containerd)-)?(?P<id>{_CONTAINER_ID})(?:\.scope)?$")
-_POD_CGROUPFS = re.compile(r"^pod(?P<uid>[0-9a-fA-F-]{36})$")
-_POD_SYSTEMD = re.compile(r"^kubepods(?:-[a-z]+)?-pod(?P<uid>[0-9a-fA-F_]{36})\.slice$")
 
 _TCP_LISTEN = "0A"
 _UDP_UNCONNECTED = "07"
@@ -60,12 +51,6 @@ class ProcError(CoralError):
 
 
 @dataclass(frozen=True, slots=True)
-class CgroupRef:
-    pod_uid: PodUID | None
-    container_id: ContainerID | None
-
-
-@dataclass(frozen=True, slots=True)
 class ProcScan:
     """One pass over every pid: which container each process belongs to."""
 
@@ -73,37 +58,6 @@ class ProcScan:
     pod_uid_by_container: dict[ContainerID, PodUID]
     comm: dict[int, str]
     zombies: frozenset[int] = frozenset()  # exited, not yet reaped
-
-
-def parse_cgroup_path(path: str) -> CgroupRef | None:
-    parts = [p for p in path.split("/") if p]
-    if not parts:
-        return None
-    leaf = _LEAF.match(parts[-1])
-    if leaf is None:
-        return None
-    uid: PodUID | None = None
-    for part in parts[:-1]:
-        if match := _POD_CGROUPFS.match(part):
-            uid = PodUID(match.group("uid").lower())
-        elif match := _POD_SYSTEMD.match(part):
-            uid = PodUID(match.group("uid").replace("_", "-").lower())
-    return CgroupRef(pod_uid=uid, container_id=ContainerID(leaf.group("id")))
-
-
-def parse_cgroup(text: str) -> CgroupRef | None:
-    """``/proc/<pid>/cgroup`` (v1 lines, the v2 ``0::`` line, or both) -> pod and container."""
-    best: CgroupRef | None = None
-    for line in text.splitlines():
-        _, _, path = line.partition(":")
-        _, _, path = path.partition(":")
-        ref = parse_cgroup_path(path.strip())
-        if ref is None:
-            continue
-        if ref.pod_uid is not None:
-            return ref
-        best = best or ref
-    return best
 
 
 def parse_stat(text: str) -> tuple[str, str]:
