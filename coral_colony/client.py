@@ -158,6 +158,11 @@ class ColonyClient:
         """The answer as it came: ``codec.agents_of`` reads it, ``codec.as_json`` prints it."""
         return self._call(self._stub.ListAgents, codec.agents_request(node=node))
 
+    def revoke_agent(self, node: str) -> tuple[str, int]:
+        """Revoke the node's enrollment: (its agent's id, the services removed)."""
+        answer = self._call(self._stub.RevokeAgent, codec.revoke_request(node))
+        return codec.revoked(answer)
+
     def services(self, where: ServiceFilter) -> colony_pb2.ListServicesResponse:
         """The answer as it came: ``codec.groups_of`` reads it, ``codec.as_json`` prints it."""
         return self._call(self._stub.ListServices, codec.services_request(where))

@@ -202,6 +202,14 @@ def issued_certificate(issued: IssuedCertificate) -> identity_pb2.Certificate:
     )
 
 
+def revoke_request(node: str) -> colony_pb2.RevokeAgentRequest:
+    return colony_pb2.RevokeAgentRequest(node=node)
+
+
+def revoked(response: colony_pb2.RevokeAgentResponse) -> tuple[str, int]:
+    return response.agent_id, response.services_removed
+
+
 def revoke_node(request: colony_pb2.RevokeAgentRequest) -> str:
     return request.node
 

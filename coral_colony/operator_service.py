@@ -307,6 +307,8 @@ def resolve_pod(reader: RegistryReader, target: str, *, node: str = "") -> tuple
         by_service = False
     if not found and "/" not in target:
         found = reader.services(ServiceFilter(name_exact=target))
+    if node:  # the operator picked the node: candidates elsewhere are not it
+        found = [s for s in found if s.service.node_name == node]
     if not found and node and target.count("/") == 1:
         agents = [a for a in reader.agents(node=node) if a.agent.kind is AgentKind.NODE_AGENT]
         if not agents:
@@ -315,10 +317,15 @@ def resolve_pod(reader: RegistryReader, target: str, *, node: str = "") -> tuple
         return OperationTarget(namespace=namespace, pod_name=pod), agents[0].agent.agent_id, node
     if not found:
         raise LookupError(f"no service or pod {target!r} in the colony (coral services lists them)")
-    pods = sorted({(s.service.namespace, s.service.pod_name) for s in found})
+    # A pod is a pod of one node's agent: the same namespace/pod (or key) reported by two agents is two
+    # candidates (one of them lying), never the first row found.
+    pods = sorted({(s.service.namespace, s.service.pod_name, s.service.node_name, s.agent_id) for s in found})
     if len(pods) > 1:
-        choices = ", ".join(f"{ns}/{pod}" for ns, pod in pods[:10])
-        raise LookupError(f"{target!r} matches {len(pods)} pods ({choices}): name one as namespace/pod")
+        choices = ", ".join(f"{ns}/{pod} on node {node} (agent {agent})" for ns, pod, node, agent in pods[:10])
+        more = f" and {len(pods) - 10} more" if len(pods) > 10 else ""
+        same_pod = len({p[:2] for p in pods}) < len(pods)
+        hint = "name one as namespace/pod" + (" and pick the node with --node" if same_pod else "")
+        raise LookupError(f"{target!r} matches {len(pods)} pods: {choices}{more}; {hint}")
     chosen = found[0]
     service = chosen.service
     if chosen.stale:

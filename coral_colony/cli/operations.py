@@ -73,7 +73,12 @@ def _target(parser: argparse.ArgumentParser, *, default_duration: str) -> None:
         metavar="DURATION",
         help=f"how long, e.g. 30s, 1m30s (default {default_duration}; the node caps it)",
     )
-    parser.add_argument("--node", default="", help="for a namespace/pod the colony does not list: the node it runs on")
+    parser.add_argument(
+        "--node",
+        default="",
+        help="the node the pod runs on: picks among pods of one name on several nodes, or routes a namespace/pod "
+        "the colony does not list",
+    )
     connection_flags(parser)
 
 

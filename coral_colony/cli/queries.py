@@ -36,6 +36,17 @@ def register(commands: Any) -> None:
     agents.add_argument("--node", default="", help="only this node")
     output_flags(agents, watch=True)
     agents.set_defaults(handler=agents_command)
+    agent_commands = agents.add_subparsers(dest="agents_command", metavar="COMMAND")
+    revoke = agent_commands.add_parser(
+        "revoke",
+        help="revoke a node's enrollment (admin scope)",
+        description="Revoke NODE's enrollment: its agent is disconnected at once and its certificate refused "
+        "from then on, its services leave the registry, and the node may enroll again (a replaced node's new "
+        "agent, say). The agent itself does not enroll again until its identity record is removed.",
+    )
+    revoke.add_argument("node", metavar="NODE")
+    connection_flags(revoke)
+    revoke.set_defaults(handler=revoke_command)
 
     services = commands.add_parser("services", help="services in the colony, one line each with its node")
     connection_flags(services)
@@ -129,6 +140,13 @@ def agents_command(args: argparse.Namespace) -> int:
             return codec.agents_of(client.agents(node=args.node))
 
         _list_or_watch(args, fetch, AGENT_COLUMNS, agent_document, key=lambda s: s.agent.agent_id)
+    return 0
+
+
+def revoke_command(args: argparse.Namespace) -> int:
+    with open_client(args) as client:
+        agent_id, removed = client.revoke_agent(args.node)
+    print(f"node {args.node}: enrollment revoked; agent {agent_id} disconnected, {removed} service(s) removed")
     return 0
 
 
