@@ -24,6 +24,7 @@ from coral_base.logs import emit
 from coral_base.vocabulary import Outcome
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from cri_agent import colony_codec
+from cri_agent.identity import IdentityError
 from cri_agent.operation import OperationRequest, OperationResult
 from cri_agent.ops.runner import OperationRunner
 from cri_agent.sync import ColonySync
@@ -59,6 +60,8 @@ class ControlStream:
                     emit(
                         log, "control.disconnected", level=logging.WARNING, reason=f"{exc.code().name}: {exc.details()}"
                     )
+            except IdentityError:
+                pass  # the certificate went (revoked, or the colony forgot the node): the sync says why
             finally:
                 self.connected = False
                 await self._cancel_all()

@@ -182,8 +182,9 @@ class AgentIdentity:
         return signed
 
     def channel(self) -> grpc.aio.Channel:
-        """The agent endpoint, over mutual TLS with the current certificate."""
-        assert self.current is not None and self.current.enrolled
+        """The agent endpoint, over mutual TLS with the current certificate (IdentityError: none yet)."""
+        if self.current is None or not self.current.enrolled:
+            raise IdentityError(self.revoked or f"node {self.node_name} is not enrolled yet")
         roots = self.ca_pem + b"\n" + self.current.ca_pem.encode()  # the pinned CA and those the colony sent
         credentials = grpc.ssl_channel_credentials(
             root_certificates=roots,

@@ -192,6 +192,7 @@ class ColonySync:
                     continue
                 if exc.code() == grpc.StatusCode.UNAUTHENTICATED:
                     self._acked = None  # the session is gone: register again
+                    self._registered.clear()  # the control stream waits for the next registration
                     if self.identity is not None:
                         self.identity.refused(exc)
                 reason = self._reason(exc)

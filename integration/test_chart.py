@@ -409,10 +409,21 @@ def test_the_colony_serves_metrics_on_its_own_port_and_service() -> None:
     service_ports = {p["name"]: p["port"] for p in one(rendered, "Service", "colony")["spec"]["ports"]}
     assert (args[args.index("--metrics-listen") + 1], service_ports) == (
         "0.0.0.0:9091",
-        {"grpc": 9000, "metrics": 9091},
+        {"grpc": 9000, "agents": 9001, "metrics": 9091},
     )
     disabled = one(render("colony.enabled=true", "metrics.enabled=false"), "Deployment")
     assert "--metrics-listen" not in disabled["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_the_colony_tells_agents_the_port_its_service_exposes_for_them() -> None:
+    """Enrolled agents dial the port the colony names at enrollment: the pod's and the Service's must agree."""
+    rendered = render("colony.enabled=true", "colony.service.agentPort=9443")
+    container = one(rendered, "Deployment")["spec"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    ports = {p["name"]: p for p in one(rendered, "Service", "colony")["spec"]["ports"]}
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args[args.index("--agent-listen") + 1] == "0.0.0.0:9443"
+    assert (ports["agents"]["port"], ports["agents"]["targetPort"], container_ports["agents"]) == (9443, "agents", 9443)
 
 
 def test_service_monitors_select_the_agents_and_the_colony_by_their_metrics_ports() -> None:

@@ -78,7 +78,12 @@ class Cluster:
         }
 
     def operations_all(self) -> list[dict[str, object]]:
-        return [{**r, **json.loads(str(r["detail"]))} for r in self.colony.audit("operation")]
+        """The operations' final entries (each also has an ``operation.started`` entry, written when routed)."""
+        return [
+            {**r, **json.loads(str(r["detail"]))}
+            for r in self.colony.audit("operation")
+            if r["action"] != "operation.started"
+        ]
 
     def operations(self, operator: str) -> list[dict[str, object]]:
         return [r for r in self.operations_all() if r["actor"] == operator]
