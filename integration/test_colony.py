@@ -20,8 +20,12 @@ import grpc
 import pytest
 import yaml
 
+from coral_base.vocabulary import EnrollMethod
+from coral_base.wire.coral.identity.v1 import identity_pb2_grpc
 from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from coral_cli import main
+from cri_agent import colony_codec
+from cri_agent.keygen import key_and_request
 from integration.harness.agent import AgentProcess
 from integration.harness.colony import ColonyProcess
 from integration.harness.containerd import PrivateContainerd
@@ -278,58 +282,58 @@ def test_an_agent_with_a_wrong_secret_or_ca_is_rejected_with_a_clear_error(
     finally:
         assert intruder.stop() == 0
     if change == "secret":
-        refused = [r for r in colony.audit("auth") if r["action"] == "agent.refused"]
+        refused = [r for r in colony.audit("auth") if r["action"] == "agent.enrollment_refused"]
         assert refused and refused[-1]["agent_id"] == "node-agent-intruder"
 
 
-def test_agent_a_cannot_overwrite_or_delete_agent_b_services(colony: ColonyProcess, nodes: tuple[Node, Node]) -> None:
+def test_the_colony_secret_can_neither_impersonate_nor_re_enroll_an_enrolled_node(
+    colony: ColonyProcess, nodes: tuple[Node, Node]
+) -> None:
+    """Whoever holds the secret (any node) tries the review's attacks on node-b's agent: Register as it with
+    the secret, then enroll node-b with a key of its own. Both are refused; node-b's services are as they were."""
     _, b = nodes
     b.web("victim-0")
     converged(colony, nodes)
     victim = next(r for r in colony.services() if r["pod_name"] == "victim-0")
+    secret = colony.secret_file.read_text().strip()
 
-    async def attack() -> tuple[list[str], list[str]]:
+    async def attack() -> tuple[grpc.StatusCode, grpc.StatusCode]:
         credentials = grpc.ssl_channel_credentials(root_certificates=colony.ca.read_bytes())
         async with grpc.aio.secure_channel(colony.address, credentials) as channel:
-            stub = mesh_pb2_grpc.MeshStub(channel)
             forged = mesh_pb2.ServiceInfo(
-                service_key=victim["key"], component_name="hijacked", port=8080, pod_ip="10.99.0.1", node_name="node-a"
+                service_key=victim["key"], component_name="hijacked", port=8080, pod_ip="10.99.0.1", node_name="node-b"
             )
-            registered = await stub.Register(
-                mesh_pb2.RegisterRequest(
-                    agent_id="node-agent-node-a-rogue",
-                    colony_id=colony.colony_id,
-                    colony_secret=colony.secret_file.read_text().strip(),
-                    node_name="node-a",
-                    services=[forged],
-                )
+            as_victim = mesh_pb2.RegisterRequest(
+                agent_id="node-agent-node-b",
+                colony_id=colony.colony_id,
+                colony_secret=secret,
+                node_name="node-b",
+                services=[forged],
             )
-            removal = await stub.UpdateServices(
-                mesh_pb2.UpdateServicesRequest(
-                    agent_id="node-agent-node-a-rogue",
-                    session_token=registered.session_token,
-                    sequence=1,
-                    upserts=[forged],
-                    removed_keys=[victim["key"]],
-                )
+            with pytest.raises(grpc.aio.AioRpcError) as register:
+                await mesh_pb2_grpc.MeshStub(channel).Register(as_victim, timeout=5)
+            made = key_and_request("node-b")
+            enroll = colony_codec.enroll_request(
+                colony_id=colony.colony_id,
+                node_name="node-b",
+                csr_pem=made["csr_pem"],
+                method=EnrollMethod.SECRET,
+                credential=secret,
+                version="rogue",
             )
-            await stub.Deregister(
-                mesh_pb2.DeregisterRequest(agent_id="node-agent-node-a-rogue", session_token=registered.session_token)
-            )
-            return list(registered.refused_keys), list(removal.refused_keys)
+            with pytest.raises(grpc.aio.AioRpcError) as enrolled:
+                await identity_pb2_grpc.EnrollmentStub(channel).Enroll(enroll, timeout=5)
+            return register.value.code(), enrolled.value.code()
 
-    refused_register, refused_delta = asyncio.run(attack())
-    assert refused_register == [victim["key"]] and refused_delta == [victim["key"], victim["key"]]
+    assert asyncio.run(attack()) == (grpc.StatusCode.UNIMPLEMENTED, grpc.StatusCode.ALREADY_EXISTS)
     after = next(r for r in colony.services() if r["key"] == victim["key"])
     assert (after["agent_id"], after["component_name"], after["pod_ip"]) == (
         victim["agent_id"],
         victim["component_name"],
         victim["pod_ip"],
     )
-    refusals = [
-        r for r in colony.audit("auth") if r["action"] == "service.refused" and r["service_key"] == victim["key"]
-    ]
-    assert len(refusals) == 3 and all("owned by agent node-agent-node-b" in r["detail"] for r in refusals)
+    refusals = [r for r in colony.audit("auth") if r["action"] == "agent.enrollment_refused"]
+    assert refusals and "node node-b is enrolled to another key" in refusals[-1]["detail"]
 
 
 def test_an_operator_needs_a_token_and_then_sees_services_with_their_node(
