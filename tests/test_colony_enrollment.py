@@ -32,7 +32,7 @@ from coral_colony.tokens import OperatorTokens
 from cri_agent import colony_codec
 from cri_agent.enrollment import Credential
 from cri_agent.identity import load
-from cri_agent.model import ServiceInfo
+from cri_agent.model import ServiceInfo, ServiceKey
 from cri_agent.sync import ColonyEndpoint, ColonySync
 from tests.colony import enrolling_sync, free_port, serving
 from tests.test_sync import svc
@@ -60,7 +60,7 @@ class Running:
         with sqlite3.connect(f"file:{self.directory / 'colony.db'}?mode=ro", uri=True) as db:
             return list(db.execute("SELECT agent_id, node_name, key FROM services ORDER BY agent_id, key"))
 
-    def operator(self, *scopes: Scope) -> colony_pb2_grpc.ColonyStub:
+    def operator(self, *scopes: Scope) -> colony_pb2_grpc.ColonyAsyncStub:
         token = OperatorTokens(self.directory).create(
             f"op-{len(self.audit('operator.refused'))}-{time.monotonic_ns()}", scopes=scopes or [Scope.ADMIN]
         )
@@ -135,7 +135,8 @@ def legacy_register(colony: Running, agent_id: str, node: str, *keys: str) -> Aw
         node_name=node,
         node_labels={},
         services=[
-            colony_codec.service(replace(svc(0), key=key, node_name=node), None, {}).SerializeToString() for key in keys
+            colony_codec.service(replace(svc(0), key=ServiceKey(key), node_name=node), None, {}).SerializeToString()
+            for key in keys
         ],
     )
     channel = grpc.aio.secure_channel(
@@ -401,7 +402,7 @@ def test_a_revoked_agent_is_disconnected_within_5_s_and_cannot_reconnect(tmp_pat
             beat = colony_codec.heartbeat_request(agent_id="", session="", health=victim.health, sequence=0)
             again = await refused(mesh_pb2_grpc.MeshStub(channel).Heartbeat(beat, timeout=5))
             await until(lambda: bool(victim.identity and victim.identity.revoked))
-            await channel.close()
+            await channel.close(None)
             return took, again.code(), again.details() or "", victim.identity.revoked, colony.services()
 
     took, code, details, reason, rows = run(scenario())
@@ -430,7 +431,7 @@ def test_the_certificate_is_renewed_before_it_expires_and_the_old_one_kept_until
         ):
             assert sync.identity is not None and sync.identity.current is not None
             first = sync.identity.current.certificate_pem
-            await until(lambda: bool(colony.audit("agent.renewed")), within=12)
+            await until(lambda: bool(colony.audit("agent.renewed")), within=30)
             await until(lambda: sync.connected and sync.in_sync)
             record = load(colony.directory.parent / "node-a.json")
             assert record is not None

@@ -57,7 +57,9 @@ def test_targets_resolve_by_name_key_or_pod_and_ambiguity_is_explained(tmp_path:
     assert (target.pod_name, target.service_key, agent, node) == ("db-0", "shop/u3/db/5432", "a", "node-a")
     assert resolve_pod(reg, "shop/u1/web/80")[0].pod_name == "web-0"
     assert resolve_pod(reg, "shop/web-1")[0].pod_uid == "u2"
-    with pytest.raises(LookupError, match=r"matches 2 pods .*name one as namespace/pod"):
+    with pytest.raises(
+        LookupError, match=r"matches 2 pods: shop/web-0 on node node-a \(agent a\), .*name one as namespace/pod"
+    ):
         resolve_pod(reg, "web")
     with pytest.raises(LookupError, match="no service or pod 'nope'"):
         resolve_pod(reg, "nope")
