@@ -27,15 +27,25 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from coral_base.wire.coral.identity.v1 import identity_pb2, identity_pb2_grpc
 from coral_colony import codec
 from coral_colony.enrolled import Enrolled
-from coral_colony.model import AuditEntry, AuditKind, EnrollCall, Enrollment, EnrollMethod, IssuedCertificate, Scope
+from coral_colony.model import (
+    AuditEntry,
+    AuditKind,
+    BoundToken,
+    EnrollCall,
+    Enrollment,
+    EnrollMethod,
+    IssuedCertificate,
+    Scope,
+)
 from coral_colony.refusals import Refusals
 from coral_colony.signer import AGENT_CERT_LIFETIME, EnrollmentRefused, Signed, agent_id_for, sign_agent
 from coral_colony.stores.writer import WriterThread
 from coral_colony.tokens import OperatorTokens
 
 _Context = grpc.aio.ServicerContext[object, object]
-# A projected ServiceAccount token -> the node it is bound to, or why it is refused.
-ServiceAccountCheck = Callable[[str], Awaitable[str | EnrollmentRefused]]
+# A projected ServiceAccount token -> its account and the node it is bound to, or why it is refused
+# (coral_colony.token_review.TokenReviewer asks the Kubernetes API).
+ServiceAccountCheck = Callable[[str], Awaitable[BoundToken | EnrollmentRefused]]
 
 
 class EnrollmentService(identity_pb2_grpc.EnrollmentServicer, identity_pb2_grpc.RenewalServicer):
@@ -119,10 +129,13 @@ class EnrollmentService(identity_pb2_grpc.EnrollmentServicer, identity_pb2_grpc.
                 bound = await self.service_accounts(call.credential)
                 if isinstance(bound, EnrollmentRefused):
                     why = str(bound)
-                elif bound != call.node_name:
-                    why = f"the ServiceAccount token is bound to node {bound!r}, not {call.node_name!r}"
+                elif bound.node_name != call.node_name:
+                    why = (
+                        f"the token of {bound.service_account} is bound to node {bound.node_name!r}, "
+                        f"not {call.node_name!r}"
+                    )
                 else:
-                    name = "serviceaccount"
+                    name = bound.credential()
         else:
             why = "no credential"
         if why:

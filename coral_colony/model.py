@@ -233,6 +233,21 @@ class EnrollCall:
 
 
 @dataclass(frozen=True, slots=True)
+class BoundToken:
+    """What the Kubernetes API says of a projected ServiceAccount token: whose it is, and where it is bound."""
+
+    service_account: str  # system:serviceaccount:NAMESPACE:NAME
+    node_name: str  # the node of the pod the token is bound to
+    pod_name: str = ""
+
+    def credential(self) -> str:
+        """The enrollment's credential, as the registry and the audit log name it (never the token)."""
+        namespace = self.service_account.split(":")[2] if self.service_account.count(":") == 3 else ""
+        pod = f" pod {namespace}/{self.pod_name}" if self.pod_name else ""
+        return f"{self.service_account}{pod}"
+
+
+@dataclass(frozen=True, slots=True)
 class IssuedCertificate:
     """What Enroll and Renew answer."""
 

@@ -133,6 +133,8 @@ def test_every_setting_of_the_everything_file_reaches_the_agent(tmp_path: Path) 
         ("colony.auditRetention=400", "colony.auditRetention"),  # 400 seconds? a retention says its unit
         ("probes.liveness.periodSecond=5", "Additional property periodSecond is not allowed"),
         ("colony.probes.readiness.failureThreshold=0", "colony.probes.readiness.failureThreshold"),
+        ("colony.enrollment.method=token", "colony.enrollment.method"),
+        ("colony.enrollment.audiance=x", "Additional property audiance is not allowed"),
     ],
 )
 def test_unknown_keys_and_bad_values_are_refused(value: str, message: str) -> None:
@@ -154,6 +156,62 @@ def test_with_a_colony_the_secret_is_mounted_optional() -> None:
     pod = one(render("colony.secretName=my-colony"), "DaemonSet")["spec"]["template"]["spec"]
     [secret] = [v["secret"] for v in pod["volumes"] if v["name"] == "colony"]
     assert secret == {"secretName": "my-colony", "defaultMode": 0o400, "optional": True}
+
+
+@pytest.mark.parametrize(
+    ("method", "credential"),
+    [
+        ("secret", {"secretFile": "/etc/coral/colony/colony-secret"}),
+        ("bootstrapToken", {"bootstrapTokenFile": "/etc/coral/colony/bootstrap-token"}),
+        ("serviceAccount", {"serviceAccountTokenFile": "/var/run/secrets/coral/colony-token/token"}),
+    ],
+)
+def test_the_agent_enrolls_with_the_one_credential_of_the_enrollment_method(
+    method: str, credential: dict[str, str]
+) -> None:
+    colony = agent_config(render(f"colony.enrollment.method={method}"))["colony"]
+    files = {k: v for k, v in colony.items() if k in {"secretFile", "bootstrapTokenFile", "serviceAccountTokenFile"}}
+    assert files == credential and colony["caFile"] == "/etc/coral/colony/ca.crt"
+
+
+def test_service_account_enrollment_projects_a_pod_bound_token_even_without_api_access() -> None:
+    rendered = render(files=(CHART / "ci" / "service-account-enrollment-values.yaml",))
+    pod = one(rendered, "DaemonSet")["spec"]["template"]["spec"]
+    [projected] = [v["projected"] for v in pod["volumes"] if v["name"] == "colony-token"]
+    assert projected["sources"] == [
+        {"serviceAccountToken": {"audience": "coral-colony-prod", "expirationSeconds": 7200, "path": "token"}}
+    ]
+    assert pod["automountServiceAccountToken"] is False
+    assert {"name": "colony-token", "mountPath": "/var/run/secrets/coral/colony-token", "readOnly": True} in pod[
+        "containers"
+    ][0]["volumeMounts"]
+
+
+def test_the_colony_checking_service_account_tokens_has_its_account_and_may_only_create_tokenreviews() -> None:
+    rendered = render("colony.enabled=true", "colony.enrollment.method=serviceAccount", release="coral-node-agent")
+    colony = one(rendered, "Deployment")["spec"]["template"]["spec"]
+    assert colony["serviceAccountName"] == "coral-node-agent-colony" and colony["automountServiceAccountToken"]
+    args = colony["containers"][0]["args"]
+    assert args[args.index("--enroll-service-account") + 1] == "coral-system/coral-node-agent"
+    assert args[args.index("--token-audience") + 1] == "coral-colony"
+    role = one(rendered, "ClusterRole", "colony")
+    assert role["rules"] == [
+        {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}
+    ]
+    binding = one(rendered, "ClusterRoleBinding", "colony")
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "coral-node-agent-colony", "namespace": "coral-system"}
+    ]
+    assert one(rendered, "ServiceAccount", "colony")["metadata"]["name"] == "coral-node-agent-colony"
+
+
+@pytest.mark.parametrize("values", [(), ("colony.enabled=true",), ("colony.enrollment.method=serviceAccount",)])
+def test_without_service_account_enrollment_in_the_release_the_colony_gets_no_api_rights(
+    values: tuple[str, ...],
+) -> None:
+    rendered = render(*values)
+    colony_docs = [d for d in docs(rendered) if d["metadata"]["labels"].get("app.kubernetes.io/component") == "colony"]
+    assert not [d for d in colony_docs if d["kind"] in {"ServiceAccount", "ClusterRole", "ClusterRoleBinding"}]
 
 
 @pytest.mark.parametrize(

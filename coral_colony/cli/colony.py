@@ -17,6 +17,7 @@ from coral_base.logs import configure
 from coral_base.tables import age, print_table
 from coral_base.vocabulary import Scope
 from coral_colony.identity import init_colony, load_colony
+from coral_colony.kube_api import ApiServer
 from coral_colony.server import (
     DEREGISTER_GRACE_S,
     HEARTBEAT_TIMEOUT_S,
@@ -26,6 +27,7 @@ from coral_colony.server import (
     serve,
 )
 from coral_colony.signer import AGENT_CERT_LIFETIME
+from coral_colony.token_review import DEFAULT_AUDIENCE, ServiceAccountName, TokenReviewer
 from coral_colony.tokens import OperatorTokens, parse_scopes
 
 DEFAULT_SCOPES = frozenset({Scope.READ, Scope.AUDIT})  # look, not touch: operate is granted explicitly
@@ -66,6 +68,25 @@ def register(commands: Any) -> None:
         type=flag(parse_span),
         default=AGENT_CERT_LIFETIME.total_seconds(),
         help="how long an agent's certificate lasts; agents renew it after two thirds (default 24h)",
+    )
+    start.add_argument(
+        "--enroll-service-account",
+        action="append",
+        default=[],
+        metavar="NAMESPACE/NAME",
+        help="enroll agents that present a projected token of this ServiceAccount, checked with the Kubernetes "
+        "TokenReview API; the token's pod binds the node (repeatable; default: none, such tokens are refused)",
+    )
+    start.add_argument(
+        "--token-audience",
+        default=None,
+        help=f"the audience agents project their ServiceAccount token for (default {DEFAULT_AUDIENCE})",
+    )
+    start.add_argument(
+        "--kubeconfig",
+        type=Path,
+        help="the API that checks ServiceAccount tokens (default: in-cluster, the colony pod's own account, "
+        "which needs create on tokenreviews)",
     )
     start.add_argument("--db", type=Path, help="registry file (default DIR/colony.db)")
     start.add_argument(
@@ -165,6 +186,7 @@ def init_command(args: argparse.Namespace) -> int:
 def start_command(args: argparse.Namespace) -> int:
     configure(fmt=args.log_format)
     identity = load_colony(args.dir)
+    service_accounts = _token_reviewer(args)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -186,10 +208,25 @@ def start_command(args: argparse.Namespace) -> int:
             ttl=args.ttl,
             deregister_grace=args.deregister_grace,
             audit_retention=args.audit_retention,
+            service_accounts=service_accounts,
         )
 
     asyncio.run(run())
     return 0
+
+
+def _token_reviewer(args: argparse.Namespace) -> TokenReviewer | None:
+    """The ServiceAccount check ``--enroll-service-account`` asks for, its API loaded now (a mistake stops the
+    start, not the first enrollment); None without the flag."""
+    if not args.enroll_service_account:
+        if args.kubeconfig or args.token_audience is not None:
+            raise ConfigError("--kubeconfig and --token-audience only go with --enroll-service-account NAMESPACE/NAME")
+        return None
+    accounts = [ServiceAccountName.parse(text) for text in args.enroll_service_account]
+    api = ApiServer.from_kubeconfig(args.kubeconfig) if args.kubeconfig else ApiServer.in_cluster()
+    reviewer = TokenReviewer(api, allowed=accounts, audience=args.token_audience or DEFAULT_AUDIENCE)
+    reviewer.announce()
+    return reviewer
 
 
 def token_create(args: argparse.Namespace) -> int:

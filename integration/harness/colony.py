@@ -156,6 +156,9 @@ class ColonyProcess:
     def agents(self) -> list[dict[str, Any]]:
         return self._query("SELECT * FROM agents ORDER BY agent_id")
 
+    def enrollments(self) -> list[dict[str, Any]]:
+        return self._query("SELECT * FROM enrollments ORDER BY node_name")
+
     def audit(self, kind: str = "") -> list[dict[str, Any]]:
         if kind:
             return self._query("SELECT * FROM audit WHERE kind = ? ORDER BY id", (kind,))

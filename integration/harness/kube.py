@@ -3,9 +3,11 @@
 kube-apiserver and kubectl come from ``make kube-binaries`` (built from the
 k8s.io/kubernetes Go module, integration/kube); etcd from Debian. The API
 server authenticates static tokens: ``admin`` (system:masters), the node
-agent's ServiceAccount identity (bound to nothing until a test applies the
-shipped RBAC) and ``nobody``. Authorization is RBAC only. No controller
-manager runs, so admission plugins that need one are off.
+agent's and the chart's colony's ServiceAccount identities (bound to nothing
+until a test applies the shipped RBAC) and ``nobody``; it also issues and
+reviews real ServiceAccount tokens (TokenRequest, TokenReview), bound to pods
+and their nodes. Authorization is RBAC only. No controller manager runs, so
+admission plugins that need one are off.
 """
 
 from __future__ import annotations
@@ -25,9 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 REPO = Path(__file__).resolve().parents[2]
 KUBE_BIN = REPO / ".cache" / "kube" / "bin"
 AGENT_USER = "system:serviceaccount:coral-system:coral-node-agent"
+# The chart's colony (release coral-node-agent), as its pod's own token names it: it checks agents' tokens.
+COLONY_USER = "system:serviceaccount:coral-system:coral-node-agent-colony"
 TOKENS = {
     "admin": ("admin-token", "admin", "system:masters"),
     "agent": ("agent-token", AGENT_USER, "system:serviceaccounts,system:serviceaccounts:coral-system"),
+    "colony": ("colony-token", COLONY_USER, "system:serviceaccounts,system:serviceaccounts:coral-system"),
     "nobody": ("nobody-token", "nobody", ""),
     "pods-only": ("pods-only-token", "pods-only", ""),  # tests bind it to a role without owners' rights
 }
@@ -69,7 +74,7 @@ class ControlPlane:
         return self.dir / "certs" / "apiserver.crt"
 
     def kubeconfig(self, who: str) -> Path:
-        """A kubeconfig for one of ``TOKENS``: ``admin``, ``agent``, ``nobody``, ``pods-only``."""
+        """A kubeconfig for one of ``TOKENS``: ``admin``, ``agent``, ``colony``, ``nobody``, ``pods-only``."""
         path = self.dir / f"{who}.kubeconfig"
         if not path.exists():
             config = {

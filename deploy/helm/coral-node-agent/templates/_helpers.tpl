@@ -95,6 +95,7 @@ colony (deploy/colony.yaml).
 
 {{/* The agent's container paths. */}}
 {{- define "coral.colonyDir" -}}/etc/coral/colony{{- end }}
+{{- define "coral.colonyTokenDir" -}}/var/run/secrets/coral/colony-token{{- end }}
 {{- define "coral.cacheFile" -}}/var/lib/coral/agent.db{{- end }}
 
 {{/*
@@ -124,15 +125,28 @@ agent.yaml: .Values.config with the keys tied to the pod set by the chart.
 {{- end }}
 {{- $address := include "coral.colonyAddress" . }}
 {{- if $address }}
-{{- $_ := set $owned "colony" (dict
+{{- $colony := dict
   "address" $address
   "colonyId" .Values.colony.colonyId
-  "caFile" (printf "%s/ca.crt" (include "coral.colonyDir" .))
-  "secretFile" (printf "%s/colony-secret" (include "coral.colonyDir" .))) }}
+  "caFile" (printf "%s/ca.crt" (include "coral.colonyDir" .)) }}
+{{- $method := .Values.colony.enrollment.method }}
+{{- if eq $method "serviceAccount" }}
+{{- $_ := set $colony "serviceAccountTokenFile" (printf "%s/token" (include "coral.colonyTokenDir" .)) }}
+{{- else if eq $method "bootstrapToken" }}
+{{- $_ := set $colony "bootstrapTokenFile" (printf "%s/bootstrap-token" (include "coral.colonyDir" .)) }}
+{{- else }}
+{{- $_ := set $colony "secretFile" (printf "%s/colony-secret" (include "coral.colonyDir" .)) }}
+{{- end }}
+{{- $_ := set $owned "colony" $colony }}
 {{- end }}
 {{- $config := mustMergeOverwrite (deepCopy .Values.config) $owned }}
 {{- if not $address }}
 {{- $_ := unset $config "colony" }}
 {{- end }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/* ServiceAccount enrollment: the agents project a token for the colony, which checks it with TokenReview. */}}
+{{- define "coral.serviceAccountEnrollment" -}}
+{{- if eq .Values.colony.enrollment.method "serviceAccount" }}true{{ end }}
 {{- end }}
