@@ -22,6 +22,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -75,17 +76,25 @@ class ColonyHealth:
     # -- the check, on the event loop ----------------------------------------------------------------
 
     async def run(self) -> None:
-        """Check every CHECK_EVERY_S until cancelled."""
-        reader = await asyncio.to_thread(RegistryReader, self.database)
+        """Check every CHECK_EVERY_S until cancelled.
+
+        The reader lives on one thread of its own: opened, used and closed there, in that order, so a
+        check still running when the colony stops finishes before its connection closes (closing it
+        under a running query crashed the process).
+        """
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="health-reader")
+        loop = asyncio.get_running_loop()
+        reader = await loop.run_in_executor(thread, RegistryReader, self.database)
         try:
             while True:
-                await self.check(reader)
+                await self.check(reader, thread)
                 await self.clock.sleep(CHECK_EVERY_S)
         finally:
-            reader.close()
+            thread.submit(reader.close)  # after any check in flight, on the same thread
+            thread.shutdown(wait=False)
 
-    async def check(self, reader: RegistryReader) -> Verdict:
-        verdict = await self._verdict(reader)
+    async def check(self, reader: RegistryReader, thread: ThreadPoolExecutor | None = None) -> Verdict:
+        verdict = await self._verdict(reader, thread)
         self._checked_at = self.clock.monotonic()
         changed, self._ready = verdict.ok != self._ready.ok, verdict
         if changed:
@@ -99,11 +108,11 @@ class ColonyHealth:
                 await self.on_ready(verdict.ok)
         return verdict
 
-    async def _verdict(self, reader: RegistryReader) -> Verdict:
+    async def _verdict(self, reader: RegistryReader, thread: ThreadPoolExecutor | None) -> Verdict:
         if not self.serving:
             return Verdict(False, "the gRPC server is not serving")
         try:
-            await asyncio.to_thread(reader.check)
+            await asyncio.get_running_loop().run_in_executor(thread, reader.check)
         except sqlite3.Error as exc:
             return Verdict(False, f"the registry {self.database} cannot be read: {exc}")
         try:
