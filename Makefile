@@ -85,6 +85,7 @@ bench:
 	$(PY) -m bench.discovery --pods 250 --output BENCHMARKS.md
 	$(PY) -m bench.ops --output BENCHMARKS.md
 	$(PY) -m bench.colony --agents 1000 --services 250 --output BENCHMARKS.md
+	$(PY) -m bench.enrollment --agents 1000 --services 250 --output BENCHMARKS.md
 	$(PY) -m bench.fallback --nodes 20 --pods-per-node 250 --output BENCHMARKS.md
 	$(PY) -m bench.metrics --pods 250 --output BENCHMARKS.md
 

@@ -2,7 +2,8 @@
 
     python -m bench.colony --agents 1000 --services 250 --output BENCHMARKS.md
 
-A real colony process (TLS, its SQLite registry) and a load generator
+A real colony process (TLS, its SQLite registry; agents with the shared
+secret allowed on its public endpoint) and a load generator
 speaking mesh.v1 from one process: every agent registers its full set
 (requests serialized beforehand, 64 in flight, over 8 channels), then the
 agents live for a while: each sends a delta (two services change health) on
@@ -174,7 +175,9 @@ def count_services(colony: ColonyProcess) -> int:
 
 def run(agents: int, services: int, seconds: float, delta_interval: float) -> str:
     with tempfile.TemporaryDirectory() as tmp:
-        colony = ColonyProcess(Path(tmp) / "colony", heartbeat_timeout=3600).start()
+        colony = ColonyProcess(Path(tmp) / "colony", heartbeat_timeout=3600)
+        colony.extra_args = ["--allow-shared-secret-agents"]  # the public endpoint, as agents before enrollment
+        colony.start()
         assert colony.process is not None
         pid = colony.process.pid
         try:
