@@ -289,7 +289,7 @@ class ColonySync:
         request = colony_codec.register_request(
             agent_id=self.agent_id,
             colony_id=endpoint.colony_id,
-            secret=endpoint.secret,
+            secret="" if self.identity is not None else endpoint.secret,  # an enrolled agent is its certificate
             version=endpoint.version,
             node_name=endpoint.node_name,
             node_labels=endpoint.node_labels,
