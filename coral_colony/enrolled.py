@@ -37,20 +37,28 @@ class Enrolled:
 
     def __init__(self, colony_id: str, known: Iterable[Enrollment] = ()) -> None:
         self.colony_id = colony_id
-        self._by_node = {e.node_name: e for e in known}
+        self._by_node: dict[str, Enrollment] = {}
+        self._in_force: set[str] = set()  # agent ids with an enrollment in force: asked on every legacy call
+        for enrollment in known:
+            self.put(enrollment)
 
     def get(self, node_name: str) -> Enrollment | None:
         return self._by_node.get(node_name)
 
     def put(self, enrollment: Enrollment) -> None:
+        previous = self._by_node.get(enrollment.node_name)
+        if previous is not None:
+            self._in_force.discard(previous.agent_id)
         self._by_node[enrollment.node_name] = enrollment
+        if not enrollment.revoked_at:
+            self._in_force.add(enrollment.agent_id)
 
     def in_force(self, node_name: str) -> bool:
         current = self._by_node.get(node_name)
         return current is not None and not current.revoked_at
 
     def agent_in_force(self, agent_id: str) -> bool:
-        return any(e.agent_id == agent_id and not e.revoked_at for e in self._by_node.values())
+        return agent_id in self._in_force
 
     def peer(self, context: _Context) -> PeerAgent | None:
         """The certificate's agent, when the call came with one (the agent endpoint); None otherwise."""

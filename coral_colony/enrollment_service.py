@@ -13,6 +13,7 @@ that endpoint, trades it for a new one before it expires.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hmac
 import time
@@ -154,8 +155,9 @@ class EnrollmentService(identity_pb2_grpc.EnrollmentServicer, identity_pb2_grpc.
 
     async def _sign(self, csr_pem: bytes, node_name: str, context: _Context) -> Signed:
         key, ca = self.signing_ca
-        try:
-            return sign_agent(
+        try:  # off the event loop: a burst of enrollments must not stall every other call
+            return await asyncio.to_thread(
+                sign_agent,
                 csr_pem,
                 ca_key=key,
                 ca_cert=ca,
