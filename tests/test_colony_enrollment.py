@@ -491,3 +491,28 @@ def test_agent_control_messages_are_unchanged_by_enrollment() -> None:
     """The Hello an enrolled agent sends names no one the colony believes: the certificate does."""
     hello = colony_codec.hello(agent_id="", session="s")
     assert isinstance(hello, agent_pb2.AgentMessage) and hello.hello.agent_id == ""
+
+
+def test_rotating_the_colony_secret_touches_no_enrolled_agent(tmp_path: Path) -> None:
+    """The secret only enrolls: a new one (and a restarted colony) leaves enrolled agents as they were,
+    and the old one enrolls nobody any more."""
+
+    async def scenario() -> tuple[bool, int, str]:
+        directory = colony_dir(tmp_path)
+        old = load_colony(directory).secret()
+        async with running(directory) as colony, synced(agent(colony, "node-a", svc(1))):
+            ports = (colony.port, colony.agent_port)
+        (directory / "colony-secret").write_text("a-new-secret\n")  # as `kubectl apply` of a new Secret would
+        async with (
+            running(directory, ports=ports) as colony,
+            synced(agent(colony, "node-a", svc(1), svc(2))) as enrolled,  # its record: no secret needed
+        ):
+            late = agent(colony, "node-b", credential=Credential(EnrollMethod.SECRET, old))
+            task = asyncio.create_task(late.run())
+            await until(lambda: bool(colony.audit("agent.enrollment_refused")))
+            task.cancel()
+            refusal = colony.audit("agent.enrollment_refused")[0]["detail"]
+            return enrolled.in_sync, len(colony.audit("agent.enrolled")), refusal
+
+    in_sync, enrollments, refusal = run(scenario())
+    assert (in_sync, enrollments, refusal.startswith("wrong colony secret")) == (True, 1, True)
