@@ -149,6 +149,7 @@ class Timeline:
     expired_cert: x509.Certificate | None = None
     expired_key_kept: bool = False
     enrolled_again: list[str] = field(default_factory=list)
+    old_ca_file_enrolls: bool = False  # the running agent, its caFile still the previous CA's, enrolling after finish
 
 
 def certificate_of(sync: ColonySync) -> x509.Certificate:
@@ -244,6 +245,13 @@ async def rotation_timeline(directory: Path, pinned: Path) -> Timeline:
                 and (back.identity.current.key_pem == key)
             )
             timeline.enrolled_again = audit_details(directory, "agent.enrolled")
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            restarted = agent(directory, port, "node-a", ca=pinned, identity=ids / "a.json")
+            assert restarted.identity is not None
+            current = await restarted.identity.ensure()
+            restarted.identity.current = replace(current, not_after=time.time())  # as if it had expired
+            timeline.old_ca_file_enrolls = (await restarted.identity.ensure()).not_after > time.time()
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
@@ -269,6 +277,10 @@ def test_after_finish_an_agent_pinning_only_the_previous_ca_still_syncs(timeline
     assert timeline.kept_syncing_after_finish
 
 
+def test_after_finish_an_agent_pinning_only_the_previous_ca_still_enrolls(timeline: Timeline) -> None:
+    assert timeline.old_ca_file_enrolls  # the public endpoint trusts the CAs the colony sent, as the agent one
+
+
 def test_an_agent_away_the_whole_window_is_refused_and_told_why(timeline: Timeline) -> None:
     assert "is colony.caFile the colony's current ca.crt (after a CA rotation, the new one" in timeline.away_reasons[0]
     assert "it does not take this agent's certificate" in timeline.away_reasons_new_ca[0]
@@ -279,4 +291,4 @@ def test_an_agent_whose_certificate_expired_while_away_enrolls_again_with_the_sa
     assert timeline.new_ca is not None and timeline.expired_cert is not None
     timeline.expired_cert.verify_directly_issued_by(timeline.new_ca)
     assert (timeline.expired_back, timeline.expired_key_kept) == (True, True)
-    assert sum("enrolled again (same key)" in detail for detail in timeline.enrolled_again) == 1
+    assert sum("enrolled again (same key)" in detail for detail in timeline.enrolled_again) == 1  # node-c's only
