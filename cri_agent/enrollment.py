@@ -216,8 +216,9 @@ class AgentIdentity:
         until = datetime.datetime.fromtimestamp(self.current.not_after, datetime.UTC)
         return (
             f"the colony's agent endpoint at {self.current.agent_address} closed the connection in the TLS "
-            f"handshake: it does not take this agent's certificate (valid until {until:%Y-%m-%dT%H:%M:%SZ}), as "
-            "when the colony finished a CA rotation while the agent was away; the agent enrolls again with its "
+            "handshake: most likely it does not take this agent's certificate (valid until "
+            f"{until:%Y-%m-%dT%H:%M:%SZ}), as when the colony finished a CA rotation while the agent was away; "
+            "the agent enrolls again with its "
             f"credential once the certificate expires, or at once after `coral agents revoke {self.node_name}` "
             f"and removing {self.path} ({details})"
         )

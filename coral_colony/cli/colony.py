@@ -18,7 +18,7 @@ from coral_base.logs import configure
 from coral_base.tables import age, print_table
 from coral_base.vocabulary import Scope
 from coral_colony.ca_rotation import MIN_OVERLAP, CaChange, describe, finish_ca_rotation, rotate_ca
-from coral_colony.identity import ColonyIdentity, init_colony, load_colony
+from coral_colony.identity import init_colony, load_colony
 from coral_colony.kube_api import ApiServer
 from coral_colony.server import (
     DEREGISTER_GRACE_S,
@@ -298,7 +298,7 @@ def token_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _ca_lines(identity: ColonyIdentity, change: CaChange) -> None:
+def _ca_lines(change: CaChange) -> None:
     print(f"  signing CA:   {describe(change.signing)}, valid until {change.signing.not_valid_after_utc:%Y-%m-%d}")
     print(f"  previous CA:  {describe(change.previous)}")
 
@@ -307,7 +307,7 @@ def ca_rotate(args: argparse.Namespace) -> int:
     identity = load_colony(args.dir)
     change = rotate_ca(identity, now=datetime.datetime.now(datetime.UTC))
     print(f"colony {identity.colony_id}: CA rotation started in {identity.directory}")
-    _ca_lines(identity, change)
+    _ca_lines(change)
     print(f"  {identity.ca_cert} holds both CAs (the new one first); {identity.ca_key} is the new CA's key")
     print(f"  {identity.server_cert} is still signed by the previous CA: agents pinning only it still connect")
     print("next:")
@@ -328,7 +328,7 @@ def ca_finish(args: argparse.Namespace) -> int:
         min_overlap=datetime.timedelta(seconds=args.min_overlap),
     )
     print(f"colony {identity.colony_id}: CA rotation finished in {identity.directory}")
-    _ca_lines(identity, change)
+    _ca_lines(change)
     print(f"  {identity.server_cert} is signed by the new CA ({', '.join(identity.hosts)}); the previous CA is dropped")
     print("next:")
     print("  1. restart the colony (with the chart: update its identity Secret first): it refuses certificates")
