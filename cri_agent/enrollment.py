@@ -21,6 +21,10 @@ What the colony answers decides what the agent does next:
   is removed;
 - a colony that no longer knows the node (it lost its registry): the agent
   enrolls again at once;
+- a certificate that expired while the agent was away (longer than its
+  lifetime: then also across any whole CA rotation, whose CA the colony may
+  have dropped): the agent enrolls again with the same key, which the colony
+  signs again for the node it is bound to;
 - a colony without the Enrollment service (an older release): the agent
   registers with the shared secret, as agents did before.
 """
@@ -28,6 +32,7 @@ What the colony answers decides what the agent does next:
 from __future__ import annotations
 
 import asyncio
+import datetime
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -113,8 +118,22 @@ class AgentIdentity:
         if self.current is None:
             self.current = await asyncio.to_thread(self._load)
         if self.current is not None and self.current.enrolled:
-            return self.current
+            if not self.expired():
+                return self.current
+            emit(
+                log,
+                "identity.expired",
+                level=logging.WARNING,
+                not_after=round(self.current.not_after),
+                reason="the certificate expired (the agent was away longer than its lifetime): enrolling again",
+            )
         return await self._enroll()
+
+    def expired(self) -> bool:
+        """True once the certificate is past its end: the colony would refuse it (expired, or of a CA it dropped
+        since: a CA rotation outlasts a certificate's lifetime). The same key enrolls again."""
+        current = self.current
+        return current is not None and 0 < current.not_after <= self.clock.time()
 
     def _load(self) -> Identity | None:
         found = identity.load(self.path)
@@ -144,7 +163,7 @@ class AgentIdentity:
             credential=self.credential.current(),
             version=self.version,
         )
-        async with public_channel(self.address, self.ca_pem) as channel:
+        async with public_channel(self.address, self.roots()) as channel:
             answer = await identity_pb2_grpc.EnrollmentStub(channel).Enroll(request, timeout=self.timeout_s)
         signed = await self._keep(record, answer)
         emit(log, "identity.enrolled", agent_id=signed.agent_id, node=self.node_name, method=self.credential.method)
@@ -181,13 +200,43 @@ class AgentIdentity:
         self._csr = ""
         return signed
 
+    @property
+    def dialing(self) -> str:
+        """Where the next call goes: the agent endpoint with a certificate in force, the public one to enroll."""
+        if self.current is not None and self.current.enrolled and not self.expired():
+            return self.current.agent_address
+        return self.address
+
+    def certificate_refused(self, details: str) -> str | None:
+        """Why the agent endpoint closed every connection before a call, when ``details`` say so and the
+        agent dialed it with a certificate in force: the colony does not take that certificate."""
+        if self.dialing == self.address or "failed to connect" not in details or "Socket closed" not in details:
+            return None
+        assert self.current is not None
+        until = datetime.datetime.fromtimestamp(self.current.not_after, datetime.UTC)
+        return (
+            f"the colony's agent endpoint at {self.current.agent_address} closed the connection in the TLS "
+            "handshake: most likely it does not take this agent's certificate (valid until "
+            f"{until:%Y-%m-%dT%H:%M:%SZ}), as when the colony finished a CA rotation while the agent was away; "
+            "the agent enrolls again with its "
+            f"credential once the certificate expires, or at once after `coral agents revoke {self.node_name}` "
+            f"and removing {self.path} ({details})"
+        )
+
+    def roots(self) -> bytes:
+        """The CAs the colony is verified with, on both endpoints: the pinned ``colony.caFile`` and those the
+        colony sent with the agent's last certificate. During a CA rotation the colony sends the new CA
+        too, so an agent whose caFile still holds only the previous one (its Secret not updated yet) keeps
+        verifying the colony once its server certificate moved to the new CA."""
+        sent = self.current.ca_pem.encode() if self.current is not None else b""
+        return self.ca_pem + b"\n" + sent if sent else self.ca_pem
+
     def channel(self) -> grpc.aio.Channel:
         """The agent endpoint, over mutual TLS with the current certificate (IdentityError: none yet)."""
         if self.current is None or not self.current.enrolled:
             raise IdentityError(self.revoked or f"node {self.node_name} is not enrolled yet")
-        roots = self.ca_pem + b"\n" + self.current.ca_pem.encode()  # the pinned CA and those the colony sent
         credentials = grpc.ssl_channel_credentials(
-            root_certificates=roots,
+            root_certificates=self.roots(),
             private_key=self.current.key_pem.encode(),
             certificate_chain=self.current.certificate_pem.encode(),
         )

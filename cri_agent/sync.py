@@ -245,12 +245,16 @@ class ColonySync:
             return self.identity.revoked
         if exc.code() in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.UNAUTHENTICATED):
             return describe(exc)
+        if self.identity is not None and (refused := self.identity.certificate_refused(details)):
+            return refused
         if self.endpoint.ca_pem is not None and any(
             word in details.lower() for word in ("handshake", "certificate", "ssl", "tls")
         ):
+            address = self.identity.dialing if self.identity is not None else self.endpoint.address
             return (
-                f"TLS handshake with the colony at {self.endpoint.address} failed: is colony.caFile the "
-                f"colony's ca.crt and the address one its certificate names? ({details})"
+                f"TLS handshake with the colony at {address} failed: is colony.caFile the colony's current "
+                "ca.crt (after a CA rotation, the new one; the agent also trusts those the colony sent with its "
+                f"certificate) and the address one its certificate names? ({details})"
             )
         if exc.code() == grpc.StatusCode.UNAVAILABLE:
             return f"the colony at {self.endpoint.address} is unreachable; retrying ({details})"

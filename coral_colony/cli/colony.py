@@ -1,9 +1,10 @@
-"""``coral colony init|start|token``: create a colony, run it, manage operator tokens."""
+"""``coral colony init|start|token|ca``: create a colony, run it, manage operator tokens, rotate its CA."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime
 import signal
 import socket
 import time
@@ -11,11 +12,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from coral_base.durations import flag, parse_duration, parse_span
+from coral_base.durations import flag, parse_duration, parse_span, parse_timeout
 from coral_base.errors import ConfigError
 from coral_base.logs import configure
 from coral_base.tables import age, print_table
 from coral_base.vocabulary import Scope
+from coral_colony.ca_rotation import MIN_OVERLAP, CaChange, describe, finish_ca_rotation, rotate_ca
 from coral_colony.identity import init_colony, load_colony
 from coral_colony.kube_api import ApiServer
 from coral_colony.server import (
@@ -171,6 +173,22 @@ def register(commands: Any) -> None:
             )
         command.set_defaults(handler=handler)
 
+    ca = sub.add_parser("ca", help="rotate the colony CA with an overlap window (docs/security.md)")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True, metavar="COMMAND")
+    rotate = ca_sub.add_parser("rotate", help="a new CA signs agents' certificates; the current one stays trusted")
+    rotate.add_argument("--dir", type=Path, required=True, help="the colony directory")
+    rotate.set_defaults(handler=ca_rotate)
+    finish = ca_sub.add_parser("finish", help="the server certificate moves to the new CA; the previous CA is dropped")
+    finish.add_argument("--dir", type=Path, required=True, help="the colony directory")
+    finish.add_argument(
+        "--min-overlap",
+        type=flag(parse_timeout),
+        default=MIN_OVERLAP.total_seconds(),
+        help="refuse to finish a rotation started less than this ago: the colony's --agent-cert-lifetime "
+        "(default 24h; 0 finishes at once, cutting off every agent that has not renewed since)",
+    )
+    finish.set_defaults(handler=ca_finish)
+
 
 def init_command(args: argparse.Namespace) -> int:
     colony_id = args.colony_id or f"colony-{uuid.uuid4().hex[:8]}"
@@ -277,4 +295,45 @@ def token_list(args: argparse.Namespace) -> int:
         for t in OperatorTokens(args.dir).list()
     ]
     print_table(["NAME", "SCOPES", "NAMESPACES", "CREATED", "EXPIRES"], rows)
+    return 0
+
+
+def _ca_lines(change: CaChange) -> None:
+    print(f"  signing CA:   {describe(change.signing)}, valid until {change.signing.not_valid_after_utc:%Y-%m-%d}")
+    print(f"  previous CA:  {describe(change.previous)}")
+
+
+def ca_rotate(args: argparse.Namespace) -> int:
+    identity = load_colony(args.dir)
+    change = rotate_ca(identity, now=datetime.datetime.now(datetime.UTC))
+    print(f"colony {identity.colony_id}: CA rotation started in {identity.directory}")
+    _ca_lines(change)
+    print(f"  {identity.ca_cert} holds both CAs (the new one first); {identity.ca_key} is the new CA's key")
+    print(f"  {identity.server_cert} is still signed by the previous CA: agents pinning only it still connect")
+    print("next:")
+    print(f"  1. give agents and operators the new {identity.ca_cert} (both CAs): the agents' CA Secret, --ca")
+    print("  2. restart the colony (with the chart: update its identity Secret first): from then on it signs")
+    print("     agents' certificates with the new CA and sends both CAs to every agent that enrolls or renews")
+    print("  3. wait one agent certificate lifetime (--agent-cert-lifetime, default 24h) after that restart:")
+    print("     every running agent renews after two thirds of it")
+    print(f"  4. coral colony ca finish --dir {identity.directory}, and restart the colony again")
+    return 0
+
+
+def ca_finish(args: argparse.Namespace) -> int:
+    identity = load_colony(args.dir)
+    change = finish_ca_rotation(
+        identity,
+        now=datetime.datetime.now(datetime.UTC),
+        min_overlap=datetime.timedelta(seconds=args.min_overlap),
+    )
+    print(f"colony {identity.colony_id}: CA rotation finished in {identity.directory}")
+    _ca_lines(change)
+    print(f"  {identity.server_cert} is signed by the new CA ({', '.join(identity.hosts)}); the previous CA is dropped")
+    print("next:")
+    print("  1. restart the colony (with the chart: update its identity Secret first): it refuses certificates")
+    print("     of the previous CA; agents that renewed since step 2 of `rotate` hold the new CA and carry on")
+    print(f"  2. give agents and operators the new {identity.ca_cert} (the new CA alone)")
+    print("  3. an agent that was down during the whole window enrolls again by itself with its credential")
+    print("     once its colony.caFile holds the new CA (docs/security.md)")
     return 0
