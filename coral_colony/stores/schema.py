@@ -43,6 +43,37 @@ class Migration:
     apply: Callable[[sqlite3.Connection], None]
 
 
+# The services table as the baseline (migration 1) made it: never changed, later columns come by migrations.
+_SERVICES_V1: dict[str, type] = {
+    "key": str,
+    "agent_id": str,
+    "component_name": str,
+    "port": int,
+    "protocol": str,
+    "health_endpoint": str,
+    "service_type": str,
+    "provenance": str,
+    "namespace": str,
+    "pod_name": str,
+    "pod_uid": str,
+    "container_name": str,
+    "pod_ip": str,
+    "node_name": str,
+    "labels": str,
+    "node_labels": str,
+    "overridden_fields": str,
+    "workload": str,
+    "health_state": str,
+    "health_error": str,
+    "health_latency_ms": float,
+    "health_since": float,
+    "health_interval_ms": int,
+    "stale": int,
+    "first_seen": float,
+    "last_seen": float,
+}
+
+
 def _baseline(conn: sqlite3.Connection) -> None:
     """Creates the tables, or completes a file an unversioned colony wrote (every step is idempotent).
 
@@ -78,38 +109,7 @@ def _baseline(conn: sqlite3.Connection) -> None:
         },
         "agent_id",
     )
-    services = table(
-        "services",
-        {
-            "key": str,
-            "agent_id": str,
-            "component_name": str,
-            "port": int,
-            "protocol": str,
-            "health_endpoint": str,
-            "service_type": str,
-            "provenance": str,
-            "namespace": str,
-            "pod_name": str,
-            "pod_uid": str,
-            "container_name": str,
-            "pod_ip": str,
-            "node_name": str,
-            "labels": str,
-            "node_labels": str,
-            "overridden_fields": str,
-            "workload": str,
-            "health_state": str,
-            "health_error": str,
-            "health_latency_ms": float,
-            "health_since": float,
-            "health_interval_ms": int,
-            "stale": int,
-            "first_seen": float,
-            "last_seen": float,
-        },
-        "key",
-    )
+    services = table("services", _SERVICES_V1, "key")
     services.create_index(["agent_id"], if_not_exists=True)
     services.create_index(["node_name", "namespace"], if_not_exists=True)
     audit = table(
@@ -174,11 +174,11 @@ def _per_agent_services_and_enrollments(conn: sqlite3.Connection) -> None:
 
 def _rebuild_services(conn: sqlite3.Connection, columns: list[str]) -> None:
     declared = ", ".join(
-        f"[{c}] {'INTEGER' if t is int else 'FLOAT' if t is float else 'TEXT'}" for c, t in _SERVICES_V2.items()
+        f"[{c}] {'INTEGER' if t is int else 'FLOAT' if t is float else 'TEXT'}" for c, t in _SERVICES_V1.items()
     )
     conn.execute("DROP TABLE IF EXISTS services_v2")
     conn.execute(f"CREATE TABLE services_v2 ({declared}, PRIMARY KEY (agent_id, key))")
-    kept = ", ".join(f"[{c}]" for c in _SERVICES_V2 if c in columns)
+    kept = ", ".join(f"[{c}]" for c in _SERVICES_V1 if c in columns)
     conn.execute(f"INSERT INTO services_v2 ({kept}) SELECT {kept} FROM services WHERE agent_id IS NOT NULL")
     conn.execute("DROP TABLE services")
     conn.execute("ALTER TABLE services_v2 RENAME TO services")
@@ -186,35 +186,6 @@ def _rebuild_services(conn: sqlite3.Connection, columns: list[str]) -> None:
     conn.execute("CREATE INDEX idx_services_node_name_namespace ON services (node_name, namespace)")
 
 
-# The services table of migration 3, as it was released (a migration never changes).
-_SERVICES_V2: dict[str, type] = {
-    "key": str,
-    "agent_id": str,
-    "component_name": str,
-    "port": int,
-    "protocol": str,
-    "health_endpoint": str,
-    "service_type": str,
-    "provenance": str,
-    "namespace": str,
-    "pod_name": str,
-    "pod_uid": str,
-    "container_name": str,
-    "pod_ip": str,
-    "node_name": str,
-    "labels": str,
-    "node_labels": str,
-    "overridden_fields": str,
-    "workload": str,
-    "health_state": str,
-    "health_error": str,
-    "health_latency_ms": float,
-    "health_since": float,
-    "health_interval_ms": int,
-    "stale": int,
-    "first_seen": float,
-    "last_seen": float,
-}
 _APPEND_ONLY = "the audit log is append-only"
 _CHAIN_GUARDS = (
     # An entry links to the last one (or, when pruning left none, to the checkpoint) and is numbered after it:
