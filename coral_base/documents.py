@@ -114,8 +114,9 @@ def agent(
     last_heartbeat: float | None,
     labels: Mapping[str, str],
     node_labels: Mapping[str, str],
+    enrollment: JsonObject | None = None,
 ) -> JsonObject:
-    """A node agent as the colony knows it (``coral agents``)."""
+    """A node agent as the colony knows it (``coral agents``); ``enrollment`` null: it holds no certificate."""
     return {
         "agent_id": agent_id,
         "kind": kind,
@@ -128,6 +129,21 @@ def agent(
         "last_heartbeat": rfc3339(last_heartbeat),
         "labels": dict(sorted(labels.items())),
         "node_labels": dict(sorted(node_labels.items())),
+        "enrollment": enrollment,
+    }
+
+
+def enrollment(
+    *, method: str, credential: str, enrolled_at: float, renewed_at: float, not_after: float, key_sha256: str
+) -> JsonObject:
+    """How a node agent proved who it is, and until when its certificate holds."""
+    return {
+        "method": method,
+        "credential": _word(credential),
+        "enrolled_at": rfc3339(enrolled_at),
+        "renewed_at": rfc3339(renewed_at),
+        "certificate_not_after": rfc3339(not_after),
+        "key_sha256": key_sha256,
     }
 
 

@@ -130,6 +130,7 @@ def test_json_and_yaml_have_real_types_and_one_schema(
     assert main(coral(colony, "agents", "-o", "yaml", token=token)) == 0
     agent = yaml.safe_load(capsys.readouterr().out)[0]
     assert (agent["services"], agent["state"]) == (2, "healthy") and isinstance(agent["last_heartbeat"], str)
+    assert (agent["enrollment"]["method"], agent["enrollment"]["certificate_not_after"][-1]) == ("secret", "Z")
 
 
 def test_an_empty_listing_says_so_on_stderr_and_succeeds(

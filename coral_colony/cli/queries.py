@@ -110,6 +110,7 @@ AGENT_COLUMNS: tuple[Column[AgentStatus], ...] = (
     Column("LAST HEARTBEAT", lambda s: age(s.last_heartbeat) + " ago"),
     Column("AGE", lambda s: age(s.first_seen)),
     Column("VERSION", lambda s: s.agent.version or "-", wide=True),
+    Column("ENROLLED", lambda s: s.enrollment.method.value if s.enrollment else "no (shared secret)", wide=True),
     Column("NODE LABELS", lambda s: ",".join(f"{k}={v}" for k, v in sorted(s.agent.node_labels.items())) or "-", True),
 )
 
@@ -128,6 +129,16 @@ def agent_document(status: AgentStatus) -> JsonObject:
         last_heartbeat=status.last_heartbeat,
         labels=a.labels,
         node_labels=a.node_labels,
+        enrollment=None
+        if status.enrollment is None
+        else documents.enrollment(
+            method=status.enrollment.method.value,
+            credential=status.enrollment.credential,
+            enrolled_at=status.enrollment.enrolled_at,
+            renewed_at=status.enrollment.renewed_at,
+            not_after=status.enrollment.not_after,
+            key_sha256=status.enrollment.key_sha256,
+        ),
     )
 
 
