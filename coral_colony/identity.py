@@ -84,7 +84,14 @@ class ColonyIdentity:
 
 
 def load_key(path: Path) -> ec.EllipticCurvePrivateKey:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path} is missing: the colony signs its agents' certificates with it (keep it beside ca.crt, "
+            "in the colony's identity Secret)"
+        ) from None
+    key = serialization.load_pem_private_key(data, password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ConfigError(f"{path} is not an ECDSA key")
     return key

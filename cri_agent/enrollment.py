@@ -106,6 +106,7 @@ class AgentIdentity:
         self.current: Identity | None = None
         self.revoked = ""
         self._csr = ""  # the signing request of a key made and kept, not yet signed
+        self._unsaved = False  # the record in memory could not be written
 
     @property
     def agent_id(self) -> str:
@@ -117,6 +118,8 @@ class AgentIdentity:
             raise Revoked(self.revoked)
         if self.current is None:
             self.current = await asyncio.to_thread(self._load)
+        if self.current is not None and self._unsaved:
+            await self._save(self.current)
         if self.current is not None and self.current.enrolled:
             if not self.expired():
                 return self.current
@@ -150,7 +153,7 @@ class AgentIdentity:
         if record is None or not record.key_pem:
             key_pem, self._csr = await identity.new_key(self.node_name)
             record = Identity(colony_id=self.colony_id, agent_id="", node_name=self.node_name, key_pem=key_pem)
-            await asyncio.to_thread(identity.save, self.path, record)
+            await self._save(record)
             self.current = record
         elif not self._csr:  # a key kept by an enrollment that did not finish: ask for the same key
             _, self._csr = await identity.new_key(self.node_name, key_pem=record.key_pem)
@@ -168,6 +171,21 @@ class AgentIdentity:
         signed = await self._keep(record, answer)
         emit(log, "identity.enrolled", agent_id=signed.agent_id, node=self.node_name, method=self.credential.method)
         return signed
+
+    async def _save(self, record: Identity) -> None:
+        """Keep ``record``; a disk that refuses it (full, read-only) is said once and tried again at each
+        ``ensure``: the agent goes on with its identity in memory (a restart before it is kept enrolls
+        again, which the colony refuses for another key until an operator revokes the node)."""
+        try:
+            await asyncio.to_thread(identity.save, self.path, record)
+        except OSError as exc:
+            if not self._unsaved:
+                emit(log, "identity.not_kept", level=logging.ERROR, path=str(self.path), reason=exc.strerror)
+            self._unsaved = True
+        else:
+            if self._unsaved:
+                emit(log, "identity.kept", path=str(self.path))
+            self._unsaved = False
 
     def due(self) -> bool:
         """True once the certificate is past two thirds of its life."""
@@ -195,7 +213,7 @@ class AgentIdentity:
             agent_address=self.agent_address_override or f"{host}:{agent_port}",
             at=self.clock.time(),
         )
-        await asyncio.to_thread(identity.save, self.path, signed)
+        await self._save(signed)
         self.current = signed
         self._csr = ""
         return signed

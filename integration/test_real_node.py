@@ -190,7 +190,6 @@ def colony(node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     token = coral(
         "colony", "token", "create", "alice", "--scope", "read,audit,operate", "--dir", str(identity), "--quiet"
     ).strip()
-    (identity / "ca.key").unlink()
     node.kubectl("apply", "-f", str(DEPLOY / "namespace.yaml"))
     node.kubectl("-n", "coral-system", "create", "secret", "generic", "coral-colony-identity",
                  f"--from-file={identity}")  # fmt: skip
