@@ -17,6 +17,7 @@ import pytest
 
 from coral_base.backoff import Backoff
 from coral_base.clock import SYSTEM_CLOCK, Clock
+from coral_base.message_limits import CHANNEL_OPTIONS
 from coral_base.vocabulary import EnrollMethod, Scope
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import init_colony, load_colony
@@ -58,7 +59,7 @@ class Colony:
         self.writer = WriterThread(RegistryWriter(self.path))  # owned here, as serve() owns it
         self.registry = RegistryReader(self.path)
         self.service = MeshService(self.writer, colony_id="c1", colony_secret=SECRET)
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(options=CHANNEL_OPTIONS)
         mesh_pb2_grpc.add_MeshServicer_to_server(self.service, self.server)
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self.server.start()
