@@ -10,14 +10,15 @@ gRPC metadata over TLS and never printed.
 from __future__ import annotations
 
 import os
-from collections.abc import Generator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import grpc
 
 from coral_base.errors import CoralError
+from coral_base.message_limits import CHANNEL_OPTIONS
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_colony import codec
 from coral_colony.model import AuditQuery, OperationOutput, OperationRequest, Principal, ServiceFilter
@@ -111,7 +112,9 @@ class ColonyClient:
             raise ColonyCallError(
                 f"cannot read the colony CA {endpoint.ca_file}: {exc.strerror}", transient=False
             ) from None
-        options = [("grpc.ssl_target_name_override", endpoint.tls_server_name)] if endpoint.tls_server_name else []
+        options: list[tuple[str, str | int]] = list(CHANNEL_OPTIONS)
+        if endpoint.tls_server_name:
+            options.append(("grpc.ssl_target_name_override", endpoint.tls_server_name))
         self._channel = grpc.secure_channel(
             endpoint.address, grpc.ssl_channel_credentials(root_certificates=ca), options=options
         )
@@ -164,12 +167,18 @@ class ColonyClient:
         return codec.revoked(answer)
 
     def services(self, where: ServiceFilter) -> colony_pb2.ListServicesResponse:
-        """The answer as it came: ``codec.groups_of`` reads it, ``codec.as_json`` prints it."""
-        return self._call(self._stub.ListServices, codec.services_request(where))
+        """Every page, as one answer: ``codec.groups_of`` reads it, ``codec.as_json`` prints it."""
+        stub = self._stub
+        return codec.merged_services(
+            _pages(lambda token: self._call(stub.ListServices, codec.services_request(where, page_token=token)))
+        )
 
     def audit(self, query: AuditQuery) -> colony_pb2.QueryAuditResponse:
-        """The answer as it came: ``codec.audit_of`` reads it, ``codec.as_json`` prints it."""
-        return self._call(self._stub.QueryAudit, codec.audit_request(query))
+        """Every page, as one answer: ``codec.audit_of`` reads it, ``codec.as_json`` prints it."""
+        stub = self._stub
+        return codec.merged_audit(
+            _pages(lambda token: self._call(stub.QueryAudit, codec.audit_request(query, page_token=token)))
+        )
 
     def run_operation(self, request: OperationRequest) -> Generator[OperationOutput, None, None]:
         """Stream an operation's output; closing the iterator (Ctrl-C) cancels it on the node.
@@ -190,3 +199,23 @@ class ColonyClient:
                 raise self._explain(exc) from None
         finally:
             call.cancel()  # type: ignore[no-untyped-call]
+
+
+class _Page(Protocol):
+    @property
+    def next_page_token(self) -> str: ...
+
+
+_P = TypeVar("_P", bound=_Page)
+
+
+def _pages(ask: Callable[[str], _P]) -> Iterator[_P]:
+    """Each page of a listing, following ``next_page_token`` until the colony sends none (an older colony
+    sends one page, without a token)."""
+    token = ""
+    while True:
+        answer = ask(token)
+        yield answer
+        if not answer.next_page_token:
+            return
+        token = answer.next_page_token

@@ -12,8 +12,10 @@ directions: ``_service_record``/``_service_info`` for a service field,
 
 from __future__ import annotations
 
+import base64
 import dataclasses
-from collections.abc import Iterable
+import json
+from collections.abc import Iterable, Sequence
 from enum import StrEnum
 
 from google.protobuf.json_format import MessageToDict
@@ -89,6 +91,37 @@ class UnknownWord(ValueError):
 
     def __init__(self, what: str, word: str, known: type[StrEnum]) -> None:
         super().__init__(f"unknown {what} {word!r}: {', '.join(k.value for k in known)}")
+
+
+class BadPageToken(ValueError):
+    """A page token this colony did not write (or for another listing)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(f"page token {token[:40]!r} is not one this colony wrote: start the listing again")
+
+
+def page_token(listing: str, position: Sequence[str | int]) -> str:
+    """Where a page ended, opaque to clients: the listing's name and the position of its last item."""
+    return base64.urlsafe_b64encode(json.dumps([listing, *position]).encode()).decode()
+
+
+def page_position(listing: str, token: str, *, kinds: Sequence[type]) -> tuple[str | int, ...] | None:
+    """The position ``token`` holds (None: no token, the first page); ``BadPageToken`` when it is not one
+    of ``listing``'s, with values of ``kinds``."""
+    if not token:
+        return None
+    try:
+        decoded = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, UnicodeDecodeError):
+        raise BadPageToken(token) from None
+    if (
+        not isinstance(decoded, list)
+        or decoded[:1] != [listing]
+        or len(decoded) != len(kinds) + 1
+        or not all(type(value) is kind for value, kind in zip(decoded[1:], kinds, strict=True))
+    ):
+        raise BadPageToken(token)
+    return tuple(decoded[1:])
 
 
 def _provenance(number: int, word: str = "") -> Provenance:
@@ -257,6 +290,7 @@ def registration(request: mesh_pb2.RegisterRequest) -> Registration:
         services=services,
         colony_id=request.colony_id,
         colony_secret=request.colony_secret,
+        partial=request.partial,
     )
 
 
@@ -291,6 +325,7 @@ def delta(request: mesh_pb2.UpdateServicesRequest) -> Delta:
         upserts=tuple(_service_record(i, agent_id=request.agent_id) for i in request.upserts),
         removed=tuple(request.removed_keys),
         events=tuple(_discovery_entry(e) for e in request.events),
+        completes_registration=request.completes_registration,
     )
 
 
@@ -488,12 +523,13 @@ def agents_of(response: colony_pb2.ListAgentsResponse) -> list[AgentStatus]:
     return [_agent_status(a) for a in response.agents]
 
 
-def services_request(where: ServiceFilter) -> colony_pb2.ListServicesRequest:
+def services_request(where: ServiceFilter, *, page_token: str = "") -> colony_pb2.ListServicesRequest:
     return colony_pb2.ListServicesRequest(
         node=where.node,
         namespace=where.namespace,
         provenance=PROVENANCE.encode(where.provenance),
         name=where.name,
+        page_token=page_token,
     )
 
 
@@ -508,13 +544,33 @@ def services_filter(request: colony_pb2.ListServicesRequest) -> ServiceFilter:
     )
 
 
-def services_response(groups: Iterable[ServiceGroup]) -> colony_pb2.ListServicesResponse:
+def services_response(groups: Iterable[ServiceGroup], *, next_page_token: str = "") -> colony_pb2.ListServicesResponse:
     return colony_pb2.ListServicesResponse(
         groups=[
             colony_pb2.AgentServices(agent=_agent_message(g.agent), services=[_service_message(s) for s in g.services])
             for g in groups
-        ]
+        ],
+        next_page_token=next_page_token,
     )
+
+
+def service_bytes(stored: StoredService) -> int:
+    """What one service adds to a ListServicesResponse, near enough to keep a page within its budget."""
+    return _service_message(stored).ByteSize() + 8
+
+
+def merged_services(pages: Iterable[colony_pb2.ListServicesResponse]) -> colony_pb2.ListServicesResponse:
+    """The pages of one listing as one answer: an agent's group spanning pages becomes one group."""
+    merged = colony_pb2.ListServicesResponse()
+    groups: dict[str, colony_pb2.AgentServices] = {}
+    for answer in pages:
+        for group in answer.groups:
+            into = groups.get(group.agent.agent_id)
+            if into is None:
+                into = groups[group.agent.agent_id] = merged.groups.add()
+                into.agent.CopyFrom(group.agent)
+            into.services.extend(group.services)
+    return merged
 
 
 def groups_of(response: colony_pb2.ListServicesResponse) -> list[ServiceGroup]:
@@ -524,13 +580,14 @@ def groups_of(response: colony_pb2.ListServicesResponse) -> list[ServiceGroup]:
     ]
 
 
-def audit_request(query: AuditQuery) -> colony_pb2.QueryAuditRequest:
+def audit_request(query: AuditQuery, *, page_token: str = "") -> colony_pb2.QueryAuditRequest:
     return colony_pb2.QueryAuditRequest(
         since_unix_ms=_unix_ms(query.since),
         node=query.node,
         kind=query.kind.value if query.kind else "",
         audit_kind=AUDIT_KIND.encode(query.kind),
         limit=query.limit,
+        page_token=page_token,
     )
 
 
@@ -542,8 +599,20 @@ def audit_query(request: colony_pb2.QueryAuditRequest) -> AuditQuery:
     return AuditQuery(since=_seconds(request.since_unix_ms), node=request.node, kind=kind, limit=request.limit)
 
 
-def audit_response(entries: Iterable[LoggedEntry]) -> colony_pb2.QueryAuditResponse:
-    return colony_pb2.QueryAuditResponse(entries=[_audit_message(e) for e in entries])
+def audit_response(entries: Iterable[LoggedEntry], *, next_page_token: str = "") -> colony_pb2.QueryAuditResponse:
+    return colony_pb2.QueryAuditResponse(entries=[_audit_message(e) for e in entries], next_page_token=next_page_token)
+
+
+def entry_bytes(logged: LoggedEntry) -> int:
+    """What one entry adds to a QueryAuditResponse, near enough to keep a page within its budget."""
+    return _audit_message(logged).ByteSize() + 8
+
+
+def merged_audit(pages: Iterable[colony_pb2.QueryAuditResponse]) -> colony_pb2.QueryAuditResponse:
+    merged = colony_pb2.QueryAuditResponse()
+    for answer in pages:
+        merged.entries.extend(answer.entries)
+    return merged
 
 
 def audit_of(response: colony_pb2.QueryAuditResponse) -> list[LoggedEntry]:

@@ -70,7 +70,9 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "agent_id is required")
         session = secrets.token_urlsafe(24)
         digest = session_digest(session)  # the registry keeps only this: a token read from the file opens nothing
-        refused = await self.writer.run(lambda w: w.register(agent, call.services, session=digest, now=self.clock()))
+        refused = await self.writer.run(
+            lambda w: w.register(agent, call.services, session=digest, now=self.clock(), partial=call.partial)
+        )
         reason = f"{len(refused)} service(s) name another node than this agent's" if refused else ""
         return codec.register_response(session_token=session, refused=refused, reason=reason)
 
@@ -175,6 +177,7 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
                 removed=delta.removed,
                 now=self.clock(),
                 events=delta.events,
+                completes_registration=delta.completes_registration,
             )
         )
         return codec.update_response(applied)

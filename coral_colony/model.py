@@ -218,6 +218,7 @@ class Registration:
     services: tuple[ServiceRecord, ...]
     colony_id: str
     colony_secret: str
+    partial: bool = False  # the first part of the set; deltas bring the rest
 
 
 @dataclass(frozen=True, slots=True)
@@ -269,6 +270,7 @@ class Delta:
     upserts: tuple[ServiceRecord, ...] = ()
     removed: tuple[str, ...] = ()
     events: tuple[AuditEntry, ...] = ()  # the registry fills in the agent, actor, node and its own time
+    completes_registration: bool = False  # the last part of a registration in parts
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,11 +17,12 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
-from typing import Protocol, TypeVar
+from typing import Protocol, TypeVar, cast
 
 import grpc
 import grpc.aio
 
+from coral_base.message_limits import CHUNK_BYTES
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_colony import codec
 from coral_colony.model import (
@@ -30,6 +31,7 @@ from coral_colony.model import (
     AuditEntry,
     AuditKind,
     ForwardedOperation,
+    LoggedEntry,
     OperationRequest,
     OperationResult,
     OperationTarget,
@@ -44,9 +46,11 @@ from coral_colony.model import (
 from coral_colony.refusals import Refusals
 from coral_colony.router import AgentNotConnected, Router
 from coral_colony.stores.reader import RegistryReader
+from coral_colony.stores.services import ServicePosition, position
 from coral_colony.tokens import OPERATOR_SCOPES, OperatorTokens
 
 _T = TypeVar("_T")
+_Item = TypeVar("_Item")
 _Context = grpc.aio.ServicerContext[object, object]
 AppendAudit = Callable[[Sequence[AuditEntry]], Awaitable[None]]
 
@@ -69,6 +73,24 @@ BAD_TOKEN = "the colony does not know this operator token: it was revoked or bel
 MAX_FILTER_CHARS = 1024  # as the agents' own limit: refused here before it travels
 OPERATION_STARTED = "operation.started"  # the audit action of an operation routed to its agent
 MAX_AUDIT_LIMIT = 10_000  # entries one QueryAudit returns at most (a 2^32 limit read the whole log into memory)
+DEFAULT_PAGE_SIZE = 500  # services or audit entries in one page, when the request names no page_size
+MAX_PAGE_SIZE = 1000  # larger page sizes are capped; a page also stops at CHUNK_BYTES
+
+
+def _page_size(asked: int) -> int:
+    return min(asked or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+
+
+def _within_budget(items: Sequence[_Item], size_of: Callable[[_Item], int]) -> list[_Item]:
+    """The leading ``items`` whose messages fit in ``CHUNK_BYTES`` (the first always: one item may exceed it)."""
+    kept: list[_Item] = []
+    room = CHUNK_BYTES
+    for item in items:
+        room -= size_of(item)
+        if kept and room < 0:
+            break
+        kept.append(item)
+    return kept
 
 
 def operator_token(metadata: grpc.aio.Metadata | None) -> str:
@@ -155,29 +177,39 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
     async def ListServices(
         self, request: colony_pb2.ListServicesRequest, context: _Context
     ) -> colony_pb2.ListServicesResponse:
+        """One page of the services, grouped by agent (an agent's group may continue on the next page)."""
         principal = await self._operator(context, "ListServices", Scope.READ)
         where = codec.services_filter(request)
         if where.namespace and (why := principal.refusal(Scope.READ, namespace=where.namespace)):
             await self._refused(principal.name, f"{why}: ListServices", context, reason=f"{principal.name}: {why}")
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
-        agents, services = await self._read(lambda: (self.reader.agents(node=where.node), self.reader.services(where)))
+        after = cast(ServicePosition | None, await self._position(context, "services", request.page_token, str, 5))
+        size = _page_size(request.page_size)
+        agents, services = await self._read(
+            lambda: (self.reader.agents(node=where.node), self.reader.services(where, after=after, limit=size + 1))
+        )
+        page = _within_budget(services[:size], codec.service_bytes)
+        token = codec.page_token("services", position(page[-1])) if len(page) < len(services) else ""
         if principal.namespaces:  # a namespace-limited token sees its namespaces' services only
-            services = [s for s in services if s.service.namespace in principal.namespaces]
+            page = [s for s in page if s.service.namespace in principal.namespaces]
         by_agent: dict[str, list[StoredService]] = {status.agent.agent_id: [] for status in agents}
-        for stored in services:
+        for stored in page:
             if stored.agent_id in by_agent:
                 by_agent[stored.agent_id].append(stored)
-        filtered = bool(where.namespace or where.name or where.provenance or principal.namespaces)
+        # Agents without services are listed once, on the first page, unless a filter asked for services.
+        filtered = bool(where.namespace or where.name or where.provenance or principal.namespaces or after)
         groups = [
             ServiceGroup(agent=status, services=tuple(by_agent[status.agent.agent_id]))
             for status in agents
             if by_agent[status.agent.agent_id] or not filtered
         ]
-        return codec.services_response(groups)
+        return codec.services_response(groups, next_page_token=token)
 
     async def QueryAudit(
         self, request: colony_pb2.QueryAuditRequest, context: _Context
     ) -> colony_pb2.QueryAuditResponse:
+        """One page of the newest ``limit`` entries, oldest first; the token holds ids, so new entries shift
+        nothing."""
         principal = await self._operator(context, "QueryAudit", Scope.AUDIT)
         try:
             query = codec.audit_query(request)
@@ -185,10 +217,29 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             raise  # unreachable: abort raises
         query = replace(query, limit=min(query.limit or DEFAULT_AUDIT_LIMIT, MAX_AUDIT_LIMIT))
-        entries = await self._read(lambda: self.reader.audit(query))
+        position_ = await self._position(context, "audit", request.page_token, int, 2)
+        size = _page_size(request.page_size)
+
+        def read() -> tuple[list[LoggedEntry], int]:
+            after, upto = cast(tuple[int, int], position_) if position_ else self.reader.audit_window(query)
+            return self.reader.audit_page(query, after=after, upto=upto, size=size + 1), upto
+
+        entries, upto = await self._read(read)
+        page = _within_budget(entries[:size], codec.entry_bytes)
+        token = codec.page_token("audit", (page[-1].id, upto)) if len(page) < len(entries) else ""
         if principal.namespaces:  # entries about its namespaces' pods only
-            entries = [e for e in entries if e.entry.namespace in principal.namespaces]
-        return codec.audit_response(entries)
+            page = [e for e in page if e.entry.namespace in principal.namespaces]
+        return codec.audit_response(page, next_page_token=token)
+
+    async def _position(
+        self, context: _Context, listing: str, token: str, kind: type, length: int
+    ) -> tuple[str | int, ...] | None:
+        """The position a page token holds (None: the first page); INVALID_ARGUMENT when it is not one."""
+        try:
+            return codec.page_position(listing, token, kinds=(kind,) * length)
+        except codec.BadPageToken as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            raise  # unreachable: abort raises
 
     async def RunOperation(
         self, request: colony_pb2.RunOperationRequest, context: _Context

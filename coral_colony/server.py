@@ -9,6 +9,9 @@ localhost, and ``/healthz`` + ``/readyz`` for the kubelet on their own listener 
   certificate of the colony's CA is required): Mesh, AgentControl and
   Renewal for enrolled agents, whose identity is their certificate.
 
+Both state their message limit (``coral_base.message_limits``: 16 MiB, not
+gRPC's implicit 4 MiB); agents chunk what they send and listings are paged.
+
 gRPC's Python server cannot ask for a client certificate optionally, hence
 two ports: operators and new agents have no certificate.
 """
@@ -31,6 +34,7 @@ from grpc_health.v1.health import aio as grpc_health  # type: ignore[attr-define
 from coral_base.clock import SYSTEM_CLOCK, Clock
 from coral_base.lifecycle import Stage, run_stages
 from coral_base.logs import emit
+from coral_base.message_limits import CHANNEL_OPTIONS
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_base.wire.coral.identity.v1 import identity_pb2_grpc
@@ -199,7 +203,7 @@ async def _serve(
             clock=clock.time,
         )
         interceptors = metrics.interceptors() if metrics else None
-        public = grpc.aio.server(interceptors=interceptors)
+        public = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
         grpc_health_service = grpc_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(grpc_health_service, public)
 
@@ -217,7 +221,7 @@ async def _serve(
             mesh_pb2_grpc.add_MeshServicer_to_server(mesh, public)
             agent_pb2_grpc.add_AgentControlServicer_to_server(router, public)
         public.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
-        agents = grpc.aio.server(interceptors=interceptors)
+        agents = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
         mesh_pb2_grpc.add_MeshServicer_to_server(mesh, agents)
         agent_pb2_grpc.add_AgentControlServicer_to_server(router, agents)
         identity_pb2_grpc.add_RenewalServicer_to_server(enrollment, agents)

@@ -81,7 +81,8 @@ def certificate(message: identity_pb2.Certificate) -> tuple[str, str, str, float
 # -- mesh.v1 ---------------------------------------------------------------------------------------------------------
 
 
-def service(service: ServiceInfo, health: Health | None, node_labels: Mapping[str, str]) -> mesh_pb2.ServiceInfo:
+def service(service: ServiceInfo, health: Health | None) -> mesh_pb2.ServiceInfo:
+    """Without node labels: they travel once, in the registration (the colony gives them to its services)."""
     info = mesh_pb2.ServiceInfo(
         component_name=service.name,
         port=service.port or 0,
@@ -90,7 +91,6 @@ def service(service: ServiceInfo, health: Health | None, node_labels: Mapping[st
         labels=dict(service.labels),
         provenance=PROVENANCE.encode(service.provenance),
         node_name=service.node_name,
-        node_labels=dict(node_labels),
         service_key=service.key,
         namespace=service.namespace,
         pod_name=service.pod_name,
@@ -136,6 +136,7 @@ def register_request(
     node_name: str,
     node_labels: Mapping[str, str],
     services: Iterable[bytes],
+    partial: bool = False,
 ) -> mesh_pb2.RegisterRequest:
     return mesh_pb2.RegisterRequest(
         agent_id=agent_id,
@@ -145,6 +146,7 @@ def register_request(
         node_name=node_name,
         node_labels=dict(node_labels),
         services=[mesh_pb2.ServiceInfo.FromString(data) for data in services],
+        partial=partial,
     )
 
 
@@ -156,6 +158,7 @@ def update_request(
     upserts: Iterable[bytes],
     removed: Iterable[str],
     events: Iterable[bytes],
+    completes_registration: bool = False,
 ) -> mesh_pb2.UpdateServicesRequest:
     return mesh_pb2.UpdateServicesRequest(
         agent_id=agent_id,
@@ -164,6 +167,7 @@ def update_request(
         upserts=[mesh_pb2.ServiceInfo.FromString(data) for data in upserts],
         removed_keys=list(removed),
         events=[mesh_pb2.DiscoveryEvent.FromString(data) for data in events],
+        completes_registration=completes_registration,
     )
 
 

@@ -42,6 +42,7 @@ import grpc.aio
 
 from coral_base.clock import Clock
 from coral_base.logs import emit
+from coral_base.message_limits import CHANNEL_OPTIONS
 from coral_base.vocabulary import EnrollMethod
 from coral_base.wire.coral.identity.v1 import identity_pb2, identity_pb2_grpc
 from cri_agent import colony_codec, identity
@@ -71,9 +72,15 @@ class Credential:
             raise IdentityError(f"the ServiceAccount token {self.token_file} cannot be read: {exc.strerror}") from None
 
 
+# Every channel the agent opens to its colony: the message limits, and a subchannel of its own (a new channel
+# dials anew instead of reusing gRPC's shared connection, which may still be backing off from a colony restart).
+COLONY_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1))
+
+
 def public_channel(address: str, ca_pem: bytes) -> grpc.aio.Channel:
     """The colony's public endpoint: TLS pinned to its CA."""
-    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem))
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    return grpc.aio.secure_channel(address, credentials, options=COLONY_CHANNEL_OPTIONS)
 
 
 class AgentIdentity:
@@ -258,7 +265,7 @@ class AgentIdentity:
             private_key=self.current.key_pem.encode(),
             certificate_chain=self.current.certificate_pem.encode(),
         )
-        return grpc.aio.secure_channel(self.current.agent_address, credentials)
+        return grpc.aio.secure_channel(self.current.agent_address, credentials, options=COLONY_CHANNEL_OPTIONS)
 
     def refused(self, exc: grpc.aio.AioRpcError) -> None:
         """Act on the agent endpoint's refusal of the certificate: revoked, or unknown (enroll again)."""

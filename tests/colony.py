@@ -17,6 +17,7 @@ import pytest
 
 from coral_base.backoff import Backoff
 from coral_base.clock import SYSTEM_CLOCK, Clock
+from coral_base.message_limits import CHANNEL_OPTIONS, MAX_MESSAGE_BYTES
 from coral_base.vocabulary import EnrollMethod, Scope
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
 from coral_colony.identity import init_colony, load_colony
@@ -47,8 +48,16 @@ def free_port() -> int:
 class Colony:
     """A real colony Mesh server on a fixed loopback port that tests can kill and restart."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_message_bytes: int = MAX_MESSAGE_BYTES,  # lower: as an older colony (gRPC's 4 MiB default) or a smaller one
+        service: type[MeshService] = MeshService,
+    ) -> None:
         self.path = path
+        self.max_message_bytes = max_message_bytes
+        self.service_type = service
         self.port = free_port()
         self.server: grpc.aio.Server | None = None
         self.writer: WriterThread | None = None
@@ -57,8 +66,10 @@ class Colony:
     async def start(self) -> None:
         self.writer = WriterThread(RegistryWriter(self.path))  # owned here, as serve() owns it
         self.registry = RegistryReader(self.path)
-        self.service = MeshService(self.writer, colony_id="c1", colony_secret=SECRET)
-        self.server = grpc.aio.server()
+        self.service = self.service_type(self.writer, colony_id="c1", colony_secret=SECRET)
+        receive = "grpc.max_receive_message_length"
+        options = [*(o for o in CHANNEL_OPTIONS if o[0] != receive), (receive, self.max_message_bytes)]
+        self.server = grpc.aio.server(options=options)
         mesh_pb2_grpc.add_MeshServicer_to_server(self.service, self.server)
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self.server.start()

@@ -135,7 +135,7 @@ def legacy_register(colony: Running, agent_id: str, node: str, *keys: str) -> Aw
         node_name=node,
         node_labels={},
         services=[
-            colony_codec.service(replace(svc(0), key=ServiceKey(key), node_name=node), None, {}).SerializeToString()
+            colony_codec.service(replace(svc(0), key=ServiceKey(key), node_name=node), None).SerializeToString()
             for key in keys
         ],
     )
@@ -275,7 +275,7 @@ def test_an_enrolled_agent_cannot_speak_for_another_agent_or_node(tmp_path: Path
                     version="0.1.0",
                     node_name="node-a",  # ignored: the certificate names node-b
                     node_labels={},
-                    services=[colony_codec.service(look_alike, None, {}).SerializeToString()],
+                    services=[colony_codec.service(look_alike, None).SerializeToString()],
                 )
                 answer = await mesh.Register(own, timeout=5)
             return (

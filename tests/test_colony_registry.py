@@ -55,6 +55,24 @@ def test_register_replaces_the_agents_whole_set(registry: RegistryWriter, reader
     assert keys(reader, "a") == ["ns/2/app/80", "ns/3/app/80"]
 
 
+def test_a_registration_in_parts_keeps_the_rest_until_its_last_part_then_drops_what_no_part_named(
+    registry: RegistryWriter, reader: RegistryReader
+) -> None:
+    registry.register(node("a"), [svc("ns/1/app/80"), svc("ns/2/app/80"), svc("ns/3/app/80")], session="s1", now=1.0)
+    registry.register(node("a"), [svc("ns/1/app/80")], session="s2", now=2.0, partial=True)
+    during = keys(reader, "a")
+    registry.apply("a", sequence=1, upserts=[svc("ns/2/app/80")], removed=[], now=3.0, completes_registration=True)
+    assert (during, keys(reader, "a")) == (
+        ["ns/1/app/80", "ns/2/app/80", "ns/3/app/80"],
+        ["ns/1/app/80", "ns/2/app/80"],
+    )
+
+
+def test_services_without_node_labels_have_their_agents(registry: RegistryWriter, reader: RegistryReader) -> None:
+    registry.register(node("a"), [svc("ns/1/app/80")], session="s1", now=1.0)
+    assert [dict(s.service.node_labels) for s in reader.services()] == [{"zone": "a"}]
+
+
 def test_a_registry_an_older_colony_wrote_gains_the_workload_column(tmp_path: Path) -> None:
     path = tmp_path / "old.db"
     with contextlib.closing(sqlite3.connect(path)) as db:  # the tables of an unversioned colony

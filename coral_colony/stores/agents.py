@@ -70,6 +70,13 @@ def node_of(conn: sqlite3.Connection, agent_id: str) -> str:
     return str(row[0]) if row else ""
 
 
+def node_labels_of(conn: sqlite3.Connection, agent_id: str) -> dict[str, str]:
+    """The node labels the agent registered with (its services' when they name none)."""
+    row = conn.execute("SELECT node_labels FROM agents WHERE agent_id = ?", [agent_id]).fetchone()
+    labels: dict[str, str] = json.loads(row[0] or "{}") if row else {}
+    return labels
+
+
 def applied(conn: sqlite3.Connection, agent_id: str, *, sequence: int, now: float) -> None:
     conn.execute(
         "UPDATE agents SET last_sequence = ?, last_heartbeat = ? WHERE agent_id = ?", [sequence, now, agent_id]

@@ -198,8 +198,7 @@ def last_id(conn: sqlite3.Connection) -> int:
     return int(conn.execute("SELECT coalesce(max(id), 0) FROM audit").fetchone()[0])
 
 
-def select(conn: sqlite3.Connection, query: AuditQuery) -> list[LoggedEntry]:
-    """The newest ``limit`` entries matching, oldest first."""
+def _matching(query: AuditQuery) -> tuple[list[str], list[object]]:
     where: list[str] = ["time >= ?"]
     params: list[object] = [query.since]
     if query.node:
@@ -208,6 +207,33 @@ def select(conn: sqlite3.Connection, query: AuditQuery) -> list[LoggedEntry]:
     if query.kind:
         where.append("kind = ?")
         params.append(query.kind)
+    return where, params
+
+
+def window(conn: sqlite3.Connection, query: AuditQuery) -> tuple[int, int]:
+    """The ids that bound the newest ``limit`` entries matching: (after, up to and including)."""
+    where, params = _matching(query)
+    matching = f"FROM audit WHERE {' AND '.join(where)}"
+    newest = conn.execute(f"SELECT max(id) {matching}", params).fetchone()[0]
+    below = conn.execute(
+        f"SELECT id {matching} ORDER BY id DESC LIMIT 1 OFFSET ?", [*params, query.limit or DEFAULT_AUDIT_LIMIT]
+    ).fetchone()
+    return (int(below[0]) if below else 0), int(newest or 0)
+
+
+def page(conn: sqlite3.Connection, query: AuditQuery, *, after: int, upto: int, size: int) -> list[LoggedEntry]:
+    """Up to ``size`` entries matching with ids in (``after``, ``upto``], oldest first."""
+    where, params = _matching(query)
+    cursor = conn.execute(
+        f"SELECT * FROM audit WHERE {' AND '.join(where)} AND id > ? AND id <= ? ORDER BY id LIMIT ?",
+        [*params, after, upto, size],
+    )
+    return [_logged(r) for r in cursor]
+
+
+def select(conn: sqlite3.Connection, query: AuditQuery) -> list[LoggedEntry]:
+    """The newest ``limit`` entries matching, oldest first."""
+    where, params = _matching(query)
     cursor = conn.execute(
         f"SELECT * FROM (SELECT * FROM audit WHERE {' AND '.join(where)} ORDER BY id DESC LIMIT ?) ORDER BY id",
         [*params, query.limit or DEFAULT_AUDIT_LIMIT],

@@ -35,13 +35,28 @@ class RegistryReader:
         enrolled = {e.agent_id: e for e in enrollments.every(self.conn) if not e.revoked_at}
         return [replace(s, enrollment=enrolled.get(s.agent.agent_id)) for s in agents.select(self.conn, node=node)]
 
-    def services(self, where: ServiceFilter | None = None) -> list[StoredService]:
-        """Services matching every filter given (all without one), by node, agent, namespace, name."""
-        return services.select(self.conn, where or ServiceFilter())
+    def services(
+        self,
+        where: ServiceFilter | None = None,
+        *,
+        after: services.ServicePosition | None = None,
+        limit: int | None = None,
+    ) -> list[StoredService]:
+        """Services matching every filter given (all without one), by node, agent, namespace, name; a page of
+        ``limit`` past ``after`` (``services.position`` of the last one of the page before)."""
+        return services.select(self.conn, where or ServiceFilter(), after=after, limit=limit)
 
     def audit(self, query: AuditQuery | None = None) -> list[LoggedEntry]:
         """The newest entries matching, oldest first."""
         return audit.select(self.conn, query or AuditQuery())
+
+    def audit_window(self, query: AuditQuery) -> tuple[int, int]:
+        """The ids bounding the newest ``query.limit`` entries matching: (after, up to and including)."""
+        return audit.window(self.conn, query)
+
+    def audit_page(self, query: AuditQuery, *, after: int, upto: int, size: int) -> list[LoggedEntry]:
+        """Up to ``size`` entries matching with ids in (``after``, ``upto``], oldest first."""
+        return audit.page(self.conn, query, after=after, upto=upto, size=size)
 
     def audit_chain(self) -> tuple[Verdict, Link]:
         """The audit log's hash chain, checked, and the checkpoint it starts from."""

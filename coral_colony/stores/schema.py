@@ -240,10 +240,16 @@ def _chain(conn: sqlite3.Connection) -> None:
         conn.execute(guard)
 
 
+def _unconfirmed_services(conn: sqlite3.Connection) -> None:
+    """Services a registration in parts has not named yet: kept, not deleted, until its last part."""
+    conn.execute("ALTER TABLE services ADD COLUMN unconfirmed INTEGER")
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "agents, services and the append-only audit log with its retention cut-off", _baseline),
     Migration(2, "the audit log as a hash chain, ordered by the colony's clock; a guarded cut-off", _chain),
     Migration(3, "services keyed by (agent, key); enrolled nodes", _per_agent_services_and_enrollments),
+    Migration(4, "services a registration in parts has not confirmed yet", _unconfirmed_services),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -48,6 +48,7 @@ SERVICE_COLUMNS: dict[str, type] = {
     "stale": int,
     "first_seen": float,
     "last_seen": float,
+    "unconfirmed": int,  # 1: the agent's registration in parts has not named it yet (deleted unless a part does)
 }
 # One statement per row in C: sqlite-utils' upsert_all costs several times as much at 250,000 services.
 _UPSERT = (
@@ -85,6 +86,7 @@ def row(service: ServiceRecord, *, agent_id: str, first_seen: float, now: float)
         "stale": 0,
         "first_seen": first_seen,
         "last_seen": now,
+        "unconfirmed": 0,
     }
 
 
@@ -152,14 +154,39 @@ def keys_of(conn: sqlite3.Connection, agent_id: str) -> list[str]:
     return [str(r[0]) for r in conn.execute("SELECT key FROM services WHERE agent_id = ?", [agent_id])]
 
 
+def set_unconfirmed(conn: sqlite3.Connection, agent_id: str, keys: Sequence[str]) -> None:
+    """``keys`` of the agent await the rest of a registration in parts."""
+    for marks, chunk in in_chunks(keys):
+        conn.execute(f"UPDATE services SET unconfirmed = 1 WHERE agent_id = ? AND key IN ({marks})", [agent_id, *chunk])
+
+
+def unconfirmed_keys(conn: sqlite3.Connection, agent_id: str) -> list[str]:
+    cursor = conn.execute("SELECT key FROM services WHERE agent_id = ? AND unconfirmed = 1", [agent_id])
+    return [str(r[0]) for r in cursor]
+
+
 def set_stale(conn: sqlite3.Connection, agent_id: str, stale: bool) -> None:
     conn.execute("UPDATE services SET stale = ? WHERE agent_id = ?", [int(stale), agent_id])
 
 
-def select(conn: sqlite3.Connection, where: ServiceFilter) -> list[StoredService]:
-    """Services matching every filter given, by node, agent, namespace, name."""
+# The listing's order, and the position a page ends at (``ServicePosition``): NULLs read as "" in both.
+_ORDER = ("node_name", "agent_id", "namespace", "component_name", "key")
+_ORDERED = ", ".join(f"coalesce({c}, '')" for c in _ORDER)
+ServicePosition = tuple[str, str, str, str, str]
+
+
+def position(stored: StoredService) -> ServicePosition:
+    """Where ``stored`` sits in the listing's order: the next page starts after it."""
+    s = stored.service
+    return (s.node_name, stored.agent_id, s.namespace, s.component_name, s.key)
+
+
+def select(
+    conn: sqlite3.Connection, where: ServiceFilter, *, after: ServicePosition | None = None, limit: int | None = None
+) -> list[StoredService]:
+    """Services matching every filter given, by node, agent, namespace, name; past ``after``, ``limit`` of them."""
     clauses: list[str] = []
-    params: list[str] = []
+    params: list[object] = []
     for column, value in (
         ("agent_id", where.agent_id),
         ("node_name", where.node),
@@ -175,9 +202,13 @@ def select(conn: sqlite3.Connection, where: ServiceFilter) -> list[StoredService
     if where.name:
         clauses.append("instr(component_name, ?) > 0")
         params.append(where.name)
+    if after is not None:
+        clauses.append(f"({_ORDERED}) > ({', '.join('?' for _ in after)})")
+        params.extend(after)
     clause = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    bound = " LIMIT ?" if limit is not None else ""
     cursor = conn.execute(
-        f"SELECT * FROM services {clause} ORDER BY node_name, agent_id, namespace, component_name, key", params
+        f"SELECT * FROM services {clause} ORDER BY {_ORDERED}{bound}", [*params, *([limit] if bound else [])]
     )
     return [stored(r) for r in cursor]
 

@@ -6,7 +6,10 @@ Rules the writer enforces, whoever calls it:
   sends replaces or blocks another agent's, and a node agent's service
   naming another node is refused;
 - ``register`` replaces the agent's whole set and starts a new session
-  (sequence 0);
+  (sequence 0); a registration in parts (``partial``: the set did not fit
+  in one message) keeps the services its first part does not name, marked
+  unconfirmed, and the delta that completes it deletes those no part named:
+  a large node re-registers without churn;
 - ``apply`` takes deltas in sequence order: an already-applied sequence is
   acknowledged and ignored (replays are idempotent), a gap asks the agent
   to register in full again;
@@ -63,15 +66,25 @@ class RegistryWriter:
     # -- agent calls --------------------------------------------------------------
 
     def register(
-        self, agent: AgentRecord, records: Sequence[ServiceRecord], *, session: str, now: float
+        self,
+        agent: AgentRecord,
+        records: Sequence[ServiceRecord],
+        *,
+        session: str,
+        now: float,
+        partial: bool = False,  # the first part of the set: the rest follows in deltas
     ) -> tuple[str, ...]:
-        """Replace the agent's services with ``records``; returns the refused keys."""
+        """Replace the agent's services with ``records`` (keep the others unconfirmed when ``partial``); returns
+        the refused keys."""
         with self.conn:
             agents.register(self.conn, agent, session=session, now=now)
             refused = self._upsert(agent.agent_id, records, now=now)
             keep = {s.key for s in records} - set(refused)
-            owned = services.keys_of(self.conn, agent.agent_id)
-            self._delete(agent.agent_id, [k for k in owned if k not in keep], now=now, why="not in its full set")
+            others = [k for k in services.keys_of(self.conn, agent.agent_id) if k not in keep]
+            if partial:
+                services.set_unconfirmed(self.conn, agent.agent_id, others)
+            else:
+                self._delete(agent.agent_id, others, now=now, why="not in its full set")
             services.set_stale(self.conn, agent.agent_id, False)
             audit.append(
                 self.conn,
@@ -84,7 +97,8 @@ class RegistryWriter:
                         agent_id=agent.agent_id,
                         node_name=agent.node_name,
                         detail=f"{agent.kind} {agent.version}: {len(keep)} service(s)"
-                        + (f", {len(refused)} refused" if refused else ""),
+                        + (f", {len(refused)} refused" if refused else "")
+                        + (", more in the deltas that follow" if partial else ""),
                     )
                 ],
             )
@@ -102,6 +116,7 @@ class RegistryWriter:
         removed: Sequence[str],
         now: float,
         events: Sequence[AuditEntry] = (),
+        completes_registration: bool = False,  # the last part of a registration in parts
     ) -> Applied:
         with self.conn:
             current = agents.session_of(self.conn, agent_id)
@@ -114,6 +129,9 @@ class RegistryWriter:
                 return Applied(applied_sequence=last, resync_required=True)
             refused = self._upsert(agent_id, upserts, now=now)
             self._delete(agent_id, removed, now=now, why="removed by its agent")
+            if completes_registration:
+                unnamed = services.unconfirmed_keys(self.conn, agent_id)
+                self._delete(agent_id, unnamed, now=now, why="not in its full set")
             node = agents.node_of(self.conn, agent_id)
             audit.append(self.conn, (_reported(e, agent_id=agent_id, node_name=node, now=now) for e in events))
             agents.applied(self.conn, agent_id, sequence=sequence, now=now)
@@ -307,12 +325,14 @@ class RegistryWriter:
 
         A node agent reports the pods of its own node only: a service naming
         another node is refused (and audited). A service naming no node is
-        the agent's node's.
+        the agent's node's; one without node labels has those its agent
+        registered with (agents send them once, not with every service).
         """
         if not records:
             return ()
         node = agents.node_of(self.conn, agent_id)
-        records = [replace(s, node_name=node) if not s.node_name else s for s in records]
+        node_labels = agents.node_labels_of(self.conn, agent_id)
+        records = [replace(s, node_name=s.node_name or node, node_labels=s.node_labels or node_labels) for s in records]
         refused = tuple(s.key for s in records if node and s.node_name != node)
         known = services.first_seen(self.conn, agent_id, [s.key for s in records])
         services.upsert(

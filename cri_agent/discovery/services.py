@@ -8,6 +8,12 @@ a pod with no port at all still yields one portless entry so it is
 visible. ``coral.io/port`` or an override ``port`` restricts the pod to
 exactly those ports. Keys are ``namespace/pod-uid/container/port`` and
 never involve the IP, which the cluster reuses.
+
+A service's labels keep within ``LABEL_BUDGET_BYTES``: one pod carrying a
+megabyte of labels (the runtime does not enforce Kubernetes' limits) must
+not make every message about it that large. Past the budget labels are
+dropped (in key order, the first ones kept), ``TRUNCATED_LABEL`` says how
+many, and the pod gets a problem (an error event, once).
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ from cri_agent.model import (
     ServiceKey,
     Transport,
 )
+
+LABEL_BUDGET_BYTES = 16 * 1024  # keys and values, UTF-8; Kubernetes' own limits keep real pods far below
+TRUNCATED_LABEL = "coral.io/labels-truncated"
 
 # Process names (comm, at most 15 chars) that say what a port speaks.
 PROCESS_TYPES = {
@@ -307,7 +316,28 @@ def derive_services(
         )
         for entry, suffix in zip(entries, suffixes, strict=True)
     )
-    return services, errors
+    capped = tuple(
+        replace(s, labels=kept) if (kept := capped_labels(s.labels)) is not s.labels else s for s in services
+    )
+    if capped != services:
+        total = max(len(s.labels) for s in services)
+        errors += (PodProblem("labels", f"{total} labels exceed the {LABEL_BUDGET_BYTES}-byte budget: truncated"),)
+    return capped, errors
+
+
+def capped_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
+    """``labels`` itself when within the budget; else the first (by key) that fit, and ``TRUNCATED_LABEL``."""
+    if sum(len(k.encode()) + len(v.encode()) for k, v in labels.items()) <= LABEL_BUDGET_BYTES:
+        return labels
+    kept: dict[str, str] = {}
+    room = LABEL_BUDGET_BYTES - 256  # the marker's own room
+    for key in sorted(labels):
+        size = len(key.encode()) + len(labels[key].encode())
+        if size <= room:
+            kept[key] = labels[key]
+            room -= size
+    kept[TRUNCATED_LABEL] = f"{len(labels) - len(kept)} of {len(labels)} labels dropped"
+    return kept
 
 
 def _suffixes(entries: Sequence[_Entry]) -> list[str]:

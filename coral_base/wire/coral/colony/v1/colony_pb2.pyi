@@ -569,12 +569,20 @@ class ListServicesRequest(_message.Message):
     NAMESPACE_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     NAME_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     node: _builtins.str
     namespace: _builtins.str
     provenance: _mesh_pb2.ServiceProvenance.ValueType
     """UNKNOWN: any"""
     name: _builtins.str
     """substring of the service name"""
+    page_size: _builtins.int
+    """Paging: at most page_size services (0: the colony's default; it caps
+    larger values and a page's bytes), from where page_token (a previous
+    next_page_token, with the same filters) left off.
+    """
+    page_token: _builtins.str
     def __init__(
         self,
         *,
@@ -582,10 +590,12 @@ class ListServicesRequest(_message.Message):
         namespace: _builtins.str = ...,
         provenance: _mesh_pb2.ServiceProvenance.ValueType = ...,
         name: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "node", b"node", "provenance", b"provenance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "namespace", b"namespace", "node", b"node", "page_size", b"page_size", "page_token", b"page_token", "provenance", b"provenance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -622,16 +632,22 @@ class ListServicesResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GROUPS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Empty on the last page. An agent's group may span pages: readers merge
+    groups by agent id. An older colony sends one page and no token.
+    """
     @_builtins.property
     def groups(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgentServices]: ...
     def __init__(
         self,
         *,
         groups: _abc.Iterable[Global___AgentServices] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["groups", b"groups", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -731,6 +747,8 @@ class QueryAuditRequest(_message.Message):
     KIND_FIELD_NUMBER: _builtins.int
     LIMIT_FIELD_NUMBER: _builtins.int
     AUDIT_KIND_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
     since_unix_ms: _builtins.int
     node: _builtins.str
     @_builtins.property
@@ -747,6 +765,14 @@ class QueryAuditRequest(_message.Message):
     """0: 1000"""
     audit_kind: Global___AuditKind.ValueType
     """UNSPECIFIED (and kind empty): every kind"""
+    page_size: _builtins.int
+    """Paging through the `limit` newest entries, oldest first: at most
+    page_size entries (0: the colony's default; it caps larger values and a
+    page's bytes) from where page_token (a previous next_page_token, with
+    the same filters) left off. The token holds ids, so entries logged
+    meanwhile never shift a page.
+    """
+    page_token: _builtins.str
     def __init__(
         self,
         *,
@@ -755,10 +781,12 @@ class QueryAuditRequest(_message.Message):
         kind: _builtins.str = ...,
         limit: _builtins.int = ...,
         audit_kind: Global___AuditKind.ValueType = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_kind", b"audit_kind", "kind", b"kind", "limit", b"limit", "node", b"node", "since_unix_ms", b"since_unix_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_kind", b"audit_kind", "kind", b"kind", "limit", b"limit", "node", b"node", "page_size", b"page_size", "page_token", b"page_token", "since_unix_ms", b"since_unix_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -769,16 +797,20 @@ class QueryAuditResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ENTRIES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """empty on the last page"""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___AuditEntry]: ...
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___AuditEntry] | None = ...,
+        next_page_token: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "next_page_token", b"next_page_token"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

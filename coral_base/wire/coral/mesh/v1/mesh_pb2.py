@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(coral_base/wire/coral/mesh/v1/mesh.proto\x12\rcoral.mesh.v1\"\x82\x05\n\x0bServiceInfo\x12\x16\n\x0e\x63omponent_name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x17\n\x0fhealth_endpoint\x18\x03 \x01(\t\x12\x14\n\x0cservice_type\x18\x04 \x01(\t\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.coral.mesh.v1.ServiceInfo.LabelsEntry\x12\x34\n\nprovenance\x18\x06 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12?\n\x0bnode_labels\x18\x08 \x03(\x0b\x32*.coral.mesh.v1.ServiceInfo.NodeLabelsEntry\x12\x13\n\x0bservice_key\x18\x14 \x01(\t\x12\x11\n\tnamespace\x18\x15 \x01(\t\x12\x10\n\x08pod_name\x18\x16 \x01(\t\x12\x0f\n\x07pod_uid\x18\x17 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x18 \x01(\t\x12\x10\n\x08protocol\x18\x19 \x01(\t\x12\x0e\n\x06pod_ip\x18\x1a \x01(\t\x12\x1a\n\x12health_interval_ms\x18\x1b \x01(\x03\x12\x19\n\x11overridden_fields\x18\x1c \x03(\t\x12,\n\x06health\x18\x1d \x01(\x0b\x32\x1c.coral.mesh.v1.ServiceHealth\x12\x10\n\x08workload\x18\x1e \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x01\n\rServiceHealth\x12\x11\n\x05state\x18\x01 \x01(\tB\x02\x18\x01\x12\x12\n\nlast_error\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x15\n\rsince_unix_ms\x18\x04 \x01(\x03\x12\x30\n\x0chealth_state\x18\x05 \x01(\x0e\x32\x1a.coral.mesh.v1.HealthState\"\xb8\x03\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1a\n\x0e\x63omponent_name\x18\x02 \x01(\tB\x02\x18\x01\x12,\n\x08services\x18\n \x03(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x11\n\tcolony_id\x18\x03 \x01(\t\x12\x15\n\rcolony_secret\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.coral.mesh.v1.RegisterRequest.LabelsEntry\x12\x18\n\x10wireguard_pubkey\x18\x07 \x01(\t\x12\x11\n\tnode_name\x18\x0b \x01(\t\x12\x43\n\x0bnode_labels\x18\x0c \x03(\x0b\x32..coral.mesh.v1.RegisterRequest.NodeLabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x10RegisterResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0crefused_keys\x18\x04 \x03(\t\"\xc4\x01\n\x15UpdateServicesRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12+\n\x07upserts\x18\x04 \x03(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x14\n\x0cremoved_keys\x18\x05 \x03(\t\x12-\n\x06\x65vents\x18\x06 \x03(\x0b\x32\x1d.coral.mesh.v1.DiscoveryEvent\"\xa6\x02\n\x0e\x44iscoveryEvent\x12\x14\n\x0ctime_unix_ms\x18\x01 \x01(\x03\x12\x10\n\x04kind\x18\x02 \x01(\tB\x02\x18\x01\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08pod_name\x18\x04 \x01(\t\x12\x0f\n\x07pod_uid\x18\x05 \x01(\t\x12\x13\n\x0bservice_key\x18\x06 \x01(\t\x12\x14\n\x0cservice_name\x18\x07 \x01(\t\x12\x34\n\nprovenance\x18\x08 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0e\n\x06\x66ields\x18\n \x03(\t\x12\x35\n\nevent_kind\x18\x0b \x01(\x0e\x32!.coral.mesh.v1.DiscoveryEventKind\"a\n\x16UpdateServicesResponse\x12\x18\n\x10\x61pplied_sequence\x18\x01 \x01(\x04\x12\x17\n\x0fresync_required\x18\x02 \x01(\x08\x12\x14\n\x0crefused_keys\x18\x03 \x03(\t\"\x93\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x12\n\x06health\x18\x03 \x01(\tB\x02\x18\x01\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x30\n\x0c\x61gent_health\x18\x14 \x01(\x0e\x32\x1a.coral.mesh.v1.AgentHealth\",\n\x11HeartbeatResponse\x12\x17\n\x0fresync_required\x18\x01 \x01(\x08\"<\n\x11\x44\x65registerRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\"\x14\n\x12\x44\x65registerResponse*\x9a\x01\n\x11ServiceProvenance\x12\x1e\n\x1aSERVICE_PROVENANCE_UNKNOWN\x10\x00\x12\x1f\n\x1bSERVICE_PROVENANCE_EXPLICIT\x10\x01\x12!\n\x1dSERVICE_PROVENANCE_DISCOVERED\x10\x02\x12!\n\x1dSERVICE_PROVENANCE_OVERRIDDEN\x10\x03*{\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_HEALTHY\x10\x01\x12\x1a\n\x16HEALTH_STATE_UNHEALTHY\x10\x02\x12\x18\n\x14HEALTH_STATE_UNKNOWN\x10\x03*\x96\x01\n\x0b\x41gentHealth\x12\x1c\n\x18\x41GENT_HEALTH_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_HEALTH_HEALTHY\x10\x01\x12\x19\n\x15\x41GENT_HEALTH_DEGRADED\x10\x02\x12\x1a\n\x16\x41GENT_HEALTH_UNHEALTHY\x10\x03\x12\x18\n\x14\x41GENT_HEALTH_UNKNOWN\x10\x04*\xe0\x01\n\x12\x44iscoveryEventKind\x12$\n DISCOVERY_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44ISCOVERY_EVENT_KIND_ADDED\x10\x01\x12 \n\x1c\x44ISCOVERY_EVENT_KIND_UPDATED\x10\x02\x12 \n\x1c\x44ISCOVERY_EVENT_KIND_REMOVED\x10\x03\x12 \n\x1c\x44ISCOVERY_EVENT_KIND_SKIPPED\x10\x04\x12\x1e\n\x1a\x44ISCOVERY_EVENT_KIND_ERROR\x10\x05\x32\xd5\x02\n\x04Mesh\x12K\n\x08Register\x12\x1e.coral.mesh.v1.RegisterRequest\x1a\x1f.coral.mesh.v1.RegisterResponse\x12]\n\x0eUpdateServices\x12$.coral.mesh.v1.UpdateServicesRequest\x1a%.coral.mesh.v1.UpdateServicesResponse\x12N\n\tHeartbeat\x12\x1f.coral.mesh.v1.HeartbeatRequest\x1a .coral.mesh.v1.HeartbeatResponse\x12Q\n\nDeregister\x12 .coral.mesh.v1.DeregisterRequest\x1a!.coral.mesh.v1.DeregisterResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(coral_base/wire/coral/mesh/v1/mesh.proto\x12\rcoral.mesh.v1\"\x82\x05\n\x0bServiceInfo\x12\x16\n\x0e\x63omponent_name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\x12\x17\n\x0fhealth_endpoint\x18\x03 \x01(\t\x12\x14\n\x0cservice_type\x18\x04 \x01(\t\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.coral.mesh.v1.ServiceInfo.LabelsEntry\x12\x34\n\nprovenance\x18\x06 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x11\n\tnode_name\x18\x07 \x01(\t\x12?\n\x0bnode_labels\x18\x08 \x03(\x0b\x32*.coral.mesh.v1.ServiceInfo.NodeLabelsEntry\x12\x13\n\x0bservice_key\x18\x14 \x01(\t\x12\x11\n\tnamespace\x18\x15 \x01(\t\x12\x10\n\x08pod_name\x18\x16 \x01(\t\x12\x0f\n\x07pod_uid\x18\x17 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x18 \x01(\t\x12\x10\n\x08protocol\x18\x19 \x01(\t\x12\x0e\n\x06pod_ip\x18\x1a \x01(\t\x12\x1a\n\x12health_interval_ms\x18\x1b \x01(\x03\x12\x19\n\x11overridden_fields\x18\x1c \x03(\t\x12,\n\x06health\x18\x1d \x01(\x0b\x32\x1c.coral.mesh.v1.ServiceHealth\x12\x10\n\x08workload\x18\x1e \x01(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x01\n\rServiceHealth\x12\x11\n\x05state\x18\x01 \x01(\tB\x02\x18\x01\x12\x12\n\nlast_error\x18\x02 \x01(\t\x12\x12\n\nlatency_ms\x18\x03 \x01(\x01\x12\x15\n\rsince_unix_ms\x18\x04 \x01(\x03\x12\x30\n\x0chealth_state\x18\x05 \x01(\x0e\x32\x1a.coral.mesh.v1.HealthState\"\xc9\x03\n\x0fRegisterRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x1a\n\x0e\x63omponent_name\x18\x02 \x01(\tB\x02\x18\x01\x12,\n\x08services\x18\n \x03(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x11\n\tcolony_id\x18\x03 \x01(\t\x12\x15\n\rcolony_secret\x18\x04 \x01(\t\x12\x0f\n\x07version\x18\x05 \x01(\t\x12:\n\x06labels\x18\x06 \x03(\x0b\x32*.coral.mesh.v1.RegisterRequest.LabelsEntry\x12\x18\n\x10wireguard_pubkey\x18\x07 \x01(\t\x12\x11\n\tnode_name\x18\x0b \x01(\t\x12\x43\n\x0bnode_labels\x18\x0c \x03(\x0b\x32..coral.mesh.v1.RegisterRequest.NodeLabelsEntry\x12\x0f\n\x07partial\x18\x14 \x01(\x08\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x31\n\x0fNodeLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x10RegisterResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x14\n\x0crefused_keys\x18\x04 \x03(\t\"\xe4\x01\n\x15UpdateServicesRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x10\n\x08sequence\x18\x03 \x01(\x04\x12+\n\x07upserts\x18\x04 \x03(\x0b\x32\x1a.coral.mesh.v1.ServiceInfo\x12\x14\n\x0cremoved_keys\x18\x05 \x03(\t\x12-\n\x06\x65vents\x18\x06 \x03(\x0b\x32\x1d.coral.mesh.v1.DiscoveryEvent\x12\x1e\n\x16\x63ompletes_registration\x18\x14 \x01(\x08\"\xa6\x02\n\x0e\x44iscoveryEvent\x12\x14\n\x0ctime_unix_ms\x18\x01 \x01(\x03\x12\x10\n\x04kind\x18\x02 \x01(\tB\x02\x18\x01\x12\x11\n\tnamespace\x18\x03 \x01(\t\x12\x10\n\x08pod_name\x18\x04 \x01(\t\x12\x0f\n\x07pod_uid\x18\x05 \x01(\t\x12\x13\n\x0bservice_key\x18\x06 \x01(\t\x12\x14\n\x0cservice_name\x18\x07 \x01(\t\x12\x34\n\nprovenance\x18\x08 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x0e\n\x06reason\x18\t \x01(\t\x12\x0e\n\x06\x66ields\x18\n \x03(\t\x12\x35\n\nevent_kind\x18\x0b \x01(\x0e\x32!.coral.mesh.v1.DiscoveryEventKind\"a\n\x16UpdateServicesResponse\x12\x18\n\x10\x61pplied_sequence\x18\x01 \x01(\x04\x12\x17\n\x0fresync_required\x18\x02 \x01(\x08\x12\x14\n\x0crefused_keys\x18\x03 \x03(\t\"\x93\x01\n\x10HeartbeatRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\x12\x12\n\x06health\x18\x03 \x01(\tB\x02\x18\x01\x12\x10\n\x08sequence\x18\x04 \x01(\x04\x12\x30\n\x0c\x61gent_health\x18\x14 \x01(\x0e\x32\x1a.coral.mesh.v1.AgentHealth\",\n\x11HeartbeatResponse\x12\x17\n\x0fresync_required\x18\x01 \x01(\x08\"<\n\x11\x44\x65registerRequest\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\"\x14\n\x12\x44\x65registerResponse*\x9a\x01\n\x11ServiceProvenance\x12\x1e\n\x1aSERVICE_PROVENANCE_UNKNOWN\x10\x00\x12\x1f\n\x1bSERVICE_PROVENANCE_EXPLICIT\x10\x01\x12!\n\x1dSERVICE_PROVENANCE_DISCOVERED\x10\x02\x12!\n\x1dSERVICE_PROVENANCE_OVERRIDDEN\x10\x03*{\n\x0bHealthState\x12\x1c\n\x18HEALTH_STATE_UNSPECIFIED\x10\x00\x12\x18\n\x14HEALTH_STATE_HEALTHY\x10\x01\x12\x1a\n\x16HEALTH_STATE_UNHEALTHY\x10\x02\x12\x18\n\x14HEALTH_STATE_UNKNOWN\x10\x03*\x96\x01\n\x0b\x41gentHealth\x12\x1c\n\x18\x41GENT_HEALTH_UNSPECIFIED\x10\x00\x12\x18\n\x14\x41GENT_HEALTH_HEALTHY\x10\x01\x12\x19\n\x15\x41GENT_HEALTH_DEGRADED\x10\x02\x12\x1a\n\x16\x41GENT_HEALTH_UNHEALTHY\x10\x03\x12\x18\n\x14\x41GENT_HEALTH_UNKNOWN\x10\x04*\xe0\x01\n\x12\x44iscoveryEventKind\x12$\n DISCOVERY_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1e\n\x1a\x44ISCOVERY_EVENT_KIND_ADDED\x10\x01\x12 \n\x1c\x44ISCOVERY_EVENT_KIND_UPDATED\x10\x02\x12 \n\x1c\x44ISCOVERY_EVENT_KIND_REMOVED\x10\x03\x12 \n\x1c\x44ISCOVERY_EVENT_KIND_SKIPPED\x10\x04\x12\x1e\n\x1a\x44ISCOVERY_EVENT_KIND_ERROR\x10\x05\x32\xd5\x02\n\x04Mesh\x12K\n\x08Register\x12\x1e.coral.mesh.v1.RegisterRequest\x1a\x1f.coral.mesh.v1.RegisterResponse\x12]\n\x0eUpdateServices\x12$.coral.mesh.v1.UpdateServicesRequest\x1a%.coral.mesh.v1.UpdateServicesResponse\x12N\n\tHeartbeat\x12\x1f.coral.mesh.v1.HeartbeatRequest\x1a .coral.mesh.v1.HeartbeatResponse\x12Q\n\nDeregister\x12 .coral.mesh.v1.DeregisterRequest\x1a!.coral.mesh.v1.DeregisterResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -47,14 +47,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DISCOVERYEVENT'].fields_by_name['kind']._serialized_options = b'\030\001'
   _globals['_HEARTBEATREQUEST'].fields_by_name['health']._loaded_options = None
   _globals['_HEARTBEATREQUEST'].fields_by_name['health']._serialized_options = b'\030\001'
-  _globals['_SERVICEPROVENANCE']._serialized_start=2272
-  _globals['_SERVICEPROVENANCE']._serialized_end=2426
-  _globals['_HEALTHSTATE']._serialized_start=2428
-  _globals['_HEALTHSTATE']._serialized_end=2551
-  _globals['_AGENTHEALTH']._serialized_start=2554
-  _globals['_AGENTHEALTH']._serialized_end=2704
-  _globals['_DISCOVERYEVENTKIND']._serialized_start=2707
-  _globals['_DISCOVERYEVENTKIND']._serialized_end=2931
+  _globals['_SERVICEPROVENANCE']._serialized_start=2321
+  _globals['_SERVICEPROVENANCE']._serialized_end=2475
+  _globals['_HEALTHSTATE']._serialized_start=2477
+  _globals['_HEALTHSTATE']._serialized_end=2600
+  _globals['_AGENTHEALTH']._serialized_start=2603
+  _globals['_AGENTHEALTH']._serialized_end=2753
+  _globals['_DISCOVERYEVENTKIND']._serialized_start=2756
+  _globals['_DISCOVERYEVENTKIND']._serialized_end=2980
   _globals['_SERVICEINFO']._serialized_start=60
   _globals['_SERVICEINFO']._serialized_end=702
   _globals['_SERVICEINFO_LABELSENTRY']._serialized_start=606
@@ -64,27 +64,27 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SERVICEHEALTH']._serialized_start=705
   _globals['_SERVICEHEALTH']._serialized_end=852
   _globals['_REGISTERREQUEST']._serialized_start=855
-  _globals['_REGISTERREQUEST']._serialized_end=1295
+  _globals['_REGISTERREQUEST']._serialized_end=1312
   _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_start=606
   _globals['_REGISTERREQUEST_LABELSENTRY']._serialized_end=651
   _globals['_REGISTERREQUEST_NODELABELSENTRY']._serialized_start=653
   _globals['_REGISTERREQUEST_NODELABELSENTRY']._serialized_end=702
-  _globals['_REGISTERRESPONSE']._serialized_start=1297
-  _globals['_REGISTERRESPONSE']._serialized_end=1394
-  _globals['_UPDATESERVICESREQUEST']._serialized_start=1397
-  _globals['_UPDATESERVICESREQUEST']._serialized_end=1593
-  _globals['_DISCOVERYEVENT']._serialized_start=1596
-  _globals['_DISCOVERYEVENT']._serialized_end=1890
-  _globals['_UPDATESERVICESRESPONSE']._serialized_start=1892
-  _globals['_UPDATESERVICESRESPONSE']._serialized_end=1989
-  _globals['_HEARTBEATREQUEST']._serialized_start=1992
-  _globals['_HEARTBEATREQUEST']._serialized_end=2139
-  _globals['_HEARTBEATRESPONSE']._serialized_start=2141
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2185
-  _globals['_DEREGISTERREQUEST']._serialized_start=2187
-  _globals['_DEREGISTERREQUEST']._serialized_end=2247
-  _globals['_DEREGISTERRESPONSE']._serialized_start=2249
-  _globals['_DEREGISTERRESPONSE']._serialized_end=2269
-  _globals['_MESH']._serialized_start=2934
-  _globals['_MESH']._serialized_end=3275
+  _globals['_REGISTERRESPONSE']._serialized_start=1314
+  _globals['_REGISTERRESPONSE']._serialized_end=1411
+  _globals['_UPDATESERVICESREQUEST']._serialized_start=1414
+  _globals['_UPDATESERVICESREQUEST']._serialized_end=1642
+  _globals['_DISCOVERYEVENT']._serialized_start=1645
+  _globals['_DISCOVERYEVENT']._serialized_end=1939
+  _globals['_UPDATESERVICESRESPONSE']._serialized_start=1941
+  _globals['_UPDATESERVICESRESPONSE']._serialized_end=2038
+  _globals['_HEARTBEATREQUEST']._serialized_start=2041
+  _globals['_HEARTBEATREQUEST']._serialized_end=2188
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2190
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2234
+  _globals['_DEREGISTERREQUEST']._serialized_start=2236
+  _globals['_DEREGISTERREQUEST']._serialized_end=2296
+  _globals['_DEREGISTERRESPONSE']._serialized_start=2298
+  _globals['_DEREGISTERRESPONSE']._serialized_end=2318
+  _globals['_MESH']._serialized_start=2983
+  _globals['_MESH']._serialized_end=3324
 # @@protoc_insertion_point(module_scope)

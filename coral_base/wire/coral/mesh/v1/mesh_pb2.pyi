@@ -347,6 +347,7 @@ class RegisterRequest(_message.Message):
     WIREGUARD_PUBKEY_FIELD_NUMBER: _builtins.int
     NODE_NAME_FIELD_NUMBER: _builtins.int
     NODE_LABELS_FIELD_NUMBER: _builtins.int
+    PARTIAL_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
@@ -359,6 +360,15 @@ class RegisterRequest(_message.Message):
     version: _builtins.str
     wireguard_pubkey: _builtins.str
     node_name: _builtins.str
+    partial: _builtins.bool
+    """The full set did not fit in one message: this Register carries its
+    first part and deltas of the new session carry the rest, the last of
+    them with `completes_registration`. Until then the colony keeps the
+    services this request does not name (marked unconfirmed) instead of
+    deleting them, so a large node registers without churn. A colony that
+    predates the field replaces the set with this part and the deltas add
+    the rest: the same end state, with churn in its audit log.
+    """
     @_builtins.property
     def services(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceInfo]: ...
     @_builtins.property
@@ -378,10 +388,11 @@ class RegisterRequest(_message.Message):
         wireguard_pubkey: _builtins.str = ...,
         node_name: _builtins.str = ...,
         node_labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "colony_id", b"colony_id", "colony_secret", b"colony_secret", "component_name", b"component_name", "labels", b"labels", "node_labels", b"node_labels", "node_name", b"node_name", "services", b"services", "version", b"version", "wireguard_pubkey", b"wireguard_pubkey"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "colony_id", b"colony_id", "colony_secret", b"colony_secret", "component_name", b"component_name", "labels", b"labels", "node_labels", b"node_labels", "node_name", b"node_name", "partial", b"partial", "services", b"services", "version", b"version", "wireguard_pubkey", b"wireguard_pubkey"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -430,9 +441,14 @@ class UpdateServicesRequest(_message.Message):
     UPSERTS_FIELD_NUMBER: _builtins.int
     REMOVED_KEYS_FIELD_NUMBER: _builtins.int
     EVENTS_FIELD_NUMBER: _builtins.int
+    COMPLETES_REGISTRATION_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     session_token: _builtins.str
     sequence: _builtins.int
+    completes_registration: _builtins.bool
+    """The last part of a `partial` registration: the services of this agent
+    that no part named are deleted once this delta is applied.
+    """
     @_builtins.property
     def upserts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceInfo]: ...
     @_builtins.property
@@ -452,10 +468,11 @@ class UpdateServicesRequest(_message.Message):
         upserts: _abc.Iterable[Global___ServiceInfo] | None = ...,
         removed_keys: _abc.Iterable[_builtins.str] | None = ...,
         events: _abc.Iterable[Global___DiscoveryEvent] | None = ...,
+        completes_registration: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "events", b"events", "removed_keys", b"removed_keys", "sequence", b"sequence", "session_token", b"session_token", "upserts", b"upserts"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "completes_registration", b"completes_registration", "events", b"events", "removed_keys", b"removed_keys", "sequence", b"sequence", "session_token", b"session_token", "upserts", b"upserts"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

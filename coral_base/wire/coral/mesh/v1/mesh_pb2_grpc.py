@@ -33,6 +33,13 @@ class MeshStub:
     sequence was already applied is acknowledged and ignored (replays are
     idempotent); a gap, an unknown session, or a colony that lost its
     registry answers resync_required, and the agent registers in full again.
+
+    Sizes: both ends allow messages up to 16 MiB; an agent keeps each request
+    near 1 MiB (below the 4 MiB of older colonies) by sending a large set as a
+    `partial` Register plus deltas, a large change as several deltas, and node
+    labels once, in RegisterRequest.node_labels (not in each ServiceInfo: a
+    service without node labels has its agent's). A delta refused as too
+    large or invalid is dropped and the agent registers in full again.
     """
 
     def __init__(self, channel):
@@ -71,6 +78,13 @@ class MeshServicer:
     sequence was already applied is acknowledged and ignored (replays are
     idempotent); a gap, an unknown session, or a colony that lost its
     registry answers resync_required, and the agent registers in full again.
+
+    Sizes: both ends allow messages up to 16 MiB; an agent keeps each request
+    near 1 MiB (below the 4 MiB of older colonies) by sending a large set as a
+    `partial` Register plus deltas, a large change as several deltas, and node
+    labels once, in RegisterRequest.node_labels (not in each ServiceInfo: a
+    service without node labels has its agent's). A delta refused as too
+    large or invalid is dropped and the agent registers in full again.
     """
 
     def Register(self, request, context):
@@ -136,6 +150,13 @@ class Mesh:
     sequence was already applied is acknowledged and ignored (replays are
     idempotent); a gap, an unknown session, or a colony that lost its
     registry answers resync_required, and the agent registers in full again.
+
+    Sizes: both ends allow messages up to 16 MiB; an agent keeps each request
+    near 1 MiB (below the 4 MiB of older colonies) by sending a large set as a
+    `partial` Register plus deltas, a large change as several deltas, and node
+    labels once, in RegisterRequest.node_labels (not in each ServiceInfo: a
+    service without node labels has its agent's). A delta refused as too
+    large or invalid is dropped and the agent registers in full again.
     """
 
     @staticmethod

@@ -42,6 +42,13 @@ class MeshStub:
     sequence was already applied is acknowledged and ignored (replays are
     idempotent); a gap, an unknown session, or a colony that lost its
     registry answers resync_required, and the agent registers in full again.
+
+    Sizes: both ends allow messages up to 16 MiB; an agent keeps each request
+    near 1 MiB (below the 4 MiB of older colonies) by sending a large set as a
+    `partial` Register plus deltas, a large change as several deltas, and node
+    labels once, in RegisterRequest.node_labels (not in each ServiceInfo: a
+    service without node labels has its agent's). A delta refused as too
+    large or invalid is dropped and the agent registers in full again.
     """
 
     @_typing.overload
@@ -62,6 +69,13 @@ class MeshAsyncStub(MeshStub):
     sequence was already applied is acknowledged and ignored (replays are
     idempotent); a gap, an unknown session, or a colony that lost its
     registry answers resync_required, and the agent registers in full again.
+
+    Sizes: both ends allow messages up to 16 MiB; an agent keeps each request
+    near 1 MiB (below the 4 MiB of older colonies) by sending a large set as a
+    `partial` Register plus deltas, a large change as several deltas, and node
+    labels once, in RegisterRequest.node_labels (not in each ServiceInfo: a
+    service without node labels has its agent's). A delta refused as too
+    large or invalid is dropped and the agent registers in full again.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -78,6 +92,13 @@ class MeshServicer(metaclass=_abc_1.ABCMeta):
     sequence was already applied is acknowledged and ignored (replays are
     idempotent); a gap, an unknown session, or a colony that lost its
     registry answers resync_required, and the agent registers in full again.
+
+    Sizes: both ends allow messages up to 16 MiB; an agent keeps each request
+    near 1 MiB (below the 4 MiB of older colonies) by sending a large set as a
+    `partial` Register plus deltas, a large change as several deltas, and node
+    labels once, in RegisterRequest.node_labels (not in each ServiceInfo: a
+    service without node labels has its agent's). A delta refused as too
+    large or invalid is dropped and the agent registers in full again.
     """
 
     @_abc_1.abstractmethod
