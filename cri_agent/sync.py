@@ -345,8 +345,7 @@ class ColonySync:
             self._pending = None
             return
         self._sequence, self._acked, self._pending = delta.sequence, delta.snapshot, None
-        self.connected = True
-        self.backoff.reset()
+        await self._answered()
 
     async def _heartbeat(self, stub: mesh_pb2_grpc.MeshAsyncStub) -> None:
         health = self.health
@@ -360,3 +359,14 @@ class ColonySync:
         if response.resync_required:
             emit(log, "colony.resync", reason="the colony does not know this agent: registering in full")
             self._acked = None
+            return
+        await self._answered()
+
+    async def _answered(self) -> None:
+        """The colony answered a delta or a heartbeat of the current session: connected, and says so when it
+        was not (a colony restarted with its registry resumes the session without a new registration)."""
+        self.backoff.reset()
+        if not self.connected:
+            self.connected = True
+            emit(log, "colony.reconnected", colony_id=self.endpoint.colony_id)
+            await self._state(True, f"connected to colony {self.endpoint.colony_id} at {self.endpoint.address}")
