@@ -57,11 +57,15 @@ class Colony:
     async def start(self) -> None:
         self.writer = WriterThread(RegistryWriter(self.path))  # owned here, as serve() owns it
         self.registry = RegistryReader(self.path)
-        self.service = MeshService(self.writer, colony_id="c1", colony_secret=SECRET)
+        self.service = self.mesh(self.writer)
         self.server = grpc.aio.server()
         mesh_pb2_grpc.add_MeshServicer_to_server(self.service, self.server)
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self.server.start()
+
+    def mesh(self, writer: WriterThread) -> MeshService:
+        """The Mesh service it serves (a test's subclass may misbehave on purpose)."""
+        return MeshService(writer, colony_id="c1", colony_secret=SECRET)
 
     async def stop(self) -> None:
         assert self.server is not None and self.writer is not None and self.registry is not None
