@@ -90,4 +90,4 @@ bench:
 	$(PY) -m bench.metrics --pods 250 --output BENCHMARKS.md
 
 clean:
-	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache
+	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis

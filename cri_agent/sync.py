@@ -433,8 +433,7 @@ class ColonySync:
             return
         self._sequence, self._acked, self._pending = delta.sequence, delta.snapshot, None
         self._completing = self._completing and not delta.completes_registration
-        self.connected = True
-        self.backoff.reset()
+        await self._answered()
 
     def _drop(self, delta: _Delta, exc: grpc.aio.AioRpcError) -> None:
         """A delta the colony will never take: dropped with its events (counted); register in full again."""
@@ -470,3 +469,14 @@ class ColonySync:
             emit(log, "colony.resync", reason="the colony does not know this agent: registering in full")
             self._acked = None
             self._changed.set()
+            return
+        await self._answered()
+
+    async def _answered(self) -> None:
+        """The colony answered a delta or a heartbeat of the current session: connected, and says so when it
+        was not (a colony restarted with its registry resumes the session without a new registration)."""
+        self.backoff.reset()
+        if not self.connected:
+            self.connected = True
+            emit(log, "colony.reconnected", colony_id=self.endpoint.colony_id)
+            await self._state(True, f"connected to colony {self.endpoint.colony_id} at {self.endpoint.address}")

@@ -53,11 +53,9 @@ class Colony:
         path: Path,
         *,
         max_message_bytes: int = MAX_MESSAGE_BYTES,  # lower: as an older colony (gRPC's 4 MiB default) or a smaller one
-        service: type[MeshService] = MeshService,
     ) -> None:
         self.path = path
         self.max_message_bytes = max_message_bytes
-        self.service_type = service
         self.port = free_port()
         self.server: grpc.aio.Server | None = None
         self.writer: WriterThread | None = None
@@ -66,13 +64,17 @@ class Colony:
     async def start(self) -> None:
         self.writer = WriterThread(RegistryWriter(self.path))  # owned here, as serve() owns it
         self.registry = RegistryReader(self.path)
-        self.service = self.service_type(self.writer, colony_id="c1", colony_secret=SECRET)
+        self.service = self.mesh(self.writer)
         receive = "grpc.max_receive_message_length"
         options = [*(o for o in CHANNEL_OPTIONS if o[0] != receive), (receive, self.max_message_bytes)]
         self.server = grpc.aio.server(options=options)
         mesh_pb2_grpc.add_MeshServicer_to_server(self.service, self.server)
         self.server.add_insecure_port(f"127.0.0.1:{self.port}")
         await self.server.start()
+
+    def mesh(self, writer: WriterThread) -> MeshService:
+        """The Mesh service it serves (a test's subclass may misbehave on purpose)."""
+        return MeshService(writer, colony_id="c1", colony_secret=SECRET)
 
     async def stop(self) -> None:
         assert self.server is not None and self.writer is not None and self.registry is not None

@@ -23,13 +23,14 @@ from coral_base.backoff import Backoff
 from coral_base.wire.coral.mesh.v1 import mesh_pb2
 from coral_colony.identity import init_colony
 from coral_colony.mesh_service import MeshService
+from coral_colony.stores.writer import WriterThread
 from cri_agent.discovery.containers import lifecycle
 from cri_agent.discovery.rules import DiscoveryRules
 from cri_agent.discovery.services import LABEL_BUDGET_BYTES, TRUNCATED_LABEL, derive_services
 from cri_agent.model import DeclaredPort, ServiceInfo, ServiceKey
 from cri_agent.sync import ColonySync
 from tests.builders import container, pod
-from tests.colony import Colony, enrolling_sync, free_port, logged, serving
+from tests.colony import SECRET, Colony, enrolling_sync, free_port, logged, serving
 from tests.test_sync import svc, target
 
 
@@ -204,9 +205,14 @@ class SlowDeltas(MeshService):
         return await super().Heartbeat(request, context)
 
 
+class SlowColony(Colony):
+    def mesh(self, writer: WriterThread) -> MeshService:
+        return SlowDeltas(writer, colony_id="c1", colony_secret=SECRET)
+
+
 def test_heartbeats_never_wait_behind_a_slow_delta(tmp_path: Path) -> None:
     async def main() -> int:
-        colony = Colony(tmp_path / "colony.db", service=SlowDeltas)
+        colony = SlowColony(tmp_path / "colony.db")
         await colony.start()
         sync = ColonySync(replace(target(colony.port), heartbeat_interval_s=0.1, timeout_s=5.0))
         sync.set_services(by_key([svc(1)]), {})

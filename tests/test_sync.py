@@ -238,3 +238,32 @@ def test_the_registry_keeps_no_session_token_and_no_one_else_reads_it(tmp_path: 
         return oct(stat.S_IMODE((tmp_path / "colony.db").stat().st_mode)), refused.value.code()
 
     assert run(tmp_path, scenario) == (oct(0o600), grpc.StatusCode.UNAUTHENTICATED)
+
+
+@pytest.mark.parametrize("changed_while_away", [False, True], ids=["heartbeat-resumes", "delta-resumes"])
+def test_the_colony_condition_turns_true_again_when_a_restarted_colony_answers(
+    tmp_path: Path, changed_while_away: bool
+) -> None:
+    """A colony restarted with its registry knows the session: the agent's next heartbeat (nothing changed)
+    or delta is answered without a new registration, and that alone must say "connected" again."""
+
+    async def scenario(colony: Colony, sync: ColonySync, clock: VirtualClock) -> tuple[bool, list[bool]]:
+        states: list[bool] = []
+
+        async def record(connected: bool, reason: str) -> None:
+            states.append(connected)
+
+        sync.on_state = record
+        sync.set_services({svc(1).key: svc(1)}, {})
+        await clock.until(lambda: sync.in_sync and states == [True], within=5)
+        await colony.stop()
+        await clock.until(lambda: states[-1] is False, within=5)
+        if changed_while_away:
+            sync.set_services({s.key: s for s in (svc(1), svc(2))}, {})
+        await colony.start()
+        await clock.until(lambda: sync.in_sync and len(colony.keys()) == 1 + changed_while_away, within=5)
+        await clock.sleep(1.0)  # ten heartbeats
+        return sync.connected, states
+
+    connected, states = run(tmp_path, scenario)
+    assert (connected, states) == (True, [True, False, True])
