@@ -1,4 +1,5 @@
-# The two commands a newcomer needs: `make setup` once, then `make test`.
+# The two commands a newcomer needs: `make demo` to see it work, `make test` to run every test (each sets up
+# what it needs first: `make setup`'s steps, skipped when their stamp says they are done).
 PY ?= python3
 DEBIAN_PACKAGES := containerd runc containernetworking-plugins busybox-static iptables iproute2 \
 	util-linux procps sqlite3 chromium fonts-dejavu-core tshark linux-perf gcc libc6-dev etcd-server etcd-client \
@@ -11,16 +12,27 @@ IMAGE_DIR ?= $(CURDIR)/.cache/images
 KUBE_BIN ?= $(CURDIR)/.cache/kube/bin
 GO ?= $(shell command -v go || echo /usr/local/go/bin/go)
 
-.PHONY: setup setup-debian setup-python images kube-binaries image-inputs proto lint unit integration test bench clean chart-golden
+.PHONY: setup setup-debian setup-python images kube-binaries image-inputs proto lint unit integration test bench clean chart-golden \
+	demo
 
 setup: setup-debian setup-python images kube-binaries image-inputs
 
-setup-debian:
+# A set-up step leaves a stamp (gone with `make clean`), so a second `make setup` or `make demo` skips it:
+# the Debian packages are installed again when their list changes (the stamp's name holds its hash), the
+# Python dependencies when pyproject.toml does.
+STAMPS ?= $(CURDIR)/.cache/stamps
+DEBIAN_STAMP := $(STAMPS)/debian-$(shell echo '$(DEBIAN_PACKAGES)' | sha256sum | cut -c1-12)
+setup-debian: $(DEBIAN_STAMP)
+setup-python: $(STAMPS)/python
+
+$(DEBIAN_STAMP):
 	apt-get update -qq
 	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEBIAN_PACKAGES)
+	@mkdir -p $(@D) && touch $@
 
-setup-python:
+$(STAMPS)/python: pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@mkdir -p $(@D) && touch $@
 
 # Offline OCI images for the harness (pause + busybox workload); no registry.
 images:
@@ -51,8 +63,18 @@ $(KUBE_BIN)/coredns: integration/coredns/go.mod integration/coredns/go.sum
 
 # Offline inputs of the image build (integration/test_image.py): a Debian root from Debian's archive, and wheels.
 DOCKER_ROOT_PACKAGES := python3,python3-venv,util-linux,iproute2,procps,tshark,linux-perf,ca-certificates
-image-inputs: .cache/docker/bookworm-rootfs.tar
+# The image's wheels: the dependencies' again when pyproject.toml changes; the project's own (2 s, offline)
+# when its code does, so the image holds the code under test.
+image-inputs: .cache/docker/bookworm-rootfs.tar $(STAMPS)/project-wheel
+
+$(STAMPS)/wheels: pyproject.toml
 	rm -rf .cache/wheels && $(PY) -m pip wheel -q --disable-pip-version-check -w .cache/wheels .
+	@mkdir -p $(@D) && touch $@
+
+WHEEL_SOURCES := $(shell find coral_base cri_agent coral_colony coral_cli -name '*.py' 2>/dev/null)
+$(STAMPS)/project-wheel: $(STAMPS)/wheels $(WHEEL_SOURCES)
+	$(PY) -m pip wheel -q --disable-pip-version-check --no-deps --no-build-isolation -w .cache/wheels .
+	@mkdir -p $(@D) && touch $@
 
 .cache/docker/bookworm-rootfs.tar:
 	rm -rf .cache/docker/rootfs && mkdir -p .cache/docker
@@ -73,9 +95,15 @@ unit:
 integration:
 	$(PY) -m pytest integration -q
 
-# Lint, then every test (unit + integration) in one pytest run.
-test: lint
+# Lint, then every test (unit + integration) in one pytest run, after whatever set-up step is not done yet.
+test: setup lint
 	$(PY) -m pytest -q
+
+# The product's main job on this machine, as root (containerd needs it): a private containerd, a colony, the
+# agent and sample pods; prints `coral services`, `coral agent events` and the status page, runs until Ctrl-C,
+# then removes everything. DEMO_ONCE=1: print, clean up and exit. Needs only part of `make setup`.
+demo: setup-debian setup-python images
+	$(PY) -m integration.harness.demo$(if $(filter-out 0,$(DEMO_ONCE)), --once)
 
 # Rewrite deploy/helm/coral-node-agent/ci/golden/ from ci/*-values.yaml (then review the diff).
 chart-golden:
