@@ -29,6 +29,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as grpc_health  # type: ignore[attr-defined]  # grpc-stubs predates it
 
 from coral_base.clock import SYSTEM_CLOCK, Clock
+from coral_base.grpc_options import Endpoint, server_options
 from coral_base.lifecycle import Stage, run_stages
 from coral_base.logs import emit
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -199,7 +200,7 @@ async def _serve(
             clock=clock.time,
         )
         interceptors = metrics.interceptors() if metrics else None
-        public = grpc.aio.server(interceptors=interceptors)
+        public = grpc.aio.server(interceptors=interceptors, options=server_options(Endpoint.PUBLIC))
         grpc_health_service = grpc_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(grpc_health_service, public)
 
@@ -217,7 +218,7 @@ async def _serve(
             mesh_pb2_grpc.add_MeshServicer_to_server(mesh, public)
             agent_pb2_grpc.add_AgentControlServicer_to_server(router, public)
         public.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
-        agents = grpc.aio.server(interceptors=interceptors)
+        agents = grpc.aio.server(interceptors=interceptors, options=server_options(Endpoint.AGENTS))
         mesh_pb2_grpc.add_MeshServicer_to_server(mesh, agents)
         agent_pb2_grpc.add_AgentControlServicer_to_server(router, agents)
         identity_pb2_grpc.add_RenewalServicer_to_server(enrollment, agents)

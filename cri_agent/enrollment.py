@@ -41,6 +41,7 @@ import grpc
 import grpc.aio
 
 from coral_base.clock import Clock
+from coral_base.grpc_options import channel_options
 from coral_base.logs import emit
 from coral_base.vocabulary import EnrollMethod
 from coral_base.wire.coral.identity.v1 import identity_pb2, identity_pb2_grpc
@@ -73,7 +74,9 @@ class Credential:
 
 def public_channel(address: str, ca_pem: bytes) -> grpc.aio.Channel:
     """The colony's public endpoint: TLS pinned to its CA."""
-    return grpc.aio.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem))
+    return grpc.aio.secure_channel(
+        address, grpc.ssl_channel_credentials(root_certificates=ca_pem), options=channel_options()
+    )
 
 
 class AgentIdentity:
@@ -240,7 +243,7 @@ class AgentIdentity:
             private_key=self.current.key_pem.encode(),
             certificate_chain=self.current.certificate_pem.encode(),
         )
-        return grpc.aio.secure_channel(self.current.agent_address, credentials)
+        return grpc.aio.secure_channel(self.current.agent_address, credentials, options=channel_options())
 
     def refused(self, exc: grpc.aio.AioRpcError) -> None:
         """Act on the agent endpoint's refusal of the certificate: revoked, or unknown (enroll again)."""

@@ -39,6 +39,7 @@ import grpc.aio
 
 from coral_base.backoff import Backoff
 from coral_base.clock import SYSTEM_CLOCK, Clock
+from coral_base.grpc_options import channel_options
 from coral_base.logs import emit
 from coral_base.vocabulary import AgentHealth
 from coral_base.wire.coral.mesh.v1 import mesh_pb2_grpc
@@ -92,9 +93,9 @@ class Backlog:
 def colony_channel(endpoint: ColonyEndpoint) -> grpc.aio.Channel:
     """A channel to the colony: TLS pinned to its CA (insecure only when configured so)."""
     if endpoint.ca_pem is None:
-        return grpc.aio.insecure_channel(endpoint.address)
+        return grpc.aio.insecure_channel(endpoint.address, options=channel_options())
     credentials = grpc.ssl_channel_credentials(root_certificates=endpoint.ca_pem)
-    return grpc.aio.secure_channel(endpoint.address, credentials)
+    return grpc.aio.secure_channel(endpoint.address, credentials, options=channel_options())
 
 
 class ColonySync:
