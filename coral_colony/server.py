@@ -47,8 +47,9 @@ from coral_colony.refusals import Refusals
 from coral_colony.router import Router
 from coral_colony.signer import AGENT_CERT_LIFETIME
 from coral_colony.stores.reader import RegistryReader
-from coral_colony.stores.writer import RegistryWriter, WriterThread
+from coral_colony.stores.writer import RegistryFull, RegistryWriter, WriterThread
 from coral_colony.tokens import OperatorTokens
+from coral_colony.unwritable import DiskFull
 from coral_colony.web.probes import ProbeEndpoints
 from coral_colony.web.server import StatusPage
 
@@ -199,7 +200,7 @@ async def _serve(
             service_accounts=service_accounts,
             clock=clock.time,
         )
-        interceptors = metrics.interceptors() if metrics else None
+        interceptors = (DiskFull(), *(metrics.interceptors() if metrics else ()))
         public = grpc.aio.server(interceptors=interceptors, options=server_options(Endpoint.PUBLIC))
         grpc_health_service = grpc_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(grpc_health_service, public)
@@ -334,7 +335,7 @@ async def _registry_clock(
                 )
             )
             await refusals.flush(clock.time())  # the counts of a quiet minute's refusals
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, RegistryFull) as exc:
             if not failing:
                 emit(log, "registry.housekeeping_failed", level=logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
             failing = str(exc)

@@ -8,19 +8,23 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+import subprocess
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import grpc
 import grpc.aio
+import pytest
 
 from coral_base.vocabulary import ArtifactKind, EnrollMethod, Outcome, Scope
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_base.wire.coral.colony.v1 import colony_pb2
 from coral_base.wire.coral.identity.v1 import identity_pb2_grpc
+from coral_colony.identity import init_colony
 from coral_colony.operator_service import MAX_OPERATIONS_PER_OPERATOR
 from cri_agent import colony_codec
 from cri_agent.operation import Artifact, OperationRequest, OperationResult
@@ -201,3 +205,57 @@ def test_a_stranger_varying_its_colony_id_still_makes_one_audit_row_a_minute(tmp
 
     rows = run(scenario())
     assert len(rows) == 1 and "wrong colony id" in rows[0]["detail"]
+
+
+# -- a full disk (Faults) -------------------------------------------------------------------------------------
+
+
+@contextmanager
+def small_disk(directory: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``directory`` (root only), unmounted on the way out."""
+    directory.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=True)
+
+
+def fill(directory: Path) -> Path:
+    """Write zeros into ``directory`` until its filesystem is full."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass  # ENOSPC: full
+    finally:
+        os.close(fd)
+    return filler
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("mount") is None, reason="mounting a tmpfs needs root")
+def test_on_a_full_disk_the_colony_refuses_writes_keeps_serving_reads_and_recovers_by_itself(tmp_path: Path) -> None:
+    async def scenario() -> tuple[grpc.StatusCode, str, int, int]:
+        with small_disk(tmp_path / "colony", "3m") as directory:
+            init_colony(directory, colony_id="prod", hosts=["127.0.0.1"])
+            async with running(directory) as colony, synced(agent(colony, "node-a", svc(1))) as sync:
+                operator, reader = colony.operator(Scope.OPERATE), colony.operator(Scope.READ)
+                filler = fill(directory)
+                write = await refused(operator.RunOperation(tap(), timeout=10).read())  # audits its start first
+                listed = await reader.ListServices(colony_pb2.ListServicesRequest(), timeout=10)
+                sync.set_services({s.key: replace(s, node_name="node-a") for s in (svc(1), svc(2))}, {})
+                await asyncio.sleep(1.0)  # the delta is refused meanwhile; the agent retries
+                filler.unlink()  # space returns
+                await until(lambda: sync.in_sync, within=30)
+                return (
+                    write.code(),
+                    write.details() or "",
+                    sum(len(g.services) for g in listed.groups),
+                    len(colony.services()),
+                )
+
+    code, details, listed, after = run(scenario())
+    assert (code, details) == (grpc.StatusCode.UNAVAILABLE, "registry cannot be written: disk full")
+    assert (listed, after) == (1, 2)
