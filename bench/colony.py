@@ -71,6 +71,9 @@ class Load:
         self.sessions: dict[int, str] = {}
         self.sequences: dict[int, int] = {}
 
+    def agent_id(self, agent: int) -> str:
+        return f"agent-{agent}"
+
     def _call(self, agent: int, method: str, response: Any) -> Any:
         channel = self.channels[agent % CHANNELS]
         # Requests are serialized beforehand: no request serializer, bytes go out as they are.
@@ -82,7 +85,7 @@ class Load:
         secret = self.colony.secret_file.read_text().strip()
         requests = [
             mesh_pb2.RegisterRequest(
-                agent_id=f"agent-{a}",
+                agent_id=self.agent_id(a),
                 colony_id=self.colony.colony_id,
                 colony_secret=secret,
                 version="0.1.0",
@@ -118,7 +121,7 @@ class Load:
             changed = [service(agent, rng.randrange(self.services), health=rng.choice(["healthy", "unhealthy"]))]
             changed.append(service(agent, rng.randrange(self.services), health="healthy"))
             request = mesh_pb2.UpdateServicesRequest(
-                agent_id=f"agent-{agent}",
+                agent_id=self.agent_id(agent),
                 session_token=self.sessions[agent],
                 sequence=self.sequences[agent],
                 upserts=changed,
@@ -132,7 +135,7 @@ class Load:
 
         async def heartbeat(agent: int) -> None:
             request = mesh_pb2.HeartbeatRequest(
-                agent_id=f"agent-{agent}", session_token=self.sessions[agent], health="healthy"
+                agent_id=self.agent_id(agent), session_token=self.sessions[agent], health="healthy"
             )
             sent = time.perf_counter()
             await self._call(agent, "Heartbeat", mesh_pb2.HeartbeatResponse)(request.SerializeToString(), timeout=30)

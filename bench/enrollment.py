@@ -200,12 +200,12 @@ async def tls_only(colony: ColonyProcess, pid: int, agents: int, services: int, 
         await asyncio.gather(*(c.close(None) for c in channels))
 
 
-async def mutual_tls(
-    colony: ColonyProcess, pid: int, keys: Sequence[AgentKey], services: int, in_flight: int
-) -> dict[str, Phase]:
+async def enroll_all(
+    colony: ColonyProcess, pid: int, keys: Sequence[AgentKey], in_flight: int
+) -> tuple[Phase, list[identity_pb2.Certificate]]:
+    """Every agent enrolled with the shared secret on the public endpoint; the phase and each certificate."""
     ca = colony.ca.read_bytes()
     secret = colony.secret_file.read_text().strip()
-    agents = len(keys)
     enroll = [
         colony_codec.enroll_request(
             colony_id=colony.colony_id,
@@ -217,7 +217,7 @@ async def mutual_tls(
         )
         for k in keys
     ]
-    certificates: list[identity_pb2.Certificate | None] = [None] * agents
+    certificates: list[identity_pb2.Certificate | None] = [None] * len(keys)
 
     async def enroll_one(agent: int) -> None:
         # As AgentIdentity._enroll: a channel to the public endpoint for the one call, then closed.
@@ -227,26 +227,38 @@ async def mutual_tls(
                 enroll[agent], timeout=TIMEOUT_S
             )
 
-    requests = register_requests(colony, agents, services, secret="")
-    phases = {"enroll": await timed_phase(pid, agents, in_flight, enroll_one)}
+    phase = await timed_phase(pid, len(keys), in_flight, enroll_one)
+    return phase, [c for c in certificates if c is not None]
+
+
+def agent_channel(ca: bytes, key: AgentKey, answer: identity_pb2.Certificate) -> tuple[str, grpc.aio.Channel]:
+    """(agent id, a channel to the agent endpoint) as ``AgentIdentity.channel()`` builds it: the pinned CA and
+    those the colony sent, the agent's key and certificate."""
+    agent_id, certificate_pem, ca_pem, _, _, agent_port = colony_codec.certificate(answer)
+    assert agent_id == f"node-agent-{key.node_name}", agent_id
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca + b"\n" + ca_pem.encode(),
+        private_key=key.key_pem.encode(),
+        certificate_chain=certificate_pem.encode(),
+    )
+    return agent_id, grpc.aio.secure_channel(f"127.0.0.1:{agent_port}", credentials)
+
+
+async def mutual_tls(
+    colony: ColonyProcess, pid: int, keys: Sequence[AgentKey], services: int, in_flight: int
+) -> dict[str, Phase]:
+    ca = colony.ca.read_bytes()
+    enrolled, certificates = await enroll_all(colony, pid, keys, in_flight)
+    requests = register_requests(colony, len(keys), services, secret="")
+    phases = {"enroll": enrolled}
     channels: list[grpc.aio.Channel] = []
 
     async def register_one(agent: int) -> None:
-        answer = certificates[agent]
-        assert answer is not None
-        agent_id, certificate_pem, ca_pem, _, _, agent_port = colony_codec.certificate(answer)
-        assert agent_id == f"node-agent-{keys[agent].node_name}", agent_id
-        # As AgentIdentity.channel(): the pinned CA and those the colony sent, the agent's key and certificate.
-        credentials = grpc.ssl_channel_credentials(
-            root_certificates=ca + b"\n" + ca_pem.encode(),
-            private_key=keys[agent].key_pem.encode(),
-            certificate_chain=certificate_pem.encode(),
-        )
-        channel = grpc.aio.secure_channel(f"127.0.0.1:{agent_port}", credentials)
+        agent_id, channel = agent_channel(ca, keys[agent], certificates[agent])
         await register(channel, requests[agent], channels, expect_agent=agent_id)
 
     try:
-        phases["register"] = await timed_phase(pid, agents, in_flight, register_one)
+        phases["register"] = await timed_phase(pid, len(keys), in_flight, register_one)
     finally:
         await asyncio.gather(*(c.close(None) for c in channels))
     return phases

@@ -18,7 +18,7 @@ from typing import Protocol, TypeVar
 import grpc
 
 from coral_base.errors import CoralError
-from coral_base.message_limits import CHANNEL_OPTIONS
+from coral_base.grpc_options import channel_options
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_colony import codec
 from coral_colony.model import AuditQuery, OperationOutput, OperationRequest, Principal, ServiceFilter
@@ -112,9 +112,9 @@ class ColonyClient:
             raise ColonyCallError(
                 f"cannot read the colony CA {endpoint.ca_file}: {exc.strerror}", transient=False
             ) from None
-        options: list[tuple[str, str | int]] = list(CHANNEL_OPTIONS)
-        if endpoint.tls_server_name:
-            options.append(("grpc.ssl_target_name_override", endpoint.tls_server_name))
+        options = channel_options(
+            *([("grpc.ssl_target_name_override", endpoint.tls_server_name)] if endpoint.tls_server_name else [])
+        )
         self._channel = grpc.secure_channel(
             endpoint.address, grpc.ssl_channel_credentials(root_certificates=ca), options=options
         )

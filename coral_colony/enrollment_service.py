@@ -109,11 +109,15 @@ class EnrollmentService(identity_pb2_grpc.EnrollmentServicer, identity_pb2_grpc.
         return codec.issued_certificate(self._issued(signed))
 
     async def _credential(self, call: EnrollCall, context: _Context) -> str:
-        """The credential's name for the audit log (never the secret), or the call aborted."""
-        why = ""
+        """The credential's name for the audit log (never the secret), or the call aborted.
+
+        A refusal is audited under a reason of the colony's own words (``reason``), never a field the caller
+        chose: a stranger varying its colony id or node name still makes one row a minute (``refusals``).
+        """
+        why = reason = ""
         name = ""
         if call.colony_id != self.colony_id:
-            why = f"wrong colony id (sent: {call.colony_id!r})"
+            why, reason = f"wrong colony id (sent: {call.colony_id!r})", "wrong colony id"
         elif call.method is EnrollMethod.SECRET:
             if not hmac.compare_digest(call.credential.encode(), self._secret):
                 why = "wrong colony secret"
@@ -128,6 +132,7 @@ class EnrollmentService(identity_pb2_grpc.EnrollmentServicer, identity_pb2_grpc.
                 why = "this colony does not accept ServiceAccount tokens (see --enroll-service-account)"
             else:
                 bound = await self.service_accounts(call.credential)
+                reason = "ServiceAccount token refused"
                 if isinstance(bound, EnrollmentRefused):
                     why = str(bound)
                 elif bound.node_name != call.node_name:
@@ -149,7 +154,7 @@ class EnrollmentService(identity_pb2_grpc.EnrollmentServicer, identity_pb2_grpc.
                 node_name=call.node_name,
                 detail=why,
             )
-            await self.refusals.refused(entry, peer=context.peer(), reason=why)
+            await self.refusals.refused(entry, peer=context.peer(), reason=reason or why)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, f"enrollment refused: {why}")
         return name
 

@@ -14,6 +14,7 @@ import json
 import math
 import time
 import uuid
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -72,6 +73,7 @@ NO_TOKEN = (
 BAD_TOKEN = "the colony does not know this operator token: it was revoked or belongs to another colony"
 MAX_FILTER_CHARS = 1024  # as the agents' own limit: refused here before it travels
 OPERATION_STARTED = "operation.started"  # the audit action of an operation routed to its agent
+MAX_OPERATIONS_PER_OPERATOR = 8  # operations one token may have running at once (each holds a stream and an agent)
 MAX_AUDIT_LIMIT = 10_000  # entries one QueryAudit returns at most (a 2^32 limit read the whole log into memory)
 DEFAULT_PAGE_SIZE = 500  # services or audit entries in one page, when the request names no page_size
 MAX_PAGE_SIZE = 1000  # larger page sizes are capped; a page also stops at CHUNK_BYTES
@@ -122,6 +124,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         self.router = router
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-reader")
+        self._running: Counter[str] = Counter()  # operations under way, by operator
 
     async def _read(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -245,6 +248,25 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         self, request: colony_pb2.RunOperationRequest, context: _Context
     ) -> AsyncIterator[colony_pb2.OperationOutput]:
         principal = await self._operator(context, "RunOperation", Scope.OPERATE)
+        operator = principal.name
+        if self._running[operator] >= MAX_OPERATIONS_PER_OPERATOR:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"operator {operator} has {MAX_OPERATIONS_PER_OPERATOR} operations running, the most one token may:"
+                " wait for one to end",
+            )
+        self._running[operator] += 1
+        try:
+            async for output in self._run_operation(request, context, principal):
+                yield output
+        finally:
+            self._running[operator] -= 1
+            if not self._running[operator]:
+                del self._running[operator]
+
+    async def _run_operation(
+        self, request: colony_pb2.RunOperationRequest, context: _Context, principal: Principal
+    ) -> AsyncIterator[colony_pb2.OperationOutput]:
         operator = principal.name
         started = self.clock()
         try:

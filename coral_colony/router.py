@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Final
@@ -28,6 +29,7 @@ from coral_colony.model import ForwardedOperation
 log = logging.getLogger("coral_colony.router")
 
 HELLO_WITHIN_S = 10.0  # a Connect that has not said Hello by then is closed
+INBOX_BYTES = 4 * 1024 * 1024  # chunks waiting for one operator, at most (4 of the agent's 1 MiB chunks)
 SessionCheck = Callable[[str, str], Awaitable[bool]]  # (agent_id, session_token) -> valid
 _Context = grpc.aio.ServicerContext[object, object]
 
@@ -43,11 +45,71 @@ class AgentNotConnected(Exception):
     """The agent owning the target holds no control stream right now."""
 
 
+class Inbox:
+    """One request's messages from its agent, bounded in bytes: ``put`` waits while it is full.
+
+    One producer (the stream's reader) and one consumer (``Router.run``). A
+    message is always taken when the inbox is empty (a chunk larger than the
+    bound passes alone). ``put_nowait`` ignores the bound: the colony's own
+    last word (a failed result) never waits. ``close`` (the operator went
+    away) releases a waiting ``put`` and drops what comes after.
+    """
+
+    def __init__(self, limit_bytes: int = INBOX_BYTES) -> None:
+        self.limit_bytes = limit_bytes
+        self.queued_bytes = 0
+        self.peak_bytes = 0  # the most it held at once
+        self.closed = False
+        self._messages: deque[tuple[agent_pb2.AgentMessage, int]] = deque()
+        self._readable = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+
+    async def put(self, message: agent_pb2.AgentMessage) -> None:
+        await self._room.wait()
+        self._append(message)
+
+    def put_nowait(self, message: agent_pb2.AgentMessage) -> None:
+        self._append(message)
+
+    async def get(self) -> agent_pb2.AgentMessage:
+        await self._readable.wait()
+        message, size = self._messages.popleft()
+        self.queued_bytes -= size
+        self._update()
+        return message
+
+    def close(self) -> None:
+        self.closed = True
+        self._messages.clear()
+        self.queued_bytes = 0
+        self._update()
+
+    def _append(self, message: agent_pb2.AgentMessage) -> None:
+        if self.closed:
+            return
+        size = message.ByteSize()
+        self._messages.append((message, size))
+        self.queued_bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.queued_bytes)
+        self._update()
+
+    def _update(self) -> None:
+        if self._messages:
+            self._readable.set()
+        else:
+            self._readable.clear()
+        if self.closed or self.queued_bytes < self.limit_bytes:
+            self._room.set()
+        else:
+            self._room.clear()
+
+
 @dataclass(eq=False)
 class _Connection:
     agent_id: str
     outbox: asyncio.Queue[agent_pb2.ColonyMessage | _Closed] = field(default_factory=asyncio.Queue)
-    inboxes: dict[str, asyncio.Queue[agent_pb2.AgentMessage]] = field(default_factory=dict)
+    inboxes: dict[str, Inbox] = field(default_factory=dict)
 
 
 class Router(agent_pb2_grpc.AgentControlServicer):
@@ -57,10 +119,12 @@ class Router(agent_pb2_grpc.AgentControlServicer):
         enrolled: Enrolled | None = None,
         *,
         hello_within_s: float = HELLO_WITHIN_S,
+        inbox_bytes: int = INBOX_BYTES,
     ) -> None:
         self.check_session = check_session
         self.enrolled = enrolled or Enrolled("")
         self.hello_within_s = hello_within_s
+        self.inbox_bytes = inbox_bytes
         self._agents: dict[str, _Connection] = {}
 
     def connected(self, agent_id: str) -> bool:
@@ -137,7 +201,7 @@ class Router(agent_pb2_grpc.AgentControlServicer):
                 request_id, final = address
                 inbox = connection.inboxes.pop(request_id, None) if final else connection.inboxes.get(request_id)
                 if inbox is not None:
-                    inbox.put_nowait(message)
+                    await inbox.put(message)  # full: the agent's stream is not read until its operator reads on
         except grpc.aio.AioRpcError:
             pass
         finally:
@@ -165,7 +229,7 @@ class Router(agent_pb2_grpc.AgentControlServicer):
         if connection is None:
             raise AgentNotConnected(agent_id)
         request_id = operation.request_id
-        inbox: asyncio.Queue[agent_pb2.AgentMessage] = asyncio.Queue()
+        inbox = Inbox(self.inbox_bytes)
         connection.inboxes[request_id] = inbox
         connection.outbox.put_nowait(codec.request_message(operation))
         finished = False
@@ -184,6 +248,7 @@ class Router(agent_pb2_grpc.AgentControlServicer):
                     return
                 yield message
         finally:
+            inbox.close()  # a reader waiting for room goes on; what comes after is dropped
             if not finished:
                 connection.inboxes.pop(request_id, None)
                 connection.outbox.put_nowait(codec.cancel_message(request_id, "the operator cancelled"))

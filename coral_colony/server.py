@@ -32,9 +32,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as grpc_health  # type: ignore[attr-defined]  # grpc-stubs predates it
 
 from coral_base.clock import SYSTEM_CLOCK, Clock
+from coral_base.grpc_options import Endpoint, server_options
 from coral_base.lifecycle import Stage, run_stages
 from coral_base.logs import emit
-from coral_base.message_limits import CHANNEL_OPTIONS
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_base.wire.coral.identity.v1 import identity_pb2_grpc
@@ -50,8 +50,9 @@ from coral_colony.refusals import Refusals
 from coral_colony.router import Router
 from coral_colony.signer import AGENT_CERT_LIFETIME
 from coral_colony.stores.reader import RegistryReader
-from coral_colony.stores.writer import RegistryWriter, WriterThread
+from coral_colony.stores.writer import RegistryFull, RegistryWriter, WriterThread
 from coral_colony.tokens import OperatorTokens
+from coral_colony.unwritable import DiskFull
 from coral_colony.web.probes import ProbeEndpoints
 from coral_colony.web.server import StatusPage
 
@@ -202,8 +203,8 @@ async def _serve(
             service_accounts=service_accounts,
             clock=clock.time,
         )
-        interceptors = metrics.interceptors() if metrics else None
-        public = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
+        interceptors = (DiskFull(), *(metrics.interceptors() if metrics else ()))
+        public = grpc.aio.server(interceptors=interceptors, options=server_options(Endpoint.PUBLIC))
         grpc_health_service = grpc_health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(grpc_health_service, public)
 
@@ -221,7 +222,7 @@ async def _serve(
             mesh_pb2_grpc.add_MeshServicer_to_server(mesh, public)
             agent_pb2_grpc.add_AgentControlServicer_to_server(router, public)
         public.add_secure_port(listen, grpc.ssl_server_credentials([(key, cert)]))
-        agents = grpc.aio.server(interceptors=interceptors, options=CHANNEL_OPTIONS)
+        agents = grpc.aio.server(interceptors=interceptors, options=server_options(Endpoint.AGENTS))
         mesh_pb2_grpc.add_MeshServicer_to_server(mesh, agents)
         agent_pb2_grpc.add_AgentControlServicer_to_server(router, agents)
         identity_pb2_grpc.add_RenewalServicer_to_server(enrollment, agents)
@@ -337,7 +338,7 @@ async def _registry_clock(
                 )
             )
             await refusals.flush(clock.time())  # the counts of a quiet minute's refusals
-        except (sqlite3.Error, OSError) as exc:
+        except (sqlite3.Error, OSError, RegistryFull) as exc:
             if not failing:
                 emit(log, "registry.housekeeping_failed", level=logging.ERROR, reason=f"{type(exc).__name__}: {exc}")
             failing = str(exc)

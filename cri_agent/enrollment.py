@@ -36,13 +36,14 @@ import datetime
 import logging
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Final
 
 import grpc
 import grpc.aio
 
 from coral_base.clock import Clock
+from coral_base.grpc_options import channel_options
 from coral_base.logs import emit
-from coral_base.message_limits import CHANNEL_OPTIONS
 from coral_base.vocabulary import EnrollMethod
 from coral_base.wire.coral.identity.v1 import identity_pb2, identity_pb2_grpc
 from cri_agent import colony_codec, identity
@@ -74,7 +75,7 @@ class Credential:
 
 # Every channel the agent opens to its colony: the message limits, and a subchannel of its own (a new channel
 # dials anew instead of reusing gRPC's shared connection, which may still be backing off from a colony restart).
-COLONY_CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1))
+COLONY_CHANNEL_OPTIONS: Final = channel_options(("grpc.use_local_subchannel_pool", 1))
 
 
 def public_channel(address: str, ca_pem: bytes) -> grpc.aio.Channel:

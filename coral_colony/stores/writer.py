@@ -24,18 +24,27 @@ Rules the writer enforces, whoever calls it:
 ``RegistryWriter`` is synchronous (tests call it directly); ``WriterThread``
 runs it on the one thread that uses its connection, for the event loop.
 ``serve()`` creates both and closes them; the mesh service writes through it.
+
+A change the file system has no room for (SQLite's "database or disk is
+full", ENOSPC) is rolled back and raised as ``RegistryFull``: the callers
+refuse the write with a clear status and the next change tries again, so the
+colony recovers by itself when space returns. In-memory state that follows
+a change (``then``) is updated only once the change is committed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import datetime
+import errno
+import sqlite3
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+from coral_base.errors import CoralError
 from coral_colony.model import (
     AgentHealth,
     AgentRecord,
@@ -50,6 +59,23 @@ from coral_colony.stores import agents, audit, enrollments, services
 from coral_colony.stores.schema import open_for_writing
 
 _T = TypeVar("_T")
+
+DISK_FULL = "registry cannot be written: disk full"
+
+
+class RegistryFull(CoralError):
+    """The registry's file system has no room for a change (it was rolled back)."""
+
+    transient = True
+
+    def __init__(self) -> None:
+        super().__init__(DISK_FULL)
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        return getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_FULL
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 def _nothing(enrollment: Enrollment) -> None:
@@ -198,11 +224,11 @@ class RegistryWriter:
                 audit.append(self.conn, [_enrollment_entry("agent.enrollment_refused", enrollment, now, detail)])
                 return current
             enrollments.put(self.conn, enrollment)
-            then(enrollment)
             how = enrollment.method.value + (f" {enrollment.credential}" if enrollment.credential else "")
             again = " again (same key)" if current is not None and not current.revoked_at else ""
             detail = f"enrolled{again} by {how}; key sha256 {enrollment.key_sha256[:16]}"
             audit.append(self.conn, [_enrollment_entry("agent.enrolled", enrollment, now, detail)])
+        then(enrollment)
         return None
 
     def renew(self, enrollment: Enrollment, *, now: float, then: Callable[[Enrollment], None] = _nothing) -> bool:
@@ -219,9 +245,9 @@ class RegistryWriter:
             ):
                 return False
             enrollments.put(self.conn, enrollment)
-            then(enrollment)
             detail = f"certificate renewed; key sha256 {enrollment.key_sha256[:16]}"
             audit.append(self.conn, [_enrollment_entry("agent.renewed", enrollment, now, detail)])
+        then(enrollment)
         return True
 
     def revoke(
@@ -234,13 +260,13 @@ class RegistryWriter:
                 return None
             revoked = replace(current, revoked_at=now, revoked_by=by)
             enrollments.put(self.conn, revoked)
-            then(revoked)
             owned = services.keys_of(self.conn, current.agent_id)
             self._delete(current.agent_id, owned, now=now, why=f"its node's enrollment was revoked by {by}")
             agents.delete(self.conn, current.agent_id)
             detail = f"enrollment revoked by {by}: {len(owned)} service(s) removed; the node may enroll again"
             entry = replace(_enrollment_entry("agent.revoked", current, now, detail), actor=by)
             audit.append(self.conn, [entry])
+        then(revoked)
         return revoked, len(owned)
 
     def enrollments(self) -> list[Enrollment]:
@@ -453,7 +479,13 @@ class WriterThread:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-writer")
 
     async def run(self, change: Callable[[RegistryWriter], _T]) -> _T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, change, self.writer)
+        """``change`` applied on the writer's thread; RegistryFull when the disk has no room for it."""
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, change, self.writer)
+        except (sqlite3.Error, OSError) as exc:
+            if is_disk_full(exc):
+                raise RegistryFull() from exc
+            raise
 
     async def record(self, entries: Sequence[AuditEntry]) -> None:
         """Append audit entries (what the operator API records goes through here too)."""
