@@ -214,7 +214,7 @@ def test_pod_that_opens_its_first_port_replaces_its_portless_entry() -> None:
     first = run([pod(uid="u", containers=[container(ports=[])])])
     second = run([pod(uid="u")], state(first))
     assert [(e.kind.value, e.key, e.reason) for e in second.events] == [
-        ("removed", "shop/u/app/-", "port closed"),
+        ("removed", "shop/u/app/-", "replaced by the ports it listens on"),
         ("added", "shop/u/app/8080", ""),
     ]
 

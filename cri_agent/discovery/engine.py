@@ -6,7 +6,7 @@ a restart), so events describe only real changes:
 
 - (per pod, pod-level events — skipped, error — come before its service events)
 - ``added`` / ``updated`` (with the changed fields) / ``removed`` (with why:
-  ``pod gone``, ``filtered out: …``, ``opt-out: …``, ``port closed``,
+  ``pod gone``, ``filtered out: …``, ``opt-out: …``, ``port closed``, ``replaced by the ports it listens on``,
   ``container completed``, ``removed from config``);
 - ``skipped`` once when a pod is first seen excluded or its reason changes;
 - ``error`` once per new problem of a pod (malformed annotation, port JSON).
@@ -126,9 +126,10 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
             upserted.append(service)
             events.append(_service_event(EventKind.UPDATED, service, fields=fields))
     removed = sorted(key for key in known.services if key not in services)
+    listening = {(s.pod_uid, s.container) for s in services.values() if s.port is not None}
     for key in removed:
         old = known.services[key]
-        events.append(_service_event(EventKind.REMOVED, old, reason=_removal_reason(old, pods, completed)))
+        events.append(_service_event(EventKind.REMOVED, old, reason=_removal_reason(old, pods, completed, listening)))
 
     events.sort(key=lambda e: (e.namespace, e.pod_name, e.key or "", _KIND_ORDER[e.kind], e.reason))
     return Reconciliation(
@@ -141,7 +142,12 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
     )
 
 
-def _removal_reason(old: ServiceInfo, pods: Mapping[PodUID, PodDecision], completed: set[tuple[PodUID, str]]) -> str:
+def _removal_reason(
+    old: ServiceInfo,
+    pods: Mapping[PodUID, PodDecision],
+    completed: set[tuple[PodUID, str]],
+    listening: set[tuple[PodUID, str]],  # containers with a service on a port now
+) -> str:
     if not old.pod_uid:
         return "removed from config"
     decision = pods.get(old.pod_uid)
@@ -151,6 +157,8 @@ def _removal_reason(old: ServiceInfo, pods: Mapping[PodUID, PodDecision], comple
         return decision.reason
     if (old.pod_uid, old.container) in completed:
         return "container completed"
+    if old.port is None and (old.pod_uid, old.container) in listening:
+        return "replaced by the ports it listens on"  # the portless placeholder of a container that opened one
     return "port closed"
 
 
