@@ -89,6 +89,12 @@ class OperatorEndpoint:
                 secret = path.read_text().strip()
             except OSError as exc:
                 raise ColonyCallError(f"cannot read the token file {path}: {exc.strerror}", transient=False) from None
+            if not secret or any(c.isspace() or not c.isprintable() for c in secret):
+                raise ColonyCallError(
+                    f"the token file {path} holds more than one token (or none): write only the token, as "
+                    "`coral colony token create NAME --quiet` prints it",
+                    transient=False,
+                )
         return cls(
             address=address or env.get("CORAL_COLONY") or context.address or DEFAULT_ADDRESS,
             ca_file=ca,

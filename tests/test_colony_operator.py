@@ -388,3 +388,12 @@ def test_services_watch_prints_the_listing_then_what_changes_and_ends_cleanly_on
         watcher.send_signal(signal.SIGINT)
         _, err = watcher.communicate(timeout=10)
     assert (watcher.returncode, err) == (0, "")
+
+
+def test_a_token_file_holding_more_than_the_token_says_so(
+    colony: ColonyThread, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    noisy = tmp_path / "token"
+    noisy.write_text("token for alice (shown once):\n  abcdef\n")  # the create command's output without --quiet
+    assert main(["services", "--colony", colony.address, "--ca", str(colony.ca), "--token-file", str(noisy)]) == 2
+    assert "holds more than one token" in capsys.readouterr().err
