@@ -679,6 +679,7 @@ def _target_message(target: OperationTarget) -> agent_pb2.Target:
         service_name=target.service_name,
         provenance=target.provenance.value,
         service_provenance=PROVENANCE.encode(target.provenance),
+        node_name=target.node_name,
     )
 
 
@@ -690,6 +691,7 @@ def _target(message: agent_pb2.Target) -> OperationTarget:
         service_key=message.service_key,
         service_name=message.service_name,
         provenance=_provenance(message.service_provenance, message.provenance),
+        node_name=message.node_name,
     )
 
 

@@ -333,6 +333,7 @@ class OperationTarget:
     service_key: str = ""  # empty when the operator named a pod
     service_name: str = ""
     provenance: Provenance = Provenance.UNKNOWN
+    node_name: str = ""  # the node whose agent runs the operation
 
 
 @dataclass(frozen=True, slots=True)

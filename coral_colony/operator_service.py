@@ -299,7 +299,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         # Recorded before the agent hears of it: an operation that never ends (the colony killed, the disk
         # full when the result comes) still left its start in the log.
         await self._audit_operation(operator, asked, target, agent_id, node, None, started, forwarded.request_id)
-        yield codec.target_output(target)
+        yield codec.target_output(replace(target, node_name=node))
         try:
             async for message in self.router.run(agent_id, forwarded, within_s=asked.result_deadline_s):
                 output, final = codec.relayed(message)

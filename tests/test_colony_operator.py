@@ -25,7 +25,9 @@ import yaml
 from coral_base.vocabulary import Scope
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_cli import main
+from coral_colony.client import ColonyClient, OperatorEndpoint
 from coral_colony.identity import init_colony
+from coral_colony.model import Action, OperationRequest, OperationTarget
 from coral_colony.tokens import OperatorTokens
 from cri_agent.model import Provenance, ServiceInfo
 from tests.colony import ColonyThread, enrolling_sync, free_port
@@ -397,3 +399,14 @@ def test_a_token_file_holding_more_than_the_token_says_so(
     noisy.write_text("token for alice (shown once):\n  abcdef\n")  # the create command's output without --quiet
     assert main(["services", "--colony", colony.address, "--ca", str(colony.ca), "--token-file", str(noisy)]) == 2
     assert "holds more than one token" in capsys.readouterr().err
+
+
+def test_the_colony_tells_the_operator_which_node_runs_the_operation(colony: ColonyThread, token: str) -> None:
+    endpoint = OperatorEndpoint(address=colony.address, ca_file=colony.ca, token=token)
+    with ColonyClient(endpoint) as client:
+        stream = client.run_operation(OperationRequest(action=Action.SAMPLE, target="web-1", duration_s=1.0))
+        try:
+            first = next(iter(stream))
+        finally:
+            stream.close()
+    assert isinstance(first, OperationTarget) and (first.pod_name, first.node_name) == ("web-1", "node-a")

@@ -21,6 +21,7 @@ from coral_base.listing import Column, JsonObject, Listing, output_flags
 from coral_base.private_files import PendingFile
 from coral_base.sizes import parse_size
 from coral_colony.cli.connection import connection_flags, open_client
+from coral_colony.cli.progress import Progress
 from coral_colony.model import (
     Action,
     ArtifactKind,
@@ -116,18 +117,23 @@ def _run(
 ) -> tuple[OperationTarget, OperationResult | None]:
     target = OperationTarget()
     result: OperationResult | None = None
+    progress = Progress(request.action.value)  # on a terminal only: stderr, erased before the summary
     with open_client(args) as client:
         stream = client.run_operation(request)
         try:
             for output in stream:
                 if isinstance(output, OperationTarget):
                     target = output
-                elif isinstance(output, Chunk) and output.kind in sinks:
-                    sinks[output.kind].write(output.data)
-                    sinks[output.kind].flush()
+                    progress.resolved(target)
+                elif isinstance(output, Chunk):
+                    progress.chunk(output.kind, output.data)
+                    if output.kind in sinks:
+                        sinks[output.kind].write(output.data)
+                        sinks[output.kind].flush()
                 elif isinstance(output, OperationResult):
                     result = output
         finally:
+            progress.done()
             stream.close()  # on Ctrl-C: cancels the call, and the colony cancels the operation
     return target, result
 

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from coral_base.wire.coral.mesh.v1 import mesh_pb2 as coral__base_dot_wire_dot_coral_dot_mesh_dot_v1_dot_mesh__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*coral_base/wire/coral/agent/v1/agent.proto\x12\x0e\x63oral.agent.v1\x1a(coral_base/wire/coral/mesh/v1/mesh.proto\"\xbf\x01\n\x06Target\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x0f\n\x07pod_uid\x18\x03 \x01(\t\x12\x13\n\x0bservice_key\x18\x04 \x01(\t\x12\x14\n\x0cservice_name\x18\x05 \x01(\t\x12\x16\n\nprovenance\x18\x06 \x01(\tB\x02\x18\x01\x12<\n\x12service_provenance\x18\x07 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\"\x8a\x02\n\x10OperationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\x12\x12\n\x06\x61\x63tion\x18\x03 \x01(\tB\x02\x18\x01\x12&\n\x06target\x18\x04 \x01(\x0b\x32\x16.coral.agent.v1.Target\x12\x12\n\nduration_s\x18\x05 \x01(\x01\x12\x0e\n\x06\x66ilter\x18\x06 \x01(\t\x12\x11\n\tmax_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bmax_packets\x18\x08 \x01(\x04\x12\x14\n\x0c\x66requency_hz\x18\t \x01(\r\x12\x32\n\toperation\x18\n \x01(\x0e\x32\x1f.coral.agent.v1.OperationAction\",\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"v\n\rColonyMessage\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32 .coral.agent.v1.OperationRequestH\x00\x12(\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x16.coral.agent.v1.CancelH\x00\x42\x06\n\x04\x62ody\"0\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\"k\n\x05\x43hunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x04kind\x18\x02 \x01(\tB\x02\x18\x01\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12.\n\x08\x61rtifact\x18\x04 \x01(\x0e\x32\x1c.coral.agent.v1.ArtifactKind\"\xad\x01\n\x04\x46low\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x0b\n\x03src\x18\x02 \x01(\t\x12\x10\n\x08src_port\x18\x03 \x01(\r\x12\x0b\n\x03\x64st\x18\x04 \x01(\t\x12\x10\n\x08\x64st_port\x18\x05 \x01(\r\x12\x0f\n\x07packets\x18\x06 \x01(\x04\x12\r\n\x05\x62ytes\x18\x07 \x01(\x04\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x08 \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\t \x01(\x03\"\xe4\x02\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x07outcome\x18\x02 \x01(\tB\x02\x18\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x0f\n\x07packets\x18\x06 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x04\x12#\n\x05\x66lows\x18\x08 \x03(\x0b\x32\x14.coral.agent.v1.Flow\x12\x0f\n\x07samples\x18\t \x01(\x04\x12\x0e\n\x06\x65ngine\x18\n \x01(\t\x12\x11\n\tnode_name\x18\x0b \x01(\t\x12\x16\n\nstopped_by\x18\x0c \x01(\tB\x02\x18\x01\x12;\n\x11operation_outcome\x18\r \x01(\x0e\x32 .coral.agent.v1.OperationOutcome\x12/\n\x0bstop_reason\x18\x0e \x01(\x0e\x32\x1a.coral.agent.v1.StopReason\"\x90\x01\n\x0c\x41gentMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.coral.agent.v1.HelloH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.coral.agent.v1.ChunkH\x00\x12(\n\x06result\x18\x03 \x01(\x0b\x32\x16.coral.agent.v1.ResultH\x00\x42\x06\n\x04\x62ody*\x88\x01\n\x0fOperationAction\x12 \n\x1cOPERATION_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14OPERATION_ACTION_TAP\x10\x01\x12\x1c\n\x18OPERATION_ACTION_PROFILE\x10\x02\x12\x1b\n\x17OPERATION_ACTION_SAMPLE\x10\x03*\xad\x01\n\x10OperationOutcome\x12!\n\x1dOPERATION_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14OPERATION_OUTCOME_OK\x10\x01\x12\x1d\n\x19OPERATION_OUTCOME_REFUSED\x10\x02\x12\x1c\n\x18OPERATION_OUTCOME_FAILED\x10\x03\x12\x1f\n\x1bOPERATION_OUTCOME_CANCELLED\x10\x04*\x93\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_DURATION\x10\x01\x12\x19\n\x15STOP_REASON_MAX_BYTES\x10\x02\x12\x1b\n\x17STOP_REASON_MAX_PACKETS\x10\x03\x12\x16\n\x12STOP_REASON_CANCEL\x10\x04*\x8f\x01\n\x0c\x41rtifactKind\x12\x1d\n\x19\x41RTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41RTIFACT_KIND_PCAP\x10\x01\x12\x17\n\x13\x41RTIFACT_KIND_PPROF\x10\x02\x12\x18\n\x14\x41RTIFACT_KIND_FOLDED\x10\x03\x12\x15\n\x11\x41RTIFACT_KIND_SVG\x10\x04\x32Z\n\x0c\x41gentControl\x12J\n\x07\x43onnect\x12\x1c.coral.agent.v1.AgentMessage\x1a\x1d.coral.agent.v1.ColonyMessage(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*coral_base/wire/coral/agent/v1/agent.proto\x12\x0e\x63oral.agent.v1\x1a(coral_base/wire/coral/mesh/v1/mesh.proto\"\xd2\x01\n\x06Target\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08pod_name\x18\x02 \x01(\t\x12\x0f\n\x07pod_uid\x18\x03 \x01(\t\x12\x13\n\x0bservice_key\x18\x04 \x01(\t\x12\x14\n\x0cservice_name\x18\x05 \x01(\t\x12\x16\n\nprovenance\x18\x06 \x01(\tB\x02\x18\x01\x12<\n\x12service_provenance\x18\x07 \x01(\x0e\x32 .coral.mesh.v1.ServiceProvenance\x12\x11\n\tnode_name\x18\x08 \x01(\t\"\x8a\x02\n\x10OperationRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x08operator\x18\x02 \x01(\t\x12\x12\n\x06\x61\x63tion\x18\x03 \x01(\tB\x02\x18\x01\x12&\n\x06target\x18\x04 \x01(\x0b\x32\x16.coral.agent.v1.Target\x12\x12\n\nduration_s\x18\x05 \x01(\x01\x12\x0e\n\x06\x66ilter\x18\x06 \x01(\t\x12\x11\n\tmax_bytes\x18\x07 \x01(\x04\x12\x13\n\x0bmax_packets\x18\x08 \x01(\x04\x12\x14\n\x0c\x66requency_hz\x18\t \x01(\r\x12\x32\n\toperation\x18\n \x01(\x0e\x32\x1f.coral.agent.v1.OperationAction\",\n\x06\x43\x61ncel\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"v\n\rColonyMessage\x12\x33\n\x07request\x18\x01 \x01(\x0b\x32 .coral.agent.v1.OperationRequestH\x00\x12(\n\x06\x63\x61ncel\x18\x02 \x01(\x0b\x32\x16.coral.agent.v1.CancelH\x00\x42\x06\n\x04\x62ody\"0\n\x05Hello\x12\x10\n\x08\x61gent_id\x18\x01 \x01(\t\x12\x15\n\rsession_token\x18\x02 \x01(\t\"k\n\x05\x43hunk\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x10\n\x04kind\x18\x02 \x01(\tB\x02\x18\x01\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12.\n\x08\x61rtifact\x18\x04 \x01(\x0e\x32\x1c.coral.agent.v1.ArtifactKind\"\xad\x01\n\x04\x46low\x12\x10\n\x08protocol\x18\x01 \x01(\t\x12\x0b\n\x03src\x18\x02 \x01(\t\x12\x10\n\x08src_port\x18\x03 \x01(\r\x12\x0b\n\x03\x64st\x18\x04 \x01(\t\x12\x10\n\x08\x64st_port\x18\x05 \x01(\r\x12\x0f\n\x07packets\x18\x06 \x01(\x04\x12\r\n\x05\x62ytes\x18\x07 \x01(\x04\x12\x1a\n\x12\x66irst_seen_unix_ms\x18\x08 \x01(\x03\x12\x19\n\x11last_seen_unix_ms\x18\t \x01(\x03\"\xe4\x02\n\x06Result\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x13\n\x07outcome\x18\x02 \x01(\tB\x02\x18\x01\x12\r\n\x05\x65rror\x18\x03 \x01(\t\x12\x12\n\nduration_s\x18\x04 \x01(\x01\x12\r\n\x05\x62ytes\x18\x05 \x01(\x04\x12\x0f\n\x07packets\x18\x06 \x01(\x04\x12\x0f\n\x07\x64ropped\x18\x07 \x01(\x04\x12#\n\x05\x66lows\x18\x08 \x03(\x0b\x32\x14.coral.agent.v1.Flow\x12\x0f\n\x07samples\x18\t \x01(\x04\x12\x0e\n\x06\x65ngine\x18\n \x01(\t\x12\x11\n\tnode_name\x18\x0b \x01(\t\x12\x16\n\nstopped_by\x18\x0c \x01(\tB\x02\x18\x01\x12;\n\x11operation_outcome\x18\r \x01(\x0e\x32 .coral.agent.v1.OperationOutcome\x12/\n\x0bstop_reason\x18\x0e \x01(\x0e\x32\x1a.coral.agent.v1.StopReason\"\x90\x01\n\x0c\x41gentMessage\x12&\n\x05hello\x18\x01 \x01(\x0b\x32\x15.coral.agent.v1.HelloH\x00\x12&\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x15.coral.agent.v1.ChunkH\x00\x12(\n\x06result\x18\x03 \x01(\x0b\x32\x16.coral.agent.v1.ResultH\x00\x42\x06\n\x04\x62ody*\x88\x01\n\x0fOperationAction\x12 \n\x1cOPERATION_ACTION_UNSPECIFIED\x10\x00\x12\x18\n\x14OPERATION_ACTION_TAP\x10\x01\x12\x1c\n\x18OPERATION_ACTION_PROFILE\x10\x02\x12\x1b\n\x17OPERATION_ACTION_SAMPLE\x10\x03*\xad\x01\n\x10OperationOutcome\x12!\n\x1dOPERATION_OUTCOME_UNSPECIFIED\x10\x00\x12\x18\n\x14OPERATION_OUTCOME_OK\x10\x01\x12\x1d\n\x19OPERATION_OUTCOME_REFUSED\x10\x02\x12\x1c\n\x18OPERATION_OUTCOME_FAILED\x10\x03\x12\x1f\n\x1bOPERATION_OUTCOME_CANCELLED\x10\x04*\x93\x01\n\nStopReason\x12\x1b\n\x17STOP_REASON_UNSPECIFIED\x10\x00\x12\x18\n\x14STOP_REASON_DURATION\x10\x01\x12\x19\n\x15STOP_REASON_MAX_BYTES\x10\x02\x12\x1b\n\x17STOP_REASON_MAX_PACKETS\x10\x03\x12\x16\n\x12STOP_REASON_CANCEL\x10\x04*\x8f\x01\n\x0c\x41rtifactKind\x12\x1d\n\x19\x41RTIFACT_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x41RTIFACT_KIND_PCAP\x10\x01\x12\x17\n\x13\x41RTIFACT_KIND_PPROF\x10\x02\x12\x18\n\x14\x41RTIFACT_KIND_FOLDED\x10\x03\x12\x15\n\x11\x41RTIFACT_KIND_SVG\x10\x04\x32Z\n\x0c\x41gentControl\x12J\n\x07\x43onnect\x12\x1c.coral.agent.v1.AgentMessage\x1a\x1d.coral.agent.v1.ColonyMessage(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,32 +42,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULT'].fields_by_name['outcome']._serialized_options = b'\030\001'
   _globals['_RESULT'].fields_by_name['stopped_by']._loaded_options = None
   _globals['_RESULT'].fields_by_name['stopped_by']._serialized_options = b'\030\001'
-  _globals['_OPERATIONACTION']._serialized_start=1575
-  _globals['_OPERATIONACTION']._serialized_end=1711
-  _globals['_OPERATIONOUTCOME']._serialized_start=1714
-  _globals['_OPERATIONOUTCOME']._serialized_end=1887
-  _globals['_STOPREASON']._serialized_start=1890
-  _globals['_STOPREASON']._serialized_end=2037
-  _globals['_ARTIFACTKIND']._serialized_start=2040
-  _globals['_ARTIFACTKIND']._serialized_end=2183
+  _globals['_OPERATIONACTION']._serialized_start=1594
+  _globals['_OPERATIONACTION']._serialized_end=1730
+  _globals['_OPERATIONOUTCOME']._serialized_start=1733
+  _globals['_OPERATIONOUTCOME']._serialized_end=1906
+  _globals['_STOPREASON']._serialized_start=1909
+  _globals['_STOPREASON']._serialized_end=2056
+  _globals['_ARTIFACTKIND']._serialized_start=2059
+  _globals['_ARTIFACTKIND']._serialized_end=2202
   _globals['_TARGET']._serialized_start=105
-  _globals['_TARGET']._serialized_end=296
-  _globals['_OPERATIONREQUEST']._serialized_start=299
-  _globals['_OPERATIONREQUEST']._serialized_end=565
-  _globals['_CANCEL']._serialized_start=567
-  _globals['_CANCEL']._serialized_end=611
-  _globals['_COLONYMESSAGE']._serialized_start=613
-  _globals['_COLONYMESSAGE']._serialized_end=731
-  _globals['_HELLO']._serialized_start=733
-  _globals['_HELLO']._serialized_end=781
-  _globals['_CHUNK']._serialized_start=783
-  _globals['_CHUNK']._serialized_end=890
-  _globals['_FLOW']._serialized_start=893
-  _globals['_FLOW']._serialized_end=1066
-  _globals['_RESULT']._serialized_start=1069
-  _globals['_RESULT']._serialized_end=1425
-  _globals['_AGENTMESSAGE']._serialized_start=1428
-  _globals['_AGENTMESSAGE']._serialized_end=1572
-  _globals['_AGENTCONTROL']._serialized_start=2185
-  _globals['_AGENTCONTROL']._serialized_end=2275
+  _globals['_TARGET']._serialized_end=315
+  _globals['_OPERATIONREQUEST']._serialized_start=318
+  _globals['_OPERATIONREQUEST']._serialized_end=584
+  _globals['_CANCEL']._serialized_start=586
+  _globals['_CANCEL']._serialized_end=630
+  _globals['_COLONYMESSAGE']._serialized_start=632
+  _globals['_COLONYMESSAGE']._serialized_end=750
+  _globals['_HELLO']._serialized_start=752
+  _globals['_HELLO']._serialized_end=800
+  _globals['_CHUNK']._serialized_start=802
+  _globals['_CHUNK']._serialized_end=909
+  _globals['_FLOW']._serialized_start=912
+  _globals['_FLOW']._serialized_end=1085
+  _globals['_RESULT']._serialized_start=1088
+  _globals['_RESULT']._serialized_end=1444
+  _globals['_AGENTMESSAGE']._serialized_start=1447
+  _globals['_AGENTMESSAGE']._serialized_end=1591
+  _globals['_AGENTCONTROL']._serialized_start=2204
+  _globals['_AGENTCONTROL']._serialized_end=2294
 # @@protoc_insertion_point(module_scope)

@@ -128,6 +128,7 @@ class Target(_message.Message):
     SERVICE_NAME_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     SERVICE_PROVENANCE_FIELD_NUMBER: _builtins.int
+    NODE_NAME_FIELD_NUMBER: _builtins.int
     namespace: _builtins.str
     pod_name: _builtins.str
     pod_uid: _builtins.str
@@ -141,6 +142,8 @@ class Target(_message.Message):
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def provenance(self, value: _builtins.str) -> None: ...
     service_provenance: _mesh_pb2.ServiceProvenance.ValueType
+    node_name: _builtins.str
+    """the node whose agent runs it (the colony's answer to the operator)"""
     def __init__(
         self,
         *,
@@ -151,10 +154,11 @@ class Target(_message.Message):
         service_name: _builtins.str = ...,
         provenance: _builtins.str = ...,
         service_provenance: _mesh_pb2.ServiceProvenance.ValueType = ...,
+        node_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "provenance", b"provenance", "service_key", b"service_key", "service_name", b"service_name", "service_provenance", b"service_provenance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["namespace", b"namespace", "node_name", b"node_name", "pod_name", b"pod_name", "pod_uid", b"pod_uid", "provenance", b"provenance", "service_key", b"service_key", "service_name", b"service_name", "service_provenance", b"service_provenance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
