@@ -154,7 +154,7 @@ class RegistryMachine(RuleBasedStateMachine):
             applied = self.writer.apply(
                 agent.agent_id, sequence=sequence, upserts=upserts, removed=removed, now=self.now
             )
-        if model is None:
+        if model is None or model.state is AgentState.LEFT:  # unknown, or its session ended when it left
             assert (applied.applied_sequence, applied.resync_required) == (0, True)
             return
         if sequence <= model.sequence:
@@ -176,8 +176,8 @@ class RegistryMachine(RuleBasedStateMachine):
         with self._only(agent):
             known = self.writer.heartbeat(agent.agent_id, health=AgentHealth.HEALTHY, now=self.now)
         model = self.model.get(agent.agent_id)
-        assert known == (model is not None)
-        if model is not None:
+        assert known == (model is not None and model.state is not AgentState.LEFT)
+        if known and model is not None:
             model.last_heartbeat = self.now
             self._reachable(model)
 

@@ -84,12 +84,17 @@ def applied(conn: sqlite3.Connection, agent_id: str, *, sequence: int, now: floa
 
 
 def heartbeat(conn: sqlite3.Connection, agent_id: str, *, health: AgentHealth | None, now: float) -> bool:
-    """False when there is no such agent."""
+    """False when there is no such agent, or it left (its session ended with its Deregister)."""
     cursor = conn.execute(
-        "UPDATE agents SET last_heartbeat = ?, health = ? WHERE agent_id = ?",
-        [now, (health or AgentHealth.UNKNOWN).value, agent_id],
+        "UPDATE agents SET last_heartbeat = ?, health = ? WHERE agent_id = ? AND state != ?",
+        [now, (health or AgentHealth.UNKNOWN).value, agent_id, AgentState.LEFT.value],
     )
     return cursor.rowcount == 1
+
+
+def has_left(conn: sqlite3.Connection, agent_id: str) -> bool:
+    row = conn.execute("SELECT state FROM agents WHERE agent_id = ?", [agent_id]).fetchone()
+    return row is not None and row[0] == AgentState.LEFT.value
 
 
 def set_state(conn: sqlite3.Connection, agent_id: str, state: AgentState) -> bool:

@@ -146,7 +146,7 @@ class RegistryWriter:
     ) -> Applied:
         with self.conn:
             current = agents.session_of(self.conn, agent_id)
-            if current is None:
+            if current is None or agents.has_left(self.conn, agent_id):  # a left agent's session ended: register
                 return Applied(applied_sequence=0, resync_required=True)
             last = current[1]
             if sequence <= last:
@@ -174,7 +174,8 @@ class RegistryWriter:
 
     def leave(self, agent_id: str, *, now: float) -> None:
         """The agent deregistered: ``left`` and its services stale until ``expire`` removes them (past the grace
-        window) or it registers again (then nothing changed)."""
+        window) or it registers again (then nothing changed). Its session ends here: a heartbeat or delta
+        still in flight is answered "register again", never taken as a sign of life."""
         with self.conn:
             agents.leave(self.conn, agent_id, now=now)
             services.set_stale(self.conn, agent_id, True)
