@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from coral_base import __version__
 from coral_base.backoff import Backoff
 from coral_base.clock import SYSTEM_CLOCK, Clock
-from coral_base.errors import CoralError
+from coral_base.errors import ConfigError, CoralError
 from coral_base.lifecycle import Stage, StopPolicy, run_stages
 from coral_base.logs import emit
 from coral_base.vocabulary import AgentHealth, EnrollMethod
@@ -149,7 +149,9 @@ class NodeAgent:
         self._recheck_at = float("inf")
         self._stopping = False
         self._background: set[asyncio.Task[None]] = set()
-        self.kube = _kube_source(settings, on_change=self._wake.set, on_problem=self._kube_problem)
+        self.kube, self.kube_unavailable = _kube_source(
+            settings, on_change=self._wake.set, on_problem=self._kube_problem
+        )
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -182,6 +184,9 @@ class NodeAgent:
         self.health.set_services(self.known.services)
         if self.sync is not None:
             self.sync.set_services(self.known.services, self.health.health)
+        if self.kube_unavailable is not None:
+            emit(log, "kubernetes.unavailable", level=logging.WARNING, reason=self.kube_unavailable.reason)
+            await self._kube_condition(self.kube_unavailable)
         try:
             await run_stages(
                 self._stages(), stop, on_stopping=self._stopping_now, grace_s=SHUTDOWN_GRACE_S, clock=self.clock
@@ -476,7 +481,8 @@ class NodeAgent:
     async def _kube_condition(self, report: KubeReport) -> None:
         ok, reason = report.status == ApiStatus.OK, report.reason
         known = self.conditions.get("kubernetes")
-        if report.status == ApiStatus.FORBIDDEN and (known is None or (known.ok, known.reason) != (False, reason)):
+        refused = report.status in (ApiStatus.FORBIDDEN, ApiStatus.NO_CREDENTIALS)
+        if refused and (known is None or (known.ok, known.reason) != (False, reason)):
             event = DiscoveryEvent(kind=EventKind.ERROR, namespace="", pod_name="", reason=reason)
             await self.cache.record_events([event])
             if self.sync is not None:
@@ -522,19 +528,37 @@ class NodeAgent:
 
 def _kube_source(
     settings: Settings, *, on_change: Callable[[], None], on_problem: Callable[[KubeReport], None]
-) -> KubeSource | None:
+) -> tuple[KubeSource | None, KubeReport | None]:
+    """The API watches; or none, with the report of why when the API is on but the pod has no token.
+
+    A pod without its ServiceAccount token (automountServiceAccountToken: false, restricted clusters)
+    discovers from the runtime alone, like one whose RBAC forbids everything: the `kubernetes`
+    condition says so. A kubeconfig the operator named and that cannot be read stays a start-up error.
+    """
     k8s = settings.discovery.kubernetes
     if not k8s.api_enabled():
-        return None
+        return None, None
     from cri_agent.providers.kubernetes import KubeSource, load_api
 
-    return KubeSource(
-        load_api(k8s.kubeconfig),
+    try:
+        api = load_api(k8s.kubeconfig)
+    except ConfigError as exc:
+        if k8s.kubeconfig is not None:
+            raise
+        reason = (
+            f"{exc}: discovering from the container runtime alone, without owners or node labels; "
+            "mount the token (the pod's automountServiceAccountToken, the chart's serviceAccount.automount) "
+            "or turn the API off (discovery.kubernetes.api: off, the chart's kubernetesApi.enabled)"
+        )
+        return None, KubeReport(ApiStatus.NO_CREDENTIALS, reason)
+    source = KubeSource(
+        api,
         node_name=settings.node_name,
         forbidden_retry_s=k8s.forbidden_retry_interval,
         on_change=on_change,
         on_problem=on_problem,
     )
+    return source, None
 
 
 def _agent_metrics(settings: Settings, *, clock: Clock) -> AgentMetrics | None:

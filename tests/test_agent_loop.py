@@ -10,6 +10,8 @@ import asyncio
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
+import pytest
+
 from coral_base.clock import VirtualClock
 from coral_colony.identity import init_colony
 from coral_colony.model import AuditKind, AuditQuery
@@ -445,3 +447,36 @@ def test_a_stopping_agent_deregisters_and_its_restart_changes_nothing_in_the_col
     assert after[: len(before)] == before
     assert [a for a in after[len(before) :] if not a.startswith("discovery")] == ["agent.registered"]
     assert services == ["a", "b"]
+
+
+def test_without_a_serviceaccount_token_the_agent_discovers_from_the_runtime_and_its_condition_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restricted install (automountServiceAccountToken: false) with the API on: no crash, no API."""
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    monkeypatch.setenv("KUBERNETES_SERVICE_PORT", "443")
+    clock = VirtualClock()
+
+    async def scenario() -> NodeAgent:
+        settings = load_settings(
+            None,
+            flags={
+                "cache": {"path": tmp_path / "agent.db"},
+                "agent": {"nodeName": "node-a"},
+                "discovery": {"kubernetes": {"api": "on", "resyncInterval": "1h"}},
+            },
+        )
+        runtime = ScriptedRuntime()
+        runtime.current = [pod("a")]
+        agent = NodeAgent(settings, runtime=runtime, proc=NoProc(), clock=clock)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await clock.until(lambda: len(agent.known.services) == 1, within=1)
+        stop.set()
+        await task
+        return agent
+
+    agent = clock.run(scenario())
+    condition = agent.conditions.get("kubernetes")
+    assert agent.kube is None and condition is not None and not condition.ok
+    assert "cannot be loaded" in condition.reason and "serviceAccount.automount" in condition.reason

@@ -14,6 +14,7 @@ class ApiStatus(StrEnum):
     OK = "ok"  # every watch works
     FORBIDDEN = "forbidden"  # RBAC denies a permission: discovery goes on from the runtime
     FAILED = "failed"  # a watch or lookup fails for another reason (retried with backoff)
+    NO_CREDENTIALS = "no-credentials"  # no ServiceAccount token in the pod: discovery goes on from the runtime
 
 
 @dataclass(frozen=True, slots=True)
