@@ -117,6 +117,7 @@ bench:
 	$(PY) -m bench.fallback --nodes 20 --pods-per-node 250 --output BENCHMARKS.md
 	$(PY) -m bench.metrics --pods 250 --output BENCHMARKS.md
 	$(PY) -m bench.hostile --agents 1000 --services 50 --strangers 200 --seconds 60 --output BENCHMARKS.md
+	$(PY) -m bench.node --replicas 100 --output BENCHMARKS.md
 
 clean:
 	rm -rf .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -132,10 +132,10 @@ class EnrollmentService(identity_pb2_grpc.EnrollmentServicer, identity_pb2_grpc.
                 why = "this colony does not accept ServiceAccount tokens (see --enroll-service-account)"
             else:
                 bound = await self.service_accounts(call.credential)
-                reason = "ServiceAccount token refused"
                 if isinstance(bound, EnrollmentRefused):
-                    why = str(bound)
+                    why = str(bound)  # the API server's verdict: no field the caller chose
                 elif bound.node_name != call.node_name:
+                    reason = "ServiceAccount token bound to another node"
                     why = (
                         f"the token of {bound.service_account} is bound to node {bound.node_name!r}, "
                         f"not {call.node_name!r}"

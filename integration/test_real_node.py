@@ -79,6 +79,14 @@ class Operator:
     """An operator with a token, reaching the colony through ``kubectl port-forward``."""
 
     env: dict[str, str]
+    forward: PortForward | None = None
+
+    def reconnect(self, node: RealNode) -> None:
+        """A new ``kubectl port-forward``, to the colony's pod of now (the old one ends with its pod)."""
+        if self.forward is not None:
+            self.forward.stop()
+        self.forward = PortForward(node, "coral-system", "svc/coral-colony", 9000, node.dir / "port-forward.log")
+        self.env["CORAL_COLONY"] = f"localhost:{self.forward.port}"
 
     def json(self, *args: str) -> Any:
         return json.loads(coral(*args, "-o", "json", env=self.env))
@@ -114,7 +122,8 @@ class PortForward:
         return re.search(r"Forwarding from 127\.0\.0\.1:(\d+)", self.log.read_text())
 
     def stop(self) -> None:
-        self.process.terminate()
+        if self.process.poll() is None:
+            self.process.terminate()
         self.process.wait(10)
 
 
@@ -133,18 +142,23 @@ def helm(node: RealNode, *args: str) -> str:
 # -- the cluster, the image, the colony, the release ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def agent_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def build_agent_image(workdir: Path) -> Path:
     """``docker build .`` of this checkout, saved as a tar to import into the node's containerd."""
-    engine = PrivateDocker(tmp_path_factory.mktemp("docker")).start()
+    (workdir / "docker").mkdir(parents=True, exist_ok=True)
+    engine = PrivateDocker(workdir / "docker").start()
     try:
         engine.import_base()
         engine.docker("build", "--network", "none", "-t", IMAGE, str(REPO))
-        tar = tmp_path_factory.mktemp("image") / "coral-cri-agent.tar"
+        tar = workdir / "coral-cri-agent.tar"
         engine.docker("save", "-o", str(tar), IMAGE)
     finally:
         engine.stop()
     return tar
+
+
+@pytest.fixture(scope="module")
+def agent_image(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_agent_image(tmp_path_factory.mktemp("image"))
 
 
 @pytest.fixture(scope="module")
@@ -181,10 +195,9 @@ def provide_volume(node: RealNode, name: str, owner: int) -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def colony(node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+def install_colony(node: RealNode, workdir: Path) -> Operator:
     """docs/install.md §1 and §2: the identity made outside the cluster, then deploy/colony.yaml."""
-    identity = tmp_path_factory.mktemp("colony") / "colony"
+    identity = workdir / "colony"
     coral("colony", "init", str(identity), "--colony-id", "prod",
           "--host", "coral-colony.coral-system.svc", "--host", "localhost")  # fmt: skip
     token = coral(
@@ -199,15 +212,20 @@ def colony(node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     provide_volume(node, "coral-colony-data", COLONY_UID)
     node.kubectl("apply", "-f", str(DEPLOY / "colony.yaml"))
     node.kubectl("-n", "coral-system", "rollout", "status", "deploy/coral-colony", "--timeout=180s", timeout=200)
-    forward = PortForward(node, "coral-system", "svc/coral-colony", 9000, node.dir / "port-forward.log")
-    env = {"CORAL_COLONY": f"localhost:{forward.port}", "CORAL_COLONY_CA": str(identity / "ca.crt"),
-           "CORAL_TOKEN": token}  # fmt: skip
-    yield Operator(env)
-    forward.stop()
+    operator = Operator({"CORAL_COLONY_CA": str(identity / "ca.crt"), "CORAL_TOKEN": token})
+    operator.reconnect(node)
+    return operator
 
 
 @pytest.fixture(scope="module")
-def release(node: RealNode, colony: Operator) -> Iterator[str]:
+def colony(node: RealNode, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    operator = install_colony(node, tmp_path_factory.mktemp("colony"))
+    yield operator
+    if operator.forward is not None:
+        operator.forward.stop()
+
+
+def install_release(node: RealNode) -> None:
     """``helm install`` of the chart: the one value a user of this cluster sets is its CRI socket."""
     helm(node, "install", RELEASE, str(CHART), "--namespace", "coral-system",
          "--set", f"criSocket={node.containerd.socket_path}", "--wait", "--timeout", "4m")  # fmt: skip
@@ -218,6 +236,11 @@ def release(node: RealNode, colony: Operator) -> Iterator[str]:
         describe = node.kubectl("-n", "coral-system", "describe", "pods", "-l", AGENT_LABEL, check=False)
         logs = node.kubectl("-n", "coral-system", "logs", "-l", AGENT_LABEL, "--tail=60", check=False)
         pytest.fail(f"the agent DaemonSet did not become Ready:\n{describe}\n{logs}\n{node.log_tail('kubelet')}")
+
+
+@pytest.fixture(scope="module")
+def release(node: RealNode, colony: Operator) -> Iterator[str]:
+    install_release(node)
     yield RELEASE
     installed = subprocess.run([str(binary("helm")), "--kubeconfig", str(node.kubeconfig), "status", RELEASE,
                                 "--namespace", "coral-system"], capture_output=True, check=False)  # fmt: skip
@@ -584,6 +607,76 @@ def test_observe_only_through_the_chart_refuses_tap_and_profile_allows_sample_an
     assert outcomes == {("tap", "refused"), ("profile", "refused"), ("sample", "ok")}, entries
 
 
+def agent_status(node: RealNode, pod: dict[str, Any]) -> dict[str, Any]:
+    """``coral agent status -o json`` in the agent's pod (it exits 1 when a condition is false: read it anyway)."""
+    done = subprocess.run(
+        [str(binary("kubectl")), "--kubeconfig", str(node.kubeconfig), "-n", "coral-system", "exec",
+         pod["metadata"]["name"], "--", "coral", "agent", "status", "-o", "json"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    try:
+        status = json.loads(done.stdout)
+    except json.JSONDecodeError:
+        return {}
+    return dict(status) if isinstance(status, dict) else {}
+
+
+def conditions(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["name"]: c for c in status.get("conditions", [])}
+
+
+def test_draining_the_node_removes_the_evicted_pods_services_and_keeps_the_agent_pod(
+    node: RealNode, colony: Operator, release: str
+) -> None:
+    """``kubectl drain`` as an operator runs it. On this one node the colony's pod is evicted too (where a
+    real cluster moves it to another node): the agent's own cache shows the removals at once, and the
+    colony, back after ``kubectl uncordon``, lists none of the evicted pods."""
+    node.kubectl("create", "namespace", "drain")
+    node.kubectl("apply", "-f", "-", input=deployment("ledger", "drain", 2))
+
+    def both_registered() -> set[tuple[str, str]] | None:
+        pods = running_pods(node, "drain", "app=ledger")
+        return pods if len(pods) == 2 and registered(colony, "drain", "ledger") == pods else None
+
+    evicted = {name for name, _ in wait_until(both_registered, timeout=120, what="2 ledger services registered")}
+    [agent] = agent_pods(node)
+    started = time.monotonic()
+    node.kubectl("drain", node.name, "--ignore-daemonsets", "--delete-emptydir-data", "--timeout=180s",
+                 timeout=200)  # fmt: skip
+    print(f"node drained in {time.monotonic() - started:.1f}s")
+    try:
+        [kept] = agent_pods(node)
+        assert kept["metadata"]["uid"] == agent["metadata"]["uid"] and ready(kept), kept
+
+        def removed_in_the_agents_cache() -> bool:
+            out = node.kubectl("-n", "coral-system", "exec", kept["metadata"]["name"], "--",
+                               "coral", "agent", "services", "-n", "drain", "-o", "json", check=False)  # fmt: skip
+            try:
+                rows = json.loads(out)
+            except json.JSONDecodeError:
+                return False
+            return not {r.get("pod_name") for r in rows} & evicted
+
+        wait_until(removed_in_the_agents_cache, timeout=60, what="the evicted pods' services gone from the agent")
+    finally:
+        node.kubectl("uncordon", node.name)
+    node.kubectl("-n", "coral-system", "rollout", "status", "deploy/coral-colony", "--timeout=180s", timeout=200)
+    colony.reconnect(node)
+
+    def replaced() -> set[tuple[str, str]] | None:
+        pods = running_pods(node, "drain", "app=ledger")
+        if len(pods) != 2 or any(not ip for _, ip in pods):
+            return None
+        return pods if registered(colony, "drain", "ledger") == pods else None
+
+    wait_until(replaced, timeout=180, what="the registry equal to kubectl's new ledger pods after the uncordon")
+    listed = {s["pod_name"] for s in colony.services("drain")}  # stale ones too
+    assert not listed & evicted, (listed, evicted)
+    [after] = agent_pods(node)
+    assert after["metadata"]["uid"] == agent["metadata"]["uid"]
+    assert after["status"]["containerStatuses"][0]["restartCount"] == 0
+
+
 def node_agent_states(colony: Operator, node: RealNode) -> list[str]:
     return [a["state"] for a in colony.json("agents") if a["node_name"] == node.name]
 
@@ -606,3 +699,59 @@ def test_helm_uninstall_deregisters_the_agent_from_the_colony(node: RealNode, co
     )
     print(f"agent removed from the colony {time.monotonic() - started:.1f}s after it was seen leaving")
     assert not [s for s in colony.services("restart") if s["agent_id"] == f"node-agent-{node.name}"]
+
+
+def test_restricted_rbac_without_a_token_discovers_from_cri_says_why_and_registers(
+    node: RealNode, colony: Operator, release: str
+) -> None:
+    """A cluster that lets the agent read nothing: no ClusterRole (``rbac.create=false``) and no token in
+    its pod (``serviceAccount.automount=false``). Discovery goes on from the runtime, the ``kubernetes``
+    condition says why, nothing restarts, and the agent registers with the colony."""
+    helm(node, "upgrade", "--install", release, str(CHART), "--namespace", "coral-system",
+         "--set", f"criSocket={node.containerd.socket_path}",
+         "--set", "rbac.create=false", "--set", "serviceAccount.automount=false",
+         "--wait", "--timeout", "4m")  # fmt: skip
+    node.kubectl("-n", "coral-system", "rollout", "status", "ds/coral-node-agent", "--timeout=180s", timeout=200)
+    assert not node.kubectl("get", "clusterrole", RELEASE, "--ignore-not-found")
+    [pod] = wait_until(lambda: [p for p in agent_pods(node) if ready(p)] or None, timeout=120, what="agent Ready")
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    mounts = pod["spec"]["containers"][0].get("volumeMounts", [])
+    assert not [m for m in mounts if m["mountPath"].startswith("/var/run/secrets/kubernetes.io")], mounts
+
+    def says_why() -> dict[str, Any] | None:
+        status = agent_status(node, pod)
+        kube = conditions(status).get("kubernetes")
+        return kube if kube is not None and not kube["ok"] else None
+
+    kube = wait_until(says_why, timeout=90, what="the agent's kubernetes condition false")
+    assert "cannot be loaded" in kube["reason"] and "serviceAccount.automount" in kube["reason"], kube
+    wait_until(
+        lambda: all(conditions(agent_status(node, pod)).get(c, {}).get("ok") for c in ("runtime", "colony")),
+        timeout=90,
+        what="the agent's runtime and colony conditions true",
+    )
+
+    node.kubectl("create", "namespace", "locked")
+    node.kubectl("apply", "-f", "-", input=deployment("vault", "locked", 2))
+
+    def from_cri() -> set[tuple[str, str]] | None:
+        pods = running_pods(node, "locked", "app=vault")
+        if len(pods) != 2 or any(not ip for _, ip in pods):
+            return None
+        return pods if registered(colony, "locked", "vault") == pods else None
+
+    wait_until(from_cri, timeout=120, what="the vault pods registered from the runtime alone")
+    services = [s for s in colony.services("locked") if s["name"] == "vault"]
+    # No owner without the API: the name comes from the pod's app label.
+    assert [(s["workload"] or None, s["provenance"]) for s in services] == [(None, "discovered")] * 2, services
+    # Listed with its heartbeats arriving, its own health degraded: a condition of its own fails.
+    wait_until(
+        lambda: (
+            [(a["state"], a["health"]) for a in colony.json("agents") if a["node_name"] == node.name]
+            == [("healthy", "degraded")]
+        ),
+        timeout=60,
+        what="the agent listed, healthy (heartbeats) and degraded (its health)",
+    )
+    [after] = agent_pods(node)
+    assert after["status"]["containerStatuses"][0]["restartCount"] == 0, after["status"]

@@ -361,17 +361,24 @@ def test_the_colony_answers_probes_over_http_and_grpc_health(
         ready = await asyncio.to_thread(get, f"{base}/readyz")
         return live, ready, await grpc_status(""), await grpc_status("coral.mesh.v1.Mesh")
 
+    async def settled(ready: bool) -> tuple[tuple[int, str], tuple[int, str], str, str]:
+        """The probes once a check has seen the registry as it now is (a check runs on a thread: virtual
+        time alone does not wait for it)."""
+        for _ in range(20):
+            await clock.sleep(CHECK_EVERY_S)
+            seen = await probes()
+            if (seen[1][0] == 200) == ready:
+                return seen
+        return seen
+
     async def scenario() -> list[tuple[tuple[int, str], tuple[int, str], str, str]]:
         nonlocal writable
         async with serving(identity.directory, port=port, clock=clock, probe_listen=f"127.0.0.1:{probe_port}"):
-            await clock.sleep(1)
-            seen = [await probes()]
+            seen = [await settled(True)]
             writable = False
-            await clock.sleep(CHECK_EVERY_S)
-            seen.append(await probes())
+            seen.append(await settled(False))
             writable = True
-            await clock.sleep(CHECK_EVERY_S)
-            seen.append(await probes())
+            seen.append(await settled(True))
             other = await asyncio.to_thread(get, f"{base}/")
             assert other[0] == 404, "the probe listener serves the probes and nothing else"
             return seen
