@@ -31,7 +31,6 @@ from coral_colony.stores.reader import RegistryReader
 from coral_colony.tokens import OperatorTokens
 from cri_agent import colony_codec
 from cri_agent.enrollment import Credential
-from cri_agent.identity import load
 from cri_agent.model import ServiceInfo, ServiceKey
 from cri_agent.sync import ColonyEndpoint, ColonySync
 from tests.colony import enrolling_sync, free_port, serving
@@ -421,29 +420,6 @@ async def _drain(stream: Any) -> None:
 
 
 # -- renewal and upgrade --------------------------------------------------------------------------------
-
-
-def test_the_certificate_is_renewed_before_it_expires_and_the_old_one_kept_until_then(tmp_path: Path) -> None:
-    async def scenario() -> tuple[str, str, int, int]:
-        async with (
-            running(colony_dir(tmp_path), agent_cert_lifetime=6.0) as colony,
-            synced(agent(colony, "node-a", svc(1), heartbeat_interval_s=0.2)) as sync,
-        ):
-            assert sync.identity is not None and sync.identity.current is not None
-            first = sync.identity.current.certificate_pem
-            path = colony.directory.parent / "node-a.json"
-
-            def kept() -> str:
-                record = load(path)
-                return record.certificate_pem if record else ""
-
-            await until(lambda: kept() != first, within=30)  # renewed at 4 s, and kept on disk
-            sync.set_services({svc(2).key: replace(svc(2), node_name="node-a")}, {})
-            await until(lambda: sync.connected and sync.in_sync)  # and speaking with the new certificate
-            return first, kept(), len(colony.audit("agent.renewed")), len(colony.audit("agent.enrolled"))
-
-    first, renewed, renewals, enrollments = run(scenario())
-    assert first != renewed and renewals >= 1 and enrollments == 1
 
 
 def test_an_agent_of_the_shared_secret_era_enrolls_on_upgrade_without_churn(tmp_path: Path) -> None:

@@ -18,9 +18,9 @@ from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_cli import main
 from coral_colony.operator_service import MAX_PAGE_SIZE
 from cri_agent.model import DiscoveryEvent, PodUID, ServiceInfo
+from integration.test_colony_sizes import until
 from tests.colony import ColonyThread, enrolling_sync
 from tests.test_colony_operator import coral
-from tests.test_colony_sizes import until
 from tests.test_sync import svc
 
 SERVICES = 5000
