@@ -26,7 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "services": ("coral_colony.cli.queries", "services in the colony, one line each with its node"),
     "audit": ("coral_colony.cli.queries", "the colony's audit log"),
     "whoami": ("coral_colony.cli.queries", "who the colony knows your token as: name, scopes, namespaces"),
-    "tap": ("coral_colony.cli.operations", "capture packets in a pod's network namespace (pcap)"),
+    "tap": ("coral_colony.cli.operations", "capture packets in a pod's network namespace, or every pod of a workload"),
     "profile": ("coral_colony.cli.operations", "sample CPU stacks of a pod's processes"),
     "sample": ("coral_colony.cli.operations", "a short capture reduced to a flow table on the node (no payload)"),
     "config": ("coral_colony.cli.contexts", "contexts of the CLI config file: which colony, CA and token file to use"),

@@ -186,8 +186,9 @@ class ColonyClient:
             _pages(lambda token: self._call(stub.QueryAudit, codec.audit_request(query, page_token=token)))
         )
 
-    def run_operation(self, request: OperationRequest) -> Generator[OperationOutput, None, None]:
-        """Stream an operation's output; closing the iterator (Ctrl-C) cancels it on the node.
+    def run_operation(self, request: OperationRequest) -> Generator[tuple[int, OperationOutput], None, None]:
+        """Stream an operation's output, each message with the part (pod) it is about; closing the iterator
+        (Ctrl-C) cancels it on the node(s).
 
         The call has a deadline too: the operation's duration (the node's hard
         cap when it names none), the colony's grace for the result, and a

@@ -650,6 +650,8 @@ def run_operation_request(request: OperationRequest) -> colony_pb2.RunOperationR
         max_bytes=request.max_bytes,
         max_packets=request.max_packets,
         frequency_hz=request.frequency_hz,
+        all_pods=request.all_pods,
+        namespace=request.namespace,
     )
 
 
@@ -667,6 +669,8 @@ def operation_request(request: colony_pb2.RunOperationRequest) -> OperationReque
         max_bytes=request.max_bytes,
         max_packets=request.max_packets,
         frequency_hz=request.frequency_hz,
+        all_pods=request.all_pods,
+        namespace=request.namespace,
     )
 
 
@@ -729,32 +733,35 @@ def _result(message: agent_pb2.Result) -> OperationResult:
     )
 
 
-def target_output(target: OperationTarget) -> colony_pb2.OperationOutput:
-    """The first message of an operation's stream: what the colony resolved the target to."""
-    return colony_pb2.OperationOutput(target=_target_message(target))
+def target_output(target: OperationTarget, part: int = 0) -> colony_pb2.OperationOutput:
+    """The first messages of an operation's stream: the pods the colony resolved the target to, one per part."""
+    return colony_pb2.OperationOutput(target=_target_message(target), part=part)
 
 
-def result_output(result: OperationResult) -> colony_pb2.OperationOutput:
+def result_output(result: OperationResult, part: int = 0) -> colony_pb2.OperationOutput:
     """A result the colony decided itself (the agent was not connected)."""
-    return colony_pb2.OperationOutput(result=_result_message(result))
+    return colony_pb2.OperationOutput(result=_result_message(result), part=part)
 
 
-def relayed(message: agent_pb2.AgentMessage) -> tuple[colony_pb2.OperationOutput, OperationResult | None]:
+def relayed(
+    message: agent_pb2.AgentMessage, part: int = 0
+) -> tuple[colony_pb2.OperationOutput, OperationResult | None]:
     """An agent's chunk or result, passed on to the operator as it came; the result also read, for the audit."""
     if message.WhichOneof("body") == "chunk":
-        return colony_pb2.OperationOutput(chunk=message.chunk), None
-    return colony_pb2.OperationOutput(result=message.result), _result(message.result)
+        return colony_pb2.OperationOutput(chunk=message.chunk, part=part), None
+    return colony_pb2.OperationOutput(result=message.result, part=part), _result(message.result)
 
 
-def operation_output(output: colony_pb2.OperationOutput) -> OperationOutput | None:
-    """One message of an operation's stream, as the operator's command reads it (None: a kind it does not know)."""
+def operation_output(output: colony_pb2.OperationOutput) -> tuple[int, OperationOutput] | None:
+    """One message of an operation's stream and the part (pod) it is about, as the operator's command reads
+    it (None: a kind it does not know)."""
     kind = output.WhichOneof("body")
     if kind == "target":
-        return _target(output.target)
+        return output.part, _target(output.target)
     if kind == "chunk":
-        return Chunk(kind=_artifact_kind(output.chunk), data=output.chunk.data)
+        return output.part, Chunk(kind=_artifact_kind(output.chunk), data=output.chunk.data)
     if kind == "result":
-        return _result(output.result)
+        return output.part, _result(output.result)
     return None
 
 

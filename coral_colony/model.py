@@ -145,6 +145,8 @@ class ServiceFilter:
     key: str = ""
     pod_name: str = ""
     name_exact: str = ""
+    workload: str = ""  # exactly, e.g. Deployment/web
+    pod_prefix: str = ""  # the pod name starts with it
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,13 +292,15 @@ class OperationRequest:
     """What an operator asks (colony.v1 RunOperationRequest)."""
 
     action: Action
-    target: str  # a service name or key, or namespace/pod
-    node: str = ""  # route a namespace/pod the registry does not list to this node's agent
+    target: str  # a service name or key, namespace/pod, or a workload (deploy/NAME)
+    node: str = ""  # route a namespace/pod the registry does not list to this node's agent; or narrow the pods
     duration_s: float = 0.0
     filter: str = ""
     max_bytes: int = 0
     max_packets: int = 0
     frequency_hz: int = 0
+    all_pods: bool = False  # every pod the target matches, rather than a refusal when it matches several
+    namespace: str = ""  # a workload target's namespace (empty: wherever it is, if in one namespace only)
 
     def parameters(self) -> dict[str, object]:
         """The limits given (the audit's record of what was asked)."""
@@ -306,6 +310,8 @@ class OperationRequest:
             "max_bytes": self.max_bytes,
             "max_packets": self.max_packets,
             "frequency_hz": self.frequency_hz,
+            "all_pods": self.all_pods,
+            "namespace": self.namespace,
         }
         return {k: v for k, v in values.items() if v}
 

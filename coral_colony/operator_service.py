@@ -10,12 +10,14 @@ agents' writes; what this service audits goes to the writer (``record``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Protocol, TypeVar, cast
@@ -28,7 +30,6 @@ from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_colony import codec
 from coral_colony.model import (
     DEFAULT_AUDIT_LIMIT,
-    AgentKind,
     AuditEntry,
     AuditKind,
     ForwardedOperation,
@@ -40,7 +41,6 @@ from coral_colony.model import (
     Principal,
     Provenance,
     Scope,
-    ServiceFilter,
     ServiceGroup,
     StoredService,
 )
@@ -48,8 +48,10 @@ from coral_colony.refusals import Refusals
 from coral_colony.router import AgentNotConnected, Router
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.services import ServicePosition, position
+from coral_colony.targets import Resolved, TooManyPods, resolve, workload_of
 from coral_colony.tokens import OPERATOR_SCOPES, OperatorTokens
 
+log = logging.getLogger("coral_colony.operator_service")
 _T = TypeVar("_T")
 _Item = TypeVar("_Item")
 _Context = grpc.aio.ServicerContext[object, object]
@@ -276,63 +278,85 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             raise  # unreachable: abort raises
         if (malformed := malformed_operation(asked)) is not None:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, malformed)
-        named = asked.target.split("/", 1)[0] if "/" in asked.target else None  # namespace/pod, or a service key
+        by_name = "/" in asked.target and workload_of(asked.target) is None  # namespace/pod, or a service key
+        named = asked.namespace or (asked.target.split("/", 1)[0] if by_name else None)
         if named is not None and (why := principal.refusal(Scope.OPERATE, namespace=named)):
             await self._refused(
                 operator, f"{why}: RunOperation", context, reason=f"{operator}: {why}"
             )  # before looking
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
         try:
-            target, agent_id, node = await self._read(lambda: resolve_pod(self.reader, asked.target, node=asked.node))
-        except LookupError as exc:
+            pods = await self._read(lambda: resolve(self.reader, asked))
+        except (LookupError, TooManyPods) as exc:
             refusal = OperationResult(outcome=Outcome.REFUSED, error=str(exc))
-            await self._audit_operation(operator, asked, OperationTarget(), "", "", refusal, started)
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+            await self._audit_operation(operator, asked, Resolved(OperationTarget(), ""), refusal, started)
+            status = grpc.StatusCode.NOT_FOUND if isinstance(exc, LookupError) else grpc.StatusCode.RESOURCE_EXHAUSTED
+            await context.abort(status, str(exc))
             raise  # unreachable: abort raises
-        if why := principal.refusal(Scope.OPERATE, namespace=target.namespace):
-            await self._refused(operator, f"{why}: RunOperation", context, reason=f"{operator}: {why}")
-            refusal = OperationResult(outcome=Outcome.REFUSED, error=why)
-            await self._audit_operation(operator, asked, target, agent_id, node, refusal, started)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
-        forwarded = ForwardedOperation(request_id=uuid.uuid4().hex, operator=operator, request=asked, target=target)
+        for pod in pods:
+            if why := principal.refusal(Scope.OPERATE, namespace=pod.target.namespace):
+                await self._refused(operator, f"{why}: RunOperation", context, reason=f"{operator}: {why}")
+                refusal = OperationResult(outcome=Outcome.REFUSED, error=why)
+                await self._audit_operation(operator, asked, pod, refusal, started)
+                await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        for part, pod in enumerate(pods):
+            yield codec.target_output(pod.target, part)
+        parts = [self._run_part(operator, asked, pod, part, len(pods)) for part, pod in enumerate(pods)]
+        outputs = parts[0] if len(parts) == 1 else merged(parts)
+        async with contextlib.aclosing(outputs):  # the operator went away: each part cancels and is audited now
+            async for output in outputs:
+                yield output
+
+    async def _run_part(
+        self, operator: str, asked: OperationRequest, pod: Resolved, part: int, parts: int
+    ) -> AsyncGenerator[colony_pb2.OperationOutput, None]:
+        """One pod's operation, on its agent: its chunks and its result, and its two audit entries."""
+        started = self.clock()
+        forwarded = ForwardedOperation(
+            request_id=uuid.uuid4().hex, operator=operator, request=asked, target=replace(pod.target, node_name="")
+        )
         result: OperationResult | None = None
         # Recorded before the agent hears of it: an operation that never ends (the colony killed, the disk
         # full when the result comes) still left its start in the log.
-        await self._audit_operation(operator, asked, target, agent_id, node, None, started, forwarded.request_id)
-        yield codec.target_output(replace(target, node_name=node))
+        await self._audit_operation(operator, asked, pod, None, started, forwarded.request_id, parts)
         try:
-            async for message in self.router.run(agent_id, forwarded, within_s=asked.result_deadline_s):
-                output, final = codec.relayed(message)
-                if final is not None:
-                    result = final
-                yield output
+            relay = self.router.run(pod.agent_id, forwarded, within_s=asked.result_deadline_s, share=parts)
+            async with contextlib.aclosing(relay):  # closed early: the agent is told to cancel, at once
+                async for message in relay:
+                    output, final = codec.relayed(message, part)
+                    if final is not None:
+                        result = final
+                    yield output
         except AgentNotConnected:
             result = OperationResult(
                 outcome=Outcome.FAILED,
-                error=f"the agent of node {node} ({agent_id}) holds no control stream: is it running and registered?",
+                error=f"the agent of node {pod.node} ({pod.agent_id}) holds no control stream:"
+                " is it running and registered?",
             )
-            yield codec.result_output(result)
+            yield codec.result_output(result, part)
         finally:
             if result is None:
                 result = OperationResult(outcome=Outcome.CANCELLED, error="the operator cancelled")
-            await self._audit_operation(operator, asked, target, agent_id, node, result, started, forwarded.request_id)
+            await self._audit_operation(operator, asked, pod, result, started, forwarded.request_id, parts)
 
     async def _audit_operation(
         self,
         operator: str,
         asked: OperationRequest,
-        target: OperationTarget,
-        agent_id: str,
-        node: str,
+        pod: Resolved,
         result: OperationResult | None,
         started: float,
         request_id: str = "",
+        parts: int = 1,
     ) -> None:
-        """One entry per operation asked (refused or not), written when it ends, and one more when the
+        """One entry per operation asked (refused or not) and pod, written when it ends, and one more when the
         colony routes it to its agent (``result`` None: action ``operation.started``, at that moment)."""
+        target = pod.target
         detail: dict[str, object] = {"parameters": asked.parameters()}
         if request_id:
             detail["request_id"] = request_id  # pairs an operation's start with its end
+        if parts > 1:
+            detail["pods"] = parts  # one of the pods of a fan-out (deploy/NAME, --all-pods), each audited
         if result is None:
             detail.update(action=asked.action.value, deadline_s=round(asked.result_deadline_s, 3))
         else:
@@ -351,8 +375,8 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
             kind=AuditKind.OPERATION,
             action=OPERATION_STARTED if result is None else asked.action.value,
             actor=operator,
-            agent_id=agent_id,
-            node_name=node,
+            agent_id=pod.agent_id,
+            node_name=target.node_name,
             namespace=target.namespace,
             pod_name=target.pod_name,
             service_name=target.service_name,
@@ -366,55 +390,6 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         self._executor.shutdown(wait=True)
 
 
-def resolve_pod(reader: RegistryReader, target: str, *, node: str = "") -> tuple[OperationTarget, str, str]:
-    """A service key, ``namespace/pod`` or a service name -> (target, owning agent, node).
-
-    With ``node``, a ``namespace/pod`` the registry does not list (its namespace
-    may be filtered out) goes to that node's agent, which decides.
-    """
-    found = reader.services(ServiceFilter(key=target)) if target.count("/") >= 2 else []
-    by_service = True
-    if not found and target.count("/") == 1:
-        namespace, pod = target.split("/")
-        found = reader.services(ServiceFilter(namespace=namespace, pod_name=pod))
-        by_service = False
-    if not found and "/" not in target:
-        found = reader.services(ServiceFilter(name_exact=target))
-    if node:  # the operator picked the node: candidates elsewhere are not it
-        found = [s for s in found if s.service.node_name == node]
-    if not found and node and target.count("/") == 1:
-        agents = [a for a in reader.agents(node=node) if a.agent.kind is AgentKind.NODE_AGENT]
-        if not agents:
-            raise LookupError(f"no node agent on node {node!r} (coral agents lists them)")
-        namespace, pod = target.split("/")
-        return OperationTarget(namespace=namespace, pod_name=pod), agents[0].agent.agent_id, node
-    if not found:
-        raise LookupError(f"no service or pod {target!r} in the colony (coral services lists them)")
-    # A pod is a pod of one node's agent: the same namespace/pod (or key) reported by two agents is two
-    # candidates (one of them lying), never the first row found.
-    pods = sorted({(s.service.namespace, s.service.pod_name, s.service.node_name, s.agent_id) for s in found})
-    if len(pods) > 1:
-        choices = ", ".join(f"{ns}/{pod} on node {node} (agent {agent})" for ns, pod, node, agent in pods[:10])
-        more = f" and {len(pods) - 10} more" if len(pods) > 10 else ""
-        same_pod = len({p[:2] for p in pods}) < len(pods)
-        hint = "name one as namespace/pod" + (" and pick the node with --node" if same_pod else "")
-        raise LookupError(f"{target!r} matches {len(pods)} pods: {choices}{more}; {hint}")
-    chosen = found[0]
-    service = chosen.service
-    if chosen.stale:
-        raise LookupError(f"{target!r} is stale: the agent of node {service.node_name} is unreachable")
-    resolved = OperationTarget(
-        namespace=service.namespace,
-        pod_name=service.pod_name,
-        pod_uid=service.pod_uid,
-        service_key=service.key if by_service and len(found) == 1 else "",
-        service_name=service.component_name if by_service else "",
-        provenance=service.provenance if by_service else Provenance.UNKNOWN,
-    )
-    owner = next((a for a in reader.agents() if a.agent.agent_id == chosen.agent_id), None)
-    return resolved, chosen.agent_id, owner.agent.node_name if owner else service.node_name
-
-
 def malformed_operation(asked: OperationRequest) -> str | None:
     """Why the colony refuses to forward ``asked`` at all (the agent checks again), or None."""
     if not math.isfinite(asked.duration_s) or asked.duration_s < 0:
@@ -422,3 +397,42 @@ def malformed_operation(asked: OperationRequest) -> str | None:
     if len(asked.filter) > MAX_FILTER_CHARS:
         return f"the filter has {len(asked.filter)} characters, over the limit of {MAX_FILTER_CHARS}"
     return None
+
+
+_Output = TypeVar("_Output")
+
+
+class _Done:
+    """Put by a part when its stream is over."""
+
+
+async def merged(streams: Sequence[AsyncIterator[_Output]]) -> AsyncGenerator[_Output, None]:
+    """The messages of several streams as they come, each stream read by its own task.
+
+    At most one message per stream waits to be taken, so a reader that stops
+    reading stops every stream (each bounded by its own backpressure) rather
+    than growing a queue. Closing the generator cancels the streams.
+    """
+    queue: asyncio.Queue[_Output | _Done] = asyncio.Queue(maxsize=len(streams))
+
+    async def pump(stream: AsyncIterator[_Output]) -> None:
+        try:
+            async for message in stream:
+                await queue.put(message)
+        except Exception:  # a part that breaks ends alone (the reader sees no result for it)
+            log.exception("one part of an operation failed")
+        await queue.put(_Done())  # not when cancelled: nobody reads any more
+
+    tasks = [asyncio.create_task(pump(stream)) for stream in streams]
+    try:
+        running = len(tasks)
+        while running:
+            message = await queue.get()
+            if isinstance(message, _Done):
+                running -= 1
+            else:
+                yield message
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

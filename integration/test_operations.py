@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from coral_base.pcap import PcapStream
 from coral_base.wire.pprof import profile_pb2
-from cri_agent.ops.pcap import PcapStream
 from integration.harness.agent import AgentProcess
 from integration.harness.colony import ColonyProcess
 from integration.harness.containerd import PrivateContainerd
@@ -169,7 +169,7 @@ def tshark_requests(pcap: Path | None, data: bytes | None = None) -> list[tuple[
 
 
 def test_tap_returns_a_pcap_with_the_clients_requests_and_stops_on_time(cluster: Cluster, tmp_path: Path) -> None:
-    out = tmp_path / "web.pcap"
+    out = tmp_path / "web.pcapng"
     started = time.monotonic()
     done = cluster.coral(
         "tap", "web-server", "--duration", "3s", "--filter", "tcp port 8080", "-w", str(out), operator="alice"
@@ -178,8 +178,9 @@ def test_tap_returns_a_pcap_with_the_clients_requests_and_stops_on_time(cluster:
     assert done.returncode == 0, done.stderr.decode()
     requests = tshark_requests(out)
     assert requests and all(r == (cluster.client.ip, cluster.server.ip, "/") for r in requests), requests[:5]
-    records = list(PcapStream().feed(out.read_bytes()))  # the client talks every ~0.1 s: the 3 s are all there
-    assert records[-1].ts - records[0].ts >= 2.5, "the capture lost its tail"
+    interfaces, times = zip(*tshark_fields(out, "frame.interface_name", "frame.time_epoch"), strict=True)
+    assert set(interfaces) == {"default/web-server"}, "one pod, one interface, named after it"
+    assert float(times[-1]) - float(times[0]) >= 2.5, "the capture lost its tail"  # the client talks every ~0.1 s
     [audit] = cluster.operations("alice")
     assert (audit["outcome"], audit["stopped_by"], audit["namespace"], audit["pod_name"]) == (
         "ok",
@@ -190,7 +191,7 @@ def test_tap_returns_a_pcap_with_the_clients_requests_and_stops_on_time(cluster:
     assert 3.0 <= float(str(audit["duration_s"])) < 4.0 and elapsed < 6.0, (audit["duration_s"], elapsed)
     assert "packets" in done.stderr.decode() and "stopped by duration" in done.stderr.decode()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600, "a capture holds payload: only its owner reads it"
-    assert [p.name for p in tmp_path.iterdir()] == ["web.pcap"], "no temporary file left behind"
+    assert [p.name for p in tmp_path.iterdir()] == ["web.pcapng"], "no temporary file left behind"
 
 
 def test_tap_to_stdout_pipes_into_tshark(cluster: Cluster) -> None:
@@ -202,14 +203,63 @@ def test_tap_to_stdout_pipes_into_tshark(cluster: Cluster) -> None:
 def test_the_byte_ceiling_is_honoured_and_the_file_stays_valid(cluster: Cluster, tmp_path: Path) -> None:
     out = tmp_path / "small.pcap"
     done = cluster.coral(
-        "tap", "web-server", "--duration", "10s", "--max-bytes", "3000", "-w", str(out), operator="carol"
-    )
+        "tap", "web-server", "--duration", "10s", "--max-bytes", "3000", "--format", "pcap", "-w", str(out),
+        operator="carol",
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr.decode()
     assert 24 < out.stat().st_size <= 3000
     subprocess.run(["tshark", "-r", str(out)], check=True, capture_output=True, timeout=30)  # not cut mid-packet
+    assert len(list(PcapStream().feed(out.read_bytes()))) >= 1  # classic pcap, as the node wrote it
     [audit] = cluster.operations("carol")
     assert (audit["stopped_by"], audit["bytes"]) == ("max-bytes", out.stat().st_size)
     assert float(str(audit["duration_s"])) < 5.0
+
+
+def tshark_fields(capture: Path, *fields: str) -> list[tuple[str, ...]]:
+    shown = subprocess.run(
+        ["tshark", "-r", str(capture), "-T", "fields", *(a for f in fields for a in ("-e", f))],
+        capture_output=True,
+        check=True,
+        timeout=30,
+        text=True,
+    )
+    return [tuple(line.split("\t")) for line in shown.stdout.splitlines() if line]
+
+
+def test_tap_of_a_deployment_captures_each_pod_into_one_pcapng_an_interface_each(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """Pods found as a Deployment's by their names and labels (this agent has no API), on its node's agent."""
+    talk = "httpd -p 8080 -h /www; while true; do wget -q -O /dev/null http://127.0.0.1:8080/ ; sleep 0.1; done"
+    template = "6f7d9c8b5"
+    replicas = [
+        cluster.pods.create_pod(
+            f"fan-{template}-{suffix}",
+            labels={"app": "fan", "pod-template-hash": template},
+            containers=(ContainerSpec("web", ("sh", "-c", talk), ports=(PortSpec(8080, name="http"),)),),
+        )
+        for suffix in ("bcdfg", "hjklm")
+    ]
+    decoy = cluster.pods.create_pod("fan-tastic", containers=(HTTPD,))  # a name like it, not of the Deployment
+    for pod in (*replicas, decoy):
+        cluster.colony.wait_for(lambda: registered(cluster.colony, pod.name), timeout=15, what=pod.name)  # noqa: B023
+    out = tmp_path / "fan.pcapng"
+    done = cluster.coral(
+        "tap", "deploy/fan", "--duration", "3s", "--filter", "tcp port 8080", "-w", str(out), operator="nina"
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    by_interface: dict[str, set[str]] = {}
+    for interface, source in tshark_fields(out, "frame.interface_name", "ip.src"):
+        by_interface.setdefault(interface, set()).add(source)
+    assert by_interface == {f"default/{p.name}": {"127.0.0.1"} for p in replicas}, "each pod its interface, no decoy"
+    summary = done.stderr.decode()
+    assert all(f"tap default/{p.name} on ops-node:" in summary for p in replicas) and "dropped by the kernel" in summary
+    info = subprocess.run(["capinfos", "-M", str(out)], capture_output=True, text=True, check=True, timeout=30).stdout
+    assert "Number of interfaces in file: 2" in info and info.count("Number of stat entries = 1") == 2, info
+    audited = sorted((r["pod_name"], r["outcome"], r["pods"]) for r in cluster.operations("nina"))
+    assert audited == [(p.name, "ok", 2) for p in replicas], "each pod's capture audited, as one of two"
+    for pod in (*replicas, decoy):
+        cluster.pods.delete_pod(pod)
 
 
 def test_sample_lists_the_client_to_server_flow_without_payload(cluster: Cluster) -> None:
@@ -372,6 +422,7 @@ def test_every_request_is_audited_with_the_operators_identity(cluster: Cluster, 
         ("lee", "profile", "refused"),
         ("lee", "sample", "ok"),
         ("mia", "tap", "refused"),
+        ("nina", "tap", "ok"),
     } <= audited
     agent_rows = {(r.operator, r.action, r.outcome) for r in cluster.agent.read(lambda c: c.operations())}
     assert {("alice", "tap", "ok"), ("gina", "sample", "refused"), ("ivan", "tap", "refused")} <= agent_rows

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
+from coral_base.pcap import PcapStream
 from coral_base.vocabulary import Action
 from cri_agent.cgroups import parse_mounts
 from cri_agent.model import ContainerID, ContainerRecord, ContainerState, PodRecord, PodUID, SandboxID
 from cri_agent.ops.capture import capture
 from cri_agent.ops.guardrails import Permit
 from cri_agent.ops.namespaces import PodUnreachable, open_netns, perf_hierarchy, profile_target
-from cri_agent.ops.pcap import PcapStream
 from cri_agent.ops.profile import ProfileFailed, profile
 
 BUSY = "while :; do :; done"

@@ -144,13 +144,13 @@ def test_operations_travel_from_the_command_to_the_agent_and_their_output_back()
         "tap",
         "u1",
     )
-    assert codec.operation_output(codec.target_output(target)) == target
+    assert codec.operation_output(codec.target_output(target)) == (0, target)
     result = OperationResult(Outcome.OK, duration_s=1.5, packets=4, flows=(Flow("tcp", "a", 1, "b", 2, 3, 4, 5, 6),))
-    assert codec.operation_output(codec.result_output(result)) == result
+    assert codec.operation_output(codec.result_output(result, 2)) == (2, result)
     chunk = agent_pb2.AgentMessage(chunk=agent_pb2.Chunk(request_id="r1", kind="pcap", data=b"x"))
-    output, final = codec.relayed(chunk)
+    output, final = codec.relayed(chunk, 1)
     assert (codec.operation_output(output), final, codec.addressed(chunk)) == (
-        Chunk(ArtifactKind.PCAP, b"x"),
+        (1, Chunk(ArtifactKind.PCAP, b"x")),
         None,
         ("r1", False),
     )
@@ -174,10 +174,10 @@ def test_older_peers_words_are_read_when_the_enum_is_unset_and_both_are_written(
     old_cli = colony_pb2.RunOperationRequest(action="sample", target="shop/web-0")
     assert codec.operation_request(old_cli).action is Action.SAMPLE
     old_result = agent_pb2.Result(outcome="cancelled", stopped_by="max-bytes")
-    read = codec.operation_output(colony_pb2.OperationOutput(result=old_result))
-    assert isinstance(read, OperationResult)
+    part, read = codec.operation_output(colony_pb2.OperationOutput(result=old_result)) or (None, None)
+    assert part == 0 and isinstance(read, OperationResult)
     assert (read.outcome, read.stopped_by) == (Outcome.CANCELLED, StopReason.MAX_BYTES)
-    odd = codec.operation_output(colony_pb2.OperationOutput(result=agent_pb2.Result(outcome="exploded")))
+    _, odd = codec.operation_output(colony_pb2.OperationOutput(result=agent_pb2.Result(outcome="exploded"))) or (0, 0)
     assert isinstance(odd, OperationResult) and odd.outcome is Outcome.FAILED  # what this colony does not know
     sent = codec.run_operation_request(OperationRequest(Action.PROFILE, "web"))
     assert (sent.action, sent.operation) == ("profile", agent_pb2.OPERATION_ACTION_PROFILE)

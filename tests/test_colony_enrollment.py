@@ -26,8 +26,8 @@ from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_base.wire.coral.mesh.v1 import mesh_pb2, mesh_pb2_grpc
 from coral_colony.identity import init_colony, load_colony
-from coral_colony.operator_service import resolve_pod
 from coral_colony.stores.reader import RegistryReader
+from coral_colony.targets import resolve_pod
 from coral_colony.tokens import OperatorTokens
 from cri_agent import colony_codec
 from cri_agent.enrollment import Credential
@@ -349,7 +349,8 @@ def test_a_look_alike_pod_on_another_node_makes_the_target_ambiguous_never_the_a
                     with pytest.raises(LookupError) as ambiguous:
                         resolve_pod(reader, target)
                     errors.append(str(ambiguous.value))
-                _, agent_id, node = resolve_pod(reader, "default/payments", node="node-a")
+                chosen = resolve_pod(reader, "default/payments", node="node-a")
+                agent_id, node = chosen.agent_id, chosen.node
             finally:
                 reader.close()
             return errors[0], errors[1], agent_id, (node, "")

@@ -406,7 +406,7 @@ def test_the_colony_tells_the_operator_which_node_runs_the_operation(colony: Col
     with ColonyClient(endpoint) as client:
         stream = client.run_operation(OperationRequest(action=Action.SAMPLE, target="web-1", duration_s=1.0))
         try:
-            first = next(iter(stream))
+            part, first = next(iter(stream))
         finally:
             stream.close()
-    assert isinstance(first, OperationTarget) and (first.pod_name, first.node_name) == ("web-1", "node-a")
+    assert part == 0 and isinstance(first, OperationTarget) and (first.pod_name, first.node_name) == ("web-1", "node-a")

@@ -23,10 +23,10 @@ from coral_colony.model import (
     OperationTarget,
     ServiceRecord,
 )
-from coral_colony.operator_service import resolve_pod
 from coral_colony.router import AgentNotConnected, Router
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter
+from coral_colony.targets import resolve_pod
 
 
 def registry(tmp_path: Path) -> RegistryReader:
@@ -53,18 +53,24 @@ def operation(request_id: str, action: Action) -> ForwardedOperation:
 
 def test_targets_resolve_by_name_key_or_pod_and_ambiguity_is_explained(tmp_path: Path) -> None:
     reg = registry(tmp_path)
-    target, agent, node = resolve_pod(reg, "db")
-    assert (target.pod_name, target.service_key, agent, node) == ("db-0", "shop/u3/db/5432", "a", "node-a")
-    assert resolve_pod(reg, "shop/u1/web/80")[0].pod_name == "web-0"
-    assert resolve_pod(reg, "shop/web-1")[0].pod_uid == "u2"
+    resolved = resolve_pod(reg, "db")
+    target = resolved.target
+    assert (target.pod_name, target.service_key, resolved.agent_id, resolved.node) == (
+        "db-0",
+        "shop/u3/db/5432",
+        "a",
+        "node-a",
+    )
+    assert resolve_pod(reg, "shop/u1/web/80").target.pod_name == "web-0"
+    assert resolve_pod(reg, "shop/web-1").target.pod_uid == "u2"
     with pytest.raises(
         LookupError, match=r"matches 2 pods: shop/web-0 on node node-a \(agent a\), .*name one as namespace/pod"
     ):
         resolve_pod(reg, "web")
     with pytest.raises(LookupError, match="no service or pod 'nope'"):
         resolve_pod(reg, "nope")
-    unlisted, agent, _ = resolve_pod(reg, "kube-system/proxy", node="node-a")
-    assert (unlisted.namespace, unlisted.pod_name, agent) == ("kube-system", "proxy", "a")
+    unlisted = resolve_pod(reg, "kube-system/proxy", node="node-a")
+    assert (unlisted.target.namespace, unlisted.target.pod_name, unlisted.agent_id) == ("kube-system", "proxy", "a")
 
 
 async def _serve(router: Router) -> tuple[grpc.aio.Server, int]:

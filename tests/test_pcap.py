@@ -6,15 +6,8 @@ import struct
 
 import pytest
 
-from cri_agent.ops.pcap import (
-    LINKTYPE_ETHERNET,
-    LINKTYPE_LINUX_SLL2,
-    OTHER,
-    FlowTable,
-    PcapError,
-    PcapStream,
-    flow_key,
-)
+from coral_base.pcap import LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL2, PcapError, PcapStream
+from cri_agent.ops.pcap import OTHER, FlowTable, flow_key
 
 
 def header(linktype: int, *, endian: str = "<") -> bytes:

@@ -195,6 +195,7 @@ def select(
         ("key", where.key),
         ("pod_name", where.pod_name),
         ("component_name", where.name_exact),
+        ("workload", where.workload),
     ):
         if value:
             clauses.append(f"{column} = ?")
@@ -202,6 +203,9 @@ def select(
     if where.name:
         clauses.append("instr(component_name, ?) > 0")
         params.append(where.name)
+    if where.pod_prefix:
+        clauses.append("substr(pod_name, 1, ?) = ?")
+        params.extend([len(where.pod_prefix), where.pod_prefix])
     if after is not None:
         clauses.append(f"({_ORDERED}) > ({', '.join('?' for _ in after)})")
         params.extend(after)

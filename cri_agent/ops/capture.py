@@ -30,11 +30,11 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from coral_base.pcap import PcapStream, Record
 from coral_base.vocabulary import StopReason
 from cri_agent.ops.child import bounded
 from cri_agent.ops.guardrails import Permit
 from cri_agent.ops.namespaces import NetnsHandle
-from cri_agent.ops.pcap import PcapStream, Record
 
 READ_SIZE = 64 * 1024
 BUFFER_MIB = 8  # the kernel capture buffer: absorbs bursts while the agent is busy

@@ -1,8 +1,7 @@
-"""Classic pcap, read as a stream: whole records, headers decoded, flows counted.
+"""Captured packets decoded: link and network headers, 5-tuples, flows counted.
 
-Pure functions and small classes, no I/O: the capture feeds bytes from the
-capture process and forwards only whole records (so a stopped capture is
-still a valid file), and ``sample`` folds records into a flow table without
+Pure functions and small classes, no I/O: ``sample`` folds the records of
+the capture's pcap stream (``coral_base.pcap``) into a flow table without
 keeping any payload.
 """
 
@@ -10,75 +9,19 @@ from __future__ import annotations
 
 import ipaddress
 import struct
-from collections.abc import Iterator
-from dataclasses import dataclass
 
+from coral_base.pcap import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_RAW,
+    Record,
+)
 from cri_agent.operation import Flow, FlowKey
 
-GLOBAL_HEADER_LEN = 24
-RECORD_HEADER_LEN = 16
-LINKTYPE_ETHERNET = 1
-LINKTYPE_RAW = 101
-LINKTYPE_LINUX_SLL = 113
-LINKTYPE_IPV4 = 228
-LINKTYPE_IPV6 = 229
-LINKTYPE_LINUX_SLL2 = 276
 _PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmp6"}
-
-
-class PcapError(ValueError):
-    """The stream is not classic pcap."""
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    ts: float
-    orig_len: int
-    data: bytes  # the captured bytes (at most the snap length)
-    raw: bytes  # record header + data, as written
-
-
-class PcapStream:
-    """Feed bytes; get the global header once, then whole records."""
-
-    def __init__(self) -> None:
-        self._buffer = bytearray()
-        self.header: bytes | None = None
-        self.linktype = 0
-        self._endian = "<"
-        self._nanos = False
-
-    def feed(self, data: bytes) -> Iterator[Record]:
-        self._buffer += data
-        if self.header is None:
-            if len(self._buffer) < GLOBAL_HEADER_LEN:
-                return
-            self._parse_header(bytes(self._buffer[:GLOBAL_HEADER_LEN]))
-            del self._buffer[:GLOBAL_HEADER_LEN]
-        offset = 0
-        while len(self._buffer) - offset >= RECORD_HEADER_LEN:
-            sec, frac, incl, orig = struct.unpack_from(f"{self._endian}IIII", self._buffer, offset)
-            end = offset + RECORD_HEADER_LEN + incl
-            if len(self._buffer) < end:
-                break
-            raw = bytes(self._buffer[offset:end])
-            yield Record(
-                ts=sec + frac / (1e9 if self._nanos else 1e6), orig_len=orig, data=raw[RECORD_HEADER_LEN:], raw=raw
-            )
-            offset = end
-        del self._buffer[:offset]
-
-    def _parse_header(self, header: bytes) -> None:
-        magic = header[:4]
-        for endian in ("<", ">"):
-            (value,) = struct.unpack(f"{endian}I", magic)
-            if value in (0xA1B2C3D4, 0xA1B23C4D):
-                self._endian, self._nanos = endian, value == 0xA1B23C4D
-                break
-        else:
-            raise PcapError(f"not a classic pcap stream (magic {magic.hex()})")
-        self.linktype = struct.unpack_from(f"{self._endian}I", header, 20)[0] & 0x0FFFFFFF
-        self.header = header
 
 
 def network_payload(linktype: int, frame: bytes) -> tuple[int, bytes] | None:

@@ -7,11 +7,12 @@ payload is kept, which is why observe-only mode allows it.
 
 from __future__ import annotations
 
+from coral_base.pcap import Record
 from cri_agent.operation import Flow
 from cri_agent.ops.capture import CaptureStats, capture
 from cri_agent.ops.guardrails import Permit
 from cri_agent.ops.namespaces import NetnsHandle
-from cri_agent.ops.pcap import FlowTable, Record
+from cri_agent.ops.pcap import FlowTable
 
 HEADER_SNAPLEN = 128
 

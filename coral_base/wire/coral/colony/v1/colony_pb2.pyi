@@ -150,6 +150,8 @@ class RunOperationRequest(_message.Message):
     FREQUENCY_HZ_FIELD_NUMBER: _builtins.int
     NODE_FIELD_NUMBER: _builtins.int
     OPERATION_FIELD_NUMBER: _builtins.int
+    ALL_PODS_FIELD_NUMBER: _builtins.int
+    NAMESPACE_FIELD_NUMBER: _builtins.int
     @_builtins.property
     @_deprecated("""This field has been marked as deprecated using proto field options.""")
     def action(self) -> _builtins.str:
@@ -170,6 +172,13 @@ class RunOperationRequest(_message.Message):
     node: _builtins.str
     """route a namespace/pod the registry does not list to this node's agent"""
     operation: _agent_pb2.OperationAction.ValueType
+    all_pods: _builtins.bool
+    """Every pod the target matches, each on its own node's agent (a service
+    name several pods serve, or a workload: `deploy/NAME`, `sts/NAME`).
+    Without it a target matching several pods is refused, naming them.
+    """
+    namespace: _builtins.str
+    """a workload target's namespace; empty: wherever it is, if only one"""
     def __init__(
         self,
         *,
@@ -182,10 +191,12 @@ class RunOperationRequest(_message.Message):
         frequency_hz: _builtins.int = ...,
         node: _builtins.str = ...,
         operation: _agent_pb2.OperationAction.ValueType = ...,
+        all_pods: _builtins.bool = ...,
+        namespace: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "duration_s", b"duration_s", "filter", b"filter", "frequency_hz", b"frequency_hz", "max_bytes", b"max_bytes", "max_packets", b"max_packets", "node", b"node", "operation", b"operation", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "all_pods", b"all_pods", "duration_s", b"duration_s", "filter", b"filter", "frequency_hz", b"frequency_hz", "max_bytes", b"max_bytes", "max_packets", b"max_packets", "namespace", b"namespace", "node", b"node", "operation", b"operation", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -193,29 +204,37 @@ Global___RunOperationRequest: _TypeAlias = RunOperationRequest  # noqa: Y015
 
 @_typing.final
 class OperationOutput(_message.Message):
+    """The stream of an operation: first one Target per pod the colony resolved
+    the request to, then their chunks, interleaved, and one Result per pod.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     CHUNK_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     TARGET_FIELD_NUMBER: _builtins.int
+    PART_FIELD_NUMBER: _builtins.int
+    part: _builtins.int
+    """Which pod it is about: the index of its Target in the stream (0 for a
+    single pod; an older colony sends one pod and no part).
+    """
     @_builtins.property
     def chunk(self) -> _agent_pb2.Chunk: ...
     @_builtins.property
     def result(self) -> _agent_pb2.Result: ...
     @_builtins.property
-    def target(self) -> _agent_pb2.Target:
-        """first message: what the colony resolved the target to"""
-
+    def target(self) -> _agent_pb2.Target: ...
     def __init__(
         self,
         *,
         chunk: _agent_pb2.Chunk | None = ...,
         result: _agent_pb2.Result | None = ...,
         target: _agent_pb2.Target | None = ...,
+        part: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chunk", b"chunk", "result", b"result", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chunk", b"chunk", "result", b"result", "target", b"target"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "chunk", b"chunk", "part", b"part", "result", b"result", "target", b"target"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["chunk", "result", "target"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
