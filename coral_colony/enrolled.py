@@ -11,16 +11,24 @@ current and previous certificates.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import grpc
 import grpc.aio
 
-from coral_colony.model import Enrollment
+from coral_colony.model import AuditEntry, AuditKind, Enrollment
 from coral_colony.signer import PeerAgent, peer_agent
 
 _Context = grpc.aio.ServicerContext[object, object]
+
+
+class Refused(Protocol):
+    """Audits a refused call (``Refusals.refused``: one row per caller, reason and minute)."""
+
+    def __call__(self, entry: AuditEntry, *, peer: str, reason: str) -> Awaitable[None]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,8 +43,17 @@ class Caller:
 class Enrolled:
     """The enrollments in force, by node: what every agent-endpoint call is checked against."""
 
-    def __init__(self, colony_id: str, known: Iterable[Enrollment] = ()) -> None:
+    def __init__(
+        self,
+        colony_id: str,
+        known: Iterable[Enrollment] = (),
+        *,
+        refused: Refused | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.colony_id = colony_id
+        self.refused = refused
+        self.clock = clock
         self._by_node: dict[str, Enrollment] = {}
         self._in_force: set[str] = set()  # agent ids with an enrollment in force: asked on every legacy call
         for enrollment in known:
@@ -87,3 +104,25 @@ class Enrolled:
         if why := self.refusal(peer):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, why)
         return Caller(agent_id=peer.agent_id, node_name=peer.node_name, enrollment=self._by_node[peer.node_name])
+
+    async def speaking_for(self, context: _Context, claimed: str) -> Caller:
+        """The enrolled agent calling, which a request naming another agent (``claimed``) cannot speak for:
+        such a call is audited and aborted PERMISSION_DENIED, whichever service it reached."""
+        caller = await self.caller(context)
+        if claimed and claimed != caller.agent_id:
+            if self.refused is not None:
+                entry = AuditEntry(
+                    time=self.clock(),
+                    kind=AuditKind.AUTH,
+                    action="agent.refused",
+                    actor=caller.agent_id,
+                    agent_id=caller.agent_id,
+                    node_name=caller.node_name,
+                    detail=f"agent {caller.agent_id} (node {caller.node_name}) sent a request as agent {claimed}",
+                )
+                await self.refused(entry, peer=context.peer(), reason="request for another agent")
+            await context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this certificate is agent {caller.agent_id}'s: it cannot speak for {claimed}",
+            )
+        return caller

@@ -53,16 +53,15 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
         self.writer = writer
         self.colony_id = colony_id
         self._secret = colony_secret.encode()
-        self.enrolled = enrolled or Enrolled(colony_id)
         self.clock = clock
         self.refusals = refusals or Refusals(writer.record)
+        self.enrolled = enrolled or Enrolled(colony_id, refused=self.refusals.refused, clock=clock)
 
     async def Register(self, request: mesh_pb2.RegisterRequest, context: _Context) -> mesh_pb2.RegisterResponse:
         call = codec.registration(request)
         agent = call.agent
         if self.enrolled.peer(context) is not None:
-            caller = await self.enrolled.caller(context)
-            await self._same_agent(call.agent.agent_id, caller.agent_id, caller.node_name, context)
+            caller = await self.enrolled.speaking_for(context, call.agent.agent_id)
             agent = replace(agent, agent_id=caller.agent_id, node_name=caller.node_name, kind=AgentKind.NODE_AGENT)
         else:
             await self._shared_secret(call.colony_id, call.colony_secret, agent.agent_id, agent.node_name, context)
@@ -102,20 +101,6 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
                 message=why,
             )
 
-    async def _same_agent(self, claimed: str, agent_id: str, node_name: str, context: _Context) -> None:
-        """A certificate's agent naming another agent in its request is refused (and audited)."""
-        if claimed and claimed != agent_id:
-            why = f"agent {agent_id} (node {node_name}) sent a request as agent {claimed}"
-            await self._refuse(
-                context,
-                grpc.StatusCode.PERMISSION_DENIED,
-                agent_id=agent_id,
-                node_name=node_name,
-                reason="request for another agent",
-                detail=why,
-                message=f"this certificate is agent {agent_id}'s: it cannot speak for {claimed}",
-            )
-
     async def _refuse(
         self,
         context: _Context,
@@ -147,9 +132,7 @@ class MeshService(mesh_pb2_grpc.MeshServicer):
         """The calling agent, or None when the colony does not know it (it must register again)."""
         agent_id = claimed
         if self.enrolled.peer(context) is not None:
-            caller = await self.enrolled.caller(context)
-            await self._same_agent(claimed, caller.agent_id, caller.node_name, context)
-            agent_id = caller.agent_id
+            agent_id = (await self.enrolled.speaking_for(context, claimed)).agent_id
         elif self.enrolled.agent_in_force(claimed):
             return None  # enrolled since: its old shared-secret session is over
         current = await self.writer.run(lambda w: w.session_of(agent_id))

@@ -158,13 +158,7 @@ class Router(agent_pb2_grpc.AgentControlServicer):
         assert hello is not None
         agent_id, token = hello.agent_id, hello.session_token
         if self.enrolled.peer(context) is not None:  # the agent endpoint: the certificate says who
-            caller = await self.enrolled.caller(context)
-            if agent_id and agent_id != caller.agent_id:
-                await context.abort(
-                    grpc.StatusCode.PERMISSION_DENIED,
-                    f"this certificate is agent {caller.agent_id}'s: it cannot speak for {agent_id}",
-                )
-            agent_id = caller.agent_id
+            agent_id = (await self.enrolled.speaking_for(context, agent_id)).agent_id
         elif self.enrolled.agent_in_force(agent_id):
             await context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"agent {agent_id} is enrolled: only its certificate speaks for it"

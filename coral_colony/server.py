@@ -162,7 +162,9 @@ async def _serve(
             else (None, "off")
         )
         refusals = Refusals(writer.record, on_refused=metrics.refused if metrics else None)
-        enrolled = Enrolled(identity.colony_id, await writer.run(lambda w: w.enrollments()))
+        enrolled = Enrolled(
+            identity.colony_id, await writer.run(lambda w: w.enrollments()), refused=refusals.refused, clock=clock.time
+        )
         secret = identity.secret()
         mesh = MeshService(
             writer,

@@ -246,7 +246,9 @@ def test_the_shared_secret_cannot_impersonate_an_enrolled_agent(tmp_path: Path) 
 
 
 def test_an_enrolled_agent_cannot_speak_for_another_agent_or_node(tmp_path: Path) -> None:
-    async def scenario() -> tuple[grpc.StatusCode, tuple[str, ...], list[tuple[str, str, str]], list[str]]:
+    async def scenario() -> tuple[
+        tuple[grpc.StatusCode, grpc.StatusCode, int], tuple[str, ...], list[tuple[str, str, str]], list[str]
+    ]:
         async with (
             running(colony_dir(tmp_path)) as colony,
             synced(agent(colony, "node-a", svc(1))),
@@ -264,6 +266,12 @@ def test_an_enrolled_agent_cannot_speak_for_another_agent_or_node(tmp_path: Path
                     node_labels={},
                     services=[],
                 )
+                # First the control stream as the victim (to be sent the victim's operations): the audit row
+                # is this call's; the Register that follows within the minute is counted in it.
+                hello = agent_pb2.AgentMessage(hello=agent_pb2.Hello(agent_id="node-agent-node-a"))
+                control = agent_pb2_grpc.AgentControlStub(channel).Connect(iter([hello]), timeout=5)
+                stream_denied = await refused(control.read())
+                audited_at_once = len(colony.audit("agent.refused"))
                 denied = await refused(mesh.Register(as_victim, timeout=5))
                 # As itself, but with services naming the victim's node (the review's look-alike):
                 look_alike = replace(svc(7), node_name="node-a", namespace="default", pod_name="payments")
@@ -277,18 +285,19 @@ def test_an_enrolled_agent_cannot_speak_for_another_agent_or_node(tmp_path: Path
                     services=[colony_codec.service(look_alike, None).SerializeToString()],
                 )
                 answer = await mesh.Register(own, timeout=5)
+                denied_codes = (stream_denied.code(), denied.code(), audited_at_once)
             return (
-                denied.code(),
+                denied_codes,
                 tuple(answer.refused_keys),
                 colony.services(),
                 [r["detail"] for r in colony.audit("agent.refused")],
             )
 
-    code, refused_keys, rows, refusals = run(scenario())
-    assert code == grpc.StatusCode.PERMISSION_DENIED
+    codes, refused_keys, rows, refusals = run(scenario())
+    assert codes == (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.PERMISSION_DENIED, 1)
     assert refused_keys == (svc(7).key,)
     assert rows == [("node-agent-node-a", "node-a", svc(1).key)]  # node-b's row for node-a was refused
-    assert [r.split(" (from ")[0] for r in refusals] == [
+    assert [r.split(" (from ")[0] for r in refusals] == [  # one row for both calls: same caller, reason, minute
         "agent node-agent-node-b (node node-b) sent a request as agent node-agent-node-a"
     ]
 

@@ -35,7 +35,6 @@ a change (``then``) is updated only once the change is committed.
 from __future__ import annotations
 
 import asyncio
-import datetime
 import errno
 import sqlite3
 from collections.abc import Callable, Sequence
@@ -44,6 +43,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TypeVar
 
+from coral_base.documents import rfc3339
 from coral_base.errors import CoralError
 from coral_colony.model import (
     AgentHealth,
@@ -184,9 +184,7 @@ class RegistryWriter:
         """The agent and its services removed, audited as ``why`` done by ``actor``."""
         with self.conn:
             node = agents.node_of(self.conn, agent_id)
-            owned = services.keys_of(self.conn, agent_id)
-            self._delete(agent_id, owned, now=now, why=why)
-            agents.delete(self.conn, agent_id)
+            owned = self._remove_agent(agent_id, now=now, why=why)
             audit.append(
                 self.conn,
                 [
@@ -201,6 +199,13 @@ class RegistryWriter:
                     )
                 ],
             )
+
+    def _remove_agent(self, agent_id: str, *, now: float, why: str) -> list[str]:
+        """The agent and its services deleted (each service's removal audited as ``why``); their keys."""
+        owned = services.keys_of(self.conn, agent_id)
+        self._delete(agent_id, owned, now=now, why=why)
+        agents.delete(self.conn, agent_id)
+        return owned
 
     # -- enrollment -----------------------------------------------------------------
 
@@ -219,7 +224,7 @@ class RegistryWriter:
             current = enrollments.get(self.conn, node)
             if current is not None and not current.revoked_at and current.key_sha256 != enrollment.key_sha256:
                 detail = (
-                    f"node {node} is enrolled to another key (since {_iso(current.enrolled_at)}, "
+                    f"node {node} is enrolled to another key (since {rfc3339(current.enrolled_at)}, "
                     f"by {current.method}); refused a {enrollment.method} enrollment"
                 )
                 audit.append(self.conn, [_enrollment_entry("agent.enrollment_refused", enrollment, now, detail)])
@@ -261,9 +266,7 @@ class RegistryWriter:
                 return None
             revoked = replace(current, revoked_at=now, revoked_by=by)
             enrollments.put(self.conn, revoked)
-            owned = services.keys_of(self.conn, current.agent_id)
-            self._delete(current.agent_id, owned, now=now, why=f"its node's enrollment was revoked by {by}")
-            agents.delete(self.conn, current.agent_id)
+            owned = self._remove_agent(current.agent_id, now=now, why=f"its node's enrollment was revoked by {by}")
             detail = f"enrollment revoked by {by}: {len(owned)} service(s) removed; the node may enroll again"
             entry = replace(_enrollment_entry("agent.revoked", current, now, detail), actor=by)
             audit.append(self.conn, [entry])
@@ -434,10 +437,6 @@ def _enrollment_entry(action: str, enrollment: Enrollment, now: float, detail: s
         node_name=enrollment.node_name,
         detail=detail,
     )
-
-
-def _iso(seconds: float) -> str:
-    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _reported(event: AuditEntry, *, agent_id: str, node_name: str, now: float) -> AuditEntry:
