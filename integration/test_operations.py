@@ -394,6 +394,26 @@ def test_observe_only_refuses_tap_and_profile_but_allows_sample(
         )
         assert headers.returncode == 0, headers.stderr.decode()
         pods.delete_pod(watched)
+
+        # A Deployment across both nodes: one capture per pod, each under its own node's guardrails.
+        labels = {"pod-template-hash": "7b6c5d4f8"}
+        mixed = [
+            cluster.pods.create_pod("mix-7b6c5d4f8-bcdfg", labels=labels, containers=(HTTPD,)),
+            pods.create_pod("mix-7b6c5d4f8-hjklm", labels=labels, containers=(HTTPD,)),  # on the observer
+        ]
+        for pod in mixed:
+            cluster.colony.wait_for(lambda: registered(cluster.colony, pod.name), timeout=15, what=pod.name)  # noqa: B023
+        out = tmp_path / "mix.pcapng"
+        both = cluster.coral("tap", "deploy/mix", "--duration", "1s", "-w", str(out), operator="oscar")
+        said = both.stderr.decode()
+        assert both.returncode == 2, said  # one pod's capture refused: the worst outcome is the exit code
+        assert "tap default/mix-7b6c5d4f8-bcdfg on ops-node:" in said
+        assert "error: tap default/mix-7b6c5d4f8-hjklm: refused: observe-only mode: tap is refused" in said
+        info = subprocess.run(["capinfos", "-M", str(out)], capture_output=True, text=True, check=True, timeout=30)
+        assert "Number of interfaces in file: 1" in info.stdout and "default/mix-7b6c5d4f8-bcdfg" in info.stdout
+        audited = sorted((r["node_name"], r["outcome"]) for r in cluster.operations("oscar"))
+        assert audited == [("observer", "refused"), ("ops-node", "ok")]
+        cluster.pods.delete_pod(mixed[0])
     finally:
         assert agent.stop() == 0
         pods.close()
@@ -423,6 +443,8 @@ def test_every_request_is_audited_with_the_operators_identity(cluster: Cluster, 
         ("lee", "sample", "ok"),
         ("mia", "tap", "refused"),
         ("nina", "tap", "ok"),
+        ("oscar", "tap", "ok"),
+        ("oscar", "tap", "refused"),
     } <= audited
     agent_rows = {(r.operator, r.action, r.outcome) for r in cluster.agent.read(lambda c: c.operations())}
     assert {("alice", "tap", "ok"), ("gina", "sample", "refused"), ("ivan", "tap", "refused")} <= agent_rows
