@@ -28,7 +28,6 @@ class PcapError(ValueError):
 @dataclass(frozen=True, slots=True)
 class Record:
     ts: float  # seconds since the epoch
-    ticks: int  # the same, exactly, in the file's unit (microseconds, or nanoseconds: PcapStream.nanos)
     orig_len: int
     data: bytes  # the captured bytes (at most the snap length)
     raw: bytes  # record header + data, as written
@@ -45,13 +44,40 @@ class PcapStream:
         self.nanos = False  # timestamps in nanoseconds rather than microseconds
         self._endian = "<"
 
-    def feed(self, data: bytes) -> Iterator[Record]:
+    @property
+    def big_endian(self) -> bool:
+        return self._endian == ">"
+
+    def take(self, data: bytes) -> tuple[bytes, int]:
+        """The whole records ``data`` completes, as they were written, and how many (no per-record objects:
+        the CLI's pcapng writer reads them at the node's capture rate)."""
+        if not self._fill(data):
+            return b"", 0
+        buffer, offset, count = self._buffer, 0, 0
+        size = len(buffer)
+        length_at = struct.Struct(f"{self._endian}I").unpack_from
+        while size - offset >= RECORD_HEADER_LEN:
+            end = offset + RECORD_HEADER_LEN + length_at(buffer, offset + 8)[0]
+            if end > size:
+                break
+            offset, count = end, count + 1
+        whole = bytes(buffer[:offset])
+        del buffer[:offset]
+        return whole, count
+
+    def _fill(self, data: bytes) -> bool:
+        """Buffer ``data``; True once the global header has been read off it."""
         self._buffer += data
         if self.header is None:
             if len(self._buffer) < GLOBAL_HEADER_LEN:
-                return
+                return False
             self._parse_header(bytes(self._buffer[:GLOBAL_HEADER_LEN]))
             del self._buffer[:GLOBAL_HEADER_LEN]
+        return True
+
+    def feed(self, data: bytes) -> Iterator[Record]:
+        if not self._fill(data):
+            return
         offset = 0
         while len(self._buffer) - offset >= RECORD_HEADER_LEN:
             sec, frac, incl, orig = struct.unpack_from(f"{self._endian}IIII", self._buffer, offset)
@@ -59,9 +85,8 @@ class PcapStream:
             if len(self._buffer) < end:
                 break
             raw = bytes(self._buffer[offset:end])
-            unit = 1_000_000_000 if self.nanos else 1_000_000
             yield Record(
-                ts=sec + frac / unit, ticks=sec * unit + frac, orig_len=orig, data=raw[RECORD_HEADER_LEN:], raw=raw
+                ts=sec + frac / (1e9 if self.nanos else 1e6), orig_len=orig, data=raw[RECORD_HEADER_LEN:], raw=raw
             )
             offset = end
         del self._buffer[:offset]

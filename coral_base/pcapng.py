@@ -83,10 +83,33 @@ def interface_description(interface: Interface) -> bytes:
     return _block(INTERFACE_DESCRIPTION, body + _options(options))
 
 
-def enhanced_packet(interface_id: int, ticks: int, data: bytes, orig_len: int) -> bytes:
-    """One packet of interface ``interface_id``: ``ticks`` in its resolution, the captured bytes."""
-    body = struct.pack("<I", interface_id) + _timestamp(ticks) + struct.pack("<II", len(data), orig_len)
-    return _block(ENHANCED_PACKET, body + _pad(data))
+_EPB_HEAD = struct.Struct("<IIIIIII")  # type, length, interface, timestamp high and low, captured, original
+_LENGTH = struct.Struct("<I")
+_ZEROS = bytes(3)
+
+
+def enhanced_packets(interface_id: int, records: bytes, *, big_endian: bool, nanos: bool) -> bytes:
+    """Whole classic pcap records (``PcapStream.take``) as Enhanced Packet Blocks of ``interface_id``,
+    timestamps in the interface's resolution (micro- or nanoseconds, as the pcap's)."""
+    unit = 1_000_000_000 if nanos else 1_000_000
+    header = struct.Struct(">IIII" if big_endian else "<IIII").unpack_from
+    view = memoryview(records)
+    out = bytearray()
+    offset, size = 0, len(records)
+    while offset < size:
+        seconds, fraction, captured, original = header(records, offset)
+        ticks = seconds * unit + fraction
+        start = offset + 16
+        offset = start + captured
+        pad = -captured % 4
+        length = 32 + captured + pad
+        out += _EPB_HEAD.pack(
+            ENHANCED_PACKET, length, interface_id, ticks >> 32, ticks & 0xFFFFFFFF, captured, original
+        )
+        out += view[start:offset]
+        out += _ZEROS[:pad]
+        out += _LENGTH.pack(length)
+    return bytes(out)
 
 
 @dataclass(frozen=True, slots=True)

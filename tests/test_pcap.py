@@ -37,6 +37,17 @@ def test_records_come_out_whole_however_the_bytes_are_split() -> None:
     assert records[0].ts == pytest.approx(1.5)
 
 
+@pytest.mark.parametrize("endian", ["<", ">"])
+def test_take_returns_the_whole_records_and_keeps_the_rest_for_later(endian: str) -> None:
+    records = [record(b"a" * 60, endian=endian), record(b"", endian=endian), record(b"b" * 1514, endian=endian)]
+    data = header(LINKTYPE_LINUX_SLL2, endian=endian) + b"".join(records)
+    for piece in (1, 5, 16, 100, len(data)):
+        stream = PcapStream()
+        taken = [stream.take(data[i : i + piece]) for i in range(0, len(data), piece)]
+        assert b"".join(chunk for chunk, _ in taken) == b"".join(records)
+        assert sum(count for _, count in taken) == 3 and stream.big_endian == (endian == ">")
+
+
 def test_big_endian_and_not_pcap() -> None:
     stream = PcapStream()
     list(stream.feed(header(LINKTYPE_ETHERNET, endian=">") + record(b"x" * 20, endian=">")))

@@ -52,17 +52,17 @@ class PcapngWriter:
         state = self._parts.get(part)
         if state is None:  # chunks of a pod the colony did not announce (an older colony): unnamed
             state = self._parts[part] = _Part(OperationTarget(), self.wall())
-        records = list(state.stream.feed(data))
-        blocks = bytearray()
-        if state.interface is None and state.stream.header is not None:
-            blocks += self._declare(state)
-        for record in records:
+        stream = state.stream
+        records, packets = stream.take(data)
+        declared = self._declare(state) if state.interface is None and stream.header is not None else b""
+        if records:
             assert state.interface is not None  # records come after the header
-            blocks += pcapng.enhanced_packet(state.interface, record.ticks, record.data, record.orig_len)
-        packets = len(records)
+            blocks = pcapng.enhanced_packets(state.interface, records, big_endian=stream.big_endian, nanos=stream.nanos)
+        else:
+            blocks = b""
         state.packets += packets
-        if blocks:
-            self.out.write(bytes(blocks))
+        if declared or blocks:
+            self.out.write(declared + blocks)
             self.out.flush()  # a pipe (| tshark -r -) sees each packet as it comes
         return packets
 
@@ -119,7 +119,7 @@ class PcapWriter:
             return 0
         self.out.write(data)
         self.out.flush()
-        return sum(1 for _ in self._stream.feed(data))
+        return self._stream.take(data)[1]
 
     def result(self, part: int, result: OperationResult) -> None:
         pass
