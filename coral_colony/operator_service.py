@@ -299,28 +299,35 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
                 refusal = OperationResult(outcome=Outcome.REFUSED, error=why)
                 await self._audit_operation(operator, asked, pod, refusal, started)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        forwarded = [
+            ForwardedOperation(
+                request_id=uuid.uuid4().hex, operator=operator, request=asked, target=replace(pod.target, node_name="")
+            )
+            for pod in pods
+        ]
+        # Recorded before the operator hears anything and the agents hear of it: an operation that never
+        # ends (the colony killed, the disk full when the result comes) still left its start in the log.
+        for pod, operation in zip(pods, forwarded, strict=True):
+            await self._audit_operation(operator, asked, pod, None, started, operation.request_id, len(pods))
         for part, pod in enumerate(pods):
             yield codec.target_output(pod.target, part)
-        parts = [self._run_part(operator, asked, pod, part, len(pods)) for part, pod in enumerate(pods)]
+        parts = [
+            self._run_part(asked, pod, operation, part, len(pods))
+            for part, (pod, operation) in enumerate(zip(pods, forwarded, strict=True))
+        ]
         outputs = parts[0] if len(parts) == 1 else merged(parts)
         async with contextlib.aclosing(outputs):  # the operator went away: each part cancels and is audited now
             async for output in outputs:
                 yield output
 
     async def _run_part(
-        self, operator: str, asked: OperationRequest, pod: Resolved, part: int, parts: int
+        self, asked: OperationRequest, pod: Resolved, operation: ForwardedOperation, part: int, parts: int
     ) -> AsyncGenerator[colony_pb2.OperationOutput, None]:
-        """One pod's operation, on its agent: its chunks and its result, and its two audit entries."""
+        """One pod's operation, on its agent: its chunks and its result, and the audit entry of its end."""
         started = self.clock()
-        forwarded = ForwardedOperation(
-            request_id=uuid.uuid4().hex, operator=operator, request=asked, target=replace(pod.target, node_name="")
-        )
         result: OperationResult | None = None
-        # Recorded before the agent hears of it: an operation that never ends (the colony killed, the disk
-        # full when the result comes) still left its start in the log.
-        await self._audit_operation(operator, asked, pod, None, started, forwarded.request_id, parts)
         try:
-            relay = self.router.run(pod.agent_id, forwarded, within_s=asked.result_deadline_s, share=parts)
+            relay = self.router.run(pod.agent_id, operation, within_s=asked.result_deadline_s, share=parts)
             async with contextlib.aclosing(relay):  # closed early: the agent is told to cancel, at once
                 async for message in relay:
                     output, final = codec.relayed(message, part)
@@ -337,7 +344,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         finally:
             if result is None:
                 result = OperationResult(outcome=Outcome.CANCELLED, error="the operator cancelled")
-            await self._audit_operation(operator, asked, pod, result, started, forwarded.request_id, parts)
+            await self._audit_operation(operation.operator, asked, pod, result, started, operation.request_id, parts)
 
     async def _audit_operation(
         self,
