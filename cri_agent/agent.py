@@ -339,7 +339,7 @@ class NodeAgent:
             await self._condition("proc", ok=True, reason="readable")
         snapshot = NodeSnapshot(node_name=self.node_name, pods=tuple(pods), taken_at=self.clock.time())
         result = reconcile(self.known, snapshot, self.rules)
-        self.known = KnownState(services=result.services, pods=result.pods)
+        self.known = KnownState(services=result.services, pods=result.pods, closing=result.closing)
         self.pods = {pod.uid: pod for pod in pods}
         self.health.set_services(result.services)
         if self.sync is not None:

@@ -130,7 +130,7 @@ def test_a_registration_in_parts_churns_nothing_at_the_colony(tmp_path: Path) ->
 def test_a_pod_with_a_megabyte_of_labels_is_truncated_and_registers(tmp_path: Path) -> None:
     labels = {f"label-{i:05d}": "v" * 100 for i in range(10_000)}  # ~1.1 MB
     heavy = pod("heavy-0", labels=labels, containers=[container("app", ports=[DeclaredPort(8080)])])
-    services, problems = derive_services(
+    services, problems, _ = derive_services(
         heavy, DiscoveryRules(), node_name="node-a", life=lifecycle(heavy.containers, now=0.0)
     )
     [service] = services

@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from cri_agent.discovery.containers import SETTLE_S
+from cri_agent.discovery.engine import CLOSE_GRACE_S
 from integration.harness.agent import AgentProcess
 from integration.harness.colony import ColonyProcess, free_port
 from integration.harness.containerd import PrivateContainerd
@@ -32,6 +33,16 @@ HTTPD = ContainerSpec("web", ("httpd", "-f", "-p", "8080", "-h", "/www"), ports=
 # httpd on a port that is not well known, undeclared (found by listening), with a second undeclared port:
 # the type comes from the process name, which only the running instance has.
 LISTENER = ContainerSpec("app", ("sh", "-c", "httpd -p 9191 -h /www; exec httpd -f -p 8181 -h /www"))
+# On SIGTERM it closes 8181, exits half a second later (a graceful shutdown); 9191 stays until then.
+GRACEFUL = ContainerSpec(
+    "app",
+    (
+        "sh",
+        "-c",
+        "httpd -f -p 8181 -h /www & first=$!; trap 'kill $first; sleep 0.5; exit 0' TERM; "
+        "httpd -f -p 9191 -h /www & wait",
+    ),
+)
 
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -272,7 +283,9 @@ def test_a_restarted_container_whose_ports_did_not_change_emits_nothing(
 def test_pods_stopped_back_to_back_are_removed_within_a_second_with_one_event_each(
     start_agent: AgentFactory, pods: PodFactory
 ) -> None:
-    agent = start_agent()
+    # No runtime event says a started container listens: a pass every second finds the ports a slow
+    # start opens after its start event's pass (else the next poll, 30 s away); it sees stops half-done too.
+    agent = start_agent("--poll-interval", "1s")
     for round_ in range(5):
         pair = [pods.create_pod(f"stop-{round_}-{i}", containers=(LISTENER,)) for i in range(2)]
         agent.wait_for(
@@ -293,6 +306,41 @@ def test_pods_stopped_back_to_back_are_removed_within_a_second_with_one_event_ea
         for pod in pair:  # no "port closed", no portless entry on the way out
             events = [(e.kind, e.reason) for e in agent.events(since_id=last) if e.pod_uid == pod.uid]
             assert events == [("removed", "pod gone"), ("removed", "pod gone")]
+
+
+def test_a_pod_whose_shutdown_closes_a_listener_first_leaves_as_pod_gone(
+    start_agent: AgentFactory, pods: PodFactory
+) -> None:
+    """A graceful shutdown closes a listener half a second before the process exits: passes in between
+    (one every 100 ms here) keep the port, and the pod leaves once, as "pod gone"."""
+    agent = start_agent("--poll-interval", "100ms")
+    for round_ in range(2):
+        pod = pods.create_pod(f"graceful-{round_}", containers=(GRACEFUL,))
+        agent.wait_for(lambda: len(agent.service_by_pod(pod.uid)) == 2, timeout=10, what="both ports")  # noqa: B023
+        last = agent.last_event_id()
+        pods.stop_pod_gracefully(pod)
+        stopped = time.monotonic()
+        agent.wait_for(lambda: not agent.service_by_pod(pod.uid), timeout=5, what="removal")  # noqa: B023
+        assert time.monotonic() - stopped < 1.0, f"round {round_}: {time.monotonic() - stopped:.2f}s"
+        events = [(e.kind, e.reason) for e in agent.events(since_id=last) if e.pod_uid == pod.uid]
+        assert events == [("removed", "pod gone"), ("removed", "pod gone")]
+
+
+def test_a_port_closed_in_a_running_pod_is_removed_as_closed_once_its_grace_is_over(
+    start_agent: AgentFactory, pods: PodFactory
+) -> None:
+    agent = start_agent("--poll-interval", "100ms")
+    command = "httpd -f -p 9191 -h /www & echo $! > /tmp/9191.pid; exec httpd -f -p 8181 -h /www"
+    pod = pods.create_pod("closes-one", containers=(ContainerSpec("app", ("sh", "-c", command)),))
+    agent.wait_for(lambda: len(agent.service_by_pod(pod.uid)) == 2, timeout=10, what="both ports")
+    last = agent.last_event_id()
+    pods.exec_in(pod.container_ids[0], "sh", "-c", "kill $(cat /tmp/9191.pid)")
+    closed = time.monotonic()
+    agent.wait_for(lambda: len(agent.service_by_pod(pod.uid)) == 1, timeout=CLOSE_GRACE_S + 5, what="removal")
+    took = time.monotonic() - closed
+    events = [(e.kind, e.key.rsplit("/", 1)[-1], e.reason) for e in agent.events(since_id=last)]
+    assert events == [("updated", "8181", ""), ("removed", "9191", "port closed")]  # 8181 loses its ":8181"
+    assert CLOSE_GRACE_S <= took < CLOSE_GRACE_S + 1.0, f"{took:.2f}s"  # pollInterval + the grace
 
 
 # -- 6. completed and crash-looping containers -------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from coral_colony.stores.reader import RegistryReader
 from cri_agent.agent import RECHECK_S, NodeAgent
 from cri_agent.cache.reader import CacheReader
 from cri_agent.config import load_settings
+from cri_agent.discovery.engine import CLOSE_GRACE_S
 from cri_agent.errors import RuntimeUnavailable
 from cri_agent.model import (
     ContainerID,
@@ -26,6 +28,7 @@ from cri_agent.model import (
     ContainerState,
     DeclaredPort,
     EventKind,
+    ListeningSocket,
     PodRecord,
     PodUID,
     SandboxID,
@@ -327,6 +330,42 @@ def test_a_task_exit_is_followed_by_a_second_pass_once_the_runtime_has_settled(t
     rechecked_after, quiet, later = clock.run(scenario())
     assert rechecked_after <= RECHECK_S
     assert later == quiet, "one re-check, not a polling loop"
+
+
+def test_a_closed_port_is_removed_by_the_pass_the_agent_asks_for_once_its_grace_is_over(tmp_path: Path) -> None:
+    """No runtime event announces a listener that closes: the pass that found it closed asks for the one
+    CLOSE_GRACE_S later, which removes it as "port closed" if it is still closed; then the agent is quiet."""
+    clock = VirtualClock()
+    app = ContainerRecord(id=ContainerID("c-a"), name="app", state=ContainerState.RUNNING, process_names=("httpd",))
+
+    def listening_on(*ports: int) -> PodRecord:
+        sockets = tuple(ListeningSocket(port, "TCP", "0.0.0.0") for port in ports)
+        return replace(pod("a"), containers=(replace(app, listening=sockets),))
+
+    async def scenario() -> tuple[float, list[str], int, int]:
+        runtime = ScriptedRuntime()
+        runtime.current = [listening_on(8181, 9191)]
+        agent = make_agent(tmp_path, runtime, clock)
+        stop = asyncio.Event()
+        task = asyncio.create_task(agent.run(stop))
+        await clock.until(lambda: len(agent.known.services) == 2, within=1)
+        runtime.current = [listening_on(9191)]
+        runtime.events_queue.put_nowait(RuntimeEvent("cri", "CONTAINER_STARTED_EVENT"))  # some other change
+        passes = agent.passes
+        await clock.until(lambda: agent.passes > passes, within=1)
+        found_at, kept = clock.monotonic(), len(agent.known.services)
+        await clock.until(lambda: len(agent.known.services) == 1, within=CLOSE_GRACE_S + 0.1)
+        removed_after = clock.monotonic() - found_at
+        quiet = runtime.lists
+        await clock.sleep(5.0)  # less than pollInterval (30 s)
+        stop.set()
+        await task
+        removed = CacheReader(tmp_path / "agent.db").events(kind=EventKind.REMOVED)
+        return removed_after, [e.reason for e in removed], kept, runtime.lists - quiet
+
+    removed_after, reasons, kept, later = clock.run(scenario())
+    assert (kept, reasons, later) == (2, ["port closed"], 0)
+    assert CLOSE_GRACE_S <= removed_after <= CLOSE_GRACE_S + 0.05
 
 
 def test_the_events_condition_is_set_as_soon_as_the_stream_is_open(tmp_path: Path) -> None:

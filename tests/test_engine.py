@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from cri_agent.discovery.engine import KnownState, Reconciliation, reconcile
+from cri_agent.discovery.engine import CLOSE_GRACE_S, KnownState, Reconciliation, reconcile
 from cri_agent.discovery.rules import DiscoveryRules, ExplicitService, FilterRules, Selector
 from cri_agent.model import DeclaredPort, EventKind, NodeSnapshot, PodProblem, PodRecord, PodUID, Provenance
-from tests.builders import container, pod
+from tests.builders import container, listening, pod
 
 RULES = DiscoveryRules(filters=FilterRules(exclude_namespaces=frozenset({"kube-system"})), node_name="node-a")
 EMPTY = KnownState(services={}, pods={})
 
 
-def run(pods: list[PodRecord], known: KnownState = EMPTY, rules: DiscoveryRules = RULES) -> Reconciliation:
-    return reconcile(known, NodeSnapshot(node_name="node-a", pods=tuple(pods), taken_at=0.0), rules)
+def run(
+    pods: list[PodRecord], known: KnownState = EMPTY, rules: DiscoveryRules = RULES, *, at: float = 0.0
+) -> Reconciliation:
+    return reconcile(known, NodeSnapshot(node_name="node-a", pods=tuple(pods), taken_at=at), rules)
 
 
 def state(result: Reconciliation) -> KnownState:
-    return KnownState(services=result.services, pods=result.pods)
+    return KnownState(services=result.services, pods=result.pods, closing=result.closing)
 
 
 def kinds(result: Reconciliation) -> list[tuple[str, str]]:
@@ -59,8 +61,87 @@ def test_removed_pod_says_pod_gone() -> None:
 def test_closed_port_says_port_closed() -> None:
     two_ports = pod(containers=[container(ports=[DeclaredPort(8080), DeclaredPort(9090)])])
     first = run([two_ports])
-    second = run([pod(containers=[container(ports=[DeclaredPort(8080)])])], state(first))
-    assert ("removed", "port closed") in kinds(second)
+    one_port = pod(containers=[container(ports=[DeclaredPort(8080)])])
+    second = run([one_port], state(first))  # kept for the grace (see the tests below)
+    third = run([one_port], state(second), at=CLOSE_GRACE_S)
+    assert ("removed", "port closed") in kinds(third)
+
+
+def listener(*ports: int, uid: str = "u") -> PodRecord:
+    """A running container that declares nothing and listens on ``ports`` (what /proc shows)."""
+    return pod(uid=uid, containers=[container(listening=[listening(p) for p in ports], processes=["httpd"])])
+
+
+def test_a_port_that_closes_in_a_running_container_is_kept_for_the_grace_then_removed_as_closed() -> None:
+    first = run([listener(8181, 9191)], at=100.0)
+    found_closed = run([listener(9191)], state(first), at=100.5)
+    within = run([listener(9191)], state(found_closed), at=100.5 + CLOSE_GRACE_S - 0.1)
+    after = run([listener(9191)], state(within), at=100.5 + CLOSE_GRACE_S)
+
+    assert (found_closed.events, found_closed.services) == ((), first.services)  # unchanged: names, types
+    assert (found_closed.closing, found_closed.recheck_at) == ({"shop/u/app/8181": 100.5}, 100.5 + CLOSE_GRACE_S)
+    assert (within.events, within.closing) == ((), {"shop/u/app/8181": 100.5})  # still since the first pass
+    assert [(e.kind.value, e.key, e.reason) for e in after.events] == [
+        ("removed", "shop/u/app/8181", "port closed"),
+        ("updated", "shop/u/app/9191", ""),  # the port left alone loses its ":9191"
+    ]
+    assert (after.closing, after.recheck_at) == ({}, None)
+
+
+def test_a_pod_stopped_while_its_listeners_close_leaves_once_as_pod_gone() -> None:
+    """The listeners vanish a moment before the runtime says the containers exited or the sandbox is
+    gone: no "port closed", no portless entry, no renamed sibling on the way out."""
+    first = run([listener(8181, 9191)])
+    one_closed = run([listener(9191)], state(first), at=0.01)
+    none_left = run([listener()], state(one_closed), at=0.02)
+    gone = run([], state(none_left), at=0.3)
+    assert (one_closed.events, none_left.events, none_left.services) == ((), (), first.services)
+    assert kinds(gone) == [("removed", "pod gone"), ("removed", "pod gone")]
+    assert gone.closing == {}
+
+
+def test_a_port_that_listens_again_within_the_grace_changes_nothing() -> None:
+    first = run([listener(8181, 9191)])
+    closed = run([listener(9191)], state(first), at=1.0)
+    reopened = run([listener(8181, 9191)], state(closed), at=2.0)
+    later = run([listener(8181, 9191)], state(reopened), at=2.0 + CLOSE_GRACE_S)
+    assert (closed.events, reopened.events, later.events) == ((), (), ())
+    assert (reopened.closing, reopened.recheck_at) == ({}, None)
+
+
+def test_all_ports_closed_for_the_grace_leave_as_closed_for_the_portless_entry() -> None:
+    first = run([listener(8181)])
+    closed = run([listener()], state(first), at=1.0)
+    after = run([listener()], state(closed), at=1.0 + CLOSE_GRACE_S)
+    assert (closed.events, [(e.kind.value, e.key, e.reason) for e in after.events]) == (
+        (),
+        [("added", "shop/u/app/-", ""), ("removed", "shop/u/app/8181", "port closed")],
+    )
+
+
+def test_a_port_named_by_coral_io_port_is_never_closed() -> None:
+    """It is there whether it listens or not: no grace to time, no re-check asked for."""
+    named = pod(uid="u", annotations={"coral.io/port": "8080"}, containers=[container()])
+    first = run([named])
+    results = [run([named], state(first), at=at) for at in (1.0, 1.0 + CLOSE_GRACE_S)]
+    assert [(r.events, r.closing, r.recheck_at) for r in results] == [((), {}, None)] * 2
+
+
+def test_a_port_an_explicit_service_names_for_its_pod_is_never_closed() -> None:
+    rules = replace(RULES, services=(ExplicitService(name="ledger", port=7000, selector=Selector(pod_name="web-0")),))
+    first = run([listener(8181)], rules=rules)
+    results = [run([listener(8181)], state(first), rules=rules, at=at) for at in (1.0, 1.0 + CLOSE_GRACE_S)]
+    assert sorted(first.services) == ["shop/u/app/7000", "shop/u/app/8181"]
+    assert [(r.events, r.closing, r.recheck_at) for r in results] == [((), {}, None)] * 2
+
+
+def test_a_wall_clock_stepped_back_restarts_the_grace_instead_of_holding_the_port_for_longer() -> None:
+    first = run([listener(8181, 9191)], at=1000.0)
+    closed = run([listener(9191)], state(first), at=1000.0)
+    stepped_back = run([listener(9191)], state(closed), at=10.0)
+    after = run([listener(9191)], state(stepped_back), at=10.0 + CLOSE_GRACE_S)
+    assert (stepped_back.closing, stepped_back.recheck_at) == ({"shop/u/app/8181": 10.0}, 10.0 + CLOSE_GRACE_S)
+    assert ("removed", "port closed") in kinds(after)
 
 
 def test_opt_out_removes_with_its_reason() -> None:

@@ -162,7 +162,7 @@ def test_precedence_is_explicit_over_override_over_annotation_over_discovered(
 
 def test_malformed_annotation_is_reported_and_the_rest_still_applies() -> None:
     target = pod(annotations={"coral.io/port": "x", "coral.io/name": "api"})
-    found, errors = derive_services(target, RULES, node_name="node-a", life=lifecycle(target.containers, now=0.0))
+    found, errors, _ = derive_services(target, RULES, node_name="node-a", life=lifecycle(target.containers, now=0.0))
     assert ([s.name for s in found], len(errors)) == (["api"], 1)
 
 

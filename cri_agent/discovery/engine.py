@@ -10,12 +10,20 @@ a restart), so events describe only real changes:
   ``container completed``, ``removed from config``);
 - ``skipped`` once when a pod is first seen excluded or its reason changes;
 - ``error`` once per new problem of a pod (malformed annotation, port JSON).
+
+A port that a running container stops showing is debounced: it stays, unchanged, and is removed
+(``port closed``) by the first pass at least ``CLOSE_GRACE_S`` after the pass that first found it
+closed; the engine asks for that pass (``recheck_at``). A pod being stopped closes its listeners a
+moment before the runtime says its containers exited or its sandbox is gone: its services then
+leave once, as ``pod gone`` (or stay while the exited containers hold them), never as ``port
+closed`` on the way out, and without a portless entry or a renamed sibling in between. A port
+that opens again within the grace changes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from cri_agent.discovery.containers import Phase, lifecycle
 from cri_agent.discovery.filters import evaluate, pod_ref
@@ -34,6 +42,13 @@ from cri_agent.model import (
 
 _KIND_ORDER = {kind: index for index, kind in enumerate(EventKind)}
 
+# How long a port a running container no longer shows is kept before it is removed as closed: the
+# time a stopped pod's runtime takes to report its containers exited once their listeners are gone
+# (milliseconds, a few hundred under load), with room to spare. A closed port is removed at most
+# pollInterval + CLOSE_GRACE_S after it closed.
+CLOSE_GRACE_S = 2.0
+_EARLY_S = 0.001  # a pass asked for at since + CLOSE_GRACE_S is due, whatever the rounding of wall times
+
 
 @dataclass(frozen=True, slots=True)
 class PodDecision:
@@ -51,6 +66,9 @@ class KnownState:
 
     services: Mapping[ServiceKey, ServiceInfo]
     pods: Mapping[PodUID, PodDecision]
+    # Ports kept while a running container does not show them: since when (wall time). In memory
+    # only: after a restart, a port still closed is timed from the first pass.
+    closing: Mapping[ServiceKey, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +78,8 @@ class Reconciliation:
     events: tuple[DiscoveryEvent, ...]
     upserted: tuple[ServiceInfo, ...]  # added or updated
     removed: tuple[ServiceKey, ...]
-    recheck_at: float | None = None  # when a settling container changes phase: pass again then
+    recheck_at: float | None = None  # when a settling container changes phase or a closed port's grace ends
+    closing: Mapping[ServiceKey, float] = field(default_factory=dict)  # the closed ports kept, since when
 
 
 def changed_fields(old: ServiceInfo, new: ServiceInfo) -> tuple[str, ...]:
@@ -79,20 +98,30 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
         known_by_pod.setdefault(service.pod_uid, []).append(service)
     completed: set[tuple[PodUID, str]] = set()
     recheck_at: float | None = None
+    released = {key for key, since in known.closing.items() if now - since >= CLOSE_GRACE_S - _EARLY_S}
+    closing: dict[ServiceKey, float] = {}
 
     for pod in snapshot.pods:
         verdict = evaluate(pod, rules.filters)
         problems = [*verdict.errors, *pod.provider_problems]
         if verdict.included:
             life = lifecycle(pod.containers, now=now)
-            derived, service_problems = derive_services(
-                pod, rules, node_name=node_name, life=life, previous=known_by_pod.get(pod.uid, ())
+            derived, service_problems, closed = derive_services(
+                pod,
+                rules,
+                node_name=node_name,
+                life=life,
+                previous=known_by_pod.get(pod.uid, ()),
+                released=released,
             )
             problems += service_problems
             services.update((s.key, s) for s in derived)
             completed.update((pod.uid, name) for name, p in life.phases.items() if p == Phase.COMPLETED)
+            for key in closed:  # first found closed now, or earlier (a wall clock stepped back restarts it)
+                closing[key] = since = min(known.closing.get(key, now), now)
+                recheck_at = _earliest(recheck_at, since + CLOSE_GRACE_S)
             if life.settles_at is not None:
-                recheck_at = life.settles_at if recheck_at is None else min(recheck_at, life.settles_at)
+                recheck_at = _earliest(recheck_at, life.settles_at)
         reason = verdict.reason if verdict.included or verdict.opt_out else f"filtered out: {verdict.reason}"
         errors = {problem.render(pod_ref(pod)): problem for problem in problems}  # rendered once, here
         decision = PodDecision(
@@ -139,7 +168,12 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
         upserted=tuple(upserted),
         removed=tuple(removed),
         recheck_at=recheck_at,
+        closing=closing,
     )
+
+
+def _earliest(current: float | None, at: float) -> float:
+    return at if current is None else min(current, at)
 
 
 def _removal_reason(

@@ -3,11 +3,13 @@
 One ``ServiceInfo`` per (container, port) that is declared or listening
 (loopback-only listeners are not reachable on the pod IP and are skipped),
 from the instance of each container that decides (containers.py): a
-completed container contributes nothing, a restarting one keeps its ports;
-a pod with no port at all still yields one portless entry so it is
-visible. ``coral.io/port`` or an override ``port`` restricts the pod to
-exactly those ports. Keys are ``namespace/pod-uid/container/port`` and
-never involve the IP, which the cluster reuses.
+completed container contributes nothing, a restarting one keeps its ports,
+a running one keeps a port it no longer shows until the engine releases
+it (``closed``, ``released``: engine.py debounces a closing port); a pod
+with no port at all still yields one portless entry so it is visible.
+``coral.io/port`` or an override ``port`` restricts the pod to exactly
+those ports. Keys are ``namespace/pod-uid/container/port`` and never
+involve the IP, which the cluster reuses.
 
 A service's labels keep within ``LABEL_BUDGET_BYTES``: one pod carrying a
 megabyte of labels (the runtime does not enforce Kubernetes' limits) must
@@ -20,9 +22,9 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from cri_agent.discovery.containers import Lifecycle, Phase
 from cri_agent.discovery.overrides import (
@@ -118,6 +120,15 @@ class _Entry:
     port: int | None
     protocol: Transport | None
     port_name: str = ""
+    held: bool = False  # only there because the container had it: its process does not show it now
+
+
+class Derived(NamedTuple):
+    """What ``derive_services`` finds for one pod."""
+
+    services: tuple[ServiceInfo, ...]
+    problems: tuple[PodProblem, ...]  # the pod's annotation errors
+    closed: frozenset[ServiceKey] = frozenset()  # kept ports a running container no longer shows (not released)
 
 
 def service_key(
@@ -180,12 +191,15 @@ def _candidates(
     for service in held:
         if service.port is not None and service.protocol is not None and service.container in by_name:
             owner = by_name[service.container]
-            entries.setdefault((service.port, service.protocol), _Entry(owner, service.port, service.protocol))
+            entries.setdefault(
+                (service.port, service.protocol), _Entry(owner, service.port, service.protocol, held=True)
+            )
     return sorted(entries.values(), key=lambda e: (e.container.name, e.port or 0, e.protocol or ""))
 
 
 def _restricted(entries: list[_Entry], ports: Sequence[PortRef], default: ContainerRecord) -> list[_Entry]:
-    by_port = {(e.port, e.protocol): e for e in entries}
+    """Exactly ``ports``: named by an annotation or override, they are there whether they listen or not."""
+    by_port = {(e.port, e.protocol): replace(e, held=False) for e in entries}
     return [by_port.get((port, protocol)) or _Entry(default, port, protocol) for port, protocol in ports]
 
 
@@ -237,8 +251,9 @@ def _explicit_entries(
     containers: Sequence[ContainerRecord],
     default: ContainerRecord,
 ) -> list[_Entry]:
-    """Explicit services with a selector on this pod declare their port if it is not there."""
-    present = {(e.port, e.protocol) for e in entries}
+    """Explicit services with a selector on this pod declare their port: added if it is not there, and
+    never closed (a kept entry of that port stops being one, in place)."""
+    present = {(e.port, e.protocol): index for index, e in enumerate(entries)}
     extra = []
     for explicit in rules.services:
         selector = explicit.selector
@@ -250,9 +265,12 @@ def _explicit_entries(
             if not named:
                 continue  # the container it names is not (or no longer) there
             owner = named[0]
-        if (explicit.port, explicit.protocol) not in present:
+        ref = (explicit.port, explicit.protocol)
+        if (index := present.get(ref)) is None:
             extra.append(_Entry(owner, explicit.port, explicit.protocol))
-            present.add((explicit.port, explicit.protocol))
+            present[ref] = -1
+        elif index >= 0 and entries[index].held:
+            entries[index] = replace(entries[index], held=False)
     return extra
 
 
@@ -263,21 +281,32 @@ def derive_services(
     node_name: str,
     life: Lifecycle,
     previous: Sequence[ServiceInfo] = (),
-) -> tuple[tuple[ServiceInfo, ...], tuple[PodProblem, ...]]:
-    """The services of one included pod, and the pod's annotation errors.
+    released: Collection[ServiceKey] = frozenset(),
+) -> Derived:
+    """The services of one included pod, the pod's annotation errors, and the ports it keeps closed.
 
     ``life``: the pod's containers now (containers.py). ``previous``: the pod's services after the
     last pass; a container that is restarting or has just exited keeps its own, with their types
-    when it has no process now.
+    when it has no process now. A running container keeps the ports it no longer shows too, unless
+    they are ``released``: those it keeps are ``closed``, for the engine to time (engine.py).
     """
     annotations, errors = from_annotations(pod)
     phases = life.phases
     containers = [c for c in life.instances if phases[c.name] != Phase.COMPLETED]
     contributing = [c for c in containers if phases[c.name].contributes]
-    held = [s for s in previous if s.container in phases and phases[s.container].holds]
+    held = [
+        s
+        for s in previous
+        if s.container in phases
+        and (
+            phases[s.container].holds
+            or (phases[s.container] == Phase.ACTIVE and s.port is not None and s.key not in released)
+        )
+    ]
     if not contributing and not held:
-        return (), errors
-    held_types = {s.key: s.service_type for s in held}
+        return Derived((), errors)
+    held_types = {s.key: s.service_type for s in held if phases[s.container].holds}
+    closed_types = {s.key: s.service_type for s in held if not phases[s.container].holds}
     running = [c for c in containers if c.state == ContainerState.RUNNING]
     default = (running or containers)[0]
     pod_meta = apply_overrides(annotations, pod, rules.overrides, container=None)
@@ -313,6 +342,7 @@ def derive_services(
             sole_port=per_container_ports[entry.container.name] == 1,
             node_name=node_name,
             held_types=held_types,
+            closed_types=closed_types,
         )
         for entry, suffix in zip(entries, suffixes, strict=True)
     )
@@ -322,7 +352,10 @@ def derive_services(
     if capped != services:
         total = max(len(s.labels) for s in services)
         errors += (PodProblem("labels", f"{total} labels exceed the {LABEL_BUDGET_BYTES}-byte budget: truncated"),)
-    return capped, errors
+    closed = frozenset(
+        s.key for s, e in zip(capped, entries, strict=True) if e.held and phases[s.container] == Phase.ACTIVE
+    )
+    return Derived(capped, errors, closed)
 
 
 def capped_labels(labels: Mapping[str, str]) -> Mapping[str, str]:
@@ -369,11 +402,14 @@ def _service(
     suffix: str,
     sole_port: bool,
     node_name: str,
-    held_types: Mapping[ServiceKey, str],
+    held_types: Mapping[ServiceKey, str],  # of a restarting or exited container: kept when it has no process
+    closed_types: Mapping[ServiceKey, str],  # of a running container's closed ports: kept as they were
 ) -> ServiceInfo:
     overridden = tuple(sorted("port" if f == "ports" else f for f in meta.set_fields))
     key = service_key(pod.namespace, pod.uid, entry.container.name, entry.port, entry.protocol)
-    hint = held_types.get(key) if not entry.container.process_names else None
+    hint = closed_types.get(key) if entry.held else None
+    if hint is None and not entry.container.process_names:
+        hint = held_types.get(key)
     discovered = ServiceInfo(
         key=key,
         name=(meta.name or base_name) + suffix,

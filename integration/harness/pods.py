@@ -218,6 +218,14 @@ class PodFactory:
         """StopPodSandbox only, as kubelet does when a pod ends (it removes the sandbox later)."""
         self.stub.StopPodSandbox(api_pb2.StopPodSandboxRequest(pod_sandbox_id=pod.sandbox_id), timeout=30)
 
+    def stop_pod_gracefully(self, pod: Pod, grace_s: int = 5) -> None:
+        """As kubelet deletes a pod: each container stopped with its grace (SIGTERM, SIGKILL ``grace_s``
+        later), then the sandbox (StopPodSandbox alone kills at once)."""
+        for container_id in pod.container_ids:
+            request = api_pb2.StopContainerRequest(container_id=container_id, timeout=grace_s)
+            self.stub.StopContainer(request, timeout=grace_s + 30)
+        self.stop_pod(pod)
+
     def create_pods_concurrently(self, specs: Sequence[Mapping[str, Any]], workers: int = 4) -> list[Pod]:
         """``create_pod(**spec)`` for each spec, ``workers`` at a time (benchmarks, scale tests)."""
         with ThreadPoolExecutor(max_workers=workers) as pool:
