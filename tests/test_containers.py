@@ -6,7 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from cri_agent.discovery.containers import SETTLE_S, Phase, deciding_instances, phase, settles_at
+from cri_agent.discovery.containers import (
+    SETTLE_S,
+    WARMUP_STEPS_S,
+    Phase,
+    deciding_instances,
+    phase,
+    settles_at,
+    warms_at,
+)
 from cri_agent.discovery.engine import KnownState, reconcile
 from cri_agent.discovery.rules import DiscoveryRules
 from cri_agent.model import (
@@ -75,6 +83,34 @@ def test_settles_at_is_the_earliest_end_of_a_grace() -> None:
     exiting = replace(container("b"), state=ContainerState.EXITED, exit_code=0, finished_at=NOW - 2)
     assert settles_at([young, exiting], now=NOW) == NOW - 4 + SETTLE_S
     assert settles_at([container("c")], now=NOW) is None
+
+
+def test_a_just_started_container_asks_for_passes_at_each_warm_up_age_then_none() -> None:
+    started = replace(container("a"), started_at=NOW)
+    ages = []
+    at: float | None = NOW
+    while at is not None:
+        at = warms_at([started], now=at)
+        ages.append(None if at is None else at - NOW)
+    assert ages == [*WARMUP_STEPS_S, None]
+    assert warms_at([replace(started, state=ContainerState.EXITED)], now=NOW) is None
+    assert warms_at([container("old")], now=NOW) is None  # no start time known: nothing to time
+
+
+def test_a_port_opened_seconds_after_its_container_started_is_found_by_a_warm_up_pass() -> None:
+    """No runtime event says a port opened: the passes the start asks for find it, not the next poll."""
+    quiet = replace(container("app", processes=("java",)), started_at=NOW)
+    listening = replace(quiet, listening=(ListeningSocket(8080, "TCP", "0.0.0.0", 1),))
+    known = KnownState(services={}, pods={})
+    passes = []
+    at: float | None = NOW + 0.2  # the pass the container's start event triggers
+    while at is not None and at < NOW + 60:
+        current = pod(containers=(listening if at >= NOW + 2.5 else quiet,))  # listens 2.5 s after its start
+        result = reconcile(known, NodeSnapshot("node-a", (current,), taken_at=at), RULES)
+        known = KnownState(services=result.services, pods=result.pods)
+        passes.append((round(at - NOW, 1), sorted(s.port or 0 for s in result.services.values())))
+        at = result.recheck_at
+    assert passes == [(0.2, [0]), (1.0, [0]), (3.0, [8080]), (7.0, [8080]), (15.0, [8080])]
 
 
 def restarting_pod(*containers: ContainerRecord) -> PodRecord:

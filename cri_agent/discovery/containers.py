@@ -20,6 +20,12 @@ What the deciding instance contributes is its ``Phase``:
   sandbox changes nothing until the sandbox is gone.
 - ``COMPLETED``: exited 0 ``SETTLE_S`` ago or more (a finished init
   container or job step): it contributes no service.
+
+No runtime event says that a process opened a port, and most open theirs a
+moment after the runtime says their container started (a JVM: seconds). So
+a container that started less than ``WARMUP_STEPS_S[-1]`` ago asks for passes
+at those ages (``warms_at``): its ports are found within about a second of
+listening, not at the next poll.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ from cri_agent.model import ContainerRecord, ContainerState
 # How long a restarted or just-exited container keeps what it had. A restarted process needs a
 # moment to listen again, and kubelet stops a pod's sandbox right after its containers exit.
 SETTLE_S = 10.0
+# After a container starts: the ages at which a pass looks for the listeners it opened since.
+WARMUP_STEPS_S = (1.0, 3.0, 7.0, 15.0)
 
 
 class Phase(StrEnum):
@@ -60,6 +68,7 @@ class Lifecycle:
     instances: tuple[ContainerRecord, ...]
     phases: Mapping[str, Phase]  # by container name
     settles_at: float | None  # when a phase changes by age alone (None: none will)
+    warms_at: float | None = None  # when a just-started container's next warm-up pass is due (None: none)
 
 
 def lifecycle(containers: Iterable[ContainerRecord], *, now: float) -> Lifecycle:
@@ -68,6 +77,7 @@ def lifecycle(containers: Iterable[ContainerRecord], *, now: float) -> Lifecycle
         instances=tuple(instances),
         phases={c.name: phase(c, now=now) for c in instances},
         settles_at=settles_at(instances, now=now),
+        warms_at=warms_at(instances, now=now),
     )
 
 
@@ -107,4 +117,16 @@ def settles_at(containers: Sequence[ContainerRecord], *, now: float) -> float | 
             times.append(container.finished_at + SETTLE_S)
         elif container.state == ContainerState.RUNNING:
             times.append(container.started_at + SETTLE_S)
+    return min(times, default=None)
+
+
+def warms_at(containers: Sequence[ContainerRecord], *, now: float) -> float | None:
+    """The next warm-up pass of a running container younger than the last of ``WARMUP_STEPS_S`` (None: none)."""
+    times = [
+        container.started_at + step
+        for container in containers
+        if container.state == ContainerState.RUNNING and container.started_at
+        for step in WARMUP_STEPS_S
+        if container.started_at + step > now
+    ]
     return min(times, default=None)

@@ -120,8 +120,9 @@ def reconcile(known: KnownState, snapshot: NodeSnapshot, rules: DiscoveryRules) 
             for key in closed:  # first found closed now, or earlier (a wall clock stepped back restarts it)
                 closing[key] = since = min(known.closing.get(key, now), now)
                 recheck_at = _earliest(recheck_at, since + CLOSE_GRACE_S)
-            if life.settles_at is not None:
-                recheck_at = _earliest(recheck_at, life.settles_at)
+            for at in (life.settles_at, life.warms_at):
+                if at is not None:
+                    recheck_at = _earliest(recheck_at, at)
         reason = verdict.reason if verdict.included or verdict.opt_out else f"filtered out: {verdict.reason}"
         errors = {problem.render(pod_ref(pod)): problem for problem in problems}  # rendered once, here
         decision = PodDecision(
