@@ -134,3 +134,30 @@ class EnrollMethod(StrEnum):
     SECRET = "secret"  # the colony's shared secret
     BOOTSTRAP_TOKEN = "bootstrap-token"  # `coral colony token create NAME --bootstrap`, which expires
     SERVICE_ACCOUNT = "service-account"  # its projected ServiceAccount token, checked with TokenReview
+
+
+class WorkloadKind(StrEnum):
+    """The controllers an operation may name every pod of (``coral tap deploy/NAME``), as their ``kind``."""
+
+    DEPLOYMENT = "Deployment"
+    STATEFUL_SET = "StatefulSet"
+    DAEMON_SET = "DaemonSet"
+    JOB = "Job"
+    CRON_JOB = "CronJob"
+
+
+# kubectl's words for them: short names, singular and plural resource names.
+WORKLOAD_WORDS: dict[str, WorkloadKind] = {
+    **dict.fromkeys(("deploy", "deployment", "deployments"), WorkloadKind.DEPLOYMENT),
+    **dict.fromkeys(("sts", "statefulset", "statefulsets"), WorkloadKind.STATEFUL_SET),
+    **dict.fromkeys(("ds", "daemonset", "daemonsets"), WorkloadKind.DAEMON_SET),
+    **dict.fromkeys(("job", "jobs"), WorkloadKind.JOB),
+    **dict.fromkeys(("cj", "cronjob", "cronjobs"), WorkloadKind.CRON_JOB),
+}
+
+
+def workload_of(target: str) -> tuple[WorkloadKind, str] | None:
+    """(kind, name) of ``deploy/NAME`` and its kin; None for any other target."""
+    word, _, name = target.partition("/")
+    kind = WORKLOAD_WORDS.get(word.lower())
+    return (kind, name) if kind and name and "/" not in name else None

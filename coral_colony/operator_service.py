@@ -26,6 +26,7 @@ import grpc
 import grpc.aio
 
 from coral_base.message_limits import CHUNK_BYTES
+from coral_base.vocabulary import workload_of
 from coral_base.wire.coral.colony.v1 import colony_pb2, colony_pb2_grpc
 from coral_colony import codec
 from coral_colony.model import (
@@ -48,7 +49,7 @@ from coral_colony.refusals import Refusals
 from coral_colony.router import AgentNotConnected, Router
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.services import ServicePosition, position
-from coral_colony.targets import Resolved, TooManyPods, resolve, workload_of
+from coral_colony.targets import Resolved, TooManyPods, resolve
 from coral_colony.tokens import OPERATOR_SCOPES, OperatorTokens
 
 log = logging.getLogger("coral_colony.operator_service")

@@ -25,6 +25,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+from coral_base.vocabulary import WorkloadKind, workload_of
 from coral_colony.model import (
     Action,
     AgentKind,
@@ -38,13 +39,6 @@ from coral_colony.stores.reader import RegistryReader
 
 MAX_PODS = 32  # parts of one operation at most: each holds an agent's operation and a share of the relay buffer
 
-WORKLOAD_KINDS: Mapping[str, str] = {
-    **dict.fromkeys(("deploy", "deployment", "deployments"), "Deployment"),
-    **dict.fromkeys(("sts", "statefulset", "statefulsets"), "StatefulSet"),
-    **dict.fromkeys(("ds", "daemonset", "daemonsets"), "DaemonSet"),
-    **dict.fromkeys(("job", "jobs"), "Job"),
-    **dict.fromkeys(("cj", "cronjob", "cronjobs"), "CronJob"),
-}
 _SUFFIX = "[bcdfghjklmnpqrstvwxz2456789]{5}"  # the apiserver's generateName alphabet
 
 
@@ -91,13 +85,6 @@ def _one_unless_tap(asked: OperationRequest, pods: list[Resolved]) -> list[Resol
             " name it as namespace/pod (tap takes them all)"
         )
     return pods
-
-
-def workload_of(target: str) -> tuple[str, str] | None:
-    """(kind, name) of ``deploy/NAME`` and its kin; None for any other target."""
-    alias, _, name = target.partition("/")
-    kind = WORKLOAD_KINDS.get(alias.lower())
-    return (kind, name) if kind and name and "/" not in name else None
 
 
 def resolve_pod(reader: RegistryReader, target: str, *, node: str = "", namespace: str = "") -> Resolved:
@@ -195,7 +182,7 @@ def _resolved(nodes: Mapping[str, str], services: list[StoredService], *, by_ser
 
 
 def _workload_services(
-    reader: RegistryReader, kind: str, name: str, *, namespace: str, node: str
+    reader: RegistryReader, kind: WorkloadKind, name: str, *, namespace: str, node: str
 ) -> list[StoredService]:
     """The services of the pods of workload ``kind/name``: as the API told the agents, or as names show it."""
     owned = reader.services(ServiceFilter(workload=f"{kind}/{name}", namespace=namespace, node=node))
@@ -228,8 +215,8 @@ def _daemonset_pod(name: str, stored: StoredService) -> bool:
     )
 
 
-_SHOWN_BY: Mapping[str, Callable[[str, StoredService], bool]] = {
-    "Deployment": _deployment_pod,
-    "StatefulSet": _statefulset_pod,
-    "DaemonSet": _daemonset_pod,
+_SHOWN_BY: Mapping[WorkloadKind, Callable[[str, StoredService], bool]] = {
+    WorkloadKind.DEPLOYMENT: _deployment_pod,
+    WorkloadKind.STATEFUL_SET: _statefulset_pod,
+    WorkloadKind.DAEMON_SET: _daemonset_pod,
 }

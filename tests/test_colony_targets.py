@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
+from coral_base.vocabulary import WorkloadKind, workload_of
 from coral_colony.model import Action, AgentKind, AgentRecord, OperationRequest, ServiceRecord
 from coral_colony.operator_service import merged
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter
-from coral_colony.targets import MAX_PODS, Resolved, TooManyPods, resolve, workload_of
+from coral_colony.targets import MAX_PODS, Resolved, TooManyPods, resolve
 
 HASH = "5d8f7c9b4"
 
@@ -75,11 +76,11 @@ def reader(tmp_path: Path) -> RegistryReader:
 
 def test_kubectl_workload_words_name_a_workload_and_nothing_else_does() -> None:
     assert [workload_of(t) for t in ("deploy/web", "deployments/web", "STS/db", "ds/proxy", "cj/nightly")] == [
-        ("Deployment", "web"),
-        ("Deployment", "web"),
-        ("StatefulSet", "db"),
-        ("DaemonSet", "proxy"),
-        ("CronJob", "nightly"),
+        (WorkloadKind.DEPLOYMENT, "web"),
+        (WorkloadKind.DEPLOYMENT, "web"),
+        (WorkloadKind.STATEFUL_SET, "db"),
+        (WorkloadKind.DAEMON_SET, "proxy"),
+        (WorkloadKind.CRON_JOB, "nightly"),
     ]
     assert [workload_of(t) for t in ("shop/web-0", "web", "deploy/", "deploy/a/b")] == [None, None, None, None]
 

@@ -27,6 +27,7 @@ from coral_base.durations import flag, parse_duration
 from coral_base.listing import Column, JsonObject, Listing, output_flags
 from coral_base.private_files import PendingFile
 from coral_base.sizes import parse_size
+from coral_base.vocabulary import workload_of
 from coral_colony.cli.captures import PcapngWriter, PcapWriter
 from coral_colony.cli.connection import connection_flags, open_client
 from coral_colony.cli.progress import Progress
@@ -40,7 +41,6 @@ from coral_colony.model import (
     OperationTarget,
     Outcome,
 )
-from coral_colony.targets import workload_of
 
 
 def register(commands: Any) -> None:
