@@ -16,7 +16,8 @@ from the Kubernetes API), and, where the agent had no API (restricted
 RBAC), those whose name and labels show it: ``NAME-<pod-template-hash>-xxxxx``
 with that ``pod-template-hash`` label for a Deployment, ``NAME-<ordinal>``
 with the ``statefulset.kubernetes.io/pod-name`` label for a StatefulSet,
-``NAME-xxxxx`` with a ``controller-revision-hash`` label for a DaemonSet.
+``NAME-xxxxx`` with ``controller-revision-hash`` and ``pod-template-generation``
+labels for a DaemonSet.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ def resolve(reader: RegistryReader, asked: OperationRequest) -> list[Resolved]:
     found, by_service = _candidates(reader, asked.target, node=asked.node, namespace=asked.namespace)
     if asked.all_pods and found:
         return _one_unless_tap(asked, _every_pod(reader, found, asked.target, by_service=by_service))
-    return [resolve_pod(reader, asked.target, node=asked.node, namespace=asked.namespace)]
+    return [resolve_pod(reader, asked.target, node=asked.node, namespace=asked.namespace, action=asked.action)]
 
 
 def _one_unless_tap(asked: OperationRequest, pods: list[Resolved]) -> list[Resolved]:
@@ -87,7 +88,9 @@ def _one_unless_tap(asked: OperationRequest, pods: list[Resolved]) -> list[Resol
     return pods
 
 
-def resolve_pod(reader: RegistryReader, target: str, *, node: str = "", namespace: str = "") -> Resolved:
+def resolve_pod(
+    reader: RegistryReader, target: str, *, node: str = "", namespace: str = "", action: Action = Action.TAP
+) -> Resolved:
     """A service key, ``namespace/pod`` or a service name -> the one pod it names.
 
     With ``node``, a ``namespace/pod`` the registry does not list (its namespace
@@ -108,9 +111,8 @@ def resolve_pod(reader: RegistryReader, target: str, *, node: str = "", namespac
         more = f" and {len(pods) - 10} more" if len(pods) > 10 else ""
         same_pod = len({p[:2] for p in pods}) < len(pods)
         hint = "name one as namespace/pod" + (" and pick the node with --node" if same_pod else "")
-        raise LookupError(
-            f"{target!r} matches {len(pods)} pods: {choices}{more}; {hint}, or take them all with --all-pods"
-        )
+        hint += ", or take them all with --all-pods" if action is Action.TAP else ""
+        raise LookupError(f"{target!r} matches {len(pods)} pods: {choices}{more}; {hint}")
     [(chosen, *_)] = pods.values()
     if chosen.stale:
         raise LookupError(f"{target!r} is stale: the agent of node {chosen.service.node_name} is unreachable")
