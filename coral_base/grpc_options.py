@@ -7,8 +7,9 @@ host vanished, a NAT that dropped the flow) is noticed within
 
 Servers (the colony's two endpoints) allow those pings and no more often
 (a client pinging faster is sent GOAWAY after two strikes), ping their own
-clients likewise, bound the streams one connection may hold, and close a
-connection that carried no call for ``MAX_CONNECTION_IDLE_MS``.
+clients likewise, bound the streams one connection may hold, close a
+connection that carried no call for ``MAX_CONNECTION_IDLE_MS``, and keep
+their receive windows at HTTP/2's initial 64 KiB (``BDP_PROBE``).
 
 gRPC has no per-peer-address connection limit; what bounds a stranger is
 the per-connection stream cap, the idle timeout, the Hello deadline of
@@ -34,6 +35,13 @@ MIN_PING_INTERVAL_MS: Final = 10_000  # a server accepts a client's pings no mor
 SERVER_KEEPALIVE_TIME_MS: Final = 60_000  # a server pings its clients too: a vanished agent frees its stream
 MAX_CONCURRENT_STREAMS: Final = 64  # calls one connection may have open at once, on each endpoint
 MAX_CONNECTION_IDLE_MS: Final = 300_000  # the public endpoint closes a connection without calls this long
+# A server's receive window does not grow with bandwidth-delay probing. Probing opens a stream's window to
+# several MiB on a fast link, and that is what gRPC holds for a stream the colony stopped reading (an agent's
+# control stream while its operator reads nothing: coral_colony.router): up to 35 MiB of one stalled tap.
+# Without it the window stays at 64 KiB; a stream the colony reads still takes a whole message per round
+# trip (gRPC opens the window to the message being read), so a tap moves one 1 MiB chunk per round trip:
+# ~70 MiB/s at 10 ms, ~18 MiB/s at 50 ms (BENCHMARKS.md, the reliability notes).
+BDP_PROBE: Final = 0
 
 
 class Endpoint(enum.Enum):
@@ -58,14 +66,17 @@ def channel_options(*extra: Option) -> list[Option]:
 
 
 def server_options(endpoint: Endpoint) -> list[Option]:
-    """A colony server's options: keepalive enforcement, its own pings, a stream cap, and for the public
-    endpoint an idle timeout (the agent endpoint's connections are the agents' long-lived streams)."""
+    """A colony server's options: keepalive enforcement, its own pings, a stream cap, fixed receive windows
+    (both endpoints read agents' control streams: the public one with ``--allow-shared-secret-agents``),
+    and for the public endpoint an idle timeout (the agent endpoint's connections are the agents'
+    long-lived streams)."""
     options = [
         *CHANNEL_OPTIONS,
         *_keepalive(SERVER_KEEPALIVE_TIME_MS),
         ("grpc.http2.min_ping_interval_without_data_ms", MIN_PING_INTERVAL_MS),
         ("grpc.http2.max_ping_strikes", 2),
         ("grpc.max_concurrent_streams", MAX_CONCURRENT_STREAMS),
+        ("grpc.http2.bdp_probe", BDP_PROBE),
     ]
     if endpoint is Endpoint.PUBLIC:
         options.append(("grpc.max_connection_idle_ms", MAX_CONNECTION_IDLE_MS))

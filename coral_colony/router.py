@@ -30,7 +30,10 @@ from coral_colony.model import ForwardedOperation
 log = logging.getLogger("coral_colony.router")
 
 HELLO_WITHIN_S = 10.0  # a Connect that has not said Hello by then is closed
-INBOX_BYTES = 4 * 1024 * 1024  # chunks waiting for one operator, at most (4 of the agent's 1 MiB chunks)
+# Chunks waiting for one operator, at most: one of the agent's 1 MiB chunks (a larger one passes alone). A
+# tap moves as fast with 1 MiB as with 4 (the operator's write takes one chunk while the next waits here);
+# each MiB more is a MiB the colony holds for every operation whose operator stopped reading.
+INBOX_BYTES = 1024 * 1024
 SessionCheck = Callable[[str, str], Awaitable[bool]]  # (agent_id, session_token) -> valid
 _Context = grpc.aio.ServicerContext[object, object]
 

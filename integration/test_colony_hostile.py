@@ -127,7 +127,10 @@ def test_a_stalled_operator_slows_the_agents_capture_instead_of_growing_the_colo
 
     growth, held_mib, received, sent, outcome = run(scenario())
     print(f"held back at {held_mib:.0f} MiB sent; RSS growth {growth:.1f} MiB")
-    assert held_mib < 32, f"the agent sent {held_mib:.0f} MiB to an operator that read nothing"
+    # What the agent gets out before it is held: one chunk in the colony's inbox, one waiting for room, one
+    # on its way to the operator, the operator's own receive window, the sockets' buffers (8 MiB measured;
+    # 16 while gRPC grew the colony's receive windows by BDP probing).
+    assert held_mib < 16, f"the agent sent {held_mib:.0f} MiB to an operator that read nothing"
     assert growth < 64, f"RSS grew {growth:.0f} MiB"
     assert (received, sent, outcome) == (100 * MIB, 100 * MIB, "ok")
 

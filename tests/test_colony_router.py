@@ -13,6 +13,7 @@ import grpc.aio
 import pytest
 
 from coral_base.clock import VirtualClock
+from coral_base.grpc_options import Endpoint, server_options
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_colony.model import (
     Action,
@@ -23,7 +24,7 @@ from coral_colony.model import (
     OperationTarget,
     ServiceRecord,
 )
-from coral_colony.router import AgentNotConnected, Router
+from coral_colony.router import AgentNotConnected, Inbox, Router
 from coral_colony.stores.reader import RegistryReader
 from coral_colony.stores.writer import RegistryWriter
 from coral_colony.targets import resolve_pod
@@ -71,6 +72,32 @@ def test_targets_resolve_by_name_key_or_pod_and_ambiguity_is_explained(tmp_path:
         resolve_pod(reg, "nope")
     unlisted = resolve_pod(reg, "kube-system/proxy", node="node-a")
     assert (unlisted.target.namespace, unlisted.target.pod_name, unlisted.agent_id) == ("kube-system", "proxy", "a")
+
+
+def _chunk(size: int) -> agent_pb2.AgentMessage:
+    return agent_pb2.AgentMessage(chunk=agent_pb2.Chunk(request_id="1", kind="pcap", data=bytes(size)))
+
+
+def test_an_inbox_holds_one_of_the_agents_1_mib_chunks_and_the_next_waits_for_the_operator() -> None:
+    clock = VirtualClock()
+
+    async def scenario() -> tuple[bool, bool, int]:
+        inbox = Inbox()
+        await asyncio.wait_for(inbox.put(_chunk(1024 * 1024)), 1)  # over the bound by its header: passes alone
+        second = asyncio.create_task(inbox.put(_chunk(1024 * 1024)))
+        await asyncio.sleep(1)
+        waited = not second.done()
+        await inbox.get()  # the operator takes the first
+        await asyncio.wait_for(second, 1)
+        return waited, second.done(), len((await inbox.get()).chunk.data)
+
+    assert clock.run(scenario()) == (True, True, 1024 * 1024)
+
+
+@pytest.mark.parametrize("endpoint", list(Endpoint))
+def test_neither_endpoint_lets_grpc_grow_a_stalled_streams_receive_window(endpoint: Endpoint) -> None:
+    # BDP probing would open an agent's control stream to several MiB while its operator reads nothing.
+    assert ("grpc.http2.bdp_probe", 0) in server_options(endpoint)
 
 
 async def _serve(router: Router) -> tuple[grpc.aio.Server, int]:
