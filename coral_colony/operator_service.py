@@ -77,6 +77,9 @@ BAD_TOKEN = "the colony does not know this operator token: it was revoked or bel
 MAX_FILTER_CHARS = 1024  # as the agents' own limit: refused here before it travels
 OPERATION_STARTED = "operation.started"  # the audit action of an operation routed to its agent
 MAX_OPERATIONS_PER_OPERATOR = 8  # operations one token may have running at once (each holds a stream and an agent)
+# Pods one token's running operations may cover at once (a tap of deploy/NAME covers each replica). A stalled
+# operator holds ~2 MiB a pod (the relay's chunk and the fan-out's): at most ~32 MiB a token.
+MAX_PODS_PER_OPERATOR = 16
 MAX_AUDIT_LIMIT = 10_000  # entries one QueryAudit returns at most (a 2^32 limit read the whole log into memory)
 DEFAULT_PAGE_SIZE = 500  # services or audit entries in one page, when the request names no page_size
 MAX_PAGE_SIZE = 1000  # larger page sizes are capped; a page also stops at CHUNK_BYTES
@@ -128,6 +131,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         self.clock = clock
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="registry-reader")
         self._running: Counter[str] = Counter()  # operations under way, by operator
+        self._pods: Counter[str] = Counter()  # the pods they cover, by operator
 
     async def _read(self, fn: Callable[[], _T]) -> _T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
@@ -300,6 +304,26 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
                 refusal = OperationResult(outcome=Outcome.REFUSED, error=why)
                 await self._audit_operation(operator, asked, pod, refusal, started)
                 await context.abort(grpc.StatusCode.PERMISSION_DENIED, why)
+        if self._pods[operator] + len(pods) > MAX_PODS_PER_OPERATOR:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"operator {operator} has operations running on {self._pods[operator]} pods and this one takes"
+                f" {len(pods)}: {MAX_PODS_PER_OPERATOR} at once is the most one token may (narrow it with --node"
+                " or --namespace, or wait)",
+            )
+        self._pods[operator] += len(pods)
+        try:
+            async with contextlib.aclosing(self._run_pods(asked, pods, operator, started)) as outputs:
+                async for output in outputs:
+                    yield output
+        finally:
+            self._pods[operator] -= len(pods)
+            if not self._pods[operator]:
+                del self._pods[operator]
+
+    async def _run_pods(
+        self, asked: OperationRequest, pods: list[Resolved], operator: str, started: float
+    ) -> AsyncGenerator[colony_pb2.OperationOutput, None]:
         forwarded = [
             ForwardedOperation(
                 request_id=uuid.uuid4().hex, operator=operator, request=asked, target=replace(pod.target, node_name="")
@@ -328,7 +352,7 @@ class OperatorService(colony_pb2_grpc.ColonyServicer):
         started = self.clock()
         result: OperationResult | None = None
         try:
-            relay = self.router.run(pod.agent_id, operation, within_s=asked.result_deadline_s, share=parts)
+            relay = self.router.run(pod.agent_id, operation, within_s=asked.result_deadline_s)
             async with contextlib.aclosing(relay):  # closed early: the agent is told to cancel, at once
                 async for message in relay:
                     output, final = codec.relayed(message, part)

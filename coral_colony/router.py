@@ -21,7 +21,6 @@ import grpc
 import grpc.aio
 
 from coral_base.logs import emit
-from coral_base.message_limits import CHUNK_BYTES
 from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_colony import codec
 from coral_colony.enrolled import Enrolled
@@ -219,22 +218,19 @@ class Router(agent_pb2_grpc.AgentControlServicer):
         operation: ForwardedOperation,
         *,
         within_s: float = float("inf"),
-        share: int = 1,
     ) -> AsyncGenerator[agent_pb2.AgentMessage, None]:
         """Send ``operation`` to the agent; yield its chunks and, last, its result, as the agent sent them.
 
         Closing the generator early (the operator went away) sends Cancel. An
         agent that has not answered within ``within_s`` (real time: the
         operation runs in real time on the node) is sent Cancel, and the
-        operation ends with a failed result that says so. One of ``share``
-        operations relayed to one operator together holds a ``share``-th of
-        the inbox bound (at least one chunk), so a fan-out holds no more.
+        operation ends with a failed result that says so.
         """
         connection = self._agents.get(agent_id)
         if connection is None:
             raise AgentNotConnected(agent_id)
         request_id = operation.request_id
-        inbox = Inbox(max(CHUNK_BYTES, self.inbox_bytes // share))
+        inbox = Inbox(self.inbox_bytes)
         connection.inboxes[request_id] = inbox
         connection.outbox.put_nowait(codec.request_message(operation))
         finished = False

@@ -38,7 +38,7 @@ from coral_colony.model import (
 )
 from coral_colony.stores.reader import RegistryReader
 
-MAX_PODS = 32  # parts of one operation at most: each holds an agent's operation and a share of the relay buffer
+MAX_PODS = 16  # pods of one operation at most (as of one operator's running operations together)
 
 _SUFFIX = "[bcdfghjklmnpqrstvwxz2456789]{5}"  # the apiserver's generateName alphabet
 

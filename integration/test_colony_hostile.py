@@ -25,8 +25,9 @@ from coral_base.wire.coral.agent.v1 import agent_pb2, agent_pb2_grpc
 from coral_base.wire.coral.colony.v1 import colony_pb2
 from coral_base.wire.coral.identity.v1 import identity_pb2_grpc
 from coral_colony.identity import init_colony
-from coral_colony.operator_service import MAX_OPERATIONS_PER_OPERATOR
+from coral_colony.operator_service import MAX_OPERATIONS_PER_OPERATOR, MAX_PODS_PER_OPERATOR
 from cri_agent import colony_codec
+from cri_agent.model import ServiceInfo
 from cri_agent.operation import Artifact, OperationRequest, OperationResult
 from cri_agent.sync import ColonySync
 from tests.test_colony_enrollment import Running, agent, colony_dir, refused, run, running, synced, until
@@ -86,9 +87,11 @@ class StreamingAgent:
 
 
 @asynccontextmanager
-async def streaming(colony: Running, node: str, total: int) -> AsyncIterator[StreamingAgent]:
+async def streaming(
+    colony: Running, node: str, total: int, services: tuple[ServiceInfo, ...] = ()
+) -> AsyncIterator[StreamingAgent]:
     streamer = StreamingAgent(total)
-    async with synced(agent(colony, node, svc(1))) as sync:
+    async with synced(agent(colony, node, *(services or (svc(1),)))) as sync:
         task = asyncio.create_task(streamer.serve(sync))
         try:
             yield streamer
@@ -160,6 +163,42 @@ def test_an_operator_token_holds_a_bounded_number_of_operations_at_once(tmp_path
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert f"{MAX_OPERATIONS_PER_OPERATOR} operations running" in details
     assert pod == svc(1).pod_name  # one ended: room for another
+
+
+async def part_of(call: grpc.aio.UnaryStreamCall[colony_pb2.RunOperationRequest, colony_pb2.OperationOutput]) -> int:
+    """The part (pod) the call's next message is about."""
+    output = await call.read()
+    assert isinstance(output, colony_pb2.OperationOutput)
+    return output.part
+
+
+def test_an_operator_tokens_running_operations_cover_a_bounded_number_of_pods(tmp_path: Path) -> None:
+    """A fan-out (every pod of a service name) counts each pod: two of ten pods each are more than a token's
+    MAX_PODS_PER_OPERATOR; once the first ends, the second runs, each pod its own part."""
+    pods = tuple(replace(svc(n), name="web" if n <= 10 else "api") for n in range(1, 21))
+    every = {
+        name: colony_pb2.RunOperationRequest(action="tap", target=name, duration_s=60, all_pods=True)
+        for name in ("web", "api")
+    }
+
+    async def scenario() -> tuple[list[int], grpc.StatusCode, str, list[int]]:
+        async with running(colony_dir(tmp_path)) as colony, streaming(colony, "node-a", 100 * MIB, pods) as streamer:
+            operator = colony.operator(Scope.OPERATE)
+            first = operator.RunOperation(every["web"], timeout=60)
+            parts = [await part_of(first) for _ in range(10)]  # a Target each, then held open
+            await until(lambda: streamer.requests >= 10)
+            error = await refused(operator.RunOperation(every["api"], timeout=10).read())
+            first.cancel()
+            await asyncio.sleep(0.2)
+            again = operator.RunOperation(every["api"], timeout=10)
+            routed = [await part_of(again) for _ in range(10)]
+            again.cancel()
+            return parts, error.code(), error.details() or "", routed
+
+    parts, code, details, routed = run(scenario())
+    assert parts == routed == list(range(10))
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert f"operations running on 10 pods and this one takes 10: {MAX_PODS_PER_OPERATOR} at once" in details
 
 
 def test_a_reconnecting_agent_replaces_its_control_stream(tmp_path: Path) -> None:
