@@ -77,8 +77,9 @@ BAD_TOKEN = "the colony does not know this operator token: it was revoked or bel
 MAX_FILTER_CHARS = 1024  # as the agents' own limit: refused here before it travels
 OPERATION_STARTED = "operation.started"  # the audit action of an operation routed to its agent
 MAX_OPERATIONS_PER_OPERATOR = 8  # operations one token may have running at once (each holds a stream and an agent)
-# Pods one token's running operations may cover at once (a tap of deploy/NAME covers each replica). A stalled
-# operator holds ~2 MiB a pod (the relay's chunk and the fan-out's): at most ~32 MiB a token.
+# Pods one token's running operations may cover at once (a tap of deploy/NAME covers each replica). An operator
+# who stops reading holds a few MiB a pod in the colony (~6: the relay's chunk, the one waiting for room, the
+# one on its way and its copies; BENCHMARKS.md, Reliability): at most ~100 MiB a token.
 MAX_PODS_PER_OPERATOR = 16
 MAX_AUDIT_LIMIT = 10_000  # entries one QueryAudit returns at most (a 2^32 limit read the whole log into memory)
 DEFAULT_PAGE_SIZE = 500  # services or audit entries in one page, when the request names no page_size
