@@ -95,6 +95,8 @@ def test_a_just_started_container_asks_for_passes_at_each_warm_up_age_then_none(
     assert ages == [*WARMUP_STEPS_S, None]
     assert warms_at([replace(started, state=ContainerState.EXITED)], now=NOW) is None
     assert warms_at([container("old")], now=NOW) is None  # no start time known: nothing to time
+    listens = replace(started, listening=(ListeningSocket(8080, "TCP", "0.0.0.0", 1),))
+    assert warms_at([listens], now=NOW) is None  # found listening: a scale-up of such pods costs no extra pass
 
 
 def test_a_port_opened_seconds_after_its_container_started_is_found_by_a_warm_up_pass() -> None:
@@ -110,7 +112,7 @@ def test_a_port_opened_seconds_after_its_container_started_is_found_by_a_warm_up
         known = KnownState(services=result.services, pods=result.pods)
         passes.append((round(at - NOW, 1), sorted(s.port or 0 for s in result.services.values())))
         at = result.recheck_at
-    assert passes == [(0.2, [0]), (1.0, [0]), (3.0, [8080]), (7.0, [8080]), (15.0, [8080])]
+    assert passes == [(0.2, [0]), (1.0, [0]), (3.0, [8080])]  # listening: no more warm-up passes
 
 
 def restarting_pod(*containers: ContainerRecord) -> PodRecord:

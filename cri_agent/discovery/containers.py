@@ -23,9 +23,11 @@ What the deciding instance contributes is its ``Phase``:
 
 No runtime event says that a process opened a port, and most open theirs a
 moment after the runtime says their container started (a JVM: seconds). So
-a container that started less than ``WARMUP_STEPS_S[-1]`` ago asks for passes
-at those ages (``warms_at``): its ports are found within about a second of
-listening, not at the next poll.
+a container that started less than ``WARMUP_STEPS_S[-1]`` ago and listens on
+nothing yet asks for passes at those ages (``warms_at``): its ports are found
+within about a second of listening, not at the next poll. One that listens
+already asks for none (a scale-up of pods that listen at once costs no
+extra pass).
 """
 
 from __future__ import annotations
@@ -121,11 +123,12 @@ def settles_at(containers: Sequence[ContainerRecord], *, now: float) -> float | 
 
 
 def warms_at(containers: Sequence[ContainerRecord], *, now: float) -> float | None:
-    """The next warm-up pass of a running container younger than the last of ``WARMUP_STEPS_S`` (None: none)."""
+    """The next warm-up pass of a running container younger than the last of ``WARMUP_STEPS_S`` that listens on
+    nothing yet (None: none)."""
     times = [
         container.started_at + step
         for container in containers
-        if container.state == ContainerState.RUNNING and container.started_at
+        if container.state == ContainerState.RUNNING and container.started_at and not container.listening
         for step in WARMUP_STEPS_S
         if container.started_at + step > now
     ]
