@@ -28,9 +28,13 @@ class _Part:
         self.target = target
         self.stream = PcapStream()
         self.interface: int | None = None  # its interface id, once its header came
-        self.unit = 1_000_000
         self.started = started
         self.packets = 0
+
+    @property
+    def unit(self) -> int:
+        """Ticks a second of its timestamps, as its pcap's."""
+        return 1_000_000_000 if self.stream.nanos else 1_000_000
 
 
 class PcapngWriter:
@@ -88,8 +92,6 @@ class PcapngWriter:
         """The part's interface block; the section's header before the first (a refused tap writes nothing)."""
         section = pcapng.section_header(APPLICATION) if self._interfaces == 0 else b""
         state.interface, self._interfaces = self._interfaces, self._interfaces + 1
-        nanos = state.stream.nanos
-        state.unit = 1_000_000_000 if nanos else 1_000_000
         t = state.target
         described = [f"node {t.node_name}"] if t.node_name else []
         described += [f"service {t.service_name}"] if t.service_name else []
@@ -99,7 +101,7 @@ class PcapngWriter:
                 snaplen=state.stream.snaplen,
                 name=f"{t.namespace}/{t.pod_name}" if t.pod_name else f"part {state.interface}",
                 description=", ".join(described),
-                resolution=pcapng.NANOSECONDS if nanos else pcapng.MICROSECONDS,
+                resolution=pcapng.NANOSECONDS if state.stream.nanos else pcapng.MICROSECONDS,
             )
         )
 
